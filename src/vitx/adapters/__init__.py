@@ -1,0 +1,26 @@
+"""Pick the adapter for a model; the frameworks themselves are imported only when their model is used."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import VitxError
+from .base import Adapter, Description
+
+
+def adapter_for(net: nn.Module) -> Adapter:
+    from ..models.vit import VisionTransformer
+    package = type(net).__module__.split(".")[0]
+    if isinstance(net, VisionTransformer):
+        from .vitx import VitxViTAdapter
+        return VitxViTAdapter(net)
+    if package == "timm" and hasattr(net, "blocks") and hasattr(net, "patch_embed"):
+        from .timm import TimmViTAdapter
+        return TimmViTAdapter(net)
+    if package == "transformers":
+        from .hf import HFViTAdapter
+        return HFViTAdapter(net)
+    raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
+                    "ViT, timm's VisionTransformer/DeiT and Hugging Face ViT/DeiT classifiers")
+
+
+__all__ = ["Adapter", "Description", "adapter_for"]

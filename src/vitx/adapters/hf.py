@@ -1,0 +1,81 @@
+"""Adapter for Hugging Face ``ViTForImageClassification`` and the DeiT classifiers (transformers >= 5).
+
+transformers' ``ViTAttention.forward`` projects q, k, v with ``q_proj``/``k_proj``/``v_proj``, calls the
+configured attention implementation (eager, sdpa, flash...) and projects back with ``o_proj``. The
+replacement keeps the projections and routes the product through the tap, whichever implementation
+the model was loaded with.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import VitxError
+from .base import Adapter, Attend, Description, pair
+
+
+class HFViTAdapter(Adapter):
+    framework = "hf"
+
+    def __init__(self, net: nn.Module):
+        super().__init__(net)
+        self.backbone = getattr(net, "vit", None) or getattr(net, "deit", None)
+        if self.backbone is None or not hasattr(self.backbone, "encoder"):
+            raise VitxError(f"Hugging Face model {type(net).__name__} is not a ViT or DeiT classifier the tap can inspect")
+        for i, layer in enumerate(self.backbone.encoder.layer):
+            if not all(hasattr(layer.attention, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                raise VitxError(f"Hugging Face model {type(net).__name__}: layer {i} attention has no q/k/v/o "
+                                "projections (transformers >= 5 is required)")
+
+    def describe(self) -> Description:
+        cfg = self.net.config
+        prefix = 2 if hasattr(self.backbone.embeddings, "distillation_token") else 1
+        return Description(pair(cfg.image_size), pair(cfg.patch_size), prefix, 0, int(cfg.num_labels),
+                           dynamic_size=True)
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.backbone.encoder.layer)
+
+    def attentions(self) -> list[nn.Module]:
+        return [layer.attention for layer in self.backbone.encoder.layer]
+
+    def attention_forward(self, module, attend: Attend):
+        def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+            shape = (*hidden_states.shape[:-1], -1, module.head_dim)
+            q, k, v = (proj(hidden_states).view(shape).transpose(1, 2)
+                       for proj in (module.q_proj, module.k_proj, module.v_proj))
+            dropout = module.attention_dropout if module.training else 0.0
+            out = attend(q, k, v, module.scaling, dropout, attention_mask)
+            out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
+            return module.o_proj(out), None
+        return forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = tuple(x.shape[-2:])
+        return self.net(pixel_values=x, interpolate_pos_encoding=size != self.describe().image_size).logits
+
+
+def load(source: str) -> tuple[nn.Module, dict]:
+    """``AutoModelForImageClassification.from_pretrained`` on a hub id or a local directory; returns the
+    network and the preprocessing facts of its image processor."""
+    from pathlib import Path
+    try:
+        from transformers import AutoImageProcessor, AutoModelForImageClassification
+    except ImportError as err:
+        raise VitxError(f"loading 'hf:{source}' needs transformers installed ({err})") from None
+    looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
+    if looks_local and not Path(source).expanduser().is_dir():
+        raise VitxError(f"'hf:{source}': no such model directory")
+    try:
+        net = AutoModelForImageClassification.from_pretrained(source)
+    except Exception as err:  # hub, file and format errors all end here
+        raise VitxError(f"could not load Hugging Face model {source!r}: "
+                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    try:
+        processor = AutoImageProcessor.from_pretrained(source)
+        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
+    except Exception:  # no preprocessor_config.json: ViT's defaults
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    id2label = net.config.id2label or {}
+    names = tuple(id2label.get(i, str(i)) for i in range(net.config.num_labels))
+    return net, {"mean": mean, "std": std, "class_names": names, "name": f"hf:{source}"}

@@ -1,0 +1,51 @@
+"""What a method sees: one chunk of images, its token layout, its targets, and a way to run the model
+under the tap."""
+from __future__ import annotations
+
+import torch
+
+from .layout import TokenLayout
+from .model import Model
+from .trace import Trace, trace
+
+
+class Batch:
+    """Images ``x`` (B, 3, H, W, model-normalised) with targets (B,) or None for "the predicted class".
+
+    The first :meth:`run` of the unmodified images fixes the default targets and the logits reported
+    in the Explanation, so a method needs no extra forward pass to learn its targets.
+    """
+
+    def __init__(self, model: Model, x: torch.Tensor, layout: TokenLayout, targets: torch.Tensor | None):
+        self.model, self.x, self.layout = model, x, layout
+        self._targets = targets
+        self.logits: torch.Tensor | None = None
+
+    def run(self, x: torch.Tensor | None = None, *, original: bool | None = None, **tap) -> tuple[torch.Tensor, Trace]:
+        """Forward ``x`` (default: the batch's own images) under the tap; ``tap`` goes to :func:`vitx.trace`.
+        ``original=True`` says that ``x`` holds the batch's own images (e.g. a copy that requires grad).
+        Returns (logits, trace)."""
+        with trace(self.model, **tap) as tr:
+            logits = self.model(self.x if x is None else x)
+        if (x is None if original is None else original) and self.logits is None:
+            self.logits = logits.detach()
+            if self._targets is None:
+                self._targets = self.logits.argmax(-1)
+        return logits, tr
+
+    def input_with_grad(self) -> torch.Tensor:
+        """A copy of the images that requires grad, for gradients with respect to the input."""
+        return self.x.detach().clone().requires_grad_(True)
+
+    @property
+    def targets(self) -> torch.Tensor:
+        if self._targets is None:
+            with torch.no_grad():
+                self.run(attentions=False, tokens=False)
+        return self._targets
+
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """Sum over images of each image's target logit: its gradient gives every image its own gradient.
+        ``logits`` may hold several copies of the batch stacked along dim 0."""
+        targets = self.targets.repeat(logits.shape[0] // self.targets.shape[0])
+        return logits.gather(1, targets[:, None]).sum()

@@ -1,0 +1,88 @@
+"""``vitx.explain``: the plumbing every method shares (batching, targets, device, upsampling, scaling)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .batch import Batch
+from .errors import VitxError
+from .explanation import Explanation
+from .model import Model, as_model, evaluating
+from .registry import get_method
+
+
+def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32,
+            normalize: bool = True, device=None, progress: bool = False, **params) -> Explanation:
+    """Explain ``model``'s predictions on ``x`` with ``method``.
+
+    x: model input (B, 3, H, W) from ``model.preprocess``, or images in any form ``preprocess`` takes.
+    target: None (the predicted class), a class index or name for every image, or one per image.
+    batch_size: images per chunk, to bound memory. normalize: min-max scale each map to [0, 1].
+    device: move the model there first. params: the method's own parameters (``vitx.methods()``).
+    """
+    model = as_model(model)
+    if device is not None:
+        model = model.to(device)
+    info = get_method(method)
+    params = info.bind(params)
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4):
+        x = model.preprocess(x)
+    layout = model.layout(x)
+    info.check(model.config, layout)
+    if batch_size < 1:
+        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    x = x.to(model.device, torch.float32)
+    targets = resolve_targets(target, x.shape[0], model)
+    out_maps, out_logits, out_targets = [], [], []
+    chunks = range(0, x.shape[0], batch_size)
+    with evaluating(model), torch.enable_grad():
+        for start in tqdm(chunks, desc=method, disable=not progress, leave=False):
+            end = start + batch_size
+            batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end])
+            out_maps.append(info.fn(batch, **params).detach())
+            if batch.logits is None:
+                with torch.no_grad():
+                    batch.run(attentions=False, tokens=False)
+            out_logits.append(batch.logits)
+            out_targets.append(batch.targets)
+    maps = torch.cat(out_maps).float()
+    token_maps = None
+    if info.output == "tokens":
+        token_maps = maps
+        maps = F.interpolate(token_maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    if normalize:
+        maps = minmax(maps)
+        token_maps = None if token_maps is None else minmax(token_maps)
+    return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
+                       method=method, params=params, images=model.denormalize(x).cpu(),
+                       class_names=model.config.class_names)
+
+
+def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:
+    """None, or (count,) class indices on the model's device; names and indices are checked."""
+    if target is None:
+        return None
+    names = model.config.class_names
+    values = [target] * count if isinstance(target, (int, str)) else list(
+        target.tolist() if isinstance(target, torch.Tensor) else target)
+    if len(values) != count:
+        raise VitxError(f"got {len(values)} targets for {count} images")
+    indices = []
+    for value in values:
+        if isinstance(value, str):
+            if value not in names:
+                raise VitxError(f"unknown target class {value!r}; classes: {', '.join(names[:20])}")
+            value = names.index(value)
+        if not 0 <= int(value) < model.config.num_classes:
+            raise VitxError(f"target class {value} is out of range: this model has {model.config.num_classes} "
+                            f"classes (0-{model.config.num_classes - 1})")
+        indices.append(int(value))
+    return torch.tensor(indices, device=model.device)
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Scale each map to [0, 1] (a constant map becomes 0)."""
+    flat = maps.flatten(1)
+    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
+    return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)

@@ -1,0 +1,73 @@
+"""``vitx.load_model``: zoo names, ``timm:<name>``, ``hf:<id or dir>``, safetensors files, or a module."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .checkpoint import read_checkpoint
+from .errors import VitxError
+from .model import Model, wrap
+from .models import create_model
+from .zoo import NAMES as ZOO_NAMES, zoo_path
+
+
+def load_model(source, arch: str | None = None, *, weights: str | None = None, device=None, **config) -> Model:
+    """Load or wrap a model.
+
+    ``source``: a zoo name (``vitx.models()``), ``"timm:<name>"`` (``weights=`` a local file instead of
+    the hub), ``"hf:<hub id or local directory>"``, a ``.safetensors`` file with timm's keys (``arch``
+    names the timm configuration, e.g. ``"vit_small_patch16_224"``; vitx's own files carry theirs),
+    or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
+    :class:`~vitx.model.ModelConfig` fields such as ``mean``, ``std`` or ``class_names``.
+    """
+    if isinstance(source, Model):
+        model = source
+    elif isinstance(source, nn.Module):
+        model = wrap(source, **config)
+    elif isinstance(source, (str, Path)):
+        model = _load_named(str(source), arch, weights, config)
+    else:
+        raise VitxError(f"cannot load a model from a {type(source).__name__}")
+    return model.to(device) if device is not None else model
+
+
+def _load_named(source: str, arch: str | None, weights: str | None, config: dict) -> Model:
+    if source.startswith("timm:"):
+        from .adapters.timm import load
+        net, facts = load(source[5:], weights)
+    elif source.startswith("hf:"):
+        from .adapters.hf import load
+        net, facts = load(source[3:])
+    elif source in ZOO_NAMES:
+        net, facts = _load_file(zoo_path(source), arch)
+        facts["name"] = source
+    elif source.endswith(".safetensors") or Path(source).is_file():
+        if not Path(source).is_file():
+            raise VitxError(f"model file {source!r} does not exist")
+        net, facts = _load_file(Path(source), arch)
+    else:
+        raise VitxError(f"unknown model {source!r}: use a zoo name ({', '.join(ZOO_NAMES)}), 'timm:<name>', "
+                        "'hf:<id or directory>' or a .safetensors file")
+    return wrap(net.eval(), **{**facts, **config})
+
+
+def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, dict]:
+    state, meta = read_checkpoint(path)
+    arch = arch or meta.get("arch")
+    if arch is None:
+        raise VitxError(f"{str(path)!r} does not say its architecture: pass arch=, e.g. 'vit_small_patch16_224'")
+    overrides = dict(meta.get("config", {}))
+    if "head.weight" in state:
+        overrides.setdefault("num_classes", state["head.weight"].shape[0])
+    net = create_model(arch, **overrides)
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise VitxError(f"{str(path)!r} does not fit architecture {arch!r}: {str(err).splitlines()[1].strip()}") from None
+    if missing or unexpected:
+        raise VitxError(f"{str(path)!r} does not fit architecture {arch!r}: missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}")
+    facts = {k: meta[k] for k in ("mean", "std", "class_names", "multi_label") if k in meta}
+    facts.setdefault("name", path.stem)
+    return net, facts

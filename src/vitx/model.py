@@ -1,0 +1,128 @@
+"""The model handle every vitx function takes: the user's network (wrapped, not copied), its adapter,
+its configuration and its preprocessing."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapters import Adapter, adapter_for
+from .errors import VitxError
+from .images import to_tensor
+from .layout import TokenLayout
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    image_size: tuple[int, int]
+    patch_size: tuple[int, int]
+    num_classes: int
+    num_prefix_tokens: int
+    cls_index: int | None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    class_names: tuple[str, ...] = ()
+    multi_label: bool = False
+    dynamic_size: bool = False
+    kind: str = "vit"
+    name: str = ""
+
+
+class Model(nn.Module):
+    """``model(x)`` gives logits; ``model.preprocess(images)`` gives the input it expects."""
+
+    def __init__(self, net: nn.Module, adapter: Adapter, config: ModelConfig):
+        super().__init__()
+        self.net = net
+        self.adapter = adapter
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adapter.forward(x)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def class_name(self, index: int) -> str:
+        names = self.config.class_names
+        return names[index] if index < len(names) else str(index)
+
+    def preprocess(self, images) -> torch.Tensor:
+        """Paths, PIL images, uint8/uint16 arrays or float [0, 1] tensors (one, a list, or a (B, 3, H, W)
+        batch) -> normalised (B, 3, H, W) at the model's image size."""
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            batch = [to_tensor(image) for image in images]
+        elif isinstance(images, (list, tuple)):
+            batch = [to_tensor(image) for image in images]
+        else:
+            batch = [to_tensor(images)]
+        if not batch:
+            raise VitxError("no images given")
+        size = self.config.image_size
+        resized = [F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+                   if tuple(t.shape[-2:]) != size else t for t in batch]
+        x = torch.stack(resized).clamp(0, 1)
+        return self.normalize(x)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.config.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.config.std, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.config.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.config.std, device=x.device).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def layout(self, x: torch.Tensor) -> TokenLayout:
+        """The token layout for input ``x`` (B, 3, H, W); a :class:`VitxError` if the model cannot take it."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise VitxError(f"model input must be a (B, 3, H, W) tensor, got {shape}")
+        height, width = x.shape[-2:]
+        cfg = self.config
+        if not cfg.dynamic_size and (height, width) != cfg.image_size:
+            raise VitxError(f"this model takes {cfg.image_size[0]}x{cfg.image_size[1]} images, got {height}x{width}; "
+                            "use model.preprocess(images) to resize")
+        return TokenLayout.for_image(height, width, cfg.patch_size, cfg.num_prefix_tokens, cfg.cls_index)
+
+
+def wrap(net: nn.Module, **config) -> Model:
+    """Wrap a network in a :class:`Model`, reading its layout from its adapter; ``config`` overrides."""
+    adapter = adapter_for(net)
+    d = adapter.describe()
+    base = dict(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
+                num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
+                kind=d.kind)
+    base.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()})
+    if not base.get("class_names"):
+        base["class_names"] = tuple(f"class {i}" for i in range(d.num_classes))
+    return Model(net, adapter, ModelConfig(**base))
+
+
+def as_model(model) -> Model:
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, nn.Module):
+        return wrap(model)
+    from .loading import load_model
+    return load_model(model)
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module):
+    """Put every submodule in eval mode for the block, then restore each one's own mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -1,0 +1,41 @@
+"""Architectures vitx owns, by timm's names, with timm-compatible state_dict keys."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import nn
+
+from ..errors import VitxError
+from .vit import ViTConfig, VisionTransformer
+
+_VIT = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+}
+
+ARCHITECTURES: dict[str, ViTConfig] = {}
+for _size, _dims in _VIT.items():
+    for _patch in (16, 32):
+        ARCHITECTURES[f"vit_{_size}_patch{_patch}_224"] = ViTConfig(patch_size=_patch, **_dims)
+    if _size != "large":
+        ARCHITECTURES[f"deit_{_size}_patch16_224"] = ViTConfig(**_dims)
+        ARCHITECTURES[f"deit_{_size}_distilled_patch16_224"] = ViTConfig(distilled=True, **_dims)
+# vitx's own small ViT for the shapes data (64x64 images, 8x8 patches).
+ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=128, depth=6,
+                                         num_heads=4, num_classes=8)
+
+
+def create_model(arch: str, **overrides) -> nn.Module:
+    """Build architecture ``arch`` (a name from ARCHITECTURES), with config fields overridden."""
+    if arch not in ARCHITECTURES:
+        raise VitxError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    try:
+        cfg = replace(ARCHITECTURES[arch], **overrides)
+    except TypeError as err:
+        raise VitxError(f"bad configuration for {arch!r}: {err}") from None
+    return VisionTransformer(cfg)
+
+
+__all__ = ["ARCHITECTURES", "ViTConfig", "VisionTransformer", "create_model"]

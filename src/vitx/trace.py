@@ -1,0 +1,125 @@
+"""The attention tap: ``with vitx.trace(model) as tr: logits = model(x)``.
+
+While the block is open, every attention module computes ``A = softmax(edit(q k^T * scale + mask))``
+explicitly and the tap keeps A (B, heads, N, N) per block, and each block's output tokens (B, N, D),
+both still attached to the autograd graph so that gradients with respect to them can be taken.
+Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
+``edit(block, scores)``. Leaving the block, normally or by an exception, removes every hook and
+patched ``forward``: the model is exactly as it was.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Edit = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+class Trace:
+    def __init__(self, model, *, attentions: bool = True, tokens: bool = True,
+                 key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+                 edit: Edit | None = None):
+        from .model import as_model
+        self.model = as_model(model)
+        self.record_attentions, self.record_tokens = attentions, tokens
+        self.key_scale, self.key_mask, self.edit = key_scale, key_mask, edit
+        self._attentions: dict[int, torch.Tensor] = {}
+        self._tokens: dict[int, torch.Tensor] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    @property
+    def attentions(self) -> list[torch.Tensor]:
+        """Per block, the attention probabilities (B, heads, N, N) of the last forward pass."""
+        return [self._attentions[i] for i in sorted(self._attentions)]
+
+    @property
+    def tokens(self) -> list[torch.Tensor]:
+        """Per block, its output tokens (B, N, D) of the last forward pass."""
+        return [self._tokens[i] for i in sorted(self._tokens)]
+
+    def gradients(self, score: torch.Tensor, of: str = "attentions", retain_graph: bool = False) -> list[torch.Tensor]:
+        """d score / d (attention | tokens) for every block; ``score`` sums one target logit per image,
+        so each image's gradient is its own."""
+        tensors = self.attentions if of == "attentions" else self.tokens
+        return list(torch.autograd.grad(score, tensors, retain_graph=retain_graph))
+
+    @property
+    def edits_scores(self) -> bool:
+        return any(e is not None for e in (self.key_scale, self.key_mask, self.edit))
+
+    def __enter__(self) -> "Trace":
+        adapter = self.model.adapter
+        try:
+            self._undo.append(adapter.net.register_forward_pre_hook(self._reset).remove)
+            if self.record_attentions or self.edits_scores:
+                for i, module in enumerate(adapter.attentions()):
+                    self._patch_forward(module, adapter.attention_forward(module, partial(self._attend, i)))
+            if self.record_tokens:
+                for i, block in enumerate(adapter.blocks()):
+                    self._undo.append(block.register_forward_hook(partial(self._keep_tokens, i)).remove)
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    def _patch_forward(self, module: nn.Module, forward: Callable) -> None:
+        missing = object()
+        previous = module.__dict__.get("forward", missing)
+        module.forward = forward
+
+        def undo():
+            if previous is missing:
+                del module.forward
+            else:
+                module.forward = previous
+        self._undo.append(undo)
+
+    def _reset(self, *_):
+        self._attentions.clear()
+        self._tokens.clear()
+
+    def _keep_tokens(self, index: int, _module, _inputs, output):
+        self._tokens[index] = output[0] if isinstance(output, (tuple, list)) else output
+
+    def _attend(self, index: int, q, k, v, scale: float, dropout: float = 0.0, mask=None) -> torch.Tensor:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        if mask is not None:
+            scores = scores + mask
+        if self.key_scale is not None:
+            scores = scores * _per_key(self.key_scale, scores)
+        if self.key_mask is not None:
+            scores = scores.masked_fill(~_per_key(self.key_mask, scores).bool(), float("-inf"))
+        if self.edit is not None:
+            scores = self.edit(index, scores)
+        attn = scores.softmax(dim=-1)
+        if self.record_attentions:
+            self._attentions[index] = attn
+        if dropout:
+            attn = F.dropout(attn, dropout, training=True)
+        return torch.matmul(attn, v)
+
+
+def _per_key(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Broadcast per-key values, (N,) or (B, N), against scores (B, heads, N, N)."""
+    values = values.to(scores.device)
+    return values.view(-1, 1, 1, values.shape[-1]) if values.dim() == 2 else values
+
+
+def trace(model, *, attentions: bool = True, tokens: bool = True, key_scale: torch.Tensor | None = None,
+          key_mask: torch.Tensor | None = None, edit: Edit | None = None) -> Trace:
+    """Open the attention tap on ``model`` (a vitx model or any supported nn.Module); see :class:`Trace`."""
+    return Trace(model, attentions=attentions, tokens=tokens, key_scale=key_scale, key_mask=key_mask, edit=edit)
+
+
+__all__ = ["Trace", "trace"]

@@ -1,0 +1,4 @@
+"""Drawing: heatmap overlays and side-by-side grids."""
+from .overlay import heatmap, overlay
+
+__all__ = ["heatmap", "overlay"]

@@ -1,0 +1,31 @@
+"""Shipped checkpoints: small models trained by ``vitx train`` on vitx's own data, each with a model card."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..checkpoint import read_metadata
+from ..errors import VitxError
+
+ZOO_DIR = Path(__file__).parent
+NAMES = ("shapes-vit", "shapes-vit-multi")
+
+
+def zoo_path(name: str) -> Path:
+    if name not in NAMES:
+        raise VitxError(f"no zoo model named {name!r}; the zoo has: {', '.join(NAMES)}")
+    path = ZOO_DIR / f"{name}.safetensors"
+    if not path.exists():
+        raise VitxError(f"zoo model {name!r} is not built yet: run `vitx train {name}`")
+    return path
+
+
+def models() -> list[dict]:
+    """One row per zoo model: name, architecture, dataset, accuracy, file (and its model card)."""
+    rows = []
+    for name in NAMES:
+        path = ZOO_DIR / f"{name}.safetensors"
+        meta = read_metadata(path) if path.exists() else {}
+        rows.append({"name": name, "architecture": meta.get("arch", ""), "dataset": meta.get("dataset", ""),
+                     "accuracy": meta.get("metrics", {}).get("accuracy"), "file": str(path),
+                     "card": str(ZOO_DIR / f"{name}.md")})
+    return rows
