@@ -23,7 +23,7 @@ for _size, _dims in _VIT.items():
         ARCHITECTURES[f"deit_{_size}_patch16_224"] = ViTConfig(**_dims)
         ARCHITECTURES[f"deit_{_size}_distilled_patch16_224"] = ViTConfig(distilled=True, **_dims)
 # vitx's own small ViT for the shapes data (64x64 images, 8x8 patches).
-ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=128, depth=6,
+ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6,
                                          num_heads=4, num_classes=8)
 
 
