@@ -25,14 +25,16 @@ def read_image(path: str | Path) -> Image.Image:
             image.load()
             return image
     except (UnidentifiedImageError, OSError) as err:
-        raise VitxError(f"cannot read {str(path)!r} as an image ({err.__class__.__name__})") from None
+        reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
+        raise VitxError(f"cannot read {str(path)!r} as an image ({reason})") from None
 
 
 def pil_to_array(image: Image.Image) -> np.ndarray:
     """Any PIL mode -> (H, W, 3) float32 in [0, 1]."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)
-        array = array / (65535.0 if array.max() > 255 else 255.0)
+        # "I;16" is 16-bit by definition; a 32-bit "I" image is read as 16-bit when it exceeds 255
+        array = array / (65535.0 if image.mode != "I" or array.max() > 255 else 255.0)
         return np.repeat(array[..., None], 3, axis=-1)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
@@ -73,5 +75,5 @@ def to_tensor(image) -> torch.Tensor:
             image = image[None]
         if image.dim() != 3 or image.shape[0] not in (1, 3):
             raise VitxError(f"an image tensor must be (3, H, W) or (1, H, W), got shape {tuple(image.shape)}")
-        return image.float().expand(3, -1, -1)
+        return (image.float() / 255 if image.dtype == torch.uint8 else image.float()).expand(3, -1, -1)
     raise VitxError(f"cannot use a {type(image).__name__} as an image: pass a path, PIL image, array or tensor")

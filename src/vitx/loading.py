@@ -1,6 +1,7 @@
 """``vitx.load_model``: zoo names, ``timm:<name>``, ``hf:<id or dir>``, safetensors files, or a module."""
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 from torch import nn
@@ -8,7 +9,7 @@ from torch import nn
 from .checkpoint import read_checkpoint
 from .errors import VitxError
 from .model import Model, wrap
-from .models import create_model
+from .models import ARCHITECTURES, create_model
 from .zoo import NAMES as ZOO_NAMES, zoo_path
 
 
@@ -19,7 +20,8 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
     the hub), ``"hf:<hub id or local directory>"``, a ``.safetensors`` file with timm's keys (``arch``
     names the timm configuration, e.g. ``"vit_small_patch16_224"``; vitx's own files carry theirs),
     or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
-    :class:`~vitx.model.ModelConfig` fields such as ``mean``, ``std`` or ``class_names``.
+    :class:`~vitx.model.ModelConfig` fields such as ``mean``, ``std`` or ``class_names``, and for files the
+    architecture's own (``depth=3, embed_dim=64``...) where they differ from ``arch``'s.
     """
     if isinstance(source, Model):
         model = source
@@ -33,6 +35,8 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
 
 
 def _load_named(source: str, arch: str | None, weights: str | None, config: dict) -> Model:
+    if weights is not None and not source.startswith("timm:"):
+        raise VitxError(f"weights= applies to 'timm:<name>' models only; {source!r} carries its own weights")
     if source.startswith("timm:"):
         from .adapters.timm import load
         net, facts = load(source[5:], weights)
@@ -40,24 +44,29 @@ def _load_named(source: str, arch: str | None, weights: str | None, config: dict
         from .adapters.hf import load
         net, facts = load(source[3:])
     elif source in ZOO_NAMES:
-        net, facts = _load_file(zoo_path(source), arch)
+        net, facts = _load_file(zoo_path(source), arch, config)
         facts["name"] = source
     elif source.endswith(".safetensors") or Path(source).is_file():
         if not Path(source).is_file():
             raise VitxError(f"model file {source!r} does not exist")
-        net, facts = _load_file(Path(source), arch)
+        net, facts = _load_file(Path(source), arch, config)
     else:
         raise VitxError(f"unknown model {source!r}: use a zoo name ({', '.join(ZOO_NAMES)}), 'timm:<name>', "
                         "'hf:<id or directory>' or a .safetensors file")
     return wrap(net.eval(), **{**facts, **config})
 
 
-def _load_file(path: Path, arch: str | None) -> tuple[nn.Module, dict]:
+def _load_file(path: Path, arch: str | None, config: dict) -> tuple[nn.Module, dict]:
+    """Build ``arch`` from the file's weights; the entries of ``config`` that name fields of the architecture's
+    configuration (``depth``, ``embed_dim``, ``image_size``...) are taken out of ``config`` to build it."""
     state, meta = read_checkpoint(path)
     arch = arch or meta.get("arch")
     if arch is None:
         raise VitxError(f"{str(path)!r} does not say its architecture: pass arch=, e.g. 'vit_small_patch16_224'")
-    overrides = dict(meta.get("config", {}))
+    if arch not in ARCHITECTURES:
+        raise VitxError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    arch_fields = {f.name for f in fields(ARCHITECTURES[arch])}
+    overrides = {**meta.get("config", {}), **{k: config.pop(k) for k in list(config) if k in arch_fields}}
     if "head.weight" in state:
         overrides.setdefault("num_classes", state["head.weight"].shape[0])
     net = create_model(arch, **overrides)

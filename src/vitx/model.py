@@ -3,7 +3,7 @@ its configuration and its preprocessing."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -96,6 +96,10 @@ class Model(nn.Module):
 
 def wrap(net: nn.Module, **config) -> Model:
     """Wrap a network in a :class:`Model`, reading its layout from its adapter; ``config`` overrides."""
+    settings = [f.name for f in fields(ModelConfig)]
+    unknown = sorted(set(config) - set(settings))
+    if unknown:
+        raise VitxError(f"unknown model setting {unknown[0]!r}; settings: {', '.join(settings)}")
     adapter = adapter_for(net)
     d = adapter.describe()
     base = dict(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,

@@ -29,7 +29,8 @@ class Method:
 
     @property
     def summary(self) -> str:
-        return (inspect.getdoc(self.fn) or "").split("\n")[0]
+        """The docstring's first paragraph, on one line."""
+        return " ".join((inspect.getdoc(self.fn) or "").split("\n\n")[0].split())
 
     def row(self) -> dict:
         return {"name": self.name, "family": self.family, "paper": self.paper, "needs": sorted(self.needs),

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import VitxError
+
 Edit = Callable[[int, torch.Tensor], torch.Tensor]
 
 
@@ -112,6 +114,10 @@ class Trace:
 
 def _per_key(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     """Broadcast per-key values, (N,) or (B, N), against scores (B, heads, N, N)."""
+    B, N = scores.shape[0], scores.shape[-1]
+    if values.dim() not in (1, 2) or values.shape[-1] != N or values.dim() == 2 and values.shape[0] not in (1, B):
+        raise VitxError(f"key_scale and key_mask must be (N,) or (B, N) for {B} images of N={N} tokens, "
+                        f"got shape {tuple(values.shape)}")
     values = values.to(scores.device)
     return values.view(-1, 1, 1, values.shape[-1]) if values.dim() == 2 else values
 

@@ -7,6 +7,8 @@ the model was loaded with.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -20,9 +22,13 @@ class HFViTAdapter(Adapter):
     def __init__(self, net: nn.Module):
         super().__init__(net)
         self.backbone = getattr(net, "vit", None) or getattr(net, "deit", None)
-        if self.backbone is None or not hasattr(self.backbone, "encoder"):
-            raise VitxError(f"Hugging Face model {type(net).__name__} is not a ViT or DeiT classifier the tap can inspect")
-        for i, layer in enumerate(self.backbone.encoder.layer):
+        # recent transformers keep the layers on the backbone, earlier versions in backbone.encoder.layer
+        encoder = getattr(self.backbone, "encoder", None)
+        self.layers = getattr(self.backbone, "layers", None) or getattr(encoder, "layer", None)
+        if self.layers is None:
+            raise VitxError(f"Hugging Face model {type(net).__name__} is not a ViT or DeiT classifier "
+                            "the tap can inspect")
+        for i, layer in enumerate(self.layers):
             if not all(hasattr(layer.attention, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
                 raise VitxError(f"Hugging Face model {type(net).__name__}: layer {i} attention has no q/k/v/o "
                                 "projections (transformers >= 5 is required)")
@@ -34,10 +40,10 @@ class HFViTAdapter(Adapter):
                            dynamic_size=True)
 
     def blocks(self) -> list[nn.Module]:
-        return list(self.backbone.encoder.layer)
+        return list(self.layers)
 
     def attentions(self) -> list[nn.Module]:
-        return [layer.attention for layer in self.backbone.encoder.layer]
+        return [layer.attention for layer in self.layers]
 
     def attention_forward(self, module, attend: Attend):
         def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
@@ -67,7 +73,8 @@ def load(source: str) -> tuple[nn.Module, dict]:
     if looks_local and not Path(source).expanduser().is_dir():
         raise VitxError(f"'hf:{source}': no such model directory")
     try:
-        net = AutoModelForImageClassification.from_pretrained(source)
+        with _quiet_loading():
+            net = AutoModelForImageClassification.from_pretrained(source)
     except Exception as err:  # hub, file and format errors all end here
         raise VitxError(f"could not load Hugging Face model {source!r}: "
                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
@@ -79,3 +86,16 @@ def load(source: str) -> tuple[nn.Module, dict]:
     id2label = net.config.id2label or {}
     names = tuple(id2label.get(i, str(i)) for i in range(net.config.num_labels))
     return net, {"mean": mean, "std": std, "class_names": names, "name": f"hf:{source}"}
+
+
+@contextmanager
+def _quiet_loading():
+    """Hide transformers' weight-loading progress bar (the CLI prints one line per problem), then restore it."""
+    from transformers.utils import logging
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()

@@ -1,10 +1,12 @@
 """Adapter for timm's VisionTransformer family (ViT, DeiT, distilled DeiT, register tokens).
 
 timm's ``Attention.forward`` (timm >= 1.0) is: qkv linear -> heads -> q_norm/k_norm -> softmax(q k^T * scale
-+ mask) v (fused or not) -> optional gate -> norm -> proj -> proj_drop. The replacement below keeps every
++ mask) v (fused or not) -> norm -> optional gate -> proj -> proj_drop. The replacement below keeps every
 step and leaves the user's ``fused_attn`` flag alone.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -54,10 +56,10 @@ class TimmViTAdapter(Adapter):
             if attn_mask is not None and attn_mask.dtype == torch.bool:
                 attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
             dropout = module.attn_drop.p if module.training else 0.0
-            out = attend(q, k, v, module.scale, dropout, attn_mask).transpose(1, 2).reshape(B, N, -1)
+            out = module.norm(attend(q, k, v, module.scale, dropout, attn_mask).transpose(1, 2).reshape(B, N, -1))
             if gate is not None:
                 out = out * gate
-            return module.proj_drop(module.proj(module.norm(out)))
+            return module.proj_drop(module.proj(out))
         return forward
 
 
@@ -71,6 +73,8 @@ def load(name: str, weights: str | None = None) -> tuple[nn.Module, dict]:
         raise VitxError(f"loading 'timm:{name}' needs timm installed ({err})") from None
     if not timm.is_model(name):
         raise VitxError(f"timm has no model named {name!r}")
+    if weights and not Path(weights).is_file():
+        raise VitxError(f"weights file {str(weights)!r} for timm model {name!r} does not exist")
     overlay = {"file": str(weights)} if weights else None
     try:
         net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)

@@ -141,7 +141,7 @@ class VisionTransformer(nn.Module):
         if grid != self.grid_size:
             D = patches.shape[-1]
             patches = patches.reshape(1, *self.grid_size, D).permute(0, 3, 1, 2)
-            patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False)
+            patches = F.interpolate(patches, size=grid, mode="bicubic", align_corners=False, antialias=True)  # as timm
             patches = patches.permute(0, 2, 3, 1).reshape(1, -1, D)
         return (prefix if n_prefix else None), patches
 

@@ -1,0 +1,76 @@
+"""Shared by the framework tests: tiny timm / Hugging Face / vitx ViTs with the same random weights, and
+the attention methods' formulas written out here, independently of vitx's tap and methods."""
+import torch
+
+from vitx.models import create_model
+
+# A small config of timm's and vitx's "vit_small_patch16_224": 64x64 images, an 8x8 grid of 8x8 patches.
+TIMM_SMALL = dict(img_size=64, patch_size=8, depth=3, embed_dim=64, num_heads=4, num_classes=5)
+VITX_SMALL = dict(image_size=64, patch_size=8, depth=3, embed_dim=64, num_heads=4, num_classes=5)
+HF_SMALL = dict(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                intermediate_size=128, num_labels=5)
+
+
+def jitter(net, seed=0, scale=0.2):
+    """Perturb every weight so that attention, gradients and classes differ from the near-uniform random
+    init; returns ``net`` in eval mode."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return net.eval()
+
+
+def tiny_timm(name="vit_small_patch16_224", **kw):
+    import timm
+    torch.manual_seed(0)
+    return jitter(timm.create_model(name, **{**TIMM_SMALL, **kw}))
+
+
+def vitx_twin(timm_net, name="vit_small_patch16_224", **kw):
+    """vitx's ViT of the same configuration, with ``timm_net``'s weights."""
+    net = create_model(name, **{**VITX_SMALL, **kw})
+    net.load_state_dict(timm_net.state_dict())
+    return net.eval()
+
+
+def tiny_hf(cls_name="ViTForImageClassification", attn_implementation="eager"):
+    import transformers
+    config_cls = transformers.DeiTConfig if cls_name.startswith("DeiT") else transformers.ViTConfig
+    torch.manual_seed(0)
+    config = config_cls(**HF_SMALL, attn_implementation=attn_implementation)
+    return jitter(getattr(transformers, cls_name)(config))
+
+
+def images(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def target_score(logits):
+    """Sum of each image's predicted-class logit."""
+    return logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+
+
+def formula_maps(attentions, gradients, num_prefix, grid):
+    """raw-attention, rollout, generic-attention and attention-gradcam computed by their formulas from
+    per-block attention probabilities A (B, heads, N, N) and dy/dA; {method: (B, gh, gw)}, class token 0."""
+    B, _, N, _ = attentions[0].shape
+    eye = torch.eye(N).expand(B, N, N)
+    rollout = eye
+    for a in attentions:                                    # R <- rownorm(mean_h A + I) R
+        mixed = a.mean(1) + torch.eye(N)
+        rollout = mixed / mixed.sum(-1, keepdim=True) @ rollout
+    generic = eye
+    for a, g in zip(attentions, gradients):                 # R <- R + mean_h((dA * A)^+) R
+        generic = generic + (g * a).clamp(min=0).mean(1) @ generic
+    a, g = attentions[-1][:, :, 0, num_prefix:], gradients[-1][:, :, 0, num_prefix:]
+    maps = {"raw-attention": attentions[-1].mean(1)[:, 0, num_prefix:],
+            "rollout": rollout[:, 0, num_prefix:],
+            "generic-attention": generic[:, 0, num_prefix:],
+            "attention-gradcam": (g.mean(-1, keepdim=True) * a).mean(1).clamp(min=0)}
+    return {method: m.reshape(B, *grid) for method, m in maps.items()}
+
+
+def close(actual, expected, rtol=1e-4):
+    """Elementwise closeness relative to the largest expected value."""
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))

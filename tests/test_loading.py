@@ -1,0 +1,172 @@
+"""``vitx.load_model`` from timm-keyed safetensors files, timm names with local weights and Hugging Face
+directories; its errors; and ``model.preprocess`` on every kind of image input."""
+import huggingface_hub.constants
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+from PIL import Image
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer as TimmViT
+from torch import nn
+
+import vitx
+from reference import VITX_SMALL, close, images, tiny_hf, tiny_timm
+from vitx.models import VisionTransformer, create_model
+
+ARCH = {k: v for k, v in VITX_SMALL.items() if k != "num_classes"}  # the file's head gives the classes
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No network here: make the hub fail at once instead of retrying (huggingface_hub reads HF_HUB_OFFLINE
+    when imported, so the constant is patched)."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_timm_keyed_file_builds_vitx_vit(tmp_path):
+    timm_net = tiny_timm()
+    path = tmp_path / "vit.safetensors"
+    save_file(timm_net.state_dict(), str(path))
+    model = vitx.load_model(path, arch="vit_small_patch16_224", **ARCH, class_names=list("abcde"))
+    assert isinstance(model.net, VisionTransformer) and model.adapter.framework == "vitx"
+    assert model.config.image_size == (64, 64) and model.config.num_classes == 5
+    assert model.config.class_names == tuple("abcde") and model.config.name == "vit"
+    x = images(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), timm_net(x), rtol=0, atol=1e-5)
+
+
+def test_distilled_file(tmp_path):
+    timm_net = tiny_timm("deit_small_distilled_patch16_224")
+    path = tmp_path / "deit.safetensors"
+    save_file(timm_net.state_dict(), str(path))
+    model = vitx.load_model(str(path), arch="deit_small_distilled_patch16_224", **ARCH)
+    assert model.config.num_prefix_tokens == 2
+    x = images(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), timm_net(x), rtol=0, atol=1e-5)
+
+
+def test_timm_name_with_local_weights(tmp_path):
+    """timm's own pretrained-loading path, pointed at a local file (timm's default vit_tiny at 224)."""
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224").eval()
+    path = tmp_path / "tiny.safetensors"
+    save_file(source.state_dict(), str(path))
+    model = vitx.load_model("timm:vit_tiny_patch16_224", weights=path)
+    assert isinstance(model.net, TimmViT) and model.adapter.framework == "timm"
+    assert model.config.name == "timm:vit_tiny_patch16_224"
+    assert model.config.mean == model.config.std == (0.5, 0.5, 0.5)      # timm's config for these weights
+    assert len(model.config.class_names) == 1000 and model.config.class_names[0].startswith("tench")
+    x = images(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+
+
+def test_hf_directory(tmp_path):
+    from transformers import ViTImageProcessor
+    net = tiny_hf()
+    net.config.id2label = {i: f"shape {i}" for i in range(5)}
+    net.save_pretrained(tmp_path)
+    ViTImageProcessor(image_mean=[0.1, 0.2, 0.3], image_std=[0.4, 0.5, 0.6]).save_pretrained(tmp_path)
+    model = vitx.load_model(f"hf:{tmp_path}")
+    assert model.adapter.framework == "hf" and model.config.name == f"hf:{tmp_path}"
+    assert model.config.mean == (0.1, 0.2, 0.3) and model.config.std == (0.4, 0.5, 0.6)
+    assert model.config.class_names == tuple(f"shape {i}" for i in range(5))
+    x = images(2, 3, 64, 64)
+    with torch.no_grad():
+        close(model(x), net(pixel_values=x).logits, rtol=1e-6)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("timm:not_a_model", "timm has no model named 'not_a_model'"),
+    ("hf:/no/such/directory", "no such model directory"),
+    ("missing.safetensors", "model file 'missing.safetensors' does not exist"),
+    ("bogus", "unknown model 'bogus'"),
+])
+def test_bad_sources(source, message):
+    with pytest.raises(vitx.VitxError, match=message):
+        vitx.load_model(source)
+
+
+def test_unreachable_hub_fails_fast(offline):
+    with pytest.raises(vitx.VitxError, match=r"from the hub \(no network\?\); pass weights="):
+        vitx.load_model("timm:vit_tiny_patch16_224")
+    with pytest.raises(vitx.VitxError, match="could not load Hugging Face model 'google/vit-base-patch16-224'"):
+        vitx.load_model("hf:google/vit-base-patch16-224")
+
+
+def test_missing_timm_weights_file(tmp_path):
+    with pytest.raises(vitx.VitxError, match="weights file .*absent.safetensors.* does not exist"):
+        vitx.load_model("timm:vit_tiny_patch16_224", weights=tmp_path / "absent.safetensors")
+
+
+def test_file_that_does_not_fit(tmp_path):
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"conv.weight": torch.zeros(4, 3, 3, 3)}, str(foreign))
+    with pytest.raises(vitx.VitxError, match="does not fit architecture 'vit_small_patch16_224': missing"):
+        vitx.load_model(foreign, arch="vit_small_patch16_224", **ARCH)
+    small = tmp_path / "small.safetensors"
+    save_file(tiny_timm().state_dict(), str(small))
+    with pytest.raises(vitx.VitxError, match="does not fit architecture 'vit_small_patch16_224': size mismatch"):
+        vitx.load_model(small, arch="vit_small_patch16_224", **{**ARCH, "embed_dim": 32})
+    with pytest.raises(vitx.VitxError, match="does not say its architecture"):
+        vitx.load_model(small)
+    with pytest.raises(vitx.VitxError, match="unknown architecture 'vit_huge'"):
+        vitx.load_model(small, arch="vit_huge")
+
+
+@pytest.mark.parametrize("net", [nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), torchvision.models.resnet18()],
+                         ids=["sequential", "resnet18"])
+def test_module_the_tap_cannot_inspect(net):
+    with pytest.raises(vitx.VitxError, match="vitx cannot inspect a torch"):
+        vitx.load_model(net)
+
+
+def test_unknown_setting():
+    with pytest.raises(vitx.VitxError, match="unknown model setting 'depth'"):
+        vitx.load_model(create_model("vit_small_patch16_224", **VITX_SMALL), depth=3)
+
+
+# --- preprocessing -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    return vitx.load_model(create_model("vit_small_patch16_224", **VITX_SMALL))
+
+
+def constant(model, *rgb):
+    """The model input of an image of one colour given in [0, 1]."""
+    return model.normalize(torch.tensor(rgb, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 64, 64))
+
+
+def test_every_kind_of_rgb_input_agrees(model, tmp_path):
+    array = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    path = tmp_path / "image.png"
+    Image.fromarray(array).save(path)
+    uint8_tensor = torch.from_numpy(array).permute(2, 0, 1)
+    tensor = uint8_tensor.float() / 255
+    inputs = [array, Image.fromarray(array), path, str(path), tensor, uint8_tensor]
+    batch = model.preprocess(inputs)
+    assert batch.shape == (6, 3, 64, 64) and batch.dtype == torch.float32
+    for i in range(1, 6):
+        close(batch[i], batch[0], rtol=1e-6)
+    close(model.preprocess(tensor[None].expand(2, -1, -1, -1)), batch[:2], rtol=1e-6)
+    assert not torch.allclose(batch[0, :, :32], batch[0, :, 32:])
+
+
+def test_grayscale_rgba_and_16_bit(model, tmp_path):
+    close(model.preprocess(Image.new("L", (30, 20), 51)), constant(model, 0.2, 0.2, 0.2), rtol=1e-5)
+    close(model.preprocess(np.full((20, 30), 51, np.uint8)), constant(model, 0.2, 0.2, 0.2), rtol=1e-5)
+    transparent = Image.new("RGBA", (30, 20), (255, 0, 0, 0))
+    opaque = Image.new("RGBA", (30, 20), (255, 0, 0, 255))
+    close(model.preprocess(transparent), constant(model, 1, 1, 1), rtol=1e-5)     # composited on white
+    close(model.preprocess(opaque), constant(model, 1, 0, 0), rtol=1e-5)
+    for level in (13107, 200):                         # a dark 16-bit image is still read as 16-bit
+        path = tmp_path / f"deep{level}.png"
+        Image.fromarray(np.full((20, 30), level, np.uint16)).save(path)
+        assert Image.open(path).mode == "I;16"
+        grey = level / 65535
+        close(model.preprocess(path), constant(model, grey, grey, grey), rtol=1e-5)

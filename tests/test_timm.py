@@ -1,0 +1,157 @@
+"""timm's ViT family through the tap: vitx's ViT with the same weights gives the same logits and maps,
+the maps equal formulas applied to attention captured by plain hooks, and timm's fused attention is
+left on."""
+import copy
+
+import pytest
+import torch
+from timm.models.deit import VisionTransformerDistilled
+from torch import nn
+
+import vitx
+from reference import close, formula_maps, images, target_score, tiny_timm, vitx_twin
+from vitx.registry import method_names
+
+# timm name and architecture options shared by timm and vitx: plain ViT, DeiT distilled (CLS + distillation
+# token), register tokens, and no class token with mean pooling.
+VARIANTS = {
+    "vit": ("vit_small_patch16_224", {}),
+    "deit-distilled": ("deit_small_distilled_patch16_224", {}),
+    "registers": ("vit_small_patch16_224", dict(reg_tokens=4, no_embed_class=True)),
+    "no-cls": ("vit_small_patch16_224", dict(class_token=False, global_pool="avg")),
+}
+PREFIX = {"vit": 1, "deit-distilled": 2, "registers": 5, "no-cls": 0}
+FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
+CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def pair(request):
+    """(variant, timm net, vitx net with timm's weights)."""
+    name, kw = VARIANTS[request.param]
+    timm_net = tiny_timm(name, **kw)
+    return request.param, timm_net, vitx_twin(timm_net, name, **kw)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return images(2, 3, 64, 64)
+
+
+def test_same_weights_same_logits_and_layout(pair, x):
+    variant, timm_net, vitx_net = pair
+    if variant == "deit-distilled":
+        assert isinstance(timm_net, VisionTransformerDistilled)
+    with torch.no_grad():
+        torch.testing.assert_close(vitx_net(x), timm_net(x), rtol=0, atol=1e-4)
+    timm_model, vitx_model = vitx.load_model(timm_net), vitx.load_model(vitx_net)
+    assert timm_model.adapter.framework == "timm" and vitx_model.adapter.framework == "vitx"
+    assert timm_model.layout(x) == vitx_model.layout(x)
+    layout = timm_model.layout(x)
+    assert layout.num_prefix == PREFIX[variant] and layout.grid == (8, 8) and layout.patch_size == (8, 8)
+    assert layout.cls_index == (None if variant == "no-cls" else 0)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_same_maps_for_every_method(pair, x, method):
+    variant, timm_net, vitx_net = pair
+    if variant == "no-cls" and method in CLS_METHODS:
+        for net in (timm_net, vitx_net):
+            with pytest.raises(vitx.VitxError, match="class token"):
+                vitx.explain(net, x, method=method)
+        return
+    ours = vitx.explain(vitx_net, x, method=method, normalize=False, **FAST.get(method, {}))
+    theirs = vitx.explain(timm_net, x, method=method, normalize=False, **FAST.get(method, {}))
+    assert torch.equal(ours.targets, theirs.targets)
+    assert ours.maps.abs().max() > 0
+    close(theirs.maps, ours.maps)
+
+
+def test_fused_attention_stays_on(pair, x):
+    _, timm_net, _ = pair
+    attentions = [block.attn for block in timm_net.blocks]
+    assert all(a.fused_attn is True for a in attentions)
+    with vitx.trace(timm_net) as tr:
+        timm_net(x)
+        assert all(a.fused_attn is True for a in attentions)
+    assert len(tr.attentions) == 3
+    assert all(a.fused_attn is True for a in attentions)
+
+
+def hooked_attentions(net, x):
+    """Logits and per-block attention probabilities from a copy of ``net`` on timm's unfused path,
+    captured by forward hooks on ``attn_drop`` (still in the autograd graph)."""
+    net = copy.deepcopy(net)
+    captured = []
+    for block in net.blocks:
+        block.attn.fused_attn = False
+        block.attn.attn_drop.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    return net(x), captured
+
+
+@pytest.mark.parametrize("variant", ["vit", "deit-distilled", "registers"])
+def test_maps_match_hook_and_formula(variant, x):
+    name, kw = VARIANTS[variant]
+    net = tiny_timm(name, **kw)
+    logits, attentions = hooked_attentions(net, x)
+    gradients = torch.autograd.grad(target_score(logits), attentions)
+    with vitx.trace(net) as tr:
+        traced = net(x)
+    close(traced, logits.detach(), rtol=1e-5)
+    for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
+        close(ours.detach(), theirs.detach())
+    expected = formula_maps([a.detach() for a in attentions], gradients, PREFIX[variant], (8, 8))
+    for method, reference in expected.items():
+        assert reference.abs().max() > 0
+        close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)
+
+
+def test_non_square_input_with_dynamic_size(x):
+    """64x96 images on a timm model built with dynamic_img_size and on its vitx twin: an (8, 12) grid."""
+    timm_net = tiny_timm(dynamic_img_size=True)
+    vitx_net = vitx_twin(timm_net)
+    wide = images(2, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(vitx_net(wide), timm_net(wide), rtol=0, atol=1e-4)
+    for net in (timm_net, vitx_net):
+        assert vitx.load_model(net).layout(wide).grid == (8, 12)
+        exp = vitx.explain(net, wide, method="generic-attention")
+        assert exp.maps.shape == (2, 64, 96) and exp.token_maps.shape == (2, 8, 12)
+
+
+def test_fixed_size_model_refuses_other_sizes(x):
+    net = tiny_timm()
+    with pytest.raises(vitx.VitxError, match="64x96"):
+        vitx.explain(net, images(1, 3, 64, 96), method="rollout")
+
+
+def test_no_class_token():
+    """CLS-row methods refuse before any forward pass; token and input gradients still work."""
+    net = tiny_timm(class_token=False, global_pool="avg")
+    calls = []
+    net.register_forward_pre_hook(lambda *_: calls.append(1))
+    x = images(2, 3, 64, 64)
+    for method in CLS_METHODS:
+        with pytest.raises(vitx.VitxError, match="class token"):
+            vitx.explain(net, x, method=method)
+    assert calls == []
+    for method in ("gradcam", "saliency"):
+        maps = vitx.explain(net, x, method=method, normalize=False).maps
+        assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all() and maps.amax((1, 2)).gt(0).all()
+
+
+def test_gated_and_normed_attention():
+    """timm's optional attention output norm and sigmoid gate run in timm's order under the tap."""
+    net = tiny_timm(scale_attn_norm=True)
+    for block in net.blocks:
+        block.attn.gate = nn.Linear(64, 64)
+    x = images(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = net(x)
+        with vitx.trace(net):
+            torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_attention_is_refused():
+    with pytest.raises(vitx.VitxError, match="DiffAttention"):
+        vitx.load_model(tiny_timm(attn_layer="diff"))
