@@ -1,0 +1,19 @@
+# `make demo` and `make test` first create .venv (once) with vitx and everything it needs,
+# at the versions pinned in constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vitx-installed
+
+.PHONY: demo test
+
+demo: $(STAMP)
+	$(BIN)/vitx explain src/vitx/data/samples/*.png --model shapes-vit --method all --out out/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -qq --constraint constraints.txt --editable '.[timm,hf,test]'
+	touch $@

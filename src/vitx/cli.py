@@ -1,0 +1,246 @@
+"""The ``vitx`` command: explain images, list the methods and the zoo, train zoo models.
+
+Errors the user can fix (:class:`~vitx.VitxError`, bad arguments) end in one line on stderr and exit
+status 2; anything unexpected in one line naming it and status 1 (``--debug`` shows the traceback).
+``vitx explain`` checks its images, model, methods, target and output directory before it creates
+anything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import VitxError
+from .explain import explain, resolve_targets
+from .images import read_image
+from .loading import load_model
+from .registry import Method, get_method, method_names, methods
+from .report import explanation_page
+from .viz import grid
+from .zoo import ZOO_DIR, models
+
+OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised as one-line VitxErrors instead of printed with the usage."""
+
+    def error(self, message: str):
+        raise VitxError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    if not re.fullmatch(r"\d+", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = Parser(prog="vitx", description="Explain the predictions of Vision Transformers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("explain", parents=[common], help="explain images with one or more methods",
+                            description="Explain every image with every method; write overlays, maps (.npy), "
+                                        "grid.png and index.html into --out.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", required=True,
+                   help="zoo name (see `vitx models`), timm:<name>, hf:<directory> or a .safetensors file")
+    p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys, e.g. vit_small_patch16_224")
+    p.add_argument("--weights", help="local weights file for a timm:<name> model")
+    p.add_argument("--method", required=True, help="comma-separated method names (see `vitx methods`), or 'all'")
+    p.add_argument("--target", help="class index or name to explain (default: each image's predicted class)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(run=run_explain)
+
+    for name, rows in (("methods", "the explanation methods"), ("models", "the zoo models")):
+        p = commands.add_parser(name, parents=[common], help=f"list {rows}", description=f"List {rows}.")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(run=run_methods if name == "methods" else run_models)
+
+    p = commands.add_parser("train", parents=[common], help="train a zoo model",
+                            description="Train a zoo model (see `vitx models`) and write its checkpoint and card.")
+    p.add_argument("name", help="zoo model name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--out", type=Path, default=ZOO_DIR, help="output directory (default: the zoo directory)")
+    p.set_defaults(run=run_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = False
+    try:
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        return args.run(args)
+    except SystemExit as done:  # --help
+        return done.code or 0
+    except KeyboardInterrupt:
+        print("vitx: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        if isinstance(err, VitxError):
+            print(f"vitx: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"vitx: error: unexpected {type(err).__name__}: {one_line(err)}"
+              f"{'' if debug else ' (run with --debug to see the traceback)'}", file=sys.stderr)
+        return 1
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+# ---- explain ---------------------------------------------------------------------------------------
+
+def run_explain(args) -> int:
+    if args.weights and not args.model.startswith("timm:"):
+        raise VitxError("--weights is for timm:<name> models only")
+    wanted = None if args.method == "all" else [get_method(name) for name in
+                                                 dict.fromkeys(name.strip() for name in args.method.split(","))]
+    names = image_names(args.images)
+    pictures = [read_image(path) for path in args.images]
+    device = check_device(args.device)
+    model = load_model(args.model, arch=args.arch, weights=args.weights, device=device)
+    x = model.preprocess(pictures)
+    layout = model.layout(x)
+    if wanted is None:
+        wanted = applicable_methods(model.config, layout)
+    else:
+        for info in wanted:
+            info.check(model.config, layout)
+    target = None if args.target is None else int(args.target) if re.fullmatch(r"-?\d+", args.target) else args.target
+    targets = resolve_targets(target, len(pictures), model)
+    out = make_out_dir(args.out)
+
+    explanations = []
+    with tqdm(total=len(wanted) * len(pictures), unit="image", desc="explaining", delay=1) as bar:
+        for info in wanted:
+            bar.set_postfix_str(info.name, refresh=False)
+            explanations.append(explain(model, x, method=info.name, target=targets, batch_size=args.batch_size))
+            bar.update(len(pictures))
+
+    scale = -(-OVERLAY_SIZE // max(x.shape[-2:]))
+    for exp in explanations:
+        for i, name in enumerate(names):
+            exp.overlay(i, scale=scale).save(out / f"{name}_{exp.method}.png")
+            np.save(out / f"{name}_{exp.method}.npy", exp.maps[i].cpu().numpy())
+    first = explanations[0]
+    labels = [row_label(name, first.logits[i], first.target_name(i) if targets is not None else None, model)
+              for i, name in enumerate(names)]
+    picture = grid(first.images, {exp.method: exp.maps for exp in explanations}, labels)
+    picture.save(out / "grid.png")
+    page = explanation_page(picture, names, explanations, model=model.config.name or args.model)
+    (out / "index.html").write_text(page, encoding="utf-8")
+    print(f"wrote {len(names) * len(explanations)} overlays (<image>_<method>.png) and maps (.npy) to {out}/\n"
+          f"grid: {out / 'grid.png'}\npage: {out / 'index.html'}")
+    return 0
+
+
+def image_names(paths: list[str]) -> list[str]:
+    """File stems, which name the outputs; two images with the same stem would overwrite each other."""
+    names = [Path(path).stem for path in paths]
+    for name in names:
+        if names.count(name) > 1:
+            raise VitxError(f"two images are named {name!r}: outputs are named after the file, rename one")
+    return names
+
+
+def check_device(name: str | None) -> str | None:
+    if name is not None:
+        try:
+            torch.empty(0, device=name)
+        except (RuntimeError, AssertionError) as err:
+            raise VitxError(f"device {name!r} cannot be used here ({one_line(err)})") from None
+    return name
+
+
+def applicable_methods(config, layout) -> list[Method]:
+    """Every registered method that applies to the model; the others are named on stderr."""
+    usable = []
+    for name in method_names():
+        info = get_method(name)
+        try:
+            info.check(config, layout)
+            usable.append(info)
+        except VitxError as err:
+            print(f"vitx: skipped: {one_line(err)}", file=sys.stderr)
+    if not usable:
+        raise VitxError("no registered method applies to this model")
+    return usable
+
+
+def make_out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise VitxError(f"--out {str(path)!r} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as err:
+        raise VitxError(f"cannot write to --out {str(path)!r} ({err.strerror or one_line(err)})") from None
+    return path
+
+
+def row_label(name: str, logits: torch.Tensor, target: str | None, model) -> str:
+    """The image's name, its predicted class with its probability, and the explained class if chosen."""
+    logits = logits.float()
+    probs = logits.sigmoid() if model.config.multi_label else logits.softmax(-1)
+    k = int(probs.argmax())
+    label = f"{name}\npredicted: {model.class_name(k)} ({float(probs[k]):.0%})"
+    return label if target is None else f"{label}\ntarget: {target}"
+
+
+# ---- methods, models, train ------------------------------------------------------------------------
+
+def run_methods(args) -> int:
+    return print_rows(methods(), ["name", "family", "needs", "cost", "paper"], args.json)
+
+
+def run_models(args) -> int:
+    return print_rows(models(), ["name", "architecture", "dataset", "accuracy", "file"], args.json)
+
+
+def print_rows(rows: list[dict], columns: list[str], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cells = [[cell_text(row[column]) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[i]) for line in cells]) for i, column in enumerate(columns)]
+    for line in [columns, ["-" * width for width in widths], *cells]:
+        print("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip())
+    return 0
+
+
+def cell_text(value) -> str:
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def run_train(args) -> int:
+    from .train import train
+    options = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
+    metrics = train(args.name, out_dir=args.out, **{key: value for key, value in options.items() if value is not None})
+    print(f"wrote {args.out / args.name}.safetensors and its model card {args.name}.md\n"
+          f"test metrics: {', '.join(f'{key} {value}' for key, value in metrics.items())}")
+    return 0
