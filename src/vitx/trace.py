@@ -1,7 +1,8 @@
 """The attention tap: ``with vitx.trace(model) as tr: logits = model(x)``.
 
 While the block is open, every attention module computes ``A = softmax(edit(q k^T * scale + mask))``
-explicitly and the tap keeps A (B, heads, N, N) per block, and each block's output tokens (B, N, D),
+explicitly and the tap keeps A (B, heads, N, N) per block (or only in the blocks ``attentions`` names;
+the others keep the model's own, fused attention), and each block's output tokens (B, N, D),
 both still attached to the autograd graph so that gradients with respect to them can be taken.
 Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
 ``edit(block, scores)``. Leaving the block, normally or by an exception, removes every hook and
@@ -10,7 +11,7 @@ patched ``forward``: the model is exactly as it was.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,7 @@ Edit = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 class Trace:
-    def __init__(self, model, *, attentions: bool = True, tokens: bool = True,
+    def __init__(self, model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
                  key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
                  edit: Edit | None = None):
         from .model import as_model
@@ -30,12 +31,14 @@ class Trace:
         self.record_attentions, self.record_tokens = attentions, tokens
         self.key_scale, self.key_mask, self.edit = key_scale, key_mask, edit
         self._attentions: dict[int, torch.Tensor] = {}
+        self._recorded: frozenset[int] = frozenset()
         self._tokens: dict[int, torch.Tensor] = {}
         self._undo: list[Callable[[], None]] = []
 
     @property
     def attentions(self) -> list[torch.Tensor]:
-        """Per block, the attention probabilities (B, heads, N, N) of the last forward pass."""
+        """Per recorded block (every block unless ``attentions`` named some), in block order, the attention
+        probabilities (B, heads, N, N) of the last forward pass."""
         return [self._attentions[i] for i in sorted(self._attentions)]
 
     @property
@@ -57,8 +60,10 @@ class Trace:
         adapter = self.model.adapter
         try:
             self._undo.append(adapter.net.register_forward_pre_hook(self._reset).remove)
-            if self.record_attentions or self.edits_scores:
-                for i, module in enumerate(adapter.attentions()):
+            modules = adapter.attentions()
+            self._recorded = _blocks(self.record_attentions, len(modules))
+            for i, module in enumerate(modules):
+                if i in self._recorded or self.edits_scores:
                     self._patch_forward(module, adapter.attention_forward(module, partial(self._attend, i)))
             if self.record_tokens:
                 for i, block in enumerate(adapter.blocks()):
@@ -105,11 +110,23 @@ class Trace:
         if self.edit is not None:
             scores = self.edit(index, scores)
         attn = scores.softmax(dim=-1)
-        if self.record_attentions:
+        if index in self._recorded:
             self._attentions[index] = attn
         if dropout:
             attn = F.dropout(attn, dropout, training=True)
         return torch.matmul(attn, v)
+
+
+def _blocks(choice: bool | Sequence[int], depth: int) -> frozenset[int]:
+    """Block indices to record: every block (True), none (False) or those named (negative counts from the last)."""
+    if isinstance(choice, bool):
+        return frozenset(range(depth) if choice else ())
+    chosen = [int(i) for i in choice]
+    for i in chosen:
+        if not -depth <= i < depth:
+            raise VitxError(f"block {i} does not exist: this model has {depth} blocks "
+                            f"(0..{depth - 1} or -{depth}..-1)")
+    return frozenset(i % depth for i in chosen)
 
 
 def _per_key(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -122,8 +139,9 @@ def _per_key(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return values.view(-1, 1, 1, values.shape[-1]) if values.dim() == 2 else values
 
 
-def trace(model, *, attentions: bool = True, tokens: bool = True, key_scale: torch.Tensor | None = None,
-          key_mask: torch.Tensor | None = None, edit: Edit | None = None) -> Trace:
+def trace(model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
+          key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+          edit: Edit | None = None) -> Trace:
     """Open the attention tap on ``model`` (a vitx model or any supported nn.Module); see :class:`Trace`."""
     return Trace(model, attentions=attentions, tokens=tokens, key_scale=key_scale, key_mask=key_mask, edit=edit)
 

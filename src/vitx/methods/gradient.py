@@ -99,13 +99,14 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline="black", intern
 def smoothgrad(batch: Batch, samples: int = 25, noise_level: float = 0.15, seed: int = 0,
                internal_batch_size: int = 64) -> torch.Tensor:
     """SmoothGrad: R(p) = max_c |1/n Σ_k ∂y_t(x + ε_k)/∂x_c(p)|, ε_k ~ N(0, σ²),
-    σ = noise_level · (max x − min x) per image."""
+    σ = noise_level · (max x − min x) per image. The unit noise draws come from ``seed`` and are the
+    same for every image, so an image's map does not depend on the batch it is explained in."""
     if samples < 1:
         raise VitxError(f"samples must be at least 1, got {samples}")
     x = batch.x
     spread = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    noise = torch.randn((samples, *x.shape), generator=generator).to(x.device, x.dtype)
+    noise = torch.randn((samples, 1, *x.shape[1:]), generator=generator).to(x.device, x.dtype)
     noisy = x[None] + noise * noise_level * spread[None]
     grads = input_gradients(batch, noisy.flatten(0, 1), internal_batch_size).view_as(noisy)
     return grads.mean(0).abs().amax(1)

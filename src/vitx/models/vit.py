@@ -31,6 +31,7 @@ class ViTConfig:
     no_embed_class: bool = False     # position embeddings cover the patches only
     global_pool: str = "token"       # "token" (class token) or "avg" (mean of patch tokens)
     init_values: float | None = None  # LayerScale
+    stem: str = "patch"              # "patch": one linear patch projection (timm); "conv": early convolutions
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -41,12 +42,31 @@ class ViTConfig:
 
 
 class PatchEmbed(nn.Module):
+    """Patch tokens (B, D, gh, gw). ``stem="patch"``: one linear projection of each p×p patch (timm's).
+    ``stem="conv"``: log2(p) stride-2 3×3 conv-BN-ReLU stages, then a 1×1 projection (Xiao et al.,
+    NeurIPS 2021, Early Convolutions Help Transformers See Better): the same token grid, a locality
+    prior that makes small ViTs train several times faster from scratch."""
+
     def __init__(self, cfg: ViTConfig):
         super().__init__()
-        self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+        if cfg.stem == "patch":
+            self.stem = nn.Identity()
+            self.proj = nn.Conv2d(cfg.in_chans, cfg.embed_dim, cfg.patch_size, cfg.patch_size)
+            return
+        stages = cfg.patch_size.bit_length() - 1
+        if cfg.stem != "conv" or 2 ** stages != cfg.patch_size:
+            raise ValueError(f"stem must be 'patch', or 'conv' with a power-of-two patch size; got {cfg.stem!r}, "
+                             f"patch {cfg.patch_size}")
+        layers, channels = [], cfg.in_chans
+        for i in range(stages):
+            width = cfg.embed_dim // 2 ** (stages - 1 - i)
+            layers += [nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
+            channels = width
+        self.stem = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(channels, cfg.embed_dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)  # (B, D, gh, gw)
+        return self.proj(self.stem(x))
 
 
 class Attention(nn.Module):

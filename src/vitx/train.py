@@ -1,0 +1,257 @@
+"""``vitx train``: the recipes behind the zoo's checkpoints, reproducible from a seed.
+
+Data is drawn fresh at every step from :func:`vitx.data.shapes`: step ``k`` of a run with seed ``s``
+uses the images of data seed ``1_000_000 * (s + 1) + k``, so training never sees a data seed below
+1,000,000 and every smaller seed (such as the test seed ``10_000 + s``) holds fresh images.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import CLASS_NAMES, shapes
+from .errors import VitxError
+from .model import Model, evaluating, wrap
+from .models import ARCHITECTURES, create_model
+from .zoo import ZOO_DIR
+
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+TEST_IMAGES = 1000
+_TRAIN_SEED_STRIDE = 1_000_000  # data seeds of training runs start here; smaller seeds are for testing
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str
+    variant: str           # shapes variant: "single" (cross-entropy) or "multi" (multi-label BCE)
+    steps: int
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05   # fraction of the steps with a linear warm-up, then cosine decay to zero
+    clip: float = 1.0      # gradient-norm clipping
+    start: str | None = None  # a recipe whose trained weights (all but the head) start this one
+
+    @property
+    def multi_label(self) -> bool:
+        return self.variant == "multi"
+
+
+RECIPES = {
+    "shapes-vit": Recipe("vitx_shapes", "single", steps=2500, lr=1e-3),
+    "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=800, lr=5e-4, start="shapes-vit"),
+}
+
+
+def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None, batch_size: int = 128,
+          progress: bool = True) -> dict:
+    """Train recipe ``name`` (a key of RECIPES), save ``<out_dir>/<name>.safetensors`` and its model
+    card ``<name>.md``, and return the test metrics."""
+    if name not in RECIPES:
+        raise VitxError(f"no training recipe named {name!r}; recipes: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    steps = recipe.steps if steps is None else steps
+    for label, value in (("seed", seed), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if label == "seed" else 1):
+            raise VitxError(f"{label} must be an integer >= {0 if label == 'seed' else 1}, got {value!r}")
+    if steps >= _TRAIN_SEED_STRIDE:
+        raise VitxError(f"steps must be below {_TRAIN_SEED_STRIDE:,}, got {steps}")
+
+    torch.manual_seed(seed)
+    net = create_model(recipe.arch)
+    mimetic_init(net)
+    if recipe.start:
+        start_from(net, Path(out_dir) / f"{recipe.start}.safetensors")
+    model = wrap(net, mean=MEAN, std=STD, class_names=CLASS_NAMES, multi_label=recipe.multi_label)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, recipe.warmup))
+    loss_fn = F.binary_cross_entropy_with_logits if recipe.multi_label else F.cross_entropy
+
+    net.train()
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"train {name}", disable=not progress)
+    for step in bar:
+        data = shapes(n=batch_size, seed=_TRAIN_SEED_STRIDE * (seed + 1) + step, variant=recipe.variant)
+        loss = loss_fn(net(model.normalize(data.images)), data.labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip)
+        optimizer.step()
+        schedule.step()
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    seconds = time.perf_counter() - start
+    net.eval()
+
+    test_seed = 10_000 + seed
+    metrics = score_shapes(model, recipe.variant, test_seed)
+    out_dir = Path(out_dir)
+    command = f"vitx train {name} --seed {seed} --steps {steps} --batch-size {batch_size}"
+    if out_dir.resolve() != ZOO_DIR.resolve():
+        command += f" --out {out_dir}"
+    meta = {"arch": recipe.arch, "config": {}, "mean": MEAN, "std": STD, "class_names": CLASS_NAMES,
+            "multi_label": recipe.multi_label, "dataset": f"shapes/{recipe.variant} 64px", "metrics": metrics,
+            "seed": seed, "test_seed": test_seed, "steps": steps, "batch_size": batch_size, "command": command,
+            "train_seconds": round(seconds, 1), "start": recipe.start}
+    save_checkpoint(net, out_dir / f"{name}.safetensors", meta)
+    (out_dir / f"{name}.md").write_text(model_card(name, recipe, meta))
+    return metrics
+
+
+def start_from(net, path: Path) -> None:
+    """Load a trained checkpoint's weights into ``net``, all but the classifier head."""
+    if not path.exists():
+        raise VitxError(f"this recipe starts from {path.name}, which does not exist: train {path.stem} first")
+    state, _ = read_checkpoint(path)
+    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+
+
+@torch.no_grad()
+def mimetic_init(net, qk=(0.7, 0.7), vo=(0.4, 0.4)) -> None:
+    """Start attention where a trained ViT's is (Trockman & Kolter, ICML 2023, Mimetic Initialization of
+    Self-Attention Layers), which speeds up training from scratch on small data.
+
+    Per head, W_q^T W_k is the best rank-head_dim approximation of a Z + b I (Z ~ N(0, 1/D)), so tokens
+    first attend to tokens like themselves; W_proj W_v = a Z - b I over all heads; the patch position
+    embedding starts as a 2D sine-cosine table, so "like themselves" includes "near themselves".
+    """
+    dim, grid = net.cfg.embed_dim, net.grid_size
+    net.pos_embed[0, net.pos_embed.shape[1] - grid[0] * grid[1]:] = sincos_2d(grid, dim)
+    noise = lambda: torch.randn(dim, dim) / math.sqrt(dim)
+    eye = torch.eye(dim)
+    for block in net.blocks:
+        attn = block.attn
+        wq, wk, wv = attn.qkv.weight.view(3, dim, dim).unbind(0)
+        for head in range(attn.num_heads):
+            rows = slice(head * attn.head_dim, (head + 1) * attn.head_dim)
+            left, right = _factor(qk[0] * noise() + qk[1] * eye, attn.head_dim)
+            wq[rows], wk[rows] = left.T, right.T
+        left, right = _factor(vo[0] * noise() - vo[1] * eye, dim)
+        attn.proj.weight.copy_(left)
+        wv.copy_(right.T)
+
+
+def _factor(matrix: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L, R), each (n, rank), with L R^T the best rank-``rank`` approximation of ``matrix``."""
+    u, s, vh = torch.linalg.svd(matrix)
+    root = s[:rank].sqrt()
+    return u[:, :rank] * root, vh[:rank].T * root
+
+
+def sincos_2d(grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """(gh * gw, dim) position table: sin and cos of x and of y, a quarter of the dims each."""
+    y, x = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
+    freq = 10_000.0 ** -(torch.arange(dim // 4) / (dim // 4))
+    ax, ay = x.flatten()[:, None] * freq, y.flatten()[:, None] * freq
+    return torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], 1)
+
+
+def _warmup_cosine(steps: int, warmup: float):
+    warm = max(1, round(steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+    return factor
+
+
+@torch.no_grad()
+def score_shapes(model: Model, variant: str, seed: int, n: int = TEST_IMAGES, batch_size: int = 250) -> dict:
+    """Scores of ``model`` on ``n`` fresh shapes images of ``variant`` drawn with data seed ``seed``.
+
+    single: accuracy of the arg-max class. multi: a class counts as detected when its logit is above 0;
+    per-class recall and precision, their minima, and accuracy = the exact-match rate (every class right).
+    """
+    data = shapes(n=n, seed=seed, variant=variant)
+    with evaluating(model):
+        logits = torch.cat([model(model.normalize(data.images[i:i + batch_size].to(model.device))).cpu()
+                            for i in range(0, n, batch_size)])
+    if variant == "single":
+        return {"accuracy": round((logits.argmax(1) == data.labels).float().mean().item(), 4)}
+    predicted, present = logits > 0, data.labels.bool()
+    hits = (predicted & present).sum(0).float()
+    recall = hits / present.sum(0).clamp(min=1)
+    precision = hits / predicted.sum(0).clamp(min=1)
+    names = data.class_names
+    return {"accuracy": round((predicted == present).all(1).float().mean().item(), 4),
+            "min_recall": round(recall.min().item(), 4), "min_precision": round(precision.min().item(), 4),
+            "recall": {names[c]: round(v, 4) for c, v in enumerate(recall.tolist())},
+            "precision": {names[c]: round(v, 4) for c, v in enumerate(precision.tolist())}}
+
+
+def model_card(name: str, recipe: Recipe, meta: dict) -> str:
+    """The Markdown model card written next to a checkpoint."""
+    cfg = ARCHITECTURES[recipe.arch]
+    metrics = meta["metrics"]
+    n_test = f"{TEST_IMAGES:,} fresh `{recipe.variant}` images (data seed {meta['test_seed']})"
+    if recipe.multi_label:
+        task = "Multi-label: which of the 8 classes are present (2 or 3 per image); a class is detected when its logit > 0"
+        loss = "binary cross-entropy with logits on the multi-hot labels"
+        rows = "\n".join(f"| {c} | {metrics['recall'][c]:.3f} | {metrics['precision'][c]:.3f} |" for c in CLASS_NAMES)
+        results = (f"On {n_test}: exact-match rate (every class right) **{metrics['accuracy']:.3f}**, "
+                   f"lowest per-class recall {metrics['min_recall']:.3f}.\n\n"
+                   f"| class | recall | precision |\n|---|---|---|\n{rows}")
+    else:
+        task = "Single-label: the class of the one object in the image"
+        loss = "cross-entropy"
+        results = f"On {n_test}: accuracy **{metrics['accuracy']:.3f}**."
+    if recipe.start:
+        init = (f"Start: the trained weights of `{recipe.start}` (all but its head, which starts afresh); "
+                f"train `{recipe.start}` first")
+    else:
+        init = ("Initialisation: mimetic (Trockman & Kolter, ICML 2023): per head W_q^T W_k ~ 0.7 Z + 0.7 I,\n"
+                "  W_proj W_v ~ 0.4 Z - 0.4 I, patch position embeddings from a 2D sine-cosine table; other weights\n"
+                "  as the architecture initialises them")
+    stem = (f",\nembedded by a convolutional stem ({cfg.patch_size.bit_length() - 1} stride-2 3x3 conv-BatchNorm-ReLU "
+            "stages and a 1x1 projection;\nXiao et al., NeurIPS 2021) instead of one linear patch projection"
+            if cfg.stem == "conv" else "")
+    return f"""# {name}
+
+A small Vision Transformer trained on vitx's procedural shapes data, shipped so that
+explanation methods can be scored against pixel-exact ground truth. Load it with
+`vitx.load_model("{name}")`.
+
+## Architecture
+
+`{recipe.arch}` (vitx's own ViT), with no overrides of its configuration: {cfg.image_size}x{cfg.image_size} input,
+{cfg.patch_size}x{cfg.patch_size} patches ({(cfg.image_size // cfg.patch_size) ** 2} patch tokens and a class token){stem},
+{cfg.embed_dim} dimensions, {cfg.depth} blocks, {cfg.num_heads} heads, MLP ratio {cfg.mlp_ratio:g},
+{sum(p.numel() for p in create_model(recipe.arch).parameters()):,} parameters.
+Input normalisation: mean {meta['mean']}, std {meta['std']}.
+
+## Task and data
+
+{task}. Classes: {', '.join(CLASS_NAMES)}.
+Data: `vitx.data.shapes(variant="{recipe.variant}")`, 64x64, a fresh batch of {meta['batch_size']} images
+at every step (step k draws data seed 1,000,000 x (seed + 1) + k; no image is seen twice and no data
+seed below 1,000,000 is used for training). No augmentation.
+
+## Training
+
+- Command: `{meta['command']}`
+- Seed: {meta['seed']} (`torch.manual_seed`; the data seeds follow from it)
+- Steps: {meta['steps']} at batch size {meta['batch_size']} ({meta['steps'] * meta['batch_size']:,} images)
+- Loss: {loss}
+- {init}
+- Optimiser: AdamW, learning rate {recipe.lr:g}, weight decay {recipe.weight_decay:g}, gradient norm clipped
+  at {recipe.clip:g}; linear warm-up over {recipe.warmup:.0%} of the steps, then cosine decay to zero
+- Training time: {meta['train_seconds'] / 60:.1f} minutes on a shared 2-core CPU
+
+## Results
+
+{results}
+
+## Intended use and limits
+
+A test subject for explanation methods and their metrics (`vitx bench`), and a quick model for
+examples and tests. It knows only this synthetic world: 64x64 images of one ({'2-3' if recipe.multi_label else '1'})
+solid shape(s) on a textured, cluttered background. It says nothing useful about natural images,
+other sizes, or shapes outside its 8 classes (it will still name one of them).
+"""
