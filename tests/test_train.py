@@ -48,7 +48,8 @@ def test_multi_label_recipe_starts_from_the_single_label_model(trained):
 def test_model_card_states_command_seed_and_metrics(trained):
     out, metrics = trained
     card = (out / "shapes-vit-multi.md").read_text()
-    for fact in ("vitx train shapes-vit-multi --seed 3 --steps 3", "Seed: 3", "data seed 10003", "Start: the trained weights of `shapes-vit`",
+    for fact in ("vitx train shapes-vit-multi --seed 3 --steps 3", "Seed: 3", "data seed 10003",
+                 "Start: the trained weights of `shapes-vit`",
                  f"{metrics['accuracy']:.3f}", "| lshape |"):
         assert fact in card
 
@@ -61,7 +62,8 @@ def test_training_is_reproducible_from_the_seed(tmp_path):
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     other = tmp_path / "c"
     train("shapes-vit", other, seed=2, steps=2, batch_size=4, progress=False)
-    assert not torch.equal(vitx.load_model(str(other / "shapes-vit.safetensors")).net.head.weight, weights[0]["head.weight"])
+    head = vitx.load_model(str(other / "shapes-vit.safetensors")).net.head.weight
+    assert not torch.equal(head, weights[0]["head.weight"])
 
 
 def test_unknown_recipe_and_bad_budget_are_refused(tmp_path):

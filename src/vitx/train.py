@@ -189,10 +189,12 @@ def score_shapes(model: Model, variant: str, seed: int, n: int = TEST_IMAGES, ba
 def model_card(name: str, recipe: Recipe, meta: dict) -> str:
     """The Markdown model card written next to a checkpoint."""
     cfg = ARCHITECTURES[recipe.arch]
+    grid = cfg.image_size // cfg.patch_size
     metrics = meta["metrics"]
     n_test = f"{TEST_IMAGES:,} fresh `{recipe.variant}` images (data seed {meta['test_seed']})"
     if recipe.multi_label:
-        task = "Multi-label: which of the 8 classes are present (2 or 3 per image); a class is detected when its logit > 0"
+        task = ("Multi-label: which of the 8 classes are present (2 or 3 per image); a class is detected when "
+                "its logit > 0")
         loss = "binary cross-entropy with logits on the multi-hot labels"
         rows = "\n".join(f"| {c} | {metrics['recall'][c]:.3f} | {metrics['precision'][c]:.3f} |" for c in CLASS_NAMES)
         results = (f"On {n_test}: exact-match rate (every class right) **{metrics['accuracy']:.3f}**, "
@@ -221,7 +223,7 @@ explanation methods can be scored against pixel-exact ground truth. Load it with
 ## Architecture
 
 `{recipe.arch}` (vitx's own ViT), with no overrides of its configuration: {cfg.image_size}x{cfg.image_size} input,
-{cfg.patch_size}x{cfg.patch_size} patches ({(cfg.image_size // cfg.patch_size) ** 2} patch tokens and a class token){stem},
+{cfg.patch_size}x{cfg.patch_size} patches ({grid} x {grid} patch tokens and a class token){stem},
 {cfg.embed_dim} dimensions, {cfg.depth} blocks, {cfg.num_heads} heads, MLP ratio {cfg.mlp_ratio:g},
 {sum(p.numel() for p in create_model(recipe.arch).parameters()):,} parameters.
 Input normalisation: mean {meta['mean']}, std {meta['std']}.
