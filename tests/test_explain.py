@@ -74,7 +74,9 @@ def test_unnormalized_token_maps_are_upsampled_bilinearly(model, x):
 
 @pytest.mark.parametrize("target, expected", [(2, [2] * 5), ("heart", [3] * 5), ([0, 1, 2, 3, 0], [0, 1, 2, 3, 0]),
                                               (["star", 0, "square", 3, 3], [2, 0, 1, 3, 3]),
-                                              (torch.tensor([3, 3, 1, 1, 0]), [3, 3, 1, 1, 0])])
+                                              (torch.tensor([3, 3, 1, 1, 0]), [3, 3, 1, 1, 0]),
+                                              (np.int64(1), [1] * 5), (torch.tensor(2), [2] * 5),
+                                              (np.array([0, 0, 1, 1, 2]), [0, 0, 1, 1, 2])])
 def test_explicit_targets_are_honoured(model, x, target, expected):
     exp = vitx.explain(model, x, "saliency", target, normalize=False)
     assert exp.targets.tolist() == expected
@@ -83,7 +85,8 @@ def test_explicit_targets_are_honoured(model, x, target, expected):
 
 def test_bad_arguments_raise_vitx_error(model, x):
     cases = [(dict(target=4), "out of range"), (dict(target=-1), "out of range"), (dict(target=[0, 1]), "2 targets"),
-             (dict(target="triangle"), "unknown target class"), (dict(method="no-such-method"), "unknown method"),
+             (dict(target="triangle"), "unknown target class"),
+             (dict(target=1.0), "class index or name"), (dict(target=True), "class index or name"), (dict(method="no-such-method"), "unknown method"),
              (dict(steps=3), "no parameter 'steps'"), (dict(batch_size=0), "batch_size"),
              (dict(method="integrated-gradients", steps=0), "steps"),
              (dict(method="integrated-gradients", baseline="white"), "baseline"),

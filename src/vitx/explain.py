@@ -1,6 +1,9 @@
 """``vitx.explain``: the plumbing every method shares (batching, targets, device, upsampling, scaling)."""
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -60,23 +63,28 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
 
 
 def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:
-    """None, or (count,) class indices on the model's device; names and indices are checked."""
+    """None, or (count,) class indices on the model's device. ``target`` is one class for every image (an
+    index of any integer type, a 0-dim tensor or array, or a name) or a sequence, tensor or array of
+    ``count``; names, types and ranges are checked."""
     if target is None:
         return None
-    names = model.config.class_names
-    values = [target] * count if isinstance(target, (int, str)) else list(
-        target.tolist() if isinstance(target, torch.Tensor) else target)
+    if isinstance(target, (torch.Tensor, np.ndarray)):
+        target = target.tolist()  # a 0-dim tensor or array becomes a Python scalar
+    values = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(values) != count:
         raise VitxError(f"got {len(values)} targets for {count} images")
+    names, num_classes = model.config.class_names, model.config.num_classes
     indices = []
     for value in values:
         if isinstance(value, str):
             if value not in names:
                 raise VitxError(f"unknown target class {value!r}; classes: {', '.join(names[:20])}")
             value = names.index(value)
-        if not 0 <= int(value) < model.config.num_classes:
-            raise VitxError(f"target class {value} is out of range: this model has {model.config.num_classes} "
-                            f"classes (0-{model.config.num_classes - 1})")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise VitxError(f"a target must be a class index or name, got {value!r}")
+        if not 0 <= value < num_classes:
+            raise VitxError(f"target class {value} is out of range: this model has {num_classes} "
+                            f"classes (0-{num_classes - 1})")
         indices.append(int(value))
     return torch.tensor(indices, device=model.device)
 
