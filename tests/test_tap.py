@@ -46,6 +46,26 @@ def test_records_attentions_tokens_and_gradients(net, x):
     assert last[:, 0].abs().amax(-1).gt(0).all() and torch.equal(last[:, 1:], torch.zeros_like(last[:, 1:]))
 
 
+def test_records_only_the_blocks_named(net, x):
+    """``attentions=[...]`` keeps A of those blocks only (negative indices count from the last); the other
+    blocks keep the model's own attention, so the logits do not change."""
+    model = vitx.load_model(net)
+    with torch.no_grad(), vitx.trace(model) as every:
+        expected = model(x)
+    with torch.no_grad(), vitx.trace(model, attentions=[-1, 0], tokens=False) as tr:
+        close(model(x), expected, rtol=1e-5)
+    assert len(tr.attentions) == 2 and tr.tokens == []
+    close(tr.attentions[0], every.attentions[0])
+    close(tr.attentions[1], every.attentions[2])
+    with torch.no_grad(), vitx.trace(model, attentions=False) as none:
+        close(model(x), expected, rtol=1e-5)
+    assert none.attentions == [] and len(none.tokens) == 3
+    with pytest.raises(vitx.VitxError, match="block 3 does not exist: this model has 3 blocks"):
+        with vitx.trace(model, attentions=[3]):
+            pass
+    assert not any("forward" in m.__dict__ for m in net.modules())
+
+
 def test_gradients_are_per_image(net, x):
     """Each image's attention gradient depends on its own target only."""
     with vitx.trace(net) as tr:
