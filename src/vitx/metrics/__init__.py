@@ -1,0 +1,18 @@
+"""Metrics: method-agnostic scores of explanations, ``(model, x, targets, maps, masks) -> (B,)`` per image.
+
+Every function returns per-image values (a (B,) float tensor, or a dict of them and of per-image curves)
+so that a caller can take means and standard errors. :data:`METRICS` names the leaderboard scores, the
+function computing each and whether higher is better. See docs/metrics.md.
+"""
+from .localisation import class_sensitivity, energy_pointing_game, pointing_game, relevance_rank_accuracy
+from .perturbation import FRACTIONS, auc, dataset_auc, gaussian_blur, insertion_deletion, perturbation_test
+from .registry import METRICS, MetricInfo, compute, metrics
+from .sanity import cascade, randomization
+from .segmentation import average_precision, segmentation
+from .similarity import spearman, ssim
+from .sparseness import sparseness
+
+__all__ = ["FRACTIONS", "METRICS", "MetricInfo", "auc", "average_precision", "cascade", "class_sensitivity",
+           "compute", "dataset_auc", "energy_pointing_game", "gaussian_blur", "insertion_deletion", "metrics",
+           "perturbation_test", "pointing_game", "randomization", "relevance_rank_accuracy", "segmentation",
+           "sparseness", "spearman", "ssim"]
