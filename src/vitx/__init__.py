@@ -5,6 +5,7 @@ and scored on data whose ground truth is known. See DESIGN.md for the public fac
 """
 from . import data, methods as _methods  # noqa: F401  (importing methods fills the registry)
 from .errors import VitxError
+from .evaluate import evaluate
 from .explain import explain
 from .explanation import Explanation
 from .loading import load_model
@@ -15,5 +16,5 @@ from .zoo import models
 
 __version__ = "0.1.0"
 
-__all__ = ["Explanation", "Model", "ModelConfig", "Trace", "VitxError", "data", "explain", "get_method",
+__all__ = ["Explanation", "Model", "ModelConfig", "Trace", "VitxError", "data", "evaluate", "explain", "get_method",
            "load_model", "methods", "models", "register", "trace", "__version__"]

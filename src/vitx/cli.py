@@ -1,4 +1,4 @@
-"""The ``vitx`` command: explain images, list the methods and the zoo, train zoo models.
+"""The ``vitx`` command: explain images, benchmark methods, list the methods and the zoo, train zoo models.
 
 Errors the user can fix (:class:`~vitx.VitxError`, bad arguments) end in one line on stderr and exit
 status 2; anything unexpected in one line naming it and status 1 (``--debug`` shows the traceback).
@@ -70,6 +70,22 @@ def build_parser() -> Parser:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.set_defaults(run=run_methods if name == "methods" else run_models)
 
+    p = commands.add_parser("bench", parents=[common], help="score methods on shapes images with known ground truth",
+                            description="Run every method on the same N fresh shapes images and compute every "
+                                        "metric; write results.json, results.csv, leaderboard.md, curve plots, "
+                                        "gallery.png and report.html into --out.")
+    p.add_argument("--model", required=True, help="a model trained on shapes: zoo name, or a file as for explain")
+    p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys")
+    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default), which adds "
+                                                    "the reference rows random and ground-truth")
+    p.add_argument("--metrics", help="comma-separated metric names (default: every metric that applies)")
+    p.add_argument("--n", type=positive_int, default=500, help="number of shapes images (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="data seed, also seeds stochastic methods (default: 0)")
+    p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(run=run_bench)
+
     p = commands.add_parser("train", parents=[common], help="train a zoo model",
                             description="Train a zoo model (see `vitx models`) and write its checkpoint and card.")
     p.add_argument("name", help="zoo model name")
@@ -112,8 +128,7 @@ def one_line(err: BaseException) -> str:
 def run_explain(args) -> int:
     if args.weights and not args.model.startswith("timm:"):
         raise VitxError("--weights is for timm:<name> models only")
-    wanted = None if args.method == "all" else [get_method(name) for name in
-                                                 dict.fromkeys(name.strip() for name in args.method.split(","))]
+    wanted = None if args.method == "all" else [get_method(name) for name in comma_list(args.method)]
     names = image_names(args.images)
     pictures = [read_image(path) for path in args.images]
     device = check_device(args.device)
@@ -204,6 +219,44 @@ def row_label(name: str, logits: torch.Tensor, target: str | None, model) -> str
     k = int(probs.argmax())
     label = f"{name}\npredicted: {model.class_name(k)} ({float(probs[k]):.0%})"
     return label if target is None else f"{label}\ntarget: {target}"
+
+
+# ---- bench -----------------------------------------------------------------------------------------
+
+def run_bench(args) -> int:
+    from . import bench
+    from .data import shapes
+    from .evaluate import evaluate, method_list, metric_list
+    if args.seed < 0:
+        raise VitxError(f"--seed must be 0 or more, got {args.seed}")
+    methods = "all" if args.methods == "all" else comma_list(args.methods)
+    metrics = None if args.metrics is None else comma_list(args.metrics)
+    model = load_model(args.model, arch=args.arch, device=check_device(args.device))
+    size = model.config.image_size
+    if size[0] != size[1]:
+        raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
+    data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
+                  image_size=size[0])
+    methods, metrics = method_list(model, data, methods), metric_list(data, metrics)  # refused before writing
+    out = make_out_dir(args.out)
+    evaluation = evaluate(model, data, methods, metrics, batch_size=args.batch_size, seed=args.seed, progress=True)
+    command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
+                        "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
+                        f"--n {args.n} --seed {args.seed} --out {args.out}"])
+    files = bench.write(evaluation, out, command)
+    print(bench.leaderboard(evaluation.results))
+    failed = [name for name, row in evaluation.results["methods"].items() if "error" in row]
+    for name in failed:
+        print(f"vitx: {name} failed: {evaluation.results['methods'][name]['error']}", file=sys.stderr)
+    print(f"wrote {', '.join(path.name for path in files.values())} to {out}/")
+    return 0
+
+
+def comma_list(text: str) -> list[str]:
+    names = list(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise VitxError(f"expected comma-separated names, got {text!r}")
+    return names
 
 
 # ---- methods, models, train ------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""What ``vitx bench`` writes from an :class:`~vitx.evaluate.Evaluation`: results.json, results.csv, a
+Markdown leaderboard, one PNG per curve, a gallery PNG and one self-contained HTML report."""
+from __future__ import annotations
+
+import csv
+import json
+from html import escape
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+
+from .evaluate import CURVES, REFERENCES, Evaluation
+from .metrics import METRICS
+from .report import STYLE, data_uri
+from .viz import grid
+
+TABLE_STYLE = """
+table { border-collapse: collapse; font-size: .85em; }
+td, th { border: 1px solid #ddd; padding: 3px 6px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+"""
+
+
+def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
+    """Write every output of a benchmark run under ``out``; return them by kind."""
+    results = evaluation.results
+    files = {"json": out / "results.json", "csv": out / "results.csv", "leaderboard": out / "leaderboard.md",
+             "gallery": out / "gallery.png", "report": out / "report.html"}
+    files["json"].write_text(json.dumps({**results, "command": command}, indent=2) + "\n")
+    (out / "curves.json").write_text(json.dumps(evaluation.curves) + "\n")
+    _write_csv(results, files["csv"])
+    files["leaderboard"].write_text(f"`{command}`\n\n{leaderboard(results)}\n")
+    plots = {title: curve_plot(evaluation.curves, title) for title in CURVES}
+    plots = {title: image for title, image in plots.items() if image is not None}
+    for title, image in plots.items():
+        files[title] = out / f"curve_{title.replace(' ', '_')}.png"
+        image.save(files[title])
+    picture = gallery(evaluation)
+    picture.save(files["gallery"])
+    files["report"].write_text(report(results, plots, picture, command), encoding="utf-8")
+    return files
+
+
+def metric_columns(results: dict) -> list[str]:
+    """The metrics present in any row, in the registry's order."""
+    present = {key for row in results["methods"].values() for key in row}
+    return [name for name in METRICS if name in present]
+
+
+def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """The leaderboard as a header and rows of (text, best) cells: one row per method, one column per
+    metric as mean ± standard error, arrows saying which direction is better, and the best method per
+    column (reference rows aside) flagged."""
+    columns = metric_columns(results)
+    rows = results["methods"]
+    best = {}
+    for column in columns:
+        values = [row[column] for name, row in rows.items() if name not in REFERENCES and row.get(column) is not None]
+        if values:
+            best[column] = (max if METRICS[column].higher_is_better else min)(values)
+    header = ["method"] + [f"{c} {'↑' if METRICS[c].higher_is_better else '↓'}" for c in columns] + ["images/s"]
+    lines = []
+    for name, row in rows.items():
+        cells = [(f"{name} (reference)" if name in REFERENCES else name, False)]
+        if "error" in row:
+            lines.append(cells + [(f"failed: {row['error']}", False)] + [("", False)] * (len(header) - 2))
+            continue
+        for column in columns:
+            value, sem = row.get(column), row.get(f"{column}_sem")
+            text = "n/a" if value is None else f"{value:.3f}" + ("" if sem is None else f" ± {sem:.3f}")
+            cells.append((text, value is not None and value == best.get(column)))
+        speed = row.get("images_per_second")
+        cells.append(("-" if speed is None else f"{speed:.1f}", False))
+        lines.append(cells)
+    return header, lines
+
+
+def leaderboard(results: dict) -> str:
+    """The leaderboard as a Markdown table, best values in bold."""
+    header, rows = table(results)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"**{text}**" if best else text for text, best in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _write_csv(results: dict, path: Path) -> None:
+    columns = metric_columns(results)
+    fields = ["method"] + [k for c in columns for k in (c, f"{c}_sem")] + ["seconds", "images_per_second", "error"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        for name, row in results["methods"].items():
+            writer.writerow({"method": name, **{k: v for k, v in row.items() if k in fields}})
+
+
+def curve_plot(curves: dict, title: str) -> Image.Image | None:
+    """One line per method of the mean curve ``title`` (a key of CURVES), or None when no method has it."""
+    lines = {name: c[title] for name, c in curves.items() if title in c}
+    if not lines:
+        return None
+    fig = Figure(figsize=(5.5, 3.8), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for name, line in lines.items():
+        ax.plot(line["x"], line["y"], label=name, linestyle="--" if name in REFERENCES else "-")
+    metric = CURVES[title][0]
+    ax.set_xlabel("fraction of pixels " + ("inserted" if title == "insertion" else "removed"))
+    ax.set_ylabel("top-1 accuracy of the target" if "perturbation" in title else "target probability")
+    ax.set_title(f"{title} ({'higher' if METRICS[metric].higher_is_better else 'lower'} area is better)", fontsize=10)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def gallery(evaluation: Evaluation) -> Image.Image:
+    """The first explained images, each method's map beside them."""
+    labels = [f"target: {evaluation.class_names[t]}" for t in evaluation.targets.tolist()]
+    return grid(evaluation.images, evaluation.gallery, labels)
+
+
+def report(results: dict, plots: dict[str, Image.Image], picture: Image.Image, command: str) -> str:
+    """A self-contained HTML page: the leaderboard, the curves and the gallery."""
+    header, rows = table(results)
+    head = "".join(f"<th>{escape(text)}</th>" for text in header)
+    body = "".join("<tr>" + "".join(f"<td>{'<b>' + escape(t) + '</b>' if best else escape(t)}</td>" for t, best in row)
+                   + "</tr>" for row in rows)
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>vitx bench: "
+             f"{escape(results['model'])}</title><style>{STYLE}{TABLE_STYLE}</style></head><body>",
+             f"<h1>vitx bench: {escape(results['model'])}</h1>",
+             f"<p class=\"meta\">{results['n']} shapes images ({escape(results['variant'])}, seed {results['seed']}), "
+             f"{results['explanations']} explanations; mean ± standard error; best method per column in bold.<br>"
+             f"<code>{escape(command)}</code></p>",
+             f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "<h2>Curves</h2><div class=\"row\">"]
+    parts += [f"<figure><img alt=\"{escape(title)}\" src=\"{data_uri(image)}\"></figure>" for title, image in plots.items()]
+    parts += ["</div><h2>Gallery</h2>", f"<img class=\"grid\" alt=\"explanations\" src=\"{data_uri(picture)}\">",
+              "</body></html>\n"]
+    return "\n".join(parts)

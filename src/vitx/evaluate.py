@@ -1,0 +1,192 @@
+"""``vitx.evaluate``: every method on the same shapes images, scored by every metric that applies (the
+engine behind ``vitx bench``).
+
+The explained class is the true class of each object: on ``single`` data one explanation per image, on
+``multi`` data one per present class, scored against that class's mask. Maps are scored as the methods
+give them (``normalize=False``): the metrics handle sign and scale themselves. Two reference rows frame
+the table: ``random`` (uniform noise, chance level) and ``ground-truth`` (the object's mask itself, an
+oracle bound; benchmark-only, ``vitx explain`` never offers it).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .data.shapes import ShapesData
+from .errors import VitxError
+from .explain import explain, minmax
+from .loading import load_model
+from .metrics import METRICS, compute
+from .registry import get_method, method_names
+
+REFERENCES = ("random", "ground-truth")
+CURVES = {  # plotted curve -> (metric whose run gives it, key of the curve, key of its abscissae)
+    "perturbation positive": ("perturbation_positive_auc", "correct", "fractions"),
+    "perturbation negative": ("perturbation_negative_auc", "correct", "fractions"),
+    "insertion": ("insertion_auc", "insertion", "fractions"),
+    "deletion": ("deletion_auc", "deletion", "fractions"),
+}
+
+
+@dataclass
+class Evaluation:
+    """``results``: the JSON-ready table ``{"model", "n", "seed", "data_seed", "variant", "explanations",
+    "methods": {name: {metric: mean, metric_sem: standard error, seconds, images_per_second} or
+    {"error": message}}}`` (``seconds``: the method's own time for all explanations);
+    ``curves``: per method, the mean curves of :data:`CURVES` as ``{name: {"x": [...], "y": [...]}}``;
+    ``gallery``: the first explanations' maps per method (min-max scaled), with ``images`` and
+    ``targets`` they explain, named by ``class_names``."""
+    results: dict
+    curves: dict = field(default_factory=dict)
+    gallery: dict = field(default_factory=dict)
+    images: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    class_names: tuple = ()
+
+
+def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: dict | None = None,
+             batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, progress: bool = False) -> Evaluation:
+    """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
+    or a list of names) on ``data`` and score each with ``metrics`` (None: every metric that applies to
+    the data; class sensitivity needs ``multi`` data). ``params``: per-method parameters
+    ``{method: {param: value}}``. A method that fails is recorded with its error and the run goes on.
+    The same ``seed`` (for stochastic methods, the random map and the randomisation check) gives the same
+    numbers."""
+    model = load_model(model, device=device)
+    if not isinstance(data, ShapesData):
+        raise VitxError(f"data must be vitx.data.shapes(...) data with masks, got {type(data).__name__}")
+    if len(data.class_names) != model.config.num_classes:
+        raise VitxError(f"the data has {len(data.class_names)} classes and the model "
+                        f"{model.config.num_classes}: evaluate a model trained on this data")
+    if tuple(data.images.shape[-2:]) != model.config.image_size:
+        raise VitxError(f"the data's {tuple(data.images.shape[-2:])} images do not fit the model's "
+                        f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
+    if batch_size < 1:
+        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    names = method_list(model, data, methods)
+    metric_names = metric_list(data, metrics)
+    params = params or {}
+    for name in params:
+        if name not in names:
+            raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
+
+    x, targets, masks, multi_masks = _explanations(model, data)
+    results = {"model": model.config.name or type(model.net).__name__, "n": len(data), "seed": seed,
+               "data_seed": data.seed, "variant": data.variant, "explanations": len(targets), "methods": {}}
+    evaluation = Evaluation(results, images=model.denormalize(x[:gallery]).cpu(), targets=targets[:gallery].cpu(),
+                            class_names=data.class_names)
+    for name in names:
+        groups = _groups([m for m in metric_names if not (name in REFERENCES and "method" in METRICS[m].needs)])
+        with tqdm(total=1 + len(groups), desc=name, disable=not progress, leave=False) as bar:
+            try:
+                with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    start = time.perf_counter()
+                    maps = _maps(model, x, targets, masks, name, params.get(name, {}), batch_size, seed)
+                    seconds = time.perf_counter() - start
+                    bar.update()
+                    scores, raw = {}, {}
+                    for group in groups:
+                        scores.update(compute(group, raw=raw, model=model, x=x, targets=targets, maps=maps,
+                                              masks=masks, multi_masks=multi_masks, method=name,
+                                              params=params.get(name, {})))
+                        bar.update()
+            except Exception as err:  # a failing method is reported and the run goes on
+                results["methods"][name] = {"error": " ".join(str(err).split()) or type(err).__name__}
+                continue
+        row = {}
+        for metric, values in scores.items():
+            row[metric], row[f"{metric}_sem"] = _mean_sem(values)
+        row["seconds"] = round(seconds, 4)
+        row["images_per_second"] = round(len(targets) / seconds, 2) if seconds > 0 else None
+        results["methods"][name] = row
+        evaluation.curves[name] = _curves(raw)
+        evaluation.gallery[name] = minmax(maps[:gallery]).cpu()
+    return evaluation
+
+
+def method_list(model, data: ShapesData, methods) -> list[str]:
+    """The method names to run: "all" or the names given, each checked to exist and apply to ``model``."""
+    layout = model.layout(data.images[:1])
+    if methods == "all":
+        usable = []
+        for name in method_names():
+            try:
+                get_method(name).check(model.config, layout)
+                usable.append(name)
+            except VitxError:
+                pass
+        return usable + list(REFERENCES)
+    names = [methods] if isinstance(methods, str) else list(methods)
+    if not names:
+        raise VitxError("no methods to evaluate")
+    for name in names:
+        if name not in REFERENCES:
+            get_method(name).check(model.config, layout)  # unknown or inapplicable: say so before running
+    return list(dict.fromkeys(names))
+
+
+def metric_list(data: ShapesData, metrics) -> list[str]:
+    """The metric names to compute: None (every one that applies to ``data``) or the names given, checked."""
+    if metrics is None:
+        return [m for m, info in METRICS.items() if data.variant == "multi" or "multi_masks" not in info.needs]
+    names = [metrics] if isinstance(metrics, str) else list(metrics)
+    for name in names:
+        if name not in METRICS:
+            raise VitxError(f"unknown metric {name!r}; metrics: {', '.join(METRICS)}")
+        if data.variant == "single" and "multi_masks" in METRICS[name].needs:
+            raise VitxError(f"metric {name!r} needs multi-object data (variant='multi')")
+    return list(dict.fromkeys(names))
+
+
+def _groups(names: list[str]) -> list[list[str]]:
+    """Metrics grouped by the run that computes them (insertion and deletion share one, for example)."""
+    groups: dict = {}
+    for name in names:
+        info = METRICS[name]
+        groups.setdefault((info.fn, tuple(sorted(info.params.items()))), []).append(name)
+    return list(groups.values())
+
+
+def _explanations(model, data: ShapesData):
+    """Model input, explained class, its mask and (multi) every class's mask, one row per explanation."""
+    x = model.normalize(data.images.to(model.device))
+    if data.variant == "single":
+        return x, data.labels.to(model.device), data.masks.to(model.device), None
+    image, target = torch.nonzero(data.labels, as_tuple=True)
+    masks = data.masks.to(model.device)
+    return x[image.to(model.device)], target.to(model.device), masks[image, target], masks[image]
+
+
+def _maps(model, x, targets, masks, name: str, params: dict, batch_size: int, seed: int) -> torch.Tensor:
+    if name == "random":
+        noise = torch.rand(masks.shape, generator=torch.Generator().manual_seed(seed))
+        return noise.to(x.device)
+    if name == "ground-truth":
+        return masks.float()
+    return explain(model, x, name, target=targets, batch_size=batch_size, normalize=False, **params).maps
+
+
+def _mean_sem(values: torch.Tensor) -> tuple[float | None, float | None]:
+    """Mean and standard error of the mean over the finite values (NaN marks 'undefined for this image')."""
+    values = values.double()
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        return None, None
+    sem = values.std().item() / math.sqrt(values.numel()) if values.numel() > 1 else None
+    return values.mean().item(), sem
+
+
+def _curves(raw: dict) -> dict:
+    curves = {}
+    for title, (metric, key, x) in CURVES.items():
+        if metric in raw:
+            curves[title] = {"x": raw[metric][x].tolist(), "y": raw[metric][key].double().mean(0).tolist()}
+    return curves
+
+
+__all__ = ["CURVES", "Evaluation", "REFERENCES", "evaluate", "method_list", "metric_list"]
