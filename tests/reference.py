@@ -42,6 +42,30 @@ def tiny_hf(cls_name="ViTForImageClassification", attn_implementation="eager"):
     return jitter(getattr(transformers, cls_name)(config))
 
 
+def hf_twin(timm_net):
+    """Hugging Face's ViTForImageClassification with ``timm_net``'s weights (a plain ViT of TIMM_SMALL's shape):
+    timm's fused qkv split into q/k/v projections, its LayerNorm epsilon."""
+    import transformers
+    config = transformers.ViTConfig(**{**HF_SMALL, "intermediate_size": 4 * HF_SMALL["hidden_size"]},
+                                    layer_norm_eps=1e-6, attn_implementation="eager")
+    net = transformers.ViTForImageClassification(config)
+    theirs = timm_net.state_dict()
+    ours = {"vit.embeddings.cls_token": theirs["cls_token"], "vit.embeddings.position_embeddings": theirs["pos_embed"],
+            "vit.layernorm.weight": theirs["norm.weight"], "vit.layernorm.bias": theirs["norm.bias"],
+            "classifier.weight": theirs["head.weight"], "classifier.bias": theirs["head.bias"]}
+    for p in ("weight", "bias"):
+        ours[f"vit.embeddings.patch_embeddings.projection.{p}"] = theirs[f"patch_embed.proj.{p}"]
+        for i in range(config.num_hidden_layers):
+            hf, tm = f"vit.layers.{i}", f"blocks.{i}"
+            for name, value in zip("qkv", theirs[f"{tm}.attn.qkv.{p}"].chunk(3)):
+                ours[f"{hf}.attention.{name}_proj.{p}"] = value
+            for hf_name, tm_name in (("attention.o_proj", "attn.proj"), ("layernorm_before", "norm1"),
+                                     ("layernorm_after", "norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2")):
+                ours[f"{hf}.{hf_name}.{p}"] = theirs[f"{tm}.{tm_name}.{p}"]
+    net.load_state_dict(ours)
+    return net.eval()
+
+
 def images(*shape, seed=1):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -69,6 +93,14 @@ def formula_maps(attentions, gradients, num_prefix, grid):
             "generic-attention": generic[:, 0, num_prefix:],
             "attention-gradcam": (g.mean(-1, keepdim=True) * a).mean(1).clamp(min=0)}
     return {method: m.reshape(B, *grid) for method, m in maps.items()}
+
+
+def snapshot(net):
+    """Whatever the tap could leave behind: per submodule its mode, hooks, instance attributes (a patched
+    ``forward`` lands there) and timm's fused-attention flag; and the Hugging Face attention setting."""
+    modules = {name: (m.training, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
+                      sorted(m.__dict__), getattr(m, "fused_attn", None)) for name, m in net.named_modules()}
+    return modules, getattr(getattr(net, "config", None), "_attn_implementation", None)
 
 
 def close(actual, expected, rtol=1e-4):

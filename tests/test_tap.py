@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vitx
-from reference import VITX_SMALL, close, images, jitter, target_score, tiny_hf, tiny_timm
+from reference import VITX_SMALL, close, images, jitter, snapshot, target_score, tiny_hf, tiny_timm
 from vitx.models import create_model
 
 FRAMEWORKS = {
@@ -74,14 +74,6 @@ def test_gradients_are_per_image(net, x):
     with vitx.trace(net) as tr:
         logits = vitx.load_model(net)(x[:1])
     close(both[:1], tr.gradients(target_score(logits))[0])
-
-
-def snapshot(net):
-    """Whatever the tap could leave behind: per submodule its mode, hooks, instance attributes (a patched
-    ``forward`` lands there) and timm's fused-attention flag; and the Hugging Face attention setting."""
-    modules = {name: (m.training, dict(m._forward_hooks), dict(m._forward_pre_hooks), dict(m._backward_hooks),
-                      sorted(m.__dict__), getattr(m, "fused_attn", None)) for name, m in net.named_modules()}
-    return modules, getattr(getattr(net, "config", None), "_attn_implementation", None)
 
 
 @pytest.mark.parametrize("exit", ["normal", "exception"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import VitxError
 from .layout import TokenLayout
 from .model import Model
 from .trace import Trace, trace
@@ -32,6 +33,12 @@ class Batch:
             if self._targets is None:
                 self._targets = self.logits.argmax(-1)
         return logits, tr
+
+    def copies_per_pass(self, internal_batch_size: int) -> int:
+        """How many stacked copies of the batch one pass takes: ``internal_batch_size`` images, at least one copy."""
+        if internal_batch_size < 1:
+            raise VitxError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
+        return max(1, internal_batch_size // self.x.shape[0])
 
     def input_with_grad(self) -> torch.Tensor:
         """A copy of the images that requires grad, for gradients with respect to the input."""

@@ -5,7 +5,9 @@ explicitly and the tap keeps A (B, heads, N, N) per block (or only in the blocks
 the others keep the model's own, fused attention), and each block's output tokens (B, N, D),
 both still attached to the autograd graph so that gradients with respect to them can be taken.
 Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
-``edit(block, scores)``. Leaving the block, normally or by an exception, removes every hook and
+``edit(block, scores)``. Relevance rules (``rules``, a :class:`vitx.relevance.Composite`) are bound to
+the model's layers while the block is open, and the attention product runs through their
+:class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
 patched ``forward``: the model is exactly as it was.
 """
 from __future__ import annotations
@@ -22,14 +24,33 @@ from .errors import VitxError
 Edit = Callable[[int, torch.Tensor], torch.Tensor]
 
 
+class AttentionProduct:
+    """The three steps of the attention product, ``softmax(q kᵀ · scale + mask) v``, as the tap computes them.
+    Relevance rules subclass it to give a step their own backward; the values stay the same."""
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(q, k.transpose(-2, -1))
+
+    def softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        return scores.softmax(dim=-1)
+
+    def mix(self, attention: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(attention, v)
+
+
+PLAIN = AttentionProduct()
+
+
 class Trace:
     def __init__(self, model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
                  key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
-                 edit: Edit | None = None):
+                 edit: Edit | None = None, rules=None):
         from .model import as_model
         self.model = as_model(model)
         self.record_attentions, self.record_tokens = attentions, tokens
         self.key_scale, self.key_mask, self.edit = key_scale, key_mask, edit
+        self.rules = rules
+        self.product: AttentionProduct = PLAIN if rules is None else rules.product
         self._attentions: dict[int, torch.Tensor] = {}
         self._recorded: frozenset[int] = frozenset()
         self._tokens: dict[int, torch.Tensor] = {}
@@ -60,10 +81,12 @@ class Trace:
         adapter = self.model.adapter
         try:
             self._undo.append(adapter.net.register_forward_pre_hook(self._reset).remove)
+            if self.rules is not None:
+                self.rules.attach(self.model, self._undo.append)
             modules = adapter.attentions()
             self._recorded = _blocks(self.record_attentions, len(modules))
             for i, module in enumerate(modules):
-                if i in self._recorded or self.edits_scores:
+                if i in self._recorded or self.edits_scores or self.rules is not None:
                     self._patch_forward(module, adapter.attention_forward(module, partial(self._attend, i)))
             if self.record_tokens:
                 for i, block in enumerate(adapter.blocks()):
@@ -100,7 +123,7 @@ class Trace:
         self._tokens[index] = output[0] if isinstance(output, (tuple, list)) else output
 
     def _attend(self, index: int, q, k, v, scale: float, dropout: float = 0.0, mask=None) -> torch.Tensor:
-        scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+        scores = self.product.scores(q, k) * scale
         if mask is not None:
             scores = scores + mask
         if self.key_scale is not None:
@@ -109,12 +132,12 @@ class Trace:
             scores = scores.masked_fill(~_per_key(self.key_mask, scores).bool(), float("-inf"))
         if self.edit is not None:
             scores = self.edit(index, scores)
-        attn = scores.softmax(dim=-1)
+        attn = self.product.softmax(scores)
         if index in self._recorded:
             self._attentions[index] = attn
         if dropout:
             attn = F.dropout(attn, dropout, training=True)
-        return torch.matmul(attn, v)
+        return self.product.mix(attn, v)
 
 
 def _blocks(choice: bool | Sequence[int], depth: int) -> frozenset[int]:
@@ -141,9 +164,10 @@ def _per_key(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 def trace(model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
           key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
-          edit: Edit | None = None) -> Trace:
+          edit: Edit | None = None, rules=None) -> Trace:
     """Open the attention tap on ``model`` (a vitx model or any supported nn.Module); see :class:`Trace`."""
-    return Trace(model, attentions=attentions, tokens=tokens, key_scale=key_scale, key_mask=key_mask, edit=edit)
+    return Trace(model, attentions=attentions, tokens=tokens, key_scale=key_scale, key_mask=key_mask, edit=edit,
+                 rules=rules)
 
 
-__all__ = ["Trace", "trace"]
+__all__ = ["AttentionProduct", "Trace", "trace"]

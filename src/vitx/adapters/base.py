@@ -3,7 +3,9 @@
 An adapter is the only place that knows a framework's internals. The tap replaces each attention
 module's ``forward`` with :meth:`Adapter.attention_forward`, which computes q, k, v exactly as the
 framework does and hands them to the tap's ``attend(q, k, v, scale, dropout, mask)``; everything
-else about the model runs untouched.
+else about the model runs untouched. For relevance rules (:mod:`vitx.relevance`) an adapter also names
+the layer that reads the pixels, the modules that open each block's residual branches, and the kind
+of every layer.
 """
 from __future__ import annotations
 
@@ -14,6 +16,12 @@ import torch
 from torch import nn
 
 Attend = Callable[..., torch.Tensor]
+
+# Layer kinds that relevance rules are bound to; anything else is described by its class name.
+LAYER_KINDS = {
+    nn.Linear: "linear", nn.Conv2d: "linear", nn.LayerNorm: "layernorm", nn.BatchNorm2d: "batchnorm",
+    nn.GELU: "activation", nn.ReLU: "activation", nn.Dropout: "pass", nn.Identity: "pass",
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,24 @@ class Adapter:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) for images x (B, 3, H, W)."""
         return self.net(x)
+
+    def pixel_layer(self) -> nn.Module:
+        """The layer applied to the images themselves: the patch projection, or a convolutional stem's first
+        convolution."""
+        raise NotImplementedError
+
+    def residual_branches(self, block: nn.Module) -> tuple[nn.Module, ...]:
+        """The modules that open each residual branch of a pre-norm ``block`` (``x + f(norm(x))``), in order:
+        their input is the residual stream that the branch's output is added to."""
+        raise NotImplementedError
+
+    def layer_kind(self, module: nn.Module) -> str:
+        """What relevance rules see in a leaf module: "pixels" (:meth:`pixel_layer`), "linear" (Linear,
+        Conv2d), "layernorm", "batchnorm", "activation" (elementwise: GELU, ReLU), "pass" (identity or a
+        per-channel scale in eval mode: dropout, drop-path, layer scale), or else its class name."""
+        if module is self.pixel_layer():
+            return "pixels"
+        return next((kind for cls, kind in LAYER_KINDS.items() if isinstance(module, cls)), type(module).__name__)
 
 
 def pair(value) -> tuple[int, int]:

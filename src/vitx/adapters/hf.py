@@ -56,6 +56,17 @@ class HFViTAdapter(Adapter):
             return module.o_proj(out), None
         return forward
 
+    def pixel_layer(self) -> nn.Module:
+        return self.backbone.embeddings.patch_embeddings.projection
+
+    def residual_branches(self, layer) -> tuple[nn.Module, ...]:
+        return layer.layernorm_before, layer.layernorm_after
+
+    def layer_kind(self, module: nn.Module) -> str:
+        if type(module).__module__ == "transformers.activations":
+            return "activation"
+        return super().layer_kind(module)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(x.shape[-2:])
         return self.net(pixel_values=x, interpolate_pos_encoding=size != self.describe().image_size).logits

@@ -20,6 +20,12 @@ def _timm_attention_type():
     return Attention
 
 
+def _timm_pass_types():
+    """timm's layers that are the identity (drop-path in eval mode) or a per-channel scale."""
+    from timm.layers import DropPath, LayerScale
+    return DropPath, LayerScale
+
+
 class TimmViTAdapter(Adapter):
     framework = "timm"
 
@@ -61,6 +67,25 @@ class TimmViTAdapter(Adapter):
                 out = out * gate
             return module.proj_drop(module.proj(out))
         return forward
+
+    def pixel_layer(self) -> nn.Module:
+        pe = self.net.patch_embed
+        if getattr(pe, "backbone", None) is not None:
+            raise VitxError(f"timm model {type(self.net).__name__} embeds patches with a CNN backbone "
+                            f"({type(pe.backbone).__name__}); relevance rules know the linear patch projection only")
+        return pe.proj
+
+    def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        from timm.models.vision_transformer import Block
+        if type(block) is not Block:
+            raise VitxError(f"timm block type {type(block).__name__} is not the pre-norm Block whose residual "
+                            "additions relevance rules know")
+        return block.norm1, block.norm2
+
+    def layer_kind(self, module: nn.Module) -> str:
+        if any(module is getattr(block.attn, "gate", None) for block in self.net.blocks):
+            return "attention gate"
+        return "pass" if isinstance(module, _timm_pass_types()) else super().layer_kind(module)
 
 
 def load(name: str, weights: str | None = None) -> tuple[nn.Module, dict]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..models.vit import VisionTransformer
+from ..models.vit import LayerScale, VisionTransformer
 from .base import Adapter, Attend, Description, pair
 
 
@@ -27,3 +27,13 @@ class VitxViTAdapter(Adapter):
             q, k, v = module.split_heads(x)
             return module.merge_heads(attend(q, k, v, module.scale))
         return forward
+
+    def pixel_layer(self) -> nn.Module:
+        stem = self.net.patch_embed.stem
+        return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
+
+    def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        return block.norm1, block.norm2
+
+    def layer_kind(self, module: nn.Module) -> str:
+        return "pass" if isinstance(module, LayerScale) else super().layer_kind(module)

@@ -1,8 +1,8 @@
 """Attention-based methods: what the attention maps themselves (and their gradients) say.
 
-Every function takes a :class:`~vitx.batch.Batch` and returns the class token's relevance for each
-patch, (B, gh, gw). Notation: A_b is block b's attention (B, heads, N, N), ∇A_b = ∂y_t/∂A_b for the
-target logit y_t, E_h the mean over heads, row c the class token.
+Every method takes a :class:`~vitx.batch.Batch` and returns each patch's relevance, (B, gh, gw), read
+off the class token's row unless its docstring says otherwise. Notation: A_b is block b's attention
+(B, heads, N, N), ∇A_b = ∂y_t/∂A_b for the target logit y_t, E_h the mean over heads, row c the class token.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from ..registry import register
 
 CHEFER_2021 = "Chefer, Gur & Wolf, ICCV 2021, Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"
 ABNAR_2020 = "Abnar & Zuidema, ACL 2020, Quantifying Attention Flow in Transformers"
+BARKAN_2021 = "Barkan et al., CIKM 2021, Grad-SAM: Explaining Transformers via Gradient Self-Attention Maps"
+CHEN_2023 = "Chen et al., TMLR 2023, Beyond Intuition: Rethinking Token Attributions inside Transformers"
 
 
 def cls_row(batch: Batch, matrix: torch.Tensor) -> torch.Tensor:
@@ -57,17 +59,32 @@ def discard_lowest(attention: torch.Tensor, ratio: float, keep: int) -> torch.Te
     return flat.masked_fill(ranked <= cut, 0.0).view_as(attention)
 
 
+def from_block(per_block: list, start_layer: int) -> list:
+    """``per_block[start_layer:]``, once block ``start_layer`` is known to exist."""
+    if not 0 <= start_layer < len(per_block):
+        raise VitxError(f"start_layer must be in [0, {len(per_block) - 1}], got {start_layer}")
+    return per_block[start_layer:]
+
+
+def residual_attentions(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0,
+                        start_layer: int = 0, keep: int = 0) -> list[torch.Tensor]:
+    """Â_b = norm_rows(fuse_h(A_b) + I) for blocks s..L, (B, N, N) each: attention mixed with the residual
+    connection as in Abnar & Zuidema's code, every row summing to one."""
+    mixed = []
+    for attention in from_block(attentions, start_layer):
+        fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio, keep)
+        fused = fused + torch.eye(fused.shape[-1], device=fused.device, dtype=fused.dtype)
+        mixed.append(fused / fused.sum(-1, keepdim=True))
+    return mixed
+
+
 def rollout_matrix(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0,
                    start_layer: int = 0, keep: int = 0) -> torch.Tensor:
     """R = Â_L ⋯ Â_s with Â_b = norm_rows(fuse_h(A_b) + I): attention rollout over blocks s..L."""
-    if not 0 <= start_layer < len(attentions):
-        raise VitxError(f"start_layer must be in [0, {len(attentions) - 1}], got {start_layer}")
-    result = None
-    for attention in attentions[start_layer:]:
-        fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio, keep)
-        mixed = fused + torch.eye(fused.shape[-1], device=fused.device, dtype=fused.dtype)
-        mixed = mixed / mixed.sum(-1, keepdim=True)
-        result = mixed if result is None else mixed @ result
+    mixed = residual_attentions(attentions, head_fusion, discard_ratio, start_layer, keep)
+    result = mixed[0]
+    for matrix in mixed[1:]:
+        result = matrix @ result
     return result
 
 
@@ -81,14 +98,19 @@ def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0,
                                           keep=batch.layout.cls_index))
 
 
+def accumulate(matrices: list[torch.Tensor]) -> torch.Tensor:
+    """R = I; R ← R + M_b R for each block's (B, N, N) matrix M_b in order (Chefer et al. 2021, eq. 6)."""
+    B, N, _ = matrices[0].shape
+    relevance = torch.eye(N, device=matrices[0].device, dtype=matrices[0].dtype).expand(B, N, N)
+    for matrix in matrices:
+        relevance = relevance + matrix @ relevance
+    return relevance
+
+
 def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> torch.Tensor:
     """R = I; for each block b: R += E_h[(∇A_b ⊙ A_b)⁺] R   (Chefer et al. 2021, eq. 5-6)."""
-    B, _, N, _ = attentions[0].shape
-    relevance = torch.eye(N, device=attentions[0].device, dtype=attentions[0].dtype).expand(B, N, N)
-    for attention, gradient in zip(attentions, gradients):
-        weighted = (gradient * attention).clamp(min=0).mean(1)
-        relevance = relevance + weighted @ relevance
-    return relevance
+    return accumulate([(gradient * attention).clamp(min=0).mean(1)
+                       for attention, gradient in zip(attentions, gradients)])
 
 
 @register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "cls_token"},
@@ -113,3 +135,68 @@ def attention_gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     cam, grad = attention.detach()[:, :, c, patches], gradient[:, :, c, patches]
     weights = grad.mean(-1, keepdim=True)
     return batch.layout.to_grid((weights * cam).mean(1).clamp(min=0))
+
+
+def grad_sam_scores(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> torch.Tensor:
+    """r_j = 1/(L·H·N) Σ_b Σ_h Σ_i (A_b ⊙ ReLU(∇A_b))[h, i, j] for every token j, (B, N)."""
+    return torch.stack([(a * g.clamp(min=0)).mean((1, 2)) for a, g in zip(attentions, gradients)]).mean(0)
+
+
+@register("grad-sam", family="attention", paper=BARKAN_2021, needs={"attention", "gradients"}, cost="1F+1B")
+def grad_sam(batch: Batch) -> torch.Tensor:
+    """Grad-SAM: R_j = 1/(L·H·N) Σ_b Σ_h Σ_i (A_b ⊙ ReLU(∇A_b))[h, i, j], each patch's attention as a key
+    weighted by the positive part of its gradient, averaged over blocks, heads and query rows i.
+
+    Rows: all of them, averaged into one score per column (input token), not only the class token's row.
+    The gradient already weights each row by how much it reaches the prediction (in the last block it
+    is zero outside the class token's row), so no row has to be picked by hand, and the method needs no
+    class token (it applies to mean-pooled models too)."""
+    logits, tr = batch.run(tokens=False)
+    gradients = tr.gradients(batch.score(logits))
+    scores = grad_sam_scores([a.detach() for a in tr.attentions], gradients)
+    return batch.layout.to_grid(scores[:, batch.layout.patches])
+
+
+def head_weighted_attentions(attentions: list[torch.Tensor], gradients: list[torch.Tensor],
+                             start_layer: int = 0) -> list[torch.Tensor]:
+    """Ā_b = Σ_h w_bh A_bh for blocks s..L, w_bh = I_bh / Σ_h I_bh, I_bh = mean_ij |(A_bhᵀ ∇A_bh)_ij|:
+    Chen et al.'s head-wise attention perception, each head weighted by its gradient importance."""
+    weighted = []
+    for attention, gradient in zip(from_block(attentions, start_layer), from_block(gradients, start_layer)):
+        importance = (attention.transpose(-1, -2) @ gradient).abs().mean((-1, -2))          # (B, heads)
+        weights = importance / importance.sum(1, keepdim=True).clamp(min=torch.finfo(importance.dtype).tiny)
+        weighted.append((weights[:, :, None, None] * attention).sum(1))
+    return weighted
+
+
+def reasoning_feedback(batch: Batch, gradient: torch.Tensor, steps: int, internal_batch_size: int) -> torch.Tensor:
+    """F = E_h[(1/steps Σ_k ∇A_L(α_k x))⁺], α_k = k/(steps − 1), k = 0..steps−1: the last block's attention
+    gradient integrated along the path from 0 to the model input x (Chen et al. 2023, reasoning feedback).
+    ``gradient`` is the α = 1 term, already taken; the other steps − 1 run as stacked copies of the batch."""
+    if steps < 2:
+        raise VitxError(f"steps must be at least 2 (the path's two ends), got {steps}")
+    alphas = torch.linspace(0, 1, steps, dtype=batch.x.dtype, device=batch.x.device)[:-1]
+    total = gradient.detach().clone()
+    for chunk in alphas.split(batch.copies_per_pass(internal_batch_size)):
+        logits, tr = batch.run((chunk.view(-1, 1, 1, 1, 1) * batch.x).flatten(0, 1), attentions=[-1], tokens=False)
+        total = total + tr.gradients(batch.score(logits))[0].unflatten(0, (len(chunk), -1)).sum(0)
+    return (total / steps).clamp(min=0).mean(1)
+
+
+@register("beyond-intuition-head", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
+          cost="steps×(1F+1B)")
+def beyond_intuition_head(batch: Batch, steps: int = 20, start_layer: int = 0,
+                          internal_batch_size: int = 64) -> torch.Tensor:
+    """Beyond Intuition, head-wise: R = (F ⊙ P)[c, patches]. Attention perception P: R = I,
+    R ← R + Ā_b R over blocks s..L with Ā_b = Σ_h w_bh A_bh, w_bh ∝ mean_ij |(A_bhᵀ ∇A_bh)_ij| (normalised
+    over heads). Reasoning feedback F = E_h[(1/steps Σ_k ∇A_L(α_k x))⁺], α_k = k/(steps − 1): integrated
+    gradients on the last block's attention.
+
+    As in the authors' code, the path scales the model input x (baseline 0 in model-input space) and α runs
+    over both ends. Their ViT-B scripts start the perception at block 3 (0-based); the default here is
+    every block, which applies to models of any depth."""
+    logits, tr = batch.run(tokens=False)
+    gradients = tr.gradients(batch.score(logits))
+    perception = accumulate(head_weighted_attentions([a.detach() for a in tr.attentions], gradients, start_layer))
+    feedback = reasoning_feedback(batch, gradients[-1], steps, internal_batch_size)
+    return cls_row(batch, feedback * perception)

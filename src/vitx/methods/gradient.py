@@ -35,12 +35,8 @@ def gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
 def input_gradients(batch: Batch, inputs: torch.Tensor, internal_batch_size: int) -> torch.Tensor:
     """∂y_t/∂x at each of ``inputs`` (k·B, 3, H, W), stacked copies of the batch, in chunks of
     ``internal_batch_size`` images per forward+backward."""
-    if internal_batch_size < 1:
-        raise VitxError(f"internal_batch_size must be at least 1, got {internal_batch_size}")
-    B = batch.x.shape[0]
-    step = max(1, internal_batch_size // B) * B
     grads = []
-    for chunk in inputs.split(step):
+    for chunk in inputs.split(batch.copies_per_pass(internal_batch_size) * batch.x.shape[0]):
         chunk = chunk.detach().requires_grad_(True)
         logits, _ = batch.run(chunk, attentions=False, tokens=False)
         grads.append(torch.autograd.grad(batch.score(logits), chunk)[0])

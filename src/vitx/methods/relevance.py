@@ -1,0 +1,85 @@
+"""Relevance-propagation methods: LRP and its transformer variants, run as one modified backward pass
+through the rules of :mod:`vitx.relevance` bound to the model by the tap.
+
+Notation: R_A the LRP relevance of a block's attention A (B, heads, N, N), ∇A = ∂y_t/∂A the plain
+gradient, E_h the mean over heads, row c the class token, x the model input.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..batch import Batch
+from ..registry import register
+from ..relevance import ATTNLRP, CHEFER
+from ..relevance.rules import divide
+from .attention import cls_row, generic_relevance
+
+CHEFER_2021 = "Chefer, Gur & Wolf, CVPR 2021, Transformer Interpretability Beyond Attention Visualization"
+BACH_2015 = ("Bach et al., PLOS ONE 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by "
+             "Layer-Wise Relevance Propagation, with Chefer, Gur & Wolf's transformer rules (CVPR 2021)")
+VOITA_2019 = ("Voita et al., ACL 2019, Analyzing Multi-Head Self-Attention, as applied to ViTs by Chefer, Gur & Wolf "
+              "(CVPR 2021)")
+ACHTIBAT_2024 = ("Achtibat et al., ICML 2024, AttnLRP: Attention-Aware Layer-Wise Relevance Propagation for "
+                 "Transformers")
+
+
+def unit_relevance(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
+    """Σ_i y_i / stop_grad(y_i) over each image's target logit: backpropagated, it starts LRP with R = 1
+    at the target (Chefer et al.'s one-hot start), since R_y = y ⊙ g_y."""
+    chosen = logits.gather(1, batch.targets[:, None])
+    return divide(chosen, chosen.detach()).sum()
+
+
+def pixel_relevance(batch: Batch, rules, start) -> torch.Tensor:
+    """Relevance of every input value (B, 3, H, W) after one forward and one modified backward, started at
+    the target logit by ``start(batch, logits)``; the pixel rule hands it back as the input's gradient."""
+    x = batch.input_with_grad()
+    logits, _ = batch.run(x, original=True, rules=rules, attentions=False, tokens=False)
+    return torch.autograd.grad(start(batch, logits), x)[0]
+
+
+def attention_relevance(batch: Batch, blocks=True) -> list[torch.Tensor]:
+    """R_A = A ⊙ g_A for the attention of each block in ``blocks`` (the tap's ``attentions``), by Chefer
+    et al.'s rules from R = 1 at the target."""
+    logits, tr = batch.run(rules=CHEFER, attentions=blocks, tokens=False)
+    gradients = torch.autograd.grad(unit_relevance(batch, logits), tr.attentions)
+    return [a.detach() * g for a, g in zip(tr.attentions, gradients)]
+
+
+@register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B")
+def lrp(batch: Batch) -> torch.Tensor:
+    """LRP from R = 1 at the target logit to the pixels with Chefer et al.'s rules: αβ (α=1, β=0) on linear
+    layers, z^B on the patch embedding over the normalised pixel range, the identity rule on LayerNorm, GELU
+    and softmax, a uniform split between the operands of q kᵀ and A v, the normalised rule at residual
+    additions; R(p) = Σ_c R_x[c, p]."""
+    return pixel_relevance(batch, CHEFER, unit_relevance).sum(1)
+
+
+@register("transformer-attribution", family="relevance", paper=CHEFER_2021,
+          needs={"attention", "gradients", "cls_token"}, cost="2F+2B")
+def transformer_attribution(batch: Batch) -> torch.Tensor:
+    """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for b = 1..L, with
+    R_A_b the LRP relevance of block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the
+    class token's row of R."""
+    relevances = attention_relevance(batch)
+    logits, tr = batch.run(tokens=False)
+    gradients = tr.gradients(batch.score(logits))
+    return cls_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
+
+
+@register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "cls_token"},
+          cost="1F+1B")
+def partial_lrp(batch: Batch) -> torch.Tensor:
+    """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
+    averaged, the class token's row: R = E_h[(R_A_L)⁺][c, patches]."""
+    relevance, = attention_relevance(batch, blocks=[-1])
+    return cls_row(batch, relevance.clamp(min=0).mean(1))
+
+
+@register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B")
+def attnlrp(batch: Batch) -> torch.Tensor:
+    """AttnLRP from R = y_t at the target logit to the pixels: ε-rule on linear layers, the softmax's own
+    gradient (its Taylor rule), a uniform split between the operands of q kᵀ and A v, the identity rule on
+    GELU and on LayerNorm's division by σ, the z-rule at residual additions, z^B on the patch embedding;
+    R(p) = Σ_c R_x[c, p]."""
+    return pixel_relevance(batch, ATTNLRP, Batch.score).sum(1)

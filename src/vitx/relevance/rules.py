@@ -1,0 +1,136 @@
+"""Relevance-propagation rules as modified gradients (the "gradient ⊙ input" form of LRP).
+
+Convention: inside the model every tensor t carries the relevance R_t = t ⊙ g_t, where g_t is the gradient
+the rules' backward produces. A rule is a callable ``rule(module, x, y) -> y'`` run as a forward hook on a
+layer: y' has y's value and a backward to x such that x ⊙ g_x is the rule's relevance for x, with
+R_y = y ⊙ g_y. Operations without a rule keep their own gradient, which is the z-rule (LRP-0): exact and
+conservative for additions, reshapes, token selection and scaling, while a bias absorbs its share.
+One exception: the pixel rule (:class:`ZBox`) hands back the pixels' relevance itself as their gradient,
+since z^B gives relevance even to a pixel whose value is 0.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..trace import AttentionProduct
+
+STABILISER = 1e-9
+
+
+def with_backward(value: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
+    """``value`` forward, the gradient of ``proxy`` backward."""
+    return value.detach() + (proxy - proxy.detach())
+
+
+def divide(a: torch.Tensor, b: torch.Tensor, eps: float = STABILISER) -> torch.Tensor:
+    """a / (b + eps·sign b), and 0 where b is exactly 0."""
+    return torch.where(b == 0, torch.zeros_like(a), a / (b + eps * b.sign()))
+
+
+def split(product: torch.Tensor, parts: int = 2) -> torch.Tensor:
+    """The uniform rule for a product of ``parts`` operands: each operand gets 1/parts of the relevance."""
+    return with_backward(product, product / parts)
+
+
+def linear_map(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The layer's linear map (Linear or Conv2d) with another weight and no bias."""
+    if isinstance(module, nn.Conv2d):
+        return module._conv_forward(x, weight, None)
+    return F.linear(x, weight)
+
+
+class Gradient:
+    """The layer's own gradient: the z-rule, R_x = x ⊙ ∂y/∂x · R_y / y (a bias absorbs its share)."""
+
+    def __call__(self, module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return y
+
+
+class Identity:
+    """Identity rule for an elementwise layer: R_x = R_y, so g_x = g_y ⊙ y / x."""
+
+    def __call__(self, module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return with_backward(y, x * divide(y, x).detach())
+
+
+class Epsilon:
+    """LRP-ε for a linear layer: R_x = x ⊙ Wᵀ (R_y / (y + ε·sign y)), y including the bias."""
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = epsilon
+
+    def __call__(self, module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return with_backward(y, y * divide(y, y, self.epsilon).detach())
+
+
+class AlphaBeta:
+    """LRP-αβ for a linear layer (α − β = 1): R_x = α x ⊙ ∂z⁺/∂x · R_y / z⁺ − β x ⊙ ∂z⁻/∂x · R_y / z⁻, where
+    z⁺ = W⁺x⁺ + W⁻x⁻ sums the positive contributions x_i w_ji and z⁻ = W⁻x⁺ + W⁺x⁻ the negative ones
+    (no bias). α = 1, β = 0 gives relevance only along positive contributions."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0):
+        if alpha - beta != 1:
+            raise ValueError(f"alpha - beta must be 1, got alpha={alpha}, beta={beta}")
+        self.alpha, self.beta = alpha, beta
+
+    def __call__(self, module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = module.weight.detach()
+        wp, wn, xp, xn = weight.clamp(min=0), weight.clamp(max=0), x.clamp(min=0), x.clamp(max=0)
+        excite = linear_map(module, xp, wp) + linear_map(module, xn, wn)
+        proxy = self.alpha * excite * divide(y, excite).detach()
+        if self.beta:
+            inhibit = linear_map(module, xp, wn) + linear_map(module, xn, wp)
+            proxy = proxy - self.beta * inhibit * divide(y, inhibit).detach()
+        return with_backward(y, proxy)
+
+
+class ZBox:
+    """z^B for the layer that reads pixels bounded by l ≤ x ≤ h (per channel):
+    R_x = x ⊙ Wᵀ S − l ⊙ W⁺ᵀ S − h ⊙ W⁻ᵀ S, S = R_y / (W x − W⁺ l − W⁻ h) (no bias).
+    Its gradient to the pixels is R_x itself."""
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor):
+        self.low, self.high = low, high
+
+    def __call__(self, module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        weight = module.weight.detach()
+        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        low = self.low.to(x).view(shape).expand_as(x)
+        high = self.high.to(x).view(shape).expand_as(x)
+        value = x.detach()
+        bounded = linear_map(module, value, weight) - linear_map(module, low, wp) - linear_map(module, high, wn)
+        # d/dx of f(x ⊙ c) is c ⊙ fᵀ: each term's gradient is its own relevance factor
+        proxy = (linear_map(module, x * value, weight) - linear_map(module, x * low, wp)
+                 - linear_map(module, x * high, wn))
+        return with_backward(y, proxy * divide(y, bounded).detach())
+
+
+class DetachedStd:
+    """AttnLRP's LayerNorm rule: the identity rule on the division by σ (σ held constant), the z-rule on the
+    centring and the affine map: g_x = ∂/∂x [w ⊙ (x − mean x) / σ] · g_y."""
+
+    def __call__(self, module: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(-1, keepdim=True)
+        std = (centred.square().mean(-1, keepdim=True) + module.eps).sqrt()
+        proxy = centred / std.detach()
+        return with_backward(y, proxy if module.weight is None else proxy * module.weight)
+
+
+class RelevanceProduct(AttentionProduct):
+    """The attention product under relevance rules: the uniform rule on q kᵀ and on A v (each operand gets
+    half the relevance) and ``softmax`` (a rule) at the softmax."""
+
+    def __init__(self, softmax):
+        self.softmax_rule = softmax
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return split(super().scores(q, k))
+
+    def softmax(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.softmax_rule(None, scores, super().softmax(scores))
+
+    def mix(self, attention: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return split(super().mix(attention, v))
