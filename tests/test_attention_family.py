@@ -1,6 +1,9 @@
-"""attention-flow, grad-sam, beyond-intuition-head and atman: hand-computed cases, networkx as the max-flow
-oracle, and the methods on a tiny ViT against their formulas computed from a forward written out here,
-without the tap (batch invariance of every registered method is in test_methods.py)."""
+"""attention-flow, grad-sam, beyond-intuition-head, beyond-intuition-token and atman: hand-computed cases,
+networkx as the max-flow oracle, and the methods on a tiny ViT against their formulas computed from a forward
+written out here, without the tap; the tap's projected values and block inputs on vitx's, timm's and Hugging
+Face's ViT (batch invariance of every registered method is in test_methods.py)."""
+import contextlib
+
 import networkx as nx
 import numpy as np
 import pytest
@@ -8,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 import vitx
-from reference import close as close_tensors, images, jitter
+from reference import close as close_tensors, hf_twin, images, jitter, snapshot, tiny_timm, vitx_twin
 from vitx.layout import TokenLayout
-from vitx.methods.attention import accumulate, grad_sam_scores, head_weighted_attentions
+from vitx.methods.attention import accumulate, grad_sam_scores, head_weighted_attentions, token_weighted_attentions
 from vitx.methods.flow import layered_max_flows
 from vitx.methods.perturbation import suppression_scales
 from vitx.models import ViTConfig, VisionTransformer
@@ -30,11 +33,16 @@ def x():
     return images(3, 3, 32, 32)
 
 
+def embed(net, x):
+    """The tokens entering the first block: class token and patch projections, plus position embeddings."""
+    tokens = net.patch_embed(x).flatten(2).transpose(1, 2)
+    return torch.cat([net.cls_token.expand(len(x), -1, -1), tokens], 1) + net.pos_embed
+
+
 def manual_forward(net, x, key_scale=None):
     """The ViT forward written out from its modules' weights, the pre-softmax scores of key k multiplied by
     key_scale[:, k] (B, N) if given: logits, each block's attention and each block's output tokens."""
-    tokens = net.patch_embed(x).flatten(2).transpose(1, 2)
-    tokens = torch.cat([net.cls_token.expand(len(x), -1, -1), tokens], 1) + net.pos_embed
+    tokens = embed(net, x)
     attentions, outputs = [], []
     for blk in net.blocks:
         B, N, D = tokens.shape
@@ -182,15 +190,114 @@ def test_beyond_intuition_head_on_model(model, x, reference, start_layer):
         importance = torch.stack([(a[:, h].transpose(-1, -2) @ g[:, h]).abs().mean((-1, -2)) for h in range(2)], 1)
         weights = importance / importance.sum(1, keepdim=True)
         perception = perception + (weights[:, :, None, None] * a).sum(1) @ perception
-    steps, total = 5, 0
-    for alpha in np.linspace(0, 1, steps):                      # integrated gradients of the last attention
+    expected = patches(integrated_feedback(model, x, targets, steps=5) * perception)
+    assert expected.flatten(1).gt(0).sum(1).min() > 4
+    close(token_map(model, x, "beyond-intuition-head", steps=5, start_layer=start_layer, internal_batch_size=7),
+          expected)
+
+
+def integrated_feedback(model, x, targets, steps):
+    """E_h[(1/steps Σ_α ∇A_L(α x))⁺] over α = 0, 1/(steps − 1), ..., 1: integrated gradients of the last attention."""
+    total = 0
+    for alpha in np.linspace(0, 1, steps):
         logits, path_attentions, _ = manual_forward(model.net, x * float(alpha))
         total = total + torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), path_attentions[-1])[0]
-    feedback = (total / steps).clamp(min=0).mean(1)
-    expected = patches(feedback * perception)
+    return (total / steps).clamp(min=0).mean(1)
+
+
+# --- beyond-intuition-token ------------------------------------------------------------------------
+
+def test_token_wise_perception_by_hand():
+    a = torch.tensor([[[0.5, 0.5], [0.2, 0.8]], [[1.0, 0.0], [0.4, 0.6]]])[None]     # E_h A = [[.75,.25],[.3,.7]]
+    values = torch.tensor([[[3.0, 4.0], [0.0, -1.0]]])                                 # norms 5 and 1
+    inputs = torch.tensor([[[0.0, 2.0], [1.0, 0.0]]])                                  # norms 2 and 1
+    # Key token 0's column scaled by 5/2, token 1's by 1/1: Ā = [[1.875,.25],[.75,.7]]; P = I + Ā.
+    weighted, = token_weighted_attentions([a], [values], [inputs])
+    close(weighted[0], [[1.875, 0.25], [0.75, 0.7]], rtol=1e-6)
+    close(accumulate([weighted])[0], [[2.875, 0.25], [0.75, 1.7]], rtol=1e-6)
+    # start_layer drops the blocks before it: here the second block, whose values are all of norm 1.
+    second, = token_weighted_attentions([a, a], [values, values / values.norm(dim=-1, keepdim=True)],
+                                        [inputs, torch.ones(1, 2, 2) / 2 ** 0.5], start_layer=1)
+    close(second[0], a[0].mean(0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("start_layer", [0, 2])
+def test_beyond_intuition_token_on_model(model, x, reference, start_layer):
+    """Each block's values v = LN(z) W_v + b_v taken from the qkv weights, through proj's weight without its bias."""
+    targets = reference[0]
+    perception, tokens = torch.eye(17).expand(3, 17, 17), embed(model.net, x)
+    with torch.no_grad():
+        for b, blk in enumerate(model.net.blocks):
+            if b >= start_layer:
+                W, bias = blk.attn.qkv.weight[64:], blk.attn.qkv.bias[64:]          # the value rows of qkv (D = 32)
+                projected = (blk.norm1(tokens) @ W.T + bias) @ blk.attn.proj.weight.T
+                attention = reference[1][b].mean(1) * (projected.norm(dim=-1) / tokens.norm(dim=-1))[:, None, :]
+                perception = perception + attention @ perception
+            tokens = blk(tokens)
+    expected = patches(integrated_feedback(model, x, targets, steps=5) * perception)
     assert expected.flatten(1).gt(0).sum(1).min() > 4
-    close(token_map(model, x, "beyond-intuition-head", steps=steps, start_layer=start_layer, internal_batch_size=7),
+    close(token_map(model, x, "beyond-intuition-token", steps=5, start_layer=start_layer, internal_batch_size=7),
           expected)
+
+
+@pytest.fixture(scope="module")
+def twins():
+    """timm's tiny ViT and its vitx and Hugging Face twins, identical weights: 3 blocks, 4 heads, D = 64, N = 65."""
+    timm_net = tiny_timm()
+    return {"vitx": vitx_twin(timm_net), "timm": timm_net, "hf": hf_twin(timm_net)}
+
+
+def test_projected_values_and_inputs_agree_across_frameworks(twins):
+    """Block b's input z_b and values after the output projection, LN(z_b) W_v W_oᵀ + b_v W_oᵀ, computed here from
+    vitx's weights; timm's and Hugging Face's twins record the same, and nothing unless asked."""
+    x = images(2, 3, 64, 64)
+    net, expected_inputs, expected_values = twins["vitx"], [], []
+    with torch.no_grad():
+        tokens = embed(net, x)
+        for blk in net.blocks:
+            expected_inputs.append(tokens)
+            v = blk.norm1(tokens) @ blk.attn.qkv.weight[128:].T + blk.attn.qkv.bias[128:]   # heads in order
+            expected_values.append(v @ blk.attn.proj.weight.T)
+            tokens = blk(tokens)
+    for name, net in twins.items():
+        with torch.no_grad(), vitx.trace(net, attentions=False, tokens=False, projected_values=True, inputs=True) as tr:
+            vitx.load_model(net)(x)
+        assert [t.shape for t in tr.projected_values + tr.inputs] == [(2, 65, 64)] * 6, name
+        for actual, expected in zip(tr.projected_values + tr.inputs, expected_values + expected_inputs):
+            close(actual, expected, rtol=1e-5)
+        with torch.no_grad(), vitx.trace(net, attentions=False, projected_values=[-1]) as last:
+            vitx.load_model(net)(x)
+        assert last.inputs == [] and last.attentions == [] and len(last.projected_values) == 1
+        close(last.projected_values[0], expected_values[-1], rtol=1e-5)
+        with torch.no_grad(), vitx.trace(net) as default:
+            vitx.load_model(net)(x)
+        assert default.projected_values == [] and default.inputs == []
+
+
+@pytest.mark.parametrize("exit", ["normal", "exception"])
+def test_projected_values_and_inputs_leave_no_trace(twins, exit):
+    x = images(2, 3, 64, 64)
+    for net in twins.values():
+        before = snapshot(net)
+        with pytest.raises(RuntimeError, match="inside") if exit == "exception" else contextlib.nullcontext():
+            with vitx.trace(net, attentions=False, tokens=False, projected_values=True, inputs=True) as tr:
+                vitx.load_model(net)(x)
+                assert snapshot(net) != before and len(tr.projected_values) == len(tr.inputs) == 3
+                if exit == "exception":
+                    raise RuntimeError("inside")
+        assert snapshot(net) == before
+        assert not any("forward" in m.__dict__ for m in net.modules())
+
+
+def test_projected_values_refused_where_the_output_is_no_sum_of_values():
+    """timm's scale_attn_norm normalises A v before the projection: refused on entering, blocks 0-1 already
+    patched for their attention and undone."""
+    net = tiny_timm(scale_attn_norm=True)
+    before = snapshot(net)
+    with pytest.raises(vitx.VitxError, match="normalises .*before the output projection.*projected_values"):
+        with vitx.trace(net, projected_values=[-1]):
+            pass
+    assert snapshot(net) == before and not any("forward" in m.__dict__ for m in net.modules())
 
 
 # --- atman -----------------------------------------------------------------------------------------
@@ -238,7 +345,7 @@ def test_methods_without_class_token(x):
     pooled = vitx.load_model(jitter(VisionTransformer(ViTConfig(**TINY, class_token=False, global_pool="avg"))))
     for name in ("grad-sam", "atman"):
         assert torch.isfinite(token_map(pooled, x, name)).all()
-    for name in ("attention-flow", "beyond-intuition-head"):
+    for name in ("attention-flow", "beyond-intuition-head", "beyond-intuition-token"):
         with pytest.raises(vitx.VitxError, match="class token"):
             vitx.explain(pooled, x, name)
 
@@ -248,6 +355,8 @@ def test_methods_without_class_token(x):
     ("beyond-intuition-head", {"start_layer": -1}, "start_layer"),
     ("beyond-intuition-head", {"steps": 1}, "steps"),
     ("beyond-intuition-head", {"internal_batch_size": 0}, "internal_batch_size"),
+    ("beyond-intuition-token", {"start_layer": 3}, "start_layer"),
+    ("beyond-intuition-token", {"steps": 1}, "steps"),
     ("atman", {"suppression": 1.5}, "suppression"),
     ("atman", {"threshold": -0.1}, "threshold"),
     ("atman", {"internal_batch_size": 0}, "internal_batch_size"),

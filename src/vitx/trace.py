@@ -4,6 +4,9 @@ While the block is open, every attention module computes ``A = softmax(edit(q k^
 explicitly and the tap keeps A (B, heads, N, N) per block (or only in the blocks ``attentions`` names;
 the others keep the model's own, fused attention), and each block's output tokens (B, N, D),
 both still attached to the autograd graph so that gradients with respect to them can be taken.
+On request it also keeps each block's input tokens (``inputs=True``) and its attention values after the
+output projection (``projected_values``), both (B, N, D), the latter with rows v_j W_oᵀ such that the
+attention output is Σ_j A_ij v_j W_oᵀ + b_o.
 Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
 ``edit(block, scores)``. Relevance rules (``rules``, a :class:`vitx.relevance.Composite`) are bound to
 the model's layers while the block is open, and the attention product runs through their
@@ -43,17 +46,22 @@ PLAIN = AttentionProduct()
 
 class Trace:
     def __init__(self, model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
+                 projected_values: bool | Sequence[int] = False, inputs: bool = False,
                  key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
                  edit: Edit | None = None, rules=None):
         from .model import as_model
         self.model = as_model(model)
         self.record_attentions, self.record_tokens = attentions, tokens
+        self.record_values, self.record_inputs = projected_values, inputs
         self.key_scale, self.key_mask, self.edit = key_scale, key_mask, edit
         self.rules = rules
         self.product: AttentionProduct = PLAIN if rules is None else rules.product
         self._attentions: dict[int, torch.Tensor] = {}
         self._recorded: frozenset[int] = frozenset()
         self._tokens: dict[int, torch.Tensor] = {}
+        self._inputs: dict[int, torch.Tensor] = {}
+        self._values: dict[int, torch.Tensor] = {}
+        self._projected: frozenset[int] = frozenset()
         self._undo: list[Callable[[], None]] = []
 
     @property
@@ -66,6 +74,19 @@ class Trace:
     def tokens(self) -> list[torch.Tensor]:
         """Per block, its output tokens (B, N, D) of the last forward pass."""
         return [self._tokens[i] for i in sorted(self._tokens)]
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        """Per block, its input tokens (B, N, D) of the last forward pass (``inputs=True``)."""
+        return [self._inputs[i] for i in sorted(self._inputs)]
+
+    @property
+    def projected_values(self) -> list[torch.Tensor]:
+        """Per block that ``projected_values`` names (True: every block), in block order, its attention values
+        after the output projection, (B, N, D): row j is v_j W_oᵀ = Σ_h v_jh W_o,hᵀ, the vector key token j
+        adds to query i's attention output with weight A_ij (the output is Σ_j A_ij v_j W_oᵀ + b_o; the bias
+        b_o and any layer scale of the block are left out)."""
+        return [self._values[i] for i in sorted(self._values)]
 
     def gradients(self, score: torch.Tensor, of: str = "attentions", retain_graph: bool = False) -> list[torch.Tensor]:
         """d score / d (attention | tokens) for every block; ``score`` sums one target logit per image,
@@ -85,12 +106,16 @@ class Trace:
                 self.rules.attach(self.model, self._undo.append)
             modules = adapter.attentions()
             self._recorded = _blocks(self.record_attentions, len(modules))
+            self._projected = _blocks(self.record_values, len(modules))
             for i, module in enumerate(modules):
-                if i in self._recorded or self.edits_scores or self.rules is not None:
-                    self._patch_forward(module, adapter.attention_forward(module, partial(self._attend, i)))
-            if self.record_tokens:
-                for i, block in enumerate(adapter.blocks()):
+                project = adapter.value_projection(module) if i in self._projected else None
+                if i in self._recorded or project is not None or self.edits_scores or self.rules is not None:
+                    self._patch_forward(module, adapter.attention_forward(module, partial(self._attend, i, project)))
+            for i, block in enumerate(adapter.blocks()):
+                if self.record_tokens:
                     self._undo.append(block.register_forward_hook(partial(self._keep_tokens, i)).remove)
+                if self.record_inputs:
+                    self._undo.append(block.register_forward_pre_hook(partial(self._keep_inputs, i)).remove)
         except BaseException:
             self._restore()
             raise
@@ -116,13 +141,19 @@ class Trace:
         self._undo.append(undo)
 
     def _reset(self, *_):
-        self._attentions.clear()
-        self._tokens.clear()
+        for recorded in (self._attentions, self._tokens, self._inputs, self._values):
+            recorded.clear()
 
     def _keep_tokens(self, index: int, _module, _inputs, output):
         self._tokens[index] = output[0] if isinstance(output, (tuple, list)) else output
 
-    def _attend(self, index: int, q, k, v, scale: float, dropout: float = 0.0, mask=None) -> torch.Tensor:
+    def _keep_inputs(self, index: int, _module, inputs):
+        self._inputs[index] = inputs[0]
+
+    def _attend(self, index: int, project: Callable | None, q, k, v, scale: float, dropout: float = 0.0,
+                mask=None) -> torch.Tensor:
+        if project is not None:
+            self._values[index] = project(v)
         scores = self.product.scores(q, k) * scale
         if mask is not None:
             scores = scores + mask
@@ -163,11 +194,12 @@ def _per_key(values: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 def trace(model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
+          projected_values: bool | Sequence[int] = False, inputs: bool = False,
           key_scale: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
           edit: Edit | None = None, rules=None) -> Trace:
     """Open the attention tap on ``model`` (a vitx model or any supported nn.Module); see :class:`Trace`."""
-    return Trace(model, attentions=attentions, tokens=tokens, key_scale=key_scale, key_mask=key_mask, edit=edit,
-                 rules=rules)
+    return Trace(model, attentions=attentions, tokens=tokens, projected_values=projected_values, inputs=inputs,
+                 key_scale=key_scale, key_mask=key_mask, edit=edit, rules=rules)
 
 
 __all__ = ["AttentionProduct", "Trace", "trace"]

@@ -3,9 +3,10 @@
 An adapter is the only place that knows a framework's internals. The tap replaces each attention
 module's ``forward`` with :meth:`Adapter.attention_forward`, which computes q, k, v exactly as the
 framework does and hands them to the tap's ``attend(q, k, v, scale, dropout, mask)``; everything
-else about the model runs untouched. For relevance rules (:mod:`vitx.relevance`) an adapter also names
-the layer that reads the pixels, the modules that open each block's residual branches, and the kind
-of every layer.
+else about the model runs untouched. On request the tap also maps the values v through the attention's
+output projection, with the function :meth:`Adapter.value_projection` gives. For relevance rules
+(:mod:`vitx.relevance`) an adapter also names the layer that reads the pixels, the modules that open each
+block's residual branches, and the kind of every layer.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Attend = Callable[..., torch.Tensor]
@@ -55,6 +57,12 @@ class Adapter:
         """A replacement for ``module.forward`` that routes the attention product through ``attend``."""
         raise NotImplementedError
 
+    def value_projection(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A function from the values v (B, heads, N, head_dim) of attention ``module`` to the values after its
+        output projection, (B, N, D): v_j W_oᵀ per token j, without the bias (see :func:`project_values`).
+        Raises VitxError where the attention output is not Σ_j A_ij v_j W_oᵀ + b_o."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) for images x (B, 3, H, W)."""
         return self.net(x)
@@ -76,6 +84,12 @@ class Adapter:
         if module is self.pixel_layer():
             return "pixels"
         return next((kind for cls, kind in LAYER_KINDS.items() if isinstance(module, cls)), type(module).__name__)
+
+
+def project_values(projection: nn.Linear, v: torch.Tensor) -> torch.Tensor:
+    """Values v (B, heads, N, head_dim) through the output projection's weight W_o, heads merged:
+    (B, N, D) with row j = concat_h(v_jh) W_oᵀ = Σ_h v_jh W_o,hᵀ; the bias is left out."""
+    return F.linear(v.transpose(1, 2).flatten(2), projection.weight)
 
 
 def pair(value) -> tuple[int, int]:

@@ -8,12 +8,13 @@ the model was loaded with.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 from torch import nn
 
 from ..errors import VitxError
-from .base import Adapter, Attend, Description, pair
+from .base import Adapter, Attend, Description, pair, project_values
 
 
 class HFViTAdapter(Adapter):
@@ -55,6 +56,9 @@ class HFViTAdapter(Adapter):
             out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
             return module.o_proj(out), None
         return forward
+
+    def value_projection(self, module):
+        return partial(project_values, module.o_proj)
 
     def pixel_layer(self) -> nn.Module:
         return self.backbone.embeddings.patch_embeddings.projection

@@ -6,13 +6,14 @@ step and leaves the user's ``fused_attn`` flag alone.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..errors import VitxError
-from .base import Adapter, Attend, Description, pair
+from .base import Adapter, Attend, Description, pair, project_values
 
 
 def _timm_attention_type():
@@ -67,6 +68,15 @@ class TimmViTAdapter(Adapter):
                 out = out * gate
             return module.proj_drop(module.proj(out))
         return forward
+
+    def value_projection(self, module):
+        """v W_oᵀ with W_o = ``proj``; refused where ``norm`` (scale_norm) or a gate sits between A v and
+        ``proj``: the output is then no weighted sum of per-token projected values."""
+        if not isinstance(module.norm, nn.Identity) or getattr(module, "gate", None) is not None:
+            raise VitxError(f"timm model {type(self.net).__name__}: its attention normalises (scale_norm) or gates "
+                            "the attention product before the output projection, so its output is no sum of "
+                            "per-token projected values; the tap cannot record projected_values for it")
+        return partial(project_values, module.proj)
 
     def pixel_layer(self) -> nn.Module:
         pe = self.net.patch_embed

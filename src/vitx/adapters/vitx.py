@@ -1,10 +1,12 @@
 """Adapter for vitx's own architectures (:mod:`vitx.models`)."""
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from ..models.vit import LayerScale, VisionTransformer
-from .base import Adapter, Attend, Description, pair
+from .base import Adapter, Attend, Description, pair, project_values
 
 
 class VitxViTAdapter(Adapter):
@@ -27,6 +29,9 @@ class VitxViTAdapter(Adapter):
             q, k, v = module.split_heads(x)
             return module.merge_heads(attend(q, k, v, module.scale))
         return forward
+
+    def value_projection(self, module):
+        return partial(project_values, module.proj)
 
     def pixel_layer(self) -> nn.Module:
         stem = self.net.patch_embed.stem

@@ -200,3 +200,33 @@ def beyond_intuition_head(batch: Batch, steps: int = 20, start_layer: int = 0,
     perception = accumulate(head_weighted_attentions([a.detach() for a in tr.attentions], gradients, start_layer))
     feedback = reasoning_feedback(batch, gradients[-1], steps, internal_batch_size)
     return cls_row(batch, feedback * perception)
+
+
+def token_weighted_attentions(attentions: list[torch.Tensor], values: list[torch.Tensor], inputs: list[torch.Tensor],
+                              start_layer: int = 0) -> list[torch.Tensor]:
+    """Ā_b = E_h(A_b) diag(‖v_j W_oᵀ‖ / ‖z_j‖) for blocks s..L, from A_b (B, heads, N, N), the projected values
+    v W_oᵀ (B, N, D) and the block inputs z (B, N, D): Chen et al.'s token-wise attention perception, each key
+    token's column scaled by how much the block's value path stretches that token."""
+    weighted = []
+    for attention, value, z in zip(*(from_block(per_block, start_layer) for per_block in (attentions, values, inputs))):
+        weighted.append(attention.mean(1) * (value.norm(dim=-1) / z.norm(dim=-1))[:, None, :])
+    return weighted
+
+
+@register("beyond-intuition-token", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
+          cost="steps×(1F+1B)")
+def beyond_intuition_token(batch: Batch, steps: int = 20, start_layer: int = 0,
+                           internal_batch_size: int = 64) -> torch.Tensor:
+    """Beyond Intuition, token-wise: R = (F ⊙ P)[c, patches]. Attention perception P: R = I, R ← R + Ā_b R over
+    blocks s..L with Ā_b = E_h(A_b) diag(‖v_j W_oᵀ‖ / ‖z_j‖), z_j token j entering block b and v_j W_oᵀ its value
+    (computed from LN(z_j)) after the output projection W_o. Reasoning feedback F as in beyond-intuition-head.
+
+    As in the authors' code: the heads of A_b are averaged, v_j W_oᵀ merges every head's value and leaves the
+    projection's bias out, ‖z_j‖ is taken before the block's layer norm (their |P| is P here: P ≥ 0). Their ViT-B
+    scripts start the perception at block 6 (0-based); the default here is every block, which applies to models
+    of any depth."""
+    logits, tr = batch.run(tokens=False, projected_values=True, inputs=True)
+    with torch.no_grad():
+        perception = accumulate(token_weighted_attentions(tr.attentions, tr.projected_values, tr.inputs, start_layer))
+    gradient, = torch.autograd.grad(batch.score(logits), tr.attentions[-1])
+    return cls_row(batch, reasoning_feedback(batch, gradient, steps, internal_batch_size) * perception)
