@@ -16,8 +16,8 @@ from vitx.model import Model, ModelConfig
 from vitx.models import create_model
 
 LEADERBOARD = {"perturbation_positive_auc", "perturbation_negative_auc", "insertion_auc", "deletion_auc",
-               "pixel_accuracy", "miou", "map", "pointing_game", "energy_pointing_game", "relevance_rank_accuracy",
-               "class_sensitivity", "randomization_spearman", "sparseness"}
+               "pixel_accuracy", "miou", "map", "pointing_game", "pointing_game_tolerant", "energy_pointing_game",
+               "relevance_rank_accuracy", "class_sensitivity", "randomization_spearman", "sparseness"}
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
 
@@ -112,6 +112,25 @@ def test_localisation_hand_computed_on_4x4_maps():
     torch.testing.assert_close(M.energy_pointing_game(maps, masks), torch.tensor([3 / 55, 30 / 55]))
     # K = 4: the top four are 7, 8, 9, 10; none in mask 1, two (9, 10) in mask 2
     assert M.relevance_rank_accuracy(maps, masks).tolist() == [0.0, 0.5]
+
+
+def test_pointing_game_tolerance_counts_peaks_near_the_mask():
+    """A peak 3 pixels right of a one-pixel mask: a miss when strict or within 2.9 px, a hit within 3 px;
+    a diagonal neighbour is sqrt(2) away. The tolerant row scales Zhang et al.'s 15 px at 224 to the size."""
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 4, 2] = True
+    peak = torch.zeros(1, 8, 8)
+    peak[0, 4, 5] = 1
+    assert [M.pointing_game(peak, mask, tolerance=t).item() for t in (0, 2.9, 3)] == [0.0, 0.0, 1.0]
+    diagonal = torch.zeros(1, 8, 8)
+    diagonal[0, 5, 3] = 1
+    assert [M.pointing_game(diagonal, mask, tolerance=t).item() for t in (1, 1.5)] == [0.0, 1.0]
+    big_mask, big_peak = torch.zeros(1, 224, 224, dtype=torch.bool), torch.zeros(1, 224, 224)
+    big_mask[0, 100, 100] = True
+    big_peak[0, 100, 115], big_peak[0, 100, 116] = 1, 1   # 15 px away (a hit) and 16 px away (a miss)
+    assert M.pointing_game_tolerant(big_peak, big_mask).item() == 0.5
+    with pytest.raises(VitxError, match="tolerance"):
+        M.pointing_game(peak, mask, tolerance=-1)
 
 
 def test_localisation_ties_score_their_expectation():

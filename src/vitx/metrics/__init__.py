@@ -4,7 +4,8 @@ Every function returns per-image values (a (B,) float tensor, or a dict of them 
 so that a caller can take means and standard errors. :data:`METRICS` names the leaderboard scores, the
 function computing each and whether higher is better. See docs/metrics.md.
 """
-from .localisation import class_sensitivity, energy_pointing_game, pointing_game, relevance_rank_accuracy
+from .localisation import (class_sensitivity, energy_pointing_game, pointing_game, pointing_game_tolerant,
+                           relevance_rank_accuracy)
 from .perturbation import FRACTIONS, auc, dataset_auc, gaussian_blur, insertion_deletion, perturbation_test
 from .registry import METRICS, MetricInfo, compute, metrics
 from .sanity import cascade, randomization
@@ -14,5 +15,5 @@ from .sparseness import sparseness
 
 __all__ = ["FRACTIONS", "METRICS", "MetricInfo", "auc", "average_precision", "cascade", "class_sensitivity",
            "compute", "dataset_auc", "energy_pointing_game", "gaussian_blur", "insertion_deletion", "metrics",
-           "perturbation_test", "pointing_game", "randomization", "relevance_rank_accuracy", "segmentation",
+           "perturbation_test", "pointing_game", "pointing_game_tolerant", "randomization", "relevance_rank_accuracy", "segmentation",
            "sparseness", "spearman", "ssim"]

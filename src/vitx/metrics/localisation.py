@@ -8,23 +8,46 @@ constant map scores exactly the chance level |mask| / (H·W) instead of a lucky 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import VitxError
 from .checks import as_maps, as_masks, as_targets, nonempty
 
+TOLERANCE = 15 / 224  # Zhang et al.'s pointing-game tolerance, as a share of the image side
 
-def pointing_game(maps, masks) -> torch.Tensor:
+
+def pointing_game(maps, masks, tolerance: float = 0.0) -> torch.Tensor:
     """Pointing game (Zhang et al., ECCV 2016; IJCV 2018, Top-down Neural Attention by Excitation Backprop).
 
-    hit = 1[argmax_p m_p ∈ mask], strict (no tolerance margin around the object). Where several pixels
-    share the maximum, the value is the share of them inside the mask (the expected hit when one of them is
-    drawn at random). Higher is better; chance is |mask| / (H·W). Returns (B,) float.
+    hit = 1[dist(argmax_p m_p, mask) ≤ tolerance], distances in pixels between pixel centres; the default
+    0 is the strict form (the peak inside the mask). Where several pixels share the maximum, the value is
+    the share of them that hit (the expected hit when one of them is drawn at random). Higher is better;
+    chance is |mask| / (H·W) when strict. Returns (B,) float.
     """
     maps = as_maps(maps)
     masks = nonempty(as_masks(masks, maps))
+    if tolerance < 0:
+        raise VitxError(f"tolerance must be >= 0 pixels, got {tolerance}")
+    if tolerance > 0:
+        masks = dilate(masks, tolerance)
     flat, inside = maps.flatten(1), masks.flatten(1)
     peak = flat == flat.amax(1, keepdim=True)
     return (peak & inside).sum(1).float() / peak.sum(1).float()
+
+
+def pointing_game_tolerant(maps, masks) -> torch.Tensor:
+    """The pointing game with Zhang et al.'s tolerance, 15 pixels at their 224-pixel inputs, scaled to the
+    maps' size: a hit is a peak within 15/224 of the larger image side of the mask. Returns (B,) float."""
+    maps = as_maps(maps)
+    return pointing_game(maps, masks, tolerance=TOLERANCE * max(maps.shape[-2:]))
+
+
+def dilate(masks: torch.Tensor, radius: float) -> torch.Tensor:
+    """Every pixel whose centre lies within ``radius`` pixels of a mask pixel's centre, (B, H, W) bool."""
+    r = int(radius)
+    offsets = torch.arange(-r, r + 1, device=masks.device, dtype=torch.float32)
+    disc = (offsets[:, None] ** 2 + offsets[None, :] ** 2 <= radius ** 2).float()
+    return F.conv2d(masks[:, None].float(), disc[None, None], padding=r)[:, 0] > 0
 
 
 def energy_pointing_game(maps, masks) -> torch.Tensor:

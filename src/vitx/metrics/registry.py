@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from ..errors import VitxError
-from .localisation import class_sensitivity, energy_pointing_game, pointing_game, relevance_rank_accuracy
+from .localisation import (class_sensitivity, energy_pointing_game, pointing_game, pointing_game_tolerant,
+                           relevance_rank_accuracy)
 from .perturbation import insertion_deletion, perturbation_test
 from .sanity import randomization
 from .segmentation import segmentation
@@ -55,6 +56,8 @@ METRICS: dict[str, MetricInfo] = _rows(
     MetricInfo("miou", segmentation, _PIX, "miou", True, "Chefer, Gur & Wolf, CVPR 2021"),
     MetricInfo("map", segmentation, _PIX, "map", True, "Chefer, Gur & Wolf, CVPR 2021"),
     MetricInfo("pointing_game", pointing_game, _PIX, None, True, "Zhang et al., ECCV 2016 / IJCV 2018"),
+    MetricInfo("pointing_game_tolerant", pointing_game_tolerant, _PIX, None, True,
+               "Zhang et al., ECCV 2016 / IJCV 2018, with their 15-pixel tolerance at 224 pixels"),
     MetricInfo("energy_pointing_game", energy_pointing_game, _PIX, None, True, "Wang et al., CVPR-W 2020"),
     MetricInfo("relevance_rank_accuracy", relevance_rank_accuracy, _PIX, None, True,
                "Arras, Osman & Samek, Information Fusion 2022"),
