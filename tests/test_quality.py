@@ -8,13 +8,17 @@ import torch
 
 import vitx
 from vitx.data import shapes
+from vitx.metrics import pointing_game, pointing_game_tolerant
 from vitx.train import score_shapes
 
 SEED = 20_000
 
-# Gates the shipped models do not reach yet (measured on this seed; see the model cards). Strict: the day a
-# retrained model passes, these turn into failures and the marks must go.
-NOT_YET = "zoo model trained for 2,500 steps only (about 26 minutes here); needs a longer recipe"
+# The issue's strict pointing game (the peak pixel inside the mask) is out of reach for token methods on this
+# data, whatever the model: their maps are upsampled from 8x8-pixel patches, so the peak sits at the centre of
+# the best patch, which for an edge patch of a thin shape (star, cross, crescent, L) lies just outside the
+# object although the patch overlaps it (the best patch touches the object in 99% of images). Strict marks:
+# the day a model or method passes, these turn into failures and the marks must go.
+RESOLUTION = "strict pixel pointing is limited by the 8-pixel patch grid (see docs/benchmarks.md)"
 
 
 @pytest.fixture(scope="module")
@@ -27,31 +31,37 @@ def multi_model():
     return vitx.load_model("shapes-vit-multi")
 
 
-@pytest.mark.xfail(strict=True, reason=f"accuracy 0.953 < 0.97: {NOT_YET}")
 def test_shapes_vit_classifies_fresh_images(single_model):
     accuracy = score_shapes(single_model, "single", SEED, n=1000)["accuracy"]
     assert accuracy >= 0.97, f"accuracy {accuracy:.3f}"
 
 
-@pytest.mark.xfail(strict=True, reason=f"lowest per-class recall 0.80 < 0.95: {NOT_YET}")
 def test_shapes_vit_multi_detects_every_class(multi_model):
     metrics = score_shapes(multi_model, "multi", SEED, n=1000)
     assert min(metrics["recall"].values()) >= 0.95, metrics["recall"]
 
 
-def pointing_hits(model, data, method="generic-attention", **params) -> torch.Tensor:
-    """(n,) bool: the pixel of highest relevance for the true class lies inside the object's mask."""
-    exp = vitx.explain(model, model.preprocess(data.images), method=method, target=data.labels, batch_size=100,
-                       **params)
-    best = exp.maps.flatten(1).argmax(1, keepdim=True)
-    return data.masks.flatten(1).gather(1, best)[:, 0]
-
-
-@pytest.mark.xfail(strict=True, reason=f"pointing game 0.71 < 0.90: {NOT_YET}")
-def test_pointing_game_of_generic_attention(single_model):
+def pointing(model, method, metric=pointing_game) -> float:
+    """A pointing game of ``method`` for the true class on 500 fresh single images."""
     data = shapes(n=500, seed=SEED, variant="single")
-    rate = pointing_hits(single_model, data).float().mean().item()
-    assert rate >= 0.90, f"pointing game {rate:.3f}"
+    exp = vitx.explain(model, model.preprocess(data.images), method=method, target=data.labels, batch_size=100)
+    return metric(exp.maps, data.masks).mean().item()
+
+
+@pytest.mark.parametrize("method, gate", [
+    pytest.param("generic-attention", 0.90, marks=pytest.mark.xfail(strict=True, reason=f"0.748: {RESOLUTION}")),
+    pytest.param("transformer-attribution", 0.85, marks=pytest.mark.xfail(strict=True, reason=f"0.726: {RESOLUTION}")),
+])
+def test_pointing_game_strict(single_model, method, gate):
+    rate = pointing(single_model, method)
+    assert rate >= gate, f"{method}: pointing game {rate:.3f}"
+
+
+@pytest.mark.parametrize("method, gate", [("generic-attention", 0.90), ("transformer-attribution", 0.85)])
+def test_pointing_game_with_the_papers_tolerance(single_model, method, gate):
+    """Zhang et al.'s protocol: a peak within 15/224 of the image side (4.3 px here) of the object is a hit."""
+    rate = pointing(single_model, method, pointing_game_tolerant)
+    assert rate >= gate, f"{method}: pointing game with tolerance {rate:.3f}"
 
 
 def test_generic_attention_is_class_sensitive(multi_model):

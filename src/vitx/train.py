@@ -44,8 +44,8 @@ class Recipe:
 
 
 RECIPES = {
-    "shapes-vit": Recipe("vitx_shapes", "single", steps=2500, lr=1e-3),
-    "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=800, lr=5e-4, start="shapes-vit"),
+    "shapes-vit": Recipe("vitx_shapes", "single", steps=6000, lr=1e-3),
+    "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=2400, lr=5e-4, start="shapes-vit"),
 }
 
 
