@@ -29,20 +29,32 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_generic_attention_beats_random_on_every_metric(model):
-    """On 200 images, generic-attention is better than a noise map on every metric by more than three
-    standard errors (of the difference), in each metric's own direction."""
-    data = shapes(n=200, seed=SEED)
-    rows = evaluate(model, data, ["generic-attention", "random"]).results["methods"]
-    ours, noise = rows["generic-attention"], rows["random"]
-    compared = [m for m in METRICS if noise.get(m) is not None]
-    assert len(compared) == len(METRICS) - 2  # all but class sensitivity (multi data) and randomisation
-    margins = {}
-    for metric in compared:
-        sign = 1 if METRICS[metric].higher_is_better else -1
-        sem = (ours[f"{metric}_sem"] ** 2 + noise[f"{metric}_sem"] ** 2) ** 0.5
-        margins[metric] = round(sign * (ours[metric] - noise[metric]) / sem, 1)
-    assert all(margin > 3 for margin in margins.values()), margins
+# The well-trained shapes-vit (99.8% accuracy) loses nearly every prediction once 10% of its pixels are set to
+# black, in any order: the positive perturbation curve of every map, random included, collapses at its first
+# step, and blacking out the object's own pixels keeps its silhouette (docs/benchmarks.md).
+SATURATED = "black-pixel removal saturates at the first 10% step on shapes-vit, random order included"
+NOT_SEPARATED = {"perturbation_positive_auc": f"0.7 standard errors: {SATURATED}",
+                 "deletion_auc": f"1.8 standard errors: {SATURATED}"}
+
+
+@pytest.fixture(scope="module")
+def against_random(model):
+    """generic-attention and a noise map scored on 200 fresh images."""
+    rows = evaluate(model, shapes(n=200, seed=SEED), ["generic-attention", "random"]).results["methods"]
+    return rows["generic-attention"], rows["random"]
+
+
+@pytest.mark.parametrize("metric", [
+    pytest.param(m, marks=pytest.mark.xfail(strict=True, reason=NOT_SEPARATED[m])) if m in NOT_SEPARATED else m
+    for m in METRICS if m not in ("class_sensitivity", "randomization_spearman")])  # multi data; a method
+def test_generic_attention_beats_random(against_random, metric):
+    """On 200 images, generic-attention is better than a noise map by more than three standard errors (of the
+    difference), in the metric's own direction."""
+    ours, noise = against_random
+    sign = 1 if METRICS[metric].higher_is_better else -1
+    sem = (ours[f"{metric}_sem"] ** 2 + noise[f"{metric}_sem"] ** 2) ** 0.5
+    margin = sign * (ours[metric] - noise[metric]) / sem
+    assert margin > 3, f"{metric}: {margin:.1f} standard errors ({ours[metric]:.4f} against {noise[metric]:.4f})"
 
 
 def test_results_cover_methods_metrics_and_timing(model):
@@ -73,6 +85,23 @@ def test_multi_data_adds_class_sensitivity_per_present_class():
         evaluate(model, shapes(n=2, seed=SEED), ["raw-attention"], ["class_sensitivity"])
 
 
+def test_randomization_check_runs_on_the_first_sanity_images(model):
+    """The check that re-runs the method once per block scores only the first ``sanity_images`` explanations,
+    the same values as running it on those images alone; the other metrics keep every image."""
+    from vitx.metrics import randomization
+    data = shapes(n=5, seed=SEED)
+    metrics = ["randomization_spearman", "pointing_game"]
+    row = evaluate(model, data, ["raw-attention"], metrics, sanity_images=2).results["methods"]["raw-attention"]
+    x = model.normalize(data.images[:2])
+    expected = randomization(model, x, data.labels[:2], "raw-attention")["randomization_spearman"].double()
+    assert row["randomization_spearman"] == pytest.approx(expected.mean().item())
+    assert row["randomization_spearman_sem"] == pytest.approx(expected.std().item() / 2 ** 0.5)
+    every = evaluate(model, data, ["raw-attention"], metrics, sanity_images=None).results
+    assert every["sanity_explanations"] == 5 and every["methods"]["raw-attention"]["pointing_game"] == row["pointing_game"]
+    with pytest.raises(vitx.VitxError, match="sanity_images must be at least 1"):
+        evaluate(model, data, ["raw-attention"], metrics, sanity_images=0)
+
+
 def test_same_seed_same_numbers_and_failures_do_not_stop_the_run(model, monkeypatch):
     def broken(batch):
         raise RuntimeError("boom")
@@ -93,11 +122,13 @@ def test_same_seed_same_numbers_and_failures_do_not_stop_the_run(model, monkeypa
 def test_bench_end_to_end(capsys, tmp_path):
     out = tmp_path / "bench"
     code, stdout, err = run(capsys, "bench", "--model", "shapes-vit", "--methods", "rollout,random", "--n", 4,
-                            "--seed", 7, "--batch-size", 2, "--out", out)
+                            "--seed", 7, "--sanity-images", 3, "--batch-size", 2, "--out", out)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["n"] == 4 and results["seed"] == 7 and set(results["methods"]) == {"rollout", "random"}
-    assert results["command"] == f"vitx bench --model shapes-vit --methods rollout,random --n 4 --seed 7 --out {out}"
+    assert results["sanity_explanations"] == 3
+    assert results["command"] == (f"vitx bench --model shapes-vit --methods rollout,random --n 4 --seed 7 "
+                                  f"--sanity-images 3 --out {out}")
     with open(out / "results.csv") as f:
         assert [row["method"] for row in csv.DictReader(f)] == ["rollout", "random"]
     board = (out / "leaderboard.md").read_text()

@@ -81,6 +81,9 @@ def build_parser() -> Parser:
     p.add_argument("--metrics", help="comma-separated metric names (default: every metric that applies)")
     p.add_argument("--n", type=positive_int, default=500, help="number of shapes images (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="data seed, also seeds stochastic methods (default: 0)")
+    p.add_argument("--sanity-images", type=positive_int, default=100,
+                   help="images for the randomisation check, which re-runs each method once per block "
+                        "(default: the first 100)")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -239,10 +242,11 @@ def run_bench(args) -> int:
                   image_size=size[0])
     methods, metrics = method_list(model, data, methods), metric_list(data, metrics)  # refused before writing
     out = make_out_dir(args.out)
-    evaluation = evaluate(model, data, methods, metrics, batch_size=args.batch_size, seed=args.seed, progress=True)
+    evaluation = evaluate(model, data, methods, metrics, batch_size=args.batch_size, seed=args.seed,
+                          sanity_images=args.sanity_images, progress=True)
     command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
                         "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
-                        f"--n {args.n} --seed {args.seed} --out {args.out}"])
+                        f"--n {args.n} --seed {args.seed} --sanity-images {args.sanity_images} --out {args.out}"])
     files = bench.write(evaluation, out, command)
     print(bench.leaderboard(evaluation.results))
     failed = [name for name, row in evaluation.results["methods"].items() if "error" in row]

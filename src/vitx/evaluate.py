@@ -49,11 +49,14 @@ class Evaluation:
 
 
 def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: dict | None = None,
-             batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, progress: bool = False) -> Evaluation:
+             batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
+             progress: bool = False) -> Evaluation:
     """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
     or a list of names) on ``data`` and score each with ``metrics`` (None: every metric that applies to
     the data; class sensitivity needs ``multi`` data). ``params``: per-method parameters
     ``{method: {param: value}}``. A method that fails is recorded with its error and the run goes on.
+    Metrics that re-run the method (the randomisation check explains the images once per randomised block)
+    use the first ``sanity_images`` explanations only (None: all of them), which bounds their cost.
     The same ``seed`` (for stochastic methods, the random map and the randomisation check) gives the same
     numbers."""
     model = load_model(model, device=device)
@@ -67,6 +70,8 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
                         f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    if sanity_images is not None and sanity_images < 1:
+        raise VitxError(f"sanity_images must be at least 1 (or None for all), got {sanity_images}")
     names = method_list(model, data, methods)
     metric_names = metric_list(data, metrics)
     params = params or {}
@@ -75,8 +80,10 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
             raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
 
     x, targets, masks, multi_masks = _explanations(model, data)
+    sanity = len(targets) if sanity_images is None else min(sanity_images, len(targets))
     results = {"model": model.config.name or type(model.net).__name__, "n": len(data), "seed": seed,
-               "data_seed": data.seed, "variant": data.variant, "explanations": len(targets), "methods": {}}
+               "data_seed": data.seed, "variant": data.variant, "explanations": len(targets),
+               "sanity_explanations": sanity, "methods": {}}
     evaluation = Evaluation(results, images=model.denormalize(x[:gallery]).cpu(), targets=targets[:gallery].cpu(),
                             class_names=data.class_names)
     for name in names:
@@ -91,8 +98,9 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
                     bar.update()
                     scores, raw = {}, {}
                     for group in groups:
-                        scores.update(compute(group, raw=raw, model=model, x=x, targets=targets, maps=maps,
-                                              masks=masks, multi_masks=multi_masks, method=name,
+                        count = sanity if "method" in METRICS[group[0]].needs else len(targets)
+                        scores.update(compute(group, raw=raw, model=model, x=x[:count], targets=targets[:count],
+                                              maps=maps, masks=masks, multi_masks=multi_masks, method=name,
                                               params=params.get(name, {})))
                         bar.update()
             except Exception as err:  # a failing method is reported and the run goes on
