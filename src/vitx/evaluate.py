@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 
 from .data.shapes import ShapesData
 from .errors import VitxError
-from .explain import explain, minmax
+from .explain import explain
 from .loading import load_model
 from .metrics import METRICS, compute
 from .registry import get_method, method_names
+from .scaling import minmax
 
 REFERENCES = ("random", "ground-truth")
 CURVES = {  # plotted curve -> (metric whose run gives it, key of the curve, key of its abscissae)

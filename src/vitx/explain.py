@@ -13,6 +13,7 @@ from .errors import VitxError
 from .explanation import Explanation
 from .model import Model, as_model, evaluating
 from .registry import get_method
+from .scaling import minmax
 
 
 def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32,
@@ -87,10 +88,3 @@ def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:
                             f"classes (0-{num_classes - 1})")
         indices.append(int(value))
     return torch.tensor(indices, device=model.device)
-
-
-def minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each map to [0, 1] (a constant map becomes 0)."""
-    flat = maps.flatten(1)
-    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)

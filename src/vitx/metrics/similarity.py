@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import VitxError
+from ..scaling import minmax
 from .checks import as_maps
 
 
@@ -29,7 +30,7 @@ def ssim(a, b, win_size: int = 7) -> torch.Tensor:
         raise VitxError(f"win_size must be an odd integer of at least 3, got {win_size!r}")
     if min(a.shape[-2:]) < win_size:
         raise VitxError(f"SSIM needs maps of at least {win_size}x{win_size} pixels, got {a.shape[1]}x{a.shape[2]}")
-    a, b = _minmax(a.double())[:, None], _minmax(b.double())[:, None]
+    a, b = minmax(a.double())[:, None], minmax(b.double())[:, None]
     mean = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731  windows inside the image only
     ux, uy = mean(a), mean(b)
     cov_norm = win_size ** 2 / (win_size ** 2 - 1)
@@ -55,9 +56,3 @@ def _ranks(values: torch.Tensor) -> torch.Tensor:
     below = torch.searchsorted(ordered, values)
     upto = torch.searchsorted(ordered, values, right=True)
     return (below + upto + 1).double() / 2
-
-
-def _minmax(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.flatten(1)
-    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
