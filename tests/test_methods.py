@@ -13,7 +13,8 @@ from vitx.models import ViTConfig, VisionTransformer
 from vitx.registry import method_names
 
 # Cheap settings for the sampling methods; every other method runs with its defaults.
-LIGHT = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 4}}
+LIGHT = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
+         "kernel-shap": {"samples": 64}}
 
 
 @pytest.fixture(scope="module")

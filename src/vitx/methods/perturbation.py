@@ -1,8 +1,14 @@
 """Perturbation methods: how the prediction changes when part of the input is taken away.
 
-Notation: y the logits, t the target class, CE(y, t) = −log softmax(y)_t, P the number of patches.
+Notation: y the logits, t the target class, CE(y, t) = −log softmax(y)_t, P the number of patches, f_t the
+target score (y_t, or softmax(y)_t with ``score="probability"``), x' the baseline image (``baseline``:
+"zeros" is 0 in model input space, the dataset's mean colour; "black"; or a grey level in [0, 1]).
+v(S) = f_t(x with the patches outside S removed) is the value of a coalition S of patches: removed by the
+baseline (x' on their pixels) or, the ViT-native way, by masking their keys in every attention layer.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +17,16 @@ from ..batch import Batch
 from ..errors import VitxError
 from ..layout import TokenLayout
 from ..registry import register
+from ..shapley import constrained_least_squares, sample_coalitions
+from .gradient import baseline_for
 
 DEISEROTH_2023 = ("Deiseroth et al., NeurIPS 2023, AtMan: Understanding Transformer Predictions Through Memory "
                   "Efficient Attention Manipulation")
+ZEILER_2014 = "Zeiler & Fergus, ECCV 2014, Visualizing and Understanding Convolutional Networks"
+PETSIUK_2018 = "Petsiuk, Das & Saenko, BMVC 2018, RISE: Randomized Input Sampling for Explanation of Black-box Models"
+LUNDBERG_2017 = "Lundberg & Lee, NeurIPS 2017, A Unified Approach to Interpreting Model Predictions"
+SCORES = ("logit", "probability")
+REMOVALS = ("baseline", "attention")
 
 
 def suppression_scales(tokens: torch.Tensor, layout: TokenLayout, suppression: float, threshold: float) -> torch.Tensor:
@@ -59,3 +72,176 @@ def atman(batch: Batch, suppression: float = 0.9, threshold: float = 0.7,
             losses.append(target_loss(batch, suppressed).view(len(chunk), -1))
         relevance = torch.cat(losses) - target_loss(batch, logits)
     return batch.layout.to_grid(relevance.T)
+
+
+def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise VitxError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
+
+
+def target_scores(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
+    """f_t of each row of ``logits`` for ``targets`` (rows,): y_t (``score="logit"``) or softmax(y)_t
+    (``"probability"``)."""
+    if score == "probability":
+        logits = logits.softmax(-1)
+    return logits.gather(1, targets[:, None])[:, 0]
+
+
+def unmodified_scores(batch: Batch, score: str) -> torch.Tensor:
+    """f_t of the batch's own images, (B,), from its first forward (run now if it has not run yet)."""
+    if batch.logits is None:
+        batch.run(attentions=False, tokens=False)
+    return target_scores(batch.logits, batch.targets, score)
+
+
+def patch_pixels(patches: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
+    """(..., P) values per patch -> (..., H, W) float, each patch's value on its pixels."""
+    ph, pw = layout.patch_size
+    grid = patches.reshape(*patches.shape[:-1], *layout.grid).float()
+    return grid.repeat_interleave(ph, -2).repeat_interleave(pw, -1)
+
+
+def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline", baseline="zeros",
+                     score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
+    """(K, B) v(S_k) of each image: f_t with the patches outside coalition S_k removed. ``keep`` (K, P) bool
+    holds K coalitions shared by the images, or (K, B, P) one per image.
+
+    ``removal="baseline"``: x_S = x' + m_S ⊙ (x − x'), m_S = 1 on the pixels of S's patches. ``"attention"``:
+    the images themselves, the pre-softmax score of every key outside S (prefix tokens always kept) set to
+    −∞ in every block and head; no token in S, nor the class token, then sees a removed patch (for the class
+    token's output this equals dropping the removed tokens from the sequence). The K copies run
+    ``internal_batch_size`` images a pass."""
+    check_choice("removal", removal, REMOVALS)
+    check_choice("score", score, SCORES)
+    layout, x = batch.layout, batch.x
+    P, B = layout.num_patches, x.shape[0]
+    if keep.dim() not in (2, 3) or keep.shape[-1] != P or keep.dim() == 3 and keep.shape[1] != B:
+        raise VitxError(f"coalitions must be (K, {P}) or (K, {B}, {P}) for {B} images of {P} patches, "
+                        f"got shape {tuple(keep.shape)}")
+    if removal == "attention" and layout.cls_index is None:
+        raise VitxError("removal='attention' keeps removed patches out of the class token, and this model has none "
+                        "(its output pools the patch tokens, removed ones included): use removal='baseline'")
+    start = baseline_for(batch, baseline) if removal == "baseline" else None
+    keep = keep.to(x.device).reshape(keep.shape[0], -1, P).expand(-1, B, -1)
+    values = []
+    for chunk in keep.split(batch.copies_per_pass(internal_batch_size)):
+        if removal == "attention":
+            prefix = chunk.new_ones(*chunk.shape[:2], layout.num_prefix)
+            mask = torch.cat([prefix, chunk], -1).flatten(0, 1)
+            logits, _ = batch.run(x.repeat(len(chunk), 1, 1, 1), attentions=False, tokens=False, key_mask=mask)
+        else:
+            inputs = start + patch_pixels(chunk, layout)[:, :, None] * (x - start)
+            logits, _ = batch.run(inputs.flatten(0, 1), attentions=False, tokens=False)
+        values.append(target_scores(logits, batch.targets.repeat(len(chunk)), score).view(len(chunk), -1))
+    return torch.cat(values)
+
+
+def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.Tensor:
+    """(W, gh, gw) bool: the windows of ``window``×``window`` patches, top-left corners at multiples of ``stride``
+    along each axis up to the first that reaches the grid's edge, the last one cut by the edge (captum's
+    placement): ⌈(g − window)/stride⌉ + 1 positions along an axis of g patches."""
+    if not 1 <= window <= min(grid):
+        raise VitxError(f"window must be 1..{min(grid)} patches for this {grid[0]}x{grid[1]} patch grid, got {window}")
+    if not 1 <= stride <= window:
+        raise VitxError(f"stride must be 1..window ({window}) patches, else some patches are never occluded; "
+                        f"got {stride}")
+
+    def spans(length: int) -> torch.Tensor:
+        starts = torch.arange(math.ceil((length - window) / stride) + 1)[:, None] * stride
+        position = torch.arange(length)
+        return (position >= starts) & (position < starts + window)
+    rows, cols = spans(grid[0]), spans(grid[1])
+    return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(0, 1)
+
+
+@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F")
+def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
+              score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
+    """Occlusion: R_j = mean over the windows W ∋ j of v(N) − v(N ∖ W), windows of ``window``×``window``
+    patches every ``stride`` patches, removed by the baseline (the patch-aligned case of captum's Occlusion)
+    or by attention masking. Defaults: 2×2-patch windows at stride 1 (Zeiler & Fergus slid grey squares with
+    overlap); x' = 0 in model input space (the mean colour, captum's default baseline)."""
+    windows = occlusion_windows(batch.layout.grid, window, stride).flatten(1).to(batch.x.device)
+    with torch.no_grad():
+        occluded = coalition_values(batch, ~windows, removal, baseline, score, internal_batch_size)
+        drops = unmodified_scores(batch, score) - occluded
+    windows = windows.to(drops.dtype)
+    return batch.layout.to_grid(drops.T @ windows / windows.sum(0))
+
+
+def cell_pixels(layout: TokenLayout, cell: int) -> tuple[int, int]:
+    return cell * layout.patch_size[0], cell * layout.patch_size[1]
+
+
+def rise_grids(count: int, layout: TokenLayout, cell: int, keep: float, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RISE's random draws for ``count`` masks: binary grids (count, ⌈H/C_h⌉, ⌈W/C_w⌉) of cells kept with
+    probability ``keep``, and shifts (count, 2) uniform in [0, C_h) × [0, C_w), C = ``cell`` patches in pixels."""
+    if count < 1:
+        raise VitxError(f"masks must be at least 1, got {count}")
+    if cell < 1:
+        raise VitxError(f"cell must be at least 1 patch, got {cell}")
+    if not 0 < keep <= 1:
+        raise VitxError(f"keep must be in (0, 1], got {keep}")
+    size = cell_pixels(layout, cell)
+    image = (layout.grid[0] * layout.patch_size[0], layout.grid[1] * layout.patch_size[1])
+    cells = [math.ceil(n / c) for n, c in zip(image, size)]
+    grids = (torch.rand(count, *cells, generator=generator) < keep).float()
+    shifts = torch.stack([torch.randint(c, (count,), generator=generator) for c in size], 1)
+    return grids, shifts
+
+
+def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """(k, H, W) masks: each grid (s_h, s_w) upsampled bilinearly to ((s_h+1)C_h, (s_w+1)C_w), then cropped to
+    H×W at its shift, as in Petsiuk et al.'s code."""
+    up = F.interpolate(grids[:, None], size=((grids.shape[1] + 1) * cell[0], (grids.shape[2] + 1) * cell[1]),
+                       mode="bilinear", align_corners=False)[:, 0]
+    rows = shifts[:, :1] + torch.arange(size[0], device=up.device)
+    cols = shifts[:, 1:] + torch.arange(size[1], device=up.device)
+    return up[torch.arange(len(up), device=up.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F")
+def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, baseline="zeros",
+         score: str = "probability", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
+    """RISE: S(λ) = 1/(N·p) Σ_k f_t(x' + M_k ⊙ (x − x')) M_k(λ) over N random masks M_k: grids of cells kept
+    with probability p = ``keep``, upsampled bilinearly with a random shift of up to one cell (``cell``
+    patches). x' = 0 in model input space multiplies the normalised image by the mask, as the authors' code.
+
+    Paper defaults: 4000–8000 masks, 7×7 grids at 224 px, p = 0.5. Here ``cell`` = 2 patches is the paper's
+    32-pixel cell on a 224-pixel ViT-B/16 and a 4×4 grid on a 64-pixel image, for which 2000 masks are the
+    default: 125 masks per cell, between the paper's 82 and 163 per cell of a 7×7 grid. The masks come from
+    ``seed``, the same for every image."""
+    check_choice("score", score, SCORES)
+    start = baseline_for(batch, baseline)
+    grids, shifts = rise_grids(masks, batch.layout, cell, keep, torch.Generator().manual_seed(seed))
+    x, size, pixels = batch.x, batch.x.shape[-2:], cell_pixels(batch.layout, cell)
+    total = x.new_zeros(x.shape[0], *size)
+    with torch.no_grad():
+        targets = batch.targets
+        per_pass = batch.copies_per_pass(internal_batch_size)
+        for chunk, moves in zip(grids.to(x.device).split(per_pass), shifts.to(x.device).split(per_pass)):
+            m = rise_masks(chunk, moves, pixels, size)
+            logits, _ = batch.run((start + m[:, None, None] * (x - start)).flatten(0, 1), attentions=False,
+                                  tokens=False)
+            scores = target_scores(logits, targets.repeat(len(m)), score).view(len(m), -1)
+            total += torch.einsum("kb,khw->bhw", scores, m)
+    return total / (masks * keep)
+
+
+@register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F")
+def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
+                score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
+    """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to
+    Σ_i φ_i = v(N) − v(∅) (efficiency), over ``samples`` coalitions S_k (rounded up to pairs) drawn from the
+    Shapley kernel π(S) = (P−1)/(C(P,|S|)|S|(P−|S|)) in complementary pairs, the constraint solved by
+    eliminating one player (:func:`vitx.shapley.constrained_least_squares`). Players removed by the baseline or
+    by attention masking (``removal``). The coalitions come from ``seed``, the same for every image."""
+    coalitions = sample_coalitions(batch.layout.num_patches, samples, torch.Generator().manual_seed(seed))
+    empty = coalitions.new_zeros(1, coalitions.shape[1])
+    with torch.no_grad():
+        values = coalition_values(batch, torch.cat([empty, coalitions]), removal, baseline, score,
+                                  internal_batch_size)
+        phi = constrained_least_squares(coalitions.to(values.device), values[1:], values[0],
+                                        unmodified_scores(batch, score))
+    return batch.layout.to_grid(phi)
