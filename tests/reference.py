@@ -75,6 +75,35 @@ def target_score(logits):
     return logits.gather(1, logits.argmax(1, keepdim=True)).sum()
 
 
+def embed(net, x):
+    """The tokens entering the first block of vitx's ViT: class token and patch projections, plus position
+    embeddings."""
+    tokens = net.patch_embed(x).flatten(2).transpose(1, 2)
+    return torch.cat([net.cls_token.expand(len(x), -1, -1), tokens], 1) + net.pos_embed
+
+
+def manual_forward(net, x, key_scale=None):
+    """vitx's ViT forward written out from its modules' weights, without the tap, the pre-softmax scores of
+    key k multiplied by key_scale[:, k] (B, N) if given: logits, and per block its attention, input tokens
+    and output tokens."""
+    tokens = embed(net, x)
+    attentions, inputs, outputs = [], [], []
+    for blk in net.blocks:
+        inputs.append(tokens)
+        B, N, D = tokens.shape
+        heads = blk.attn.num_heads
+        q, k, v = blk.attn.qkv(blk.norm1(tokens)).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) * (D // heads) ** -0.5
+        if key_scale is not None:
+            scores = scores * key_scale[:, None, None, :]
+        attention = scores.softmax(-1)
+        attentions.append(attention)
+        tokens = tokens + blk.attn.proj((attention @ v).transpose(1, 2).reshape(B, N, D))
+        tokens = tokens + blk.mlp(blk.norm2(tokens))
+        outputs.append(tokens)
+    return net.head(net.norm(tokens)[:, 0]), attentions, inputs, outputs
+
+
 def formula_maps(attentions, gradients, num_prefix, grid):
     """raw-attention, rollout, generic-attention and attention-gradcam computed by their formulas from
     per-block attention probabilities A (B, heads, N, N) and dy/dA; {method: (B, gh, gw)}, class token 0."""

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import vitx
-from reference import close as close_tensors, hf_twin, images, jitter, snapshot, tiny_timm, vitx_twin
+from reference import close as close_tensors, embed, hf_twin, images, jitter, manual_forward, snapshot, tiny_timm, vitx_twin
 from vitx.layout import TokenLayout
 from vitx.methods.attention import accumulate, grad_sam_scores, head_weighted_attentions, token_weighted_attentions
 from vitx.methods.flow import layered_max_flows
@@ -33,36 +33,10 @@ def x():
     return images(3, 3, 32, 32)
 
 
-def embed(net, x):
-    """The tokens entering the first block: class token and patch projections, plus position embeddings."""
-    tokens = net.patch_embed(x).flatten(2).transpose(1, 2)
-    return torch.cat([net.cls_token.expand(len(x), -1, -1), tokens], 1) + net.pos_embed
-
-
-def manual_forward(net, x, key_scale=None):
-    """The ViT forward written out from its modules' weights, the pre-softmax scores of key k multiplied by
-    key_scale[:, k] (B, N) if given: logits, each block's attention and each block's output tokens."""
-    tokens = embed(net, x)
-    attentions, outputs = [], []
-    for blk in net.blocks:
-        B, N, D = tokens.shape
-        heads = blk.attn.num_heads
-        q, k, v = blk.attn.qkv(blk.norm1(tokens)).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
-        scores = q @ k.transpose(-1, -2) * (D // heads) ** -0.5
-        if key_scale is not None:
-            scores = scores * key_scale[:, None, None, :]
-        attention = scores.softmax(-1)
-        attentions.append(attention)
-        tokens = tokens + blk.attn.proj((attention @ v).transpose(1, 2).reshape(B, N, D))
-        tokens = tokens + blk.mlp(blk.norm2(tokens))
-        outputs.append(tokens)
-    return net.head(net.norm(tokens)[:, 0]), attentions, outputs
-
-
 @pytest.fixture(scope="module")
 def reference(model, x):
     """Targets (predicted classes), attentions and d(sum of target logits)/dA from manual_forward."""
-    logits, attentions, _ = manual_forward(model.net, x)
+    logits, attentions, _, _ = manual_forward(model.net, x)
     assert torch.allclose(logits, model(x), atol=1e-5)
     targets = logits.argmax(1)
     gradients = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), attentions)
@@ -200,7 +174,7 @@ def integrated_feedback(model, x, targets, steps):
     """E_h[(1/steps Σ_α ∇A_L(α x))⁺] over α = 0, 1/(steps − 1), ..., 1: integrated gradients of the last attention."""
     total = 0
     for alpha in np.linspace(0, 1, steps):
-        logits, path_attentions, _ = manual_forward(model.net, x * float(alpha))
+        logits, path_attentions, _, _ = manual_forward(model.net, x * float(alpha))
         total = total + torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), path_attentions[-1])[0]
     return (total / steps).clamp(min=0).mean(1)
 
@@ -317,7 +291,7 @@ def test_atman_matches_a_per_token_loop(model, x, reference, threshold):
     """Each patch suppressed alone, with its correlated patches, in its own forward written out here."""
     targets = reference[0]
     with torch.no_grad():
-        logits, _, outputs = manual_forward(model.net, x)
+        logits, _, _, outputs = manual_forward(model.net, x)
         embeddings = outputs[0][:, 1:]
         expected, correlated = torch.zeros(3, 16), 0
         for b in range(3):
@@ -330,7 +304,7 @@ def test_atman_matches_a_per_token_loop(model, x, reference, threshold):
                     elif cosine >= threshold:
                         scale[0, 1 + k] = 1 - 0.9 * cosine
                         correlated += 1
-                suppressed, _, _ = manual_forward(model.net, x[b:b + 1], key_scale=scale)
+                suppressed, _, _, _ = manual_forward(model.net, x[b:b + 1], key_scale=scale)
                 expected[b, i] = (F.cross_entropy(suppressed, targets[b:b + 1])
                                   - F.cross_entropy(logits[b:b + 1], targets[b:b + 1]))
     assert (correlated > 0) == (threshold < 0.5)

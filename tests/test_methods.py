@@ -12,6 +12,8 @@ from vitx.methods.gradient import integrated_gradients_attributions, saliency_at
 from vitx.models import ViTConfig, VisionTransformer
 from vitx.registry import method_names
 
+from reference import manual_forward
+
 # Cheap settings for the sampling methods; every other method runs with its defaults.
 LIGHT = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
          "kernel-shap": {"samples": 64}}
@@ -35,34 +37,17 @@ def x():
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-def manual_forward(net, x):
-    """The ViT forward written out from its modules' weights, without the tap: logits, each block's
-    attention and each block's input tokens, both with their gradients retained."""
-    tokens = net.patch_embed(x).flatten(2).transpose(1, 2)
-    tokens = torch.cat([net.cls_token.expand(len(x), -1, -1), tokens], 1) + net.pos_embed
-    attentions, inputs = [], []
-    for blk in net.blocks:
-        tokens.retain_grad()
-        inputs.append(tokens)
-        B, N, D = tokens.shape
-        heads = blk.attn.num_heads
-        q, k, v = blk.attn.qkv(blk.norm1(tokens)).view(B, N, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
-        attention = (q @ k.transpose(-1, -2) * (D // heads) ** -0.5).softmax(-1)
-        attention.retain_grad()
-        attentions.append(attention)
-        tokens = tokens + blk.attn.proj((attention @ v).transpose(1, 2).reshape(B, N, D))
-        tokens = tokens + blk.mlp(blk.norm2(tokens))
-    return net.head(net.norm(tokens)[:, 0]), attentions, inputs
-
-
 @pytest.fixture(scope="module")
 def reference(model, x):
-    """manual_forward after backpropagating the predicted logits' sum."""
-    logits, attentions, inputs = manual_forward(model.net, x)
+    """Targets, attentions, their gradients and each block's (input tokens, gradient) from manual_forward, the
+    gradients of the predicted logits' sum."""
+    logits, attentions, inputs, _ = manual_forward(model.net, x)
     assert torch.allclose(logits, model(x), atol=1e-5)
     targets = logits.argmax(1)
-    logits.gather(1, targets[:, None]).sum().backward()
-    return targets, [a.detach() for a in attentions], [a.grad for a in attentions], inputs
+    gradients = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), attentions + inputs)
+    depth = len(attentions)
+    return (targets, [a.detach() for a in attentions], list(gradients[:depth]),
+            list(zip([t.detach() for t in inputs], gradients[depth:])))
 
 
 def token_map(model, x, method, **params):
@@ -190,7 +175,7 @@ def test_attention_gradcam(model, x, reference):
 @pytest.mark.parametrize("block", [-1, 1])
 def test_gradcam(model, x, reference, block):
     _, _, _, inputs = reference
-    tokens, gradient = inputs[block].detach()[:, 1:], inputs[block].grad[:, 1:]
+    tokens, gradient = (t[:, 1:] for t in inputs[block])
     expected = (gradient.mean(1, keepdim=True) * tokens).sum(-1).clamp(min=0).reshape(-1, 4, 4)
     close(token_map(model, x, "gradcam", block=block), expected)
 
