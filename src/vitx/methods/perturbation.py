@@ -101,6 +101,12 @@ def patch_pixels(patches: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     return grid.repeat_interleave(ph, -2).repeat_interleave(pw, -1)
 
 
+def keep_pixels(start: torch.Tensor, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """x' + M ⊙ (x − x'): the images ``x`` (B, 3, H, W) where ``masks`` (k, B or 1, H, W) are 1, the baseline
+    ``start`` where they are 0; (k, B, 3, H, W)."""
+    return start + masks[:, :, None] * (x - start)
+
+
 def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline", baseline="zeros",
                      score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
     """(K, B) v(S_k) of each image: f_t with the patches outside coalition S_k removed. ``keep`` (K, P) bool
@@ -130,7 +136,7 @@ def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline"
             mask = torch.cat([prefix, chunk], -1).flatten(0, 1)
             logits, _ = batch.run(x.repeat(len(chunk), 1, 1, 1), attentions=False, tokens=False, key_mask=mask)
         else:
-            inputs = start + patch_pixels(chunk, layout)[:, :, None] * (x - start)
+            inputs = keep_pixels(start, x, patch_pixels(chunk, layout))
             logits, _ = batch.run(inputs.flatten(0, 1), attentions=False, tokens=False)
         values.append(target_scores(logits, batch.targets.repeat(len(chunk)), score).view(len(chunk), -1))
     return torch.cat(values)
@@ -222,7 +228,7 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
         per_pass = batch.copies_per_pass(internal_batch_size)
         for chunk, moves in zip(grids.to(x.device).split(per_pass), shifts.to(x.device).split(per_pass)):
             m = rise_masks(chunk, moves, pixels, size)
-            logits, _ = batch.run((start + m[:, None, None] * (x - start)).flatten(0, 1), attentions=False,
+            logits, _ = batch.run(keep_pixels(start, x, m[:, None]).flatten(0, 1), attentions=False,
                                   tokens=False)
             scores = target_scores(logits, targets.repeat(len(m)), score).view(len(m), -1)
             total += torch.einsum("kb,khw->bhw", scores, m)
