@@ -65,12 +65,14 @@ def test_results_cover_methods_metrics_and_timing(model):
            ("shapes-vit", 6, 0, SEED, "single")
     row = results["methods"]["raw-attention"]
     singles = [m for m in METRICS if m != "class_sensitivity"]
-    assert set(row) == {k for m in singles for k in (m, f"{m}_sem")} | {"seconds", "images_per_second"}
+    assert set(row) == {k for m in singles for k in (m, f"{m}_sem")} | {"params", "seconds", "images_per_second"}
     oracle = results["methods"]["ground-truth"]
     assert "randomization_spearman" not in oracle  # needs a method to re-run: left out, not faked
     for metric in ("pixel_accuracy", "miou", "map", "pointing_game", "energy_pointing_game", "relevance_rank_accuracy"):
         assert oracle[metric] == 1.0
     assert set(evaluation.curves["raw-attention"]) == {"perturbation positive", "perturbation negative",
+                                                       "perturbation positive, tokens dropped",
+                                                       "perturbation negative, tokens dropped",
                                                        "insertion", "deletion"}
     assert evaluation.gallery["raw-attention"].shape == (3, 64, 64) and evaluation.images.shape == (3, 3, 64, 64)
 

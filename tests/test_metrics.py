@@ -15,7 +15,8 @@ from vitx.errors import VitxError
 from vitx.model import Model, ModelConfig
 from vitx.models import create_model
 
-LEADERBOARD = {"perturbation_positive_auc", "perturbation_negative_auc", "insertion_auc", "deletion_auc",
+LEADERBOARD = {"perturbation_positive_auc", "perturbation_negative_auc", "perturbation_positive_auc_tokens",
+               "perturbation_negative_auc_tokens", "insertion_auc", "deletion_auc",
                "pixel_accuracy", "miou", "map", "pointing_game", "pointing_game_tolerant", "energy_pointing_game",
                "relevance_rank_accuracy", "class_sensitivity", "randomization_spearman", "sparseness"}
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -527,7 +528,8 @@ def test_randomization_leaves_the_model_alone_and_matches_scipy(vit):
 def test_registry_names_the_leaderboard_and_computes_every_score(vit):
     assert set(M.METRICS) == LEADERBOARD
     lower = {name for name, row in M.METRICS.items() if not row.higher_is_better}
-    assert lower == {"perturbation_positive_auc", "deletion_auc", "randomization_spearman"}
+    assert lower == {"perturbation_positive_auc", "perturbation_positive_auc_tokens", "deletion_auc",
+                     "randomization_spearman"}
     assert M.METRICS["class_sensitivity"].needs == {"multi_masks"}
     assert M.METRICS["randomization_spearman"].needs == {"model", "method"}
     assert M.METRICS["sparseness"].needs == frozenset()
@@ -542,5 +544,7 @@ def test_registry_names_the_leaderboard_and_computes_every_score(vit):
     assert set(scores) == LEADERBOARD and all(v.shape == (2,) for v in scores.values())
     torch.testing.assert_close(scores["perturbation_negative_auc"],
                                M.perturbation_test(vit, x, targets, maps, order="negative")["auc"])
+    torch.testing.assert_close(scores["perturbation_positive_auc_tokens"],
+                               M.perturbation_test(vit, x, targets, maps, removal="tokens")["auc"])
     torch.testing.assert_close(scores["miou"], M.segmentation(maps, masks)["miou"])
     assert [row["name"] for row in M.metrics()] == list(M.METRICS)

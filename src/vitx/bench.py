@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from html import escape
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from .errors import VitxError, one_line
 from .evaluate import CURVES, REFERENCES, Evaluation
 from .metrics import METRICS
 from .report import STYLE, data_uri
@@ -36,12 +38,26 @@ def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
     plots = {title: curve_plot(evaluation.curves, title) for title in CURVES}
     plots = {title: image for title, image in plots.items() if image is not None}
     for title, image in plots.items():
-        files[title] = out / f"curve_{title.replace(' ', '_')}.png"
+        files[title] = out / ("curve_" + re.sub(r"\W+", "_", title) + ".png")
         image.save(files[title])
     picture = gallery(evaluation)
     picture.save(files["gallery"])
     files["report"].write_text(report(results, plots, picture, command), encoding="utf-8")
     return files
+
+
+def read(out: Path) -> Evaluation | None:
+    """The evaluation a previous run wrote under ``out`` (its rows and curves, for ``evaluate(previous=)``),
+    or None when there is none."""
+    files = out / "results.json", out / "curves.json"
+    if not all(path.exists() for path in files):
+        return None
+    try:
+        results, curves = (json.loads(path.read_text()) for path in files)
+    except (OSError, ValueError) as err:
+        raise VitxError(f"cannot read the previous run in {str(out)!r} ({one_line(err)}): "
+                        "remove it or choose another --out") from None
+    return Evaluation(results, curves)
 
 
 def metric_columns(results: dict) -> list[str]:
@@ -106,7 +122,8 @@ def curve_plot(curves: dict, title: str) -> Image.Image | None:
     for name, line in lines.items():
         ax.plot(line["x"], line["y"], label=name, linestyle="--" if name in REFERENCES else "-")
     metric = CURVES[title][0]
-    ax.set_xlabel("fraction of pixels " + ("inserted" if title == "insertion" else "removed"))
+    unit = "patch tokens" if "tokens" in title else "pixels"
+    ax.set_xlabel(f"fraction of {unit} " + ("inserted" if title == "insertion" else "removed"))
     ax.set_ylabel("top-1 accuracy of the target" if "perturbation" in title else "target probability")
     ax.set_title(f"{title} ({'higher' if METRICS[metric].higher_is_better else 'lower'} area is better)", fontsize=10)
     ax.set_ylim(-0.02, 1.02)

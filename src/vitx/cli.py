@@ -8,6 +8,7 @@ anything.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import VitxError
+from .errors import VitxError, one_line
 from .explain import explain, resolve_targets
 from .images import read_image
 from .loading import load_model
@@ -42,6 +43,19 @@ def positive_int(text: str) -> int:
     if not re.fullmatch(r"\d+", text) or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
+
+
+def method_param(text: str) -> tuple[str, str, object]:
+    """METHOD.NAME=VALUE -> (method, name, value), the value read as a Python literal where it is one."""
+    match = re.fullmatch(r"([\w-]+)\.(\w+)=(.+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected METHOD.NAME=VALUE, e.g. rise.masks=1000; got {text!r}")
+    method, name, value = match.groups()
+    try:
+        value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        pass
+    return method, name, value
 
 
 def build_parser() -> Parser:
@@ -84,6 +98,11 @@ def build_parser() -> Parser:
     p.add_argument("--sanity-images", type=positive_int, default=100,
                    help="images for the randomisation check, which re-runs each method once per block "
                         "(default: the first 100)")
+    p.add_argument("--param", action="append", default=[], type=method_param, metavar="METHOD.NAME=VALUE",
+                   help="a parameter of one method, e.g. rise.masks=1000 (repeatable; see `vitx methods --json`)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of --out's previous run for the methods it scored on the same images, "
+                        "seed, parameters and metrics; run only the others")
     p.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
@@ -120,10 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vitx: error: unexpected {type(err).__name__}: {one_line(err)}"
               f"{'' if debug else ' (run with --debug to see the traceback)'}", file=sys.stderr)
         return 1
-
-
-def one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 # ---- explain ---------------------------------------------------------------------------------------
@@ -241,11 +256,19 @@ def run_bench(args) -> int:
     data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
                   image_size=size[0])
     methods, metrics = method_list(model, data, methods), metric_list(data, metrics)  # refused before writing
+    params = {}
+    for method, name, value in args.param:
+        if method not in methods:
+            raise VitxError(f"--param {method}.{name}: {method!r} is not among the methods benchmarked")
+        get_method(method).bind({name: value})  # an unknown parameter is refused before anything runs
+        params.setdefault(method, {})[name] = value
     out = make_out_dir(args.out)
-    evaluation = evaluate(model, data, methods, metrics, batch_size=args.batch_size, seed=args.seed,
-                          sanity_images=args.sanity_images, progress=True)
+    previous = bench.read(out) if args.resume else None
+    evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size, seed=args.seed,
+                          sanity_images=args.sanity_images, previous=previous, progress=True)
     command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
                         "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
+                        *(f"--param {m}.{k}={v!r}" for m, k, v in args.param),
                         f"--n {args.n} --seed {args.seed} --sanity-images {args.sanity_images} --out {args.out}"])
     files = bench.write(evaluation, out, command)
     print(bench.leaderboard(evaluation.results))

@@ -3,3 +3,8 @@
 
 class VitxError(ValueError):
     """Bad input or an unsupported combination, with a one-line message naming the problem."""
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__

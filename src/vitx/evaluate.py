@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.shapes import ShapesData
-from .errors import VitxError
+from .errors import VitxError, one_line
 from .explain import explain
 from .loading import load_model
 from .metrics import METRICS, compute
@@ -28,6 +28,8 @@ REFERENCES = ("random", "ground-truth")
 CURVES = {  # plotted curve -> (metric whose run gives it, key of the curve, key of its abscissae)
     "perturbation positive": ("perturbation_positive_auc", "correct", "fractions"),
     "perturbation negative": ("perturbation_negative_auc", "correct", "fractions"),
+    "perturbation positive, tokens dropped": ("perturbation_positive_auc_tokens", "correct", "fractions"),
+    "perturbation negative, tokens dropped": ("perturbation_negative_auc_tokens", "correct", "fractions"),
     "insertion": ("insertion_auc", "insertion", "fractions"),
     "deletion": ("deletion_auc", "deletion", "fractions"),
 }
@@ -51,7 +53,7 @@ class Evaluation:
 
 def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: dict | None = None,
              batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
-             progress: bool = False) -> Evaluation:
+             previous: Evaluation | None = None, progress: bool = False) -> Evaluation:
     """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
     or a list of names) on ``data`` and score each with ``metrics`` (None: every metric that applies to
     the data; class sensitivity needs ``multi`` data). ``params``: per-method parameters
@@ -59,7 +61,9 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
     Metrics that re-run the method (the randomisation check explains the images once per randomised block)
     use the first ``sanity_images`` explanations only (None: all of them), which bounds their cost.
     The same ``seed`` (for stochastic methods, the random map and the randomisation check) gives the same
-    numbers."""
+    numbers, method by method: ``previous``, an earlier evaluation (``vitx.bench.read``), lends its row and
+    curves to every method it scored on the same images, seed, parameters and metrics, which then only
+    redraws its gallery maps (a long run can go on where it stopped, or gain a method)."""
     model = load_model(model, device=device)
     if not isinstance(data, ShapesData):
         raise VitxError(f"data must be vitx.data.shapes(...) data with masks, got {type(data).__name__}")
@@ -88,13 +92,21 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
     evaluation = Evaluation(results, images=model.denormalize(x[:gallery]).cpu(), targets=targets[:gallery].cpu(),
                             class_names=data.class_names)
     for name in names:
-        groups = _groups([m for m in metric_names if not (name in REFERENCES and "method" in METRICS[m].needs)])
+        wanted = [m for m in metric_names if not (name in REFERENCES and "method" in METRICS[m].needs)]
+        settings = params.get(name, {})
+        earlier = _reusable(previous, results, name, settings, wanted)
+        if earlier is not None:
+            results["methods"][name], evaluation.curves[name] = earlier
+            maps = _maps(model, x[:gallery], targets[:gallery], masks[:gallery], name, settings, batch_size, seed)
+            evaluation.gallery[name] = minmax(maps).cpu()
+            continue
+        groups = _groups(wanted)
         with tqdm(total=1 + len(groups), desc=name, disable=not progress, leave=False) as bar:
             try:
                 with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
                     torch.manual_seed(seed)
                     start = time.perf_counter()
-                    maps = _maps(model, x, targets, masks, name, params.get(name, {}), batch_size, seed)
+                    maps = _maps(model, x, targets, masks, name, settings, batch_size, seed)
                     seconds = time.perf_counter() - start
                     bar.update()
                     scores, raw = {}, {}
@@ -102,12 +114,12 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
                         count = sanity if "method" in METRICS[group[0]].needs else len(targets)
                         scores.update(compute(group, raw=raw, model=model, x=x[:count], targets=targets[:count],
                                               maps=maps, masks=masks, multi_masks=multi_masks, method=name,
-                                              params=params.get(name, {})))
+                                              params=settings))
                         bar.update()
             except Exception as err:  # a failing method is reported and the run goes on
-                results["methods"][name] = {"error": " ".join(str(err).split()) or type(err).__name__}
+                results["methods"][name] = {"error": one_line(err)}
                 continue
-        row = {}
+        row = {"params": settings}
         for metric, values in scores.items():
             row[metric], row[f"{metric}_sem"] = _mean_sem(values)
         row["seconds"] = round(seconds, 4)
@@ -178,6 +190,22 @@ def _maps(model, x, targets, masks, name: str, params: dict, batch_size: int, se
     if name == "ground-truth":
         return masks.float()
     return explain(model, x, name, target=targets, batch_size=batch_size, normalize=False, **params).maps
+
+
+_SAME_RUN = ("model", "n", "seed", "data_seed", "variant", "explanations", "sanity_explanations")
+
+
+def _reusable(previous: Evaluation | None, results: dict, name: str, settings: dict, metrics: list[str]):
+    """(row, curves) of ``name`` from ``previous`` when it scored the same images with the same seed,
+    parameters and metrics without failing; else None."""
+    if previous is None or any(previous.results.get(key) != results[key] for key in _SAME_RUN):
+        return None
+    row = previous.results.get("methods", {}).get(name)
+    if row is None or "error" in row or row.get("params") != settings or name not in previous.curves:
+        return None
+    if set(metrics) != {key for key in row if key in METRICS}:
+        return None
+    return row, previous.curves[name]
 
 
 def _mean_sem(values: torch.Tensor) -> tuple[float | None, float | None]:

@@ -45,11 +45,16 @@ def _rows(*rows: MetricInfo) -> dict[str, MetricInfo]:
 
 _PIX = ("maps", "masks")
 _MODEL = ("model", "x", "targets", "maps")
+_TOKENS = {"removal": "tokens"}
 METRICS: dict[str, MetricInfo] = _rows(
     MetricInfo("perturbation_positive_auc", perturbation_test, _MODEL, "auc", False,
                "Chefer, Gur & Wolf, CVPR 2021", {"order": "positive"}),
     MetricInfo("perturbation_negative_auc", perturbation_test, _MODEL, "auc", True,
                "Chefer, Gur & Wolf, CVPR 2021", {"order": "negative"}),
+    MetricInfo("perturbation_positive_auc_tokens", perturbation_test, _MODEL, "auc", False,
+               "Chefer, Gur & Wolf, CVPR 2021, patch tokens dropped through the tap", _TOKENS | {"order": "positive"}),
+    MetricInfo("perturbation_negative_auc_tokens", perturbation_test, _MODEL, "auc", True,
+               "Chefer, Gur & Wolf, CVPR 2021, patch tokens dropped through the tap", _TOKENS | {"order": "negative"}),
     MetricInfo("insertion_auc", insertion_deletion, _MODEL, "insertion_auc", True, "Petsiuk, Das & Saenko, BMVC 2018"),
     MetricInfo("deletion_auc", insertion_deletion, _MODEL, "deletion_auc", False, "Petsiuk, Das & Saenko, BMVC 2018"),
     MetricInfo("pixel_accuracy", segmentation, _PIX, "pixel_accuracy", True, "Chefer, Gur & Wolf, CVPR 2021"),
