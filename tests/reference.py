@@ -1,8 +1,19 @@
 """Shared by the framework tests: tiny timm / Hugging Face / vitx ViTs with the same random weights, and
 the attention methods' formulas written out here, independently of vitx's tap and methods."""
+import atexit
+import shutil
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
 import torch
 
-from vitx.models import create_model
+from vitx.checkpoint import save_checkpoint
+from vitx.models import ARCHITECTURES, VisionTransformer, create_model
+from vitx.models.shapley import ShapleyExplainer
+from vitx.registry import get_method, method_names
+
+VIT_METHODS = [name for name in method_names() if "vit" in get_method(name).kinds]   # NesT's own aside
 
 # A small config of timm's and vitx's "vit_small_patch16_224": 64x64 images, an 8x8 grid of 8x8 patches.
 TIMM_SMALL = dict(img_size=64, patch_size=8, depth=3, embed_dim=64, num_heads=4, num_classes=5)
@@ -135,3 +146,21 @@ def snapshot(net):
 def close(actual, expected, rtol=1e-4):
     """Elementwise closeness relative to the largest expected value."""
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+def tiny_explainer(model) -> str:
+    """A jittered random ViT Shapley explainer and its surrogate (2 blocks, 32 dimensions) for ``model``'s
+    input size, patch size, classes and normalisation, saved in a temporary directory; the explainer's path."""
+    c = model.config
+    config = dict(image_size=c.image_size[0], patch_size=c.patch_size[0], embed_dim=32, depth=2, num_heads=2,
+                  num_classes=c.num_classes)
+    meta = {"arch": "vit_small_patch16_224", "config": config, "mean": c.mean, "std": c.std,
+            "class_names": c.class_names}
+    directory = Path(tempfile.mkdtemp(prefix="vitx-explainer-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    cfg = replace(ARCHITECTURES["vit_small_patch16_224"], **config)
+    torch.manual_seed(0)
+    save_checkpoint(jitter(VisionTransformer(cfg)), directory / "surrogate.safetensors", meta)
+    explainer = {**meta, "kind": "shapley-explainer", "explains": c.name, "surrogate": "surrogate",
+                 "extra_blocks": 1, "mlp_layers": 3}
+    return str(save_checkpoint(jitter(ShapleyExplainer(cfg), seed=1), directory / "explainer.safetensors", explainer))

@@ -7,7 +7,9 @@ from PIL import Image
 
 import vitx
 from vitx.models import ViTConfig, VisionTransformer
-from vitx.registry import get_method, method_names
+from vitx.registry import get_method
+
+from reference import VIT_METHODS, tiny_explainer
 
 NAMES = ("circle", "square", "star", "heart")
 LIGHT = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
@@ -22,7 +24,9 @@ def model():
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.2)
-    return vitx.load_model(net.eval(), class_names=NAMES)
+    model = vitx.load_model(net.eval(), class_names=NAMES)
+    LIGHT["vit-shapley"] = {"explainer": tiny_explainer(model)}  # a random explainer for this model
+    return model
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,7 @@ def input_gradient(model, x, targets):
     return x.grad.abs().amax(1)
 
 
-@pytest.mark.parametrize("name", method_names())
+@pytest.mark.parametrize("name", VIT_METHODS)
 def test_shapes_scaling_and_fields(model, x, name):
     exp = vitx.explain(model, x, name, **LIGHT.get(name, {}))
     assert exp.maps.shape == (5, 32, 32) and len(exp) == 5

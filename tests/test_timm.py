@@ -9,8 +9,7 @@ from timm.models.deit import VisionTransformerDistilled
 from torch import nn
 
 import vitx
-from reference import close, formula_maps, images, target_score, tiny_timm, vitx_twin
-from vitx.registry import method_names
+from reference import VIT_METHODS, close, formula_maps, images, target_score, tiny_explainer, tiny_timm, vitx_twin
 
 # timm name and architecture options shared by timm and vitx: plain ViT, DeiT distilled (CLS + distillation
 # token), register tokens, and no class token with mean pooling.
@@ -30,6 +29,7 @@ def pair(request):
     """(variant, timm net, vitx net with timm's weights)."""
     name, kw = VARIANTS[request.param]
     timm_net = tiny_timm(name, **kw)
+    FAST["vit-shapley"] = {"explainer": tiny_explainer(vitx.load_model(timm_net))}  # a random explainer for it
     return request.param, timm_net, vitx_twin(timm_net, name, **kw)
 
 
@@ -52,7 +52,7 @@ def test_same_weights_same_logits_and_layout(pair, x):
     assert layout.cls_index == (None if variant == "no-cls" else 0)
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", VIT_METHODS)
 def test_same_maps_for_every_method(pair, x, method):
     variant, timm_net, vitx_net = pair
     if variant == "no-cls" and method in CLS_METHODS:

@@ -21,6 +21,7 @@ class Batch:
         self.model, self.x, self.layout = model, x, layout
         self._targets = targets
         self.logits: torch.Tensor | None = None
+        self.details: dict[str, list] = {}   # per-image extras a method reports: {key: one entry per image}
 
     def run(self, x: torch.Tensor | None = None, *, original: bool | None = None, **tap) -> tuple[torch.Tensor, Trace]:
         """Forward ``x`` (default: the batch's own images) under the tap; ``tap`` goes to :func:`vitx.trace`.

@@ -31,8 +31,7 @@ def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
     results = evaluation.results
     files = {"json": out / "results.json", "csv": out / "results.csv", "leaderboard": out / "leaderboard.md",
              "gallery": out / "gallery.png", "report": out / "report.html"}
-    files["json"].write_text(json.dumps({**results, "command": command}, indent=2) + "\n")
-    (out / "curves.json").write_text(json.dumps(evaluation.curves) + "\n")
+    save_rows(evaluation, out, command)
     _write_csv(results, files["csv"])
     files["leaderboard"].write_text(f"`{command}`\n\n{leaderboard(results)}\n")
     plots = {title: curve_plot(evaluation.curves, title) for title in CURVES}
@@ -44,6 +43,12 @@ def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
     picture.save(files["gallery"])
     files["report"].write_text(report(results, plots, picture, command), encoding="utf-8")
     return files
+
+
+def save_rows(evaluation: Evaluation, out: Path, command: str) -> None:
+    """results.json and curves.json: what ``read`` gives back to a resumed run."""
+    (out / "results.json").write_text(json.dumps({**evaluation.results, "command": command}, indent=2) + "\n")
+    (out / "curves.json").write_text(json.dumps(evaluation.curves) + "\n")
 
 
 def read(out: Path) -> Evaluation | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import re
 import sys
 import tempfile
@@ -130,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("vitx: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output went away, e.g. `vitx methods | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:
         if debug:
             traceback.print_exc()
@@ -255,21 +259,23 @@ def run_bench(args) -> int:
         raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
     data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
                   image_size=size[0])
-    methods, metrics = method_list(model, data, methods), metric_list(data, metrics)  # refused before writing
     params = {}
     for method, name, value in args.param:
-        if method not in methods:
-            raise VitxError(f"--param {method}.{name}: {method!r} is not among the methods benchmarked")
-        get_method(method).bind({name: value})  # an unknown parameter is refused before anything runs
+        get_method(method).bind({name: value})  # an unknown method or parameter is refused before anything runs
         params.setdefault(method, {})[name] = value
+    methods, metrics = method_list(model, data, methods, params), metric_list(data, metrics)  # refused before writing
+    for method in params:
+        if method not in methods:
+            raise VitxError(f"--param {method}...: {method!r} is not among the methods benchmarked")
     out = make_out_dir(args.out)
-    previous = bench.read(out) if args.resume else None
-    evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size, seed=args.seed,
-                          sanity_images=args.sanity_images, previous=previous, progress=True)
     command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
                         "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
                         *(f"--param {m}.{k}={v!r}" for m, k, v in args.param),
                         f"--n {args.n} --seed {args.seed} --sanity-images {args.sanity_images} --out {args.out}"])
+    previous = bench.read(out) if args.resume else None
+    evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size, seed=args.seed,
+                          sanity_images=args.sanity_images, previous=previous, progress=True,
+                          scored=lambda so_far: bench.save_rows(so_far, out, command))
     files = bench.write(evaluation, out, command)
     print(bench.leaderboard(evaluation.results))
     failed = [name for name, row in evaluation.results["methods"].items() if "error" in row]
@@ -289,7 +295,7 @@ def comma_list(text: str) -> list[str]:
 # ---- methods, models, train ------------------------------------------------------------------------
 
 def run_methods(args) -> int:
-    return print_rows(methods(), ["name", "family", "needs", "cost", "paper"], args.json)
+    return print_rows(methods(), ["name", "family", "kinds", "needs", "cost", "paper"], args.json)
 
 
 def run_models(args) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -53,7 +54,8 @@ class Evaluation:
 
 def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: dict | None = None,
              batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
-             previous: Evaluation | None = None, progress: bool = False) -> Evaluation:
+             previous: Evaluation | None = None, progress: bool = False,
+             scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
     """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
     or a list of names) on ``data`` and score each with ``metrics`` (None: every metric that applies to
     the data; class sensitivity needs ``multi`` data). ``params``: per-method parameters
@@ -63,7 +65,8 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
     The same ``seed`` (for stochastic methods, the random map and the randomisation check) gives the same
     numbers, method by method: ``previous``, an earlier evaluation (``vitx.bench.read``), lends its row and
     curves to every method it scored on the same images, seed, parameters and metrics, which then only
-    redraws its gallery maps (a long run can go on where it stopped, or gain a method)."""
+    redraws its gallery maps (a long run can go on where it stopped, or gain a method). ``scored`` is called
+    with the evaluation so far after each method (``vitx bench`` saves its rows then)."""
     model = load_model(model, device=device)
     if not isinstance(data, ShapesData):
         raise VitxError(f"data must be vitx.data.shapes(...) data with masks, got {type(data).__name__}")
@@ -77,7 +80,7 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     if sanity_images is not None and sanity_images < 1:
         raise VitxError(f"sanity_images must be at least 1 (or None for all), got {sanity_images}")
-    names = method_list(model, data, methods)
+    names = method_list(model, data, methods, params)
     metric_names = metric_list(data, metrics)
     params = params or {}
     for name in params:
@@ -99,6 +102,8 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
             results["methods"][name], evaluation.curves[name] = earlier
             maps = _maps(model, x[:gallery], targets[:gallery], masks[:gallery], name, settings, batch_size, seed)
             evaluation.gallery[name] = minmax(maps).cpu()
+            if scored is not None:
+                scored(evaluation)
             continue
         groups = _groups(wanted)
         with tqdm(total=1 + len(groups), desc=name, disable=not progress, leave=False) as bar:
@@ -127,17 +132,20 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
         results["methods"][name] = row
         evaluation.curves[name] = _curves(raw)
         evaluation.gallery[name] = minmax(maps[:gallery]).cpu()
+        if scored is not None:
+            scored(evaluation)
     return evaluation
 
 
-def method_list(model, data: ShapesData, methods) -> list[str]:
-    """The method names to run: "all" or the names given, each checked to exist and apply to ``model``."""
+def method_list(model, data: ShapesData, methods, params: dict | None = None) -> list[str]:
+    """The method names to run: "all" or the names given, each checked to exist and apply to ``model``
+    (with its ``params`` ``{method: {param: value}}``)."""
     layout = model.layout(data.images[:1])
     if methods == "all":
         usable = []
         for name in method_names():
             try:
-                get_method(name).check(model.config, layout)
+                get_method(name).check(model.config, layout, (params or {}).get(name))
                 usable.append(name)
             except VitxError:
                 pass
@@ -147,7 +155,7 @@ def method_list(model, data: ShapesData, methods) -> list[str]:
         raise VitxError("no methods to evaluate")
     for name in names:
         if name not in REFERENCES:
-            get_method(name).check(model.config, layout)  # unknown or inapplicable: say so before running
+            get_method(name).check(model.config, layout, (params or {}).get(name))  # say so before running
     return list(dict.fromkeys(names))
 
 

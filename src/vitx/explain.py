@@ -33,12 +33,12 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
     if not (isinstance(x, torch.Tensor) and x.dim() == 4):
         x = model.preprocess(x)
     layout = model.layout(x)
-    info.check(model.config, layout)
+    info.check(model.config, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     x = x.to(model.device, torch.float32)
     targets = resolve_targets(target, x.shape[0], model)
-    out_maps, out_logits, out_targets = [], [], []
+    out_maps, out_logits, out_targets, details = [], [], [], {}
     chunks = range(0, x.shape[0], batch_size)
     with evaluating(model), torch.enable_grad():
         for start in tqdm(chunks, desc=method, disable=not progress, leave=False):
@@ -50,6 +50,8 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
                     batch.run(attentions=False, tokens=False)
             out_logits.append(batch.logits)
             out_targets.append(batch.targets)
+            for key, entries in batch.details.items():
+                details.setdefault(key, []).extend(entries)
     maps = torch.cat(out_maps).float()
     token_maps = None
     if info.output == "tokens":
@@ -60,7 +62,7 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
         token_maps = None if token_maps is None else minmax(token_maps)
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
                        method=method, params=params, images=model.denormalize(x).cpu(),
-                       class_names=model.config.class_names)
+                       class_names=model.config.class_names, details=details)
 
 
 def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:

@@ -39,6 +39,12 @@ class TokenLayout:
     def patches(self) -> slice:
         return slice(self.num_prefix, self.num_tokens)
 
+    def key_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        """(..., num_patches) bool patches kept -> (..., num_tokens) bool keys kept, the prefix tokens always
+        kept: the tap's ``key_mask`` that drops the other patches from every attention layer."""
+        prefix = keep.new_ones(*keep.shape[:-1], self.num_prefix, dtype=torch.bool)
+        return torch.cat([prefix, keep.bool()], -1)
+
     def to_grid(self, patch_values: torch.Tensor) -> torch.Tensor:
         """(B, num_patches) -> (B, gh, gw)."""
         return patch_values.reshape(patch_values.shape[0], *self.grid)

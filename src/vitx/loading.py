@@ -60,6 +60,9 @@ def _load_file(path: Path, arch: str | None, config: dict) -> tuple[nn.Module, d
     """Build ``arch`` from the file's weights; the entries of ``config`` that name fields of the architecture's
     configuration (``depth``, ``embed_dim``, ``image_size``...) are taken out of ``config`` to build it."""
     state, meta = read_checkpoint(path)
+    if meta.get("kind") == "shapley-explainer":
+        raise VitxError(f"{path.name!r} is a ViT Shapley explainer for {meta.get('explains')!r}, not a classifier: "
+                        "use it through the method 'vit-shapley'")
     arch = arch or meta.get("arch")
     if arch is None:
         raise VitxError(f"{str(path)!r} does not say its architecture: pass arch=, e.g. 'vit_small_patch16_224'")

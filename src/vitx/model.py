@@ -32,6 +32,7 @@ class ModelConfig:
     dynamic_size: bool = False
     kind: str = "vit"
     name: str = ""
+    levels: tuple[int, ...] = ()     # nest: transformer layers per level (the tap's blocks, level by level)
 
 
 class Model(nn.Module):
@@ -104,7 +105,7 @@ def wrap(net: nn.Module, **config) -> Model:
     d = adapter.describe()
     base = dict(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
                 num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
-                kind=d.kind)
+                kind=d.kind, levels=d.levels)
     base.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()})
     if not base.get("class_names"):
         base["class_names"] = tuple(f"class {i}" for i in range(d.num_classes))

@@ -12,7 +12,8 @@ from typing import Callable
 
 from .errors import VitxError
 
-NEEDS = {"attention", "gradients", "cls_token"}
+NEEDS = {"attention", "gradients", "cls_token", "trained_module"}
+ANY_MODEL = ("vit", "nest")  # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Method:
     cost: str                       # forward (F) and backward (B) passes per image
     kinds: tuple[str, ...] = ("vit",)
     defaults: dict = field(default_factory=dict)
+    requires: Callable | None = None  # requires(config, params): raise when the model lacks what the method needs
 
     @property
     def summary(self) -> str:
@@ -44,26 +46,28 @@ class Method:
             raise VitxError(f"method {self.name!r} has no parameter {unknown[0]!r} (its parameters: {known})")
         return {**self.defaults, **params}
 
-    def check(self, config, layout) -> None:
-        """Say before running when this method cannot apply to the model."""
+    def check(self, config, layout, params: dict | None = None) -> None:
+        """Say before running when this method cannot apply to the model (with ``params``, or its defaults)."""
         if config.kind not in self.kinds:
             raise VitxError(f"method {self.name!r} does not apply to {config.kind!r} models "
                             f"(it works on: {', '.join(self.kinds)})")
         if "cls_token" in self.needs and layout.cls_index is None:
             raise VitxError(f"method {self.name!r} reads the class token, and this model has none")
+        if self.requires is not None:
+            self.requires(config, {**self.defaults, **(params or {})})
 
 
 _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, family: str, paper: str, needs=(), output: str = "tokens", cost: str,
-             kinds=("vit",)) -> Callable:
+             kinds=("vit",), requires: Callable | None = None) -> Callable:
     needs = frozenset(needs)
     assert needs <= NEEDS and output in ("tokens", "pixels") and name not in _METHODS, name
 
     def decorate(fn: Callable) -> Callable:
         defaults = {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
-        _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults)
+        _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires)
         return fn
     return decorate
 

@@ -75,3 +75,10 @@ def exact_shapley(values: torch.Tensor) -> torch.Tensor:
                      device=values.device)
     coefficients = torch.where(z, w[(size - 1).clamp(min=0)][:, None], -w[size.clamp(max=players - 1)][:, None])
     return (coefficients.T @ values.to(torch.float64)).T.to(values.dtype)
+
+
+def efficient_normalization(phi: torch.Tensor, v_all: torch.Tensor, v_none: torch.Tensor) -> torch.Tensor:
+    """The additive efficient normalisation of ViT Shapley (Covert, Kim & Lee, ICLR 2023, Eq. 5):
+    φ_i + (v(N) − v(∅) − Σ_j φ_j) / P, so that the values sum to v(N) − v(∅) whatever φ was.
+    ``phi`` (B, P, ...) with the players on dim 1; ``v_all``, ``v_none`` (B, ...)."""
+    return phi + ((v_all - v_none) - phi.sum(1)).unsqueeze(1) / phi.shape[1]

@@ -36,7 +36,10 @@ class Recipe:
     weight_decay: float = 0.05
     warmup: float = 0.05   # fraction of the steps with a linear warm-up, then cosine decay to zero
     clip: float = 1.0      # gradient-norm clipping
-    start: str | None = None  # a recipe whose trained weights (all but the head) start this one
+    start: str | None = None  # a recipe whose trained weights start this one
+    kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``)
+    batch_size: int = 128
+    coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
 
     @property
     def multi_label(self) -> bool:
@@ -46,10 +49,14 @@ class Recipe:
 RECIPES = {
     "shapes-vit": Recipe("vitx_shapes", "single", steps=6000, lr=1e-3),
     "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=2400, lr=5e-4, start="shapes-vit"),
+    "shapes-vit-surrogate": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit",
+                                   kind="surrogate", batch_size=64),
+    "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
+                                 kind="shapley-explainer", batch_size=32, coalitions=8),
 }
 
 
-def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None, batch_size: int = 128,
+def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
           progress: bool = True) -> dict:
     """Train recipe ``name`` (a key of RECIPES), save ``<out_dir>/<name>.safetensors`` and its model
     card ``<name>.md``, and return the test metrics."""
@@ -57,59 +64,85 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
         raise VitxError(f"no training recipe named {name!r}; recipes: {', '.join(RECIPES)}")
     recipe = RECIPES[name]
     steps = recipe.steps if steps is None else steps
+    batch_size = recipe.batch_size if batch_size is None else batch_size
     for label, value in (("seed", seed), ("steps", steps), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < (0 if label == "seed" else 1):
             raise VitxError(f"{label} must be an integer >= {0 if label == 'seed' else 1}, got {value!r}")
     if steps >= _TRAIN_SEED_STRIDE:
         raise VitxError(f"steps must be below {_TRAIN_SEED_STRIDE:,}, got {steps}")
-
+    out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    net = create_model(recipe.arch)
-    mimetic_init(net)
-    if recipe.start:
-        start_from(net, Path(out_dir) / f"{recipe.start}.safetensors")
-    model = wrap(net, mean=MEAN, std=STD, class_names=CLASS_NAMES, multi_label=recipe.multi_label)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, recipe.warmup))
-    loss_fn = F.binary_cross_entropy_with_logits if recipe.multi_label else F.cross_entropy
+    if recipe.kind == "classifier":
+        job = Classifier(recipe, out_dir)
+    else:
+        from .shapley_training import Explainer, Surrogate
+        job = (Surrogate if recipe.kind == "surrogate" else Explainer)(recipe, out_dir, seed)
 
-    net.train()
+    job.net.train()
+    optimizer = torch.optim.AdamW(job.net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, recipe.warmup))
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"train {name}", disable=not progress)
     for step in bar:
         data = shapes(n=batch_size, seed=_TRAIN_SEED_STRIDE * (seed + 1) + step, variant=recipe.variant)
-        loss = loss_fn(net(model.normalize(data.images)), data.labels)
+        loss = job.loss(data)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), recipe.clip)
+        torch.nn.utils.clip_grad_norm_(job.net.parameters(), recipe.clip)
         optimizer.step()
         schedule.step()
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4g}")
     seconds = time.perf_counter() - start
-    net.eval()
+    job.net.eval()
 
     test_seed = 10_000 + seed
-    metrics = score_shapes(model, recipe.variant, test_seed)
-    out_dir = Path(out_dir)
+    metrics = job.score(test_seed)
     command = f"vitx train {name} --seed {seed} --steps {steps} --batch-size {batch_size}"
     if out_dir.resolve() != ZOO_DIR.resolve():
         command += f" --out {out_dir}"
     meta = {"arch": recipe.arch, "config": {}, "mean": MEAN, "std": STD, "class_names": CLASS_NAMES,
             "multi_label": recipe.multi_label, "dataset": f"shapes/{recipe.variant} 64px", "metrics": metrics,
             "seed": seed, "test_seed": test_seed, "steps": steps, "batch_size": batch_size, "command": command,
-            "train_seconds": round(seconds, 1), "start": recipe.start}
-    save_checkpoint(net, out_dir / f"{name}.safetensors", meta)
-    (out_dir / f"{name}.md").write_text(model_card(name, recipe, meta))
+            "train_seconds": round(seconds, 1), "start": recipe.start, **job.meta}
+    save_checkpoint(job.net, out_dir / f"{name}.safetensors", meta)
+    (out_dir / f"{name}.md").write_text(job.card(name, recipe, meta))
     return metrics
 
 
-def start_from(net, path: Path) -> None:
-    """Load a trained checkpoint's weights into ``net``, all but the classifier head."""
+class Classifier:
+    """A shapes classifier trained from scratch (mimetic initialisation) or from the recipe's ``start``."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path):
+        self.recipe = recipe
+        self.net = create_model(recipe.arch)
+        mimetic_init(self.net)
+        if recipe.start:
+            start_from(self.net, out_dir / f"{recipe.start}.safetensors")
+        self.model = wrap(self.net, mean=MEAN, std=STD, class_names=CLASS_NAMES, multi_label=recipe.multi_label)
+        self.loss_fn = F.binary_cross_entropy_with_logits if recipe.multi_label else F.cross_entropy
+        self.meta: dict = {}
+
+    def loss(self, data) -> torch.Tensor:
+        return self.loss_fn(self.net(self.model.normalize(data.images)), data.labels)
+
+    def score(self, test_seed: int) -> dict:
+        return score_shapes(self.model, self.recipe.variant, test_seed)
+
+    def card(self, name: str, recipe: Recipe, meta: dict) -> str:
+        return model_card(name, recipe, meta)
+
+
+def start_from(net, path: Path, head: bool = False) -> None:
+    """Load a trained checkpoint's weights into ``net``, all but the classifier head unless ``head``."""
+    state, _ = read_checkpoint(require_start(path))
+    net.load_state_dict({k: v for k, v in state.items() if head or not k.startswith("head.")}, strict=head)
+
+
+def require_start(path: Path) -> Path:
     if not path.exists():
         raise VitxError(f"this recipe starts from {path.name}, which does not exist: train {path.stem} first")
-    state, _ = read_checkpoint(path)
-    net.load_state_dict({k: v for k, v in state.items() if not k.startswith("head.")}, strict=False)
+    return path
 
 
 @torch.no_grad()

@@ -8,11 +8,15 @@ from .base import Adapter, Description
 
 
 def adapter_for(net: nn.Module) -> Adapter:
+    from ..models.nest import Nest
     from ..models.vit import VisionTransformer
     package = type(net).__module__.split(".")[0]
     if isinstance(net, VisionTransformer):
         from .vitx import VitxViTAdapter
         return VitxViTAdapter(net)
+    if isinstance(net, Nest) or package == "timm" and type(net).__name__ == "Nest":
+        from .nest import NestAdapter
+        return NestAdapter(net, "vitx" if isinstance(net, Nest) else "timm")
     if package == "timm" and hasattr(net, "blocks") and hasattr(net, "patch_embed"):
         from .timm import TimmViTAdapter
         return TimmViTAdapter(net)
@@ -20,7 +24,7 @@ def adapter_for(net: nn.Module) -> Adapter:
         from .hf import HFViTAdapter
         return HFViTAdapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT, timm's VisionTransformer/DeiT and Hugging Face ViT/DeiT classifiers")
+                    "ViT and NesT, timm's VisionTransformer/DeiT/NesT and Hugging Face ViT/DeiT classifiers")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

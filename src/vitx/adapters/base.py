@@ -35,7 +35,8 @@ class Description:
     cls_index: int | None
     num_classes: int
     dynamic_size: bool           # accepts other image sizes (position embeddings are resampled)
-    kind: str = "vit"            # flat token sequence with global self-attention
+    kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention
+    levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order
 
 
 class Adapter:

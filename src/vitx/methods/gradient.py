@@ -10,7 +10,7 @@ import torch
 
 from ..batch import Batch
 from ..errors import VitxError
-from ..registry import register
+from ..registry import ANY_MODEL, register
 
 
 @register("gradcam", family="gradient", paper="Selvaraju et al., ICCV 2017, Grad-CAM", needs={"gradients"},
@@ -51,7 +51,7 @@ def saliency_attributions(batch: Batch) -> torch.Tensor:
 
 
 @register("saliency", family="gradient", paper="Simonyan, Vedaldi & Zisserman, ICLR 2014 workshop, Deep Inside Convolutional Networks",
-          needs={"gradients"}, output="pixels", cost="1F+1B")
+          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=ANY_MODEL)
 def saliency(batch: Batch) -> torch.Tensor:
     """Gradient saliency: R(p) = max_c |∂y_t/∂x_c(p)|."""
     return saliency_attributions(batch).amax(1)
@@ -83,7 +83,7 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline="b
 
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
-          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)")
+          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=ANY_MODEL)
 def integrated_gradients(batch: Batch, steps: int = 50, baseline="black", internal_batch_size: int = 64) -> torch.Tensor:
     """Integrated Gradients, IG_i = (x_i − x'_i) ∫₀¹ ∂y_t(x' + α(x − x'))/∂x_i dα (Gauss–Legendre
     quadrature, steps run as batches), summed over colour channels."""
@@ -91,7 +91,7 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline="black", intern
 
 
 @register("smoothgrad", family="gradient", paper="Smilkov et al., 2017, SmoothGrad: removing noise by adding noise",
-          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)")
+          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=ANY_MODEL)
 def smoothgrad(batch: Batch, samples: int = 25, noise_level: float = 0.15, seed: int = 0,
                internal_batch_size: int = 64) -> torch.Tensor:
     """SmoothGrad: R(p) = max_c |1/n Σ_k ∂y_t(x + ε_k)/∂x_c(p)|, ε_k ~ N(0, σ²),

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..batch import Batch
 from ..errors import VitxError
 from ..layout import TokenLayout
-from ..registry import register
+from ..registry import ANY_MODEL, register
 from ..shapley import constrained_least_squares, sample_coalitions
 from .gradient import baseline_for
 
@@ -132,9 +132,8 @@ def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline"
     values = []
     for chunk in keep.split(batch.copies_per_pass(internal_batch_size)):
         if removal == "attention":
-            prefix = chunk.new_ones(*chunk.shape[:2], layout.num_prefix)
-            mask = torch.cat([prefix, chunk], -1).flatten(0, 1)
-            logits, _ = batch.run(x.repeat(len(chunk), 1, 1, 1), attentions=False, tokens=False, key_mask=mask)
+            logits, _ = batch.run(x.repeat(len(chunk), 1, 1, 1), attentions=False, tokens=False,
+                                  key_mask=layout.key_mask(chunk).flatten(0, 1))
         else:
             inputs = keep_pixels(start, x, patch_pixels(chunk, layout))
             logits, _ = batch.run(inputs.flatten(0, 1), attentions=False, tokens=False)
@@ -160,7 +159,7 @@ def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.
     return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(0, 1)
 
 
-@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F")
+@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=ANY_MODEL)
 def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
               score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
     """Occlusion: R_j = mean over the windows W ∋ j of v(N) − v(N ∖ W), windows of ``window``×``window``
@@ -207,7 +206,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int],
     return up[torch.arange(len(up), device=up.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F")
+@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F", kinds=ANY_MODEL)
 def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, baseline="zeros",
          score: str = "probability", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """RISE: S(λ) = 1/(N·p) Σ_k f_t(x' + M_k ⊙ (x − x')) M_k(λ) over N random masks M_k: grids of cells kept
@@ -235,7 +234,8 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
     return total / (masks * keep)
 
 
-@register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F")
+@register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F",
+          kinds=ANY_MODEL)
 def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
                 score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to

@@ -233,8 +233,7 @@ def _logits(model: Model, build: Callable[[int, int], torch.Tensor], count: int,
 def _token_logits(model: Model, x: torch.Tensor, removed: torch.Tensor, layout, batch_size: int) -> torch.Tensor:
     if not removed.any():
         return _logits(model, lambda s, e: x[s:e], x.shape[0], batch_size)
-    keep = torch.ones(x.shape[0], layout.num_tokens, dtype=torch.bool, device=x.device)
-    keep[:, layout.patches] = ~removed
+    keep = layout.key_mask(~removed)
     outs = []
     for s in range(0, x.shape[0], batch_size):
         with trace(model, attentions=False, tokens=False, key_mask=keep[s:s + batch_size]):

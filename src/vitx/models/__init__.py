@@ -6,6 +6,7 @@ from dataclasses import replace
 from torch import nn
 
 from ..errors import VitxError
+from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
 
 _VIT = {
@@ -15,7 +16,7 @@ _VIT = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
-ARCHITECTURES: dict[str, ViTConfig] = {}
+ARCHITECTURES: dict[str, ViTConfig | NestConfig] = {}
 for _size, _dims in _VIT.items():
     for _patch in (16, 32):
         ARCHITECTURES[f"vit_{_size}_patch{_patch}_224"] = ViTConfig(patch_size=_patch, **_dims)
@@ -28,15 +29,25 @@ ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=
                                          num_heads=4, num_classes=8)
 
 
+# NesT (Zhang et al., AAAI 2022) by timm's names, and a small one for the shapes data: 64x64 images in 4x4
+# patches, 16 blocks of 4x4 patches at level 0; about the parameter count of vitx_shapes.
+ARCHITECTURES["nest_tiny"] = NestConfig(embed_dims=(96, 192, 384), num_heads=(3, 6, 12), depths=(2, 2, 8))
+ARCHITECTURES["nest_small"] = NestConfig(embed_dims=(96, 192, 384), num_heads=(3, 6, 12), depths=(2, 2, 20))
+ARCHITECTURES["nest_base"] = NestConfig(embed_dims=(128, 256, 512), num_heads=(4, 8, 16), depths=(2, 2, 20))
+ARCHITECTURES["nest_shapes"] = NestConfig(image_size=64, patch_size=4, embed_dims=(64, 96, 128), num_heads=(2, 3, 4),
+                                          depths=(2, 2, 2), num_classes=8)
+
+
 def create_model(arch: str, **overrides) -> nn.Module:
     """Build architecture ``arch`` (a name from ARCHITECTURES), with config fields overridden."""
     if arch not in ARCHITECTURES:
         raise VitxError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}  # from JSON metadata
     try:
         cfg = replace(ARCHITECTURES[arch], **overrides)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
-    return VisionTransformer(cfg)
+    return (Nest if isinstance(cfg, NestConfig) else VisionTransformer)(cfg)
 
 
-__all__ = ["ARCHITECTURES", "ViTConfig", "VisionTransformer", "create_model"]
+__all__ = ["ARCHITECTURES", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "create_model"]

@@ -1,0 +1,100 @@
+"""ViT Shapley (Covert, Kim & Lee, ICLR 2023): Shapley values of the patches, amortised into one forward pass
+of a trained explainer (a zoo entry, ``vitx train shapes-vit-shapley``).
+
+The game is the surrogate's (:mod:`vitx.surrogate`): v_y(S) = softmax(g(x_S))_y with the patches outside S
+removed by attention masking, g the classifier fine-tuned to predict with patches held out. The explainer
+φ(x; θ) ∈ R^{P×C} was trained to minimise E_x E_{S∼p} Σ_y (v_y(S) − v_y(∅) − 1_Sᵀ φ_y(x))², S drawn from
+the Shapley kernel, whose minimiser is the Shapley value; its output is made efficient by
+φ_i + (v(N) − v(∅) − Σ_j φ_j)/P.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..batch import Batch
+from ..checkpoint import read_checkpoint, read_metadata
+from ..errors import VitxError
+from ..loading import load_model
+from ..model import Model
+from ..models import ARCHITECTURES
+from ..models.shapley import ShapleyExplainer
+from ..registry import register
+from ..shapley import efficient_normalization
+from ..surrogate import coalition_probabilities
+from ..zoo import NAMES, ZOO_DIR
+
+COVERT_2023 = "Covert, Kim & Lee, ICLR 2023, Learning to Estimate Shapley Values with Vision Transformers"
+KIND = "shapley-explainer"
+
+
+def zoo_explainers() -> dict[str, Path]:
+    """The zoo's ViT Shapley explainers by the name of the model each explains."""
+    found = {}
+    for name in NAMES:
+        path = ZOO_DIR / f"{name}.safetensors"
+        meta = read_metadata(path) if path.exists() else {}
+        if meta.get("kind") == KIND:
+            found[meta["explains"]] = path
+    return found
+
+
+def explainer_path(config, explainer: str | None) -> Path:
+    """The explainer file for a model: ``explainer`` (a zoo name or a file from ``vitx train``), or the zoo's
+    explainer for the model's name."""
+    if explainer is None:
+        found = zoo_explainers()
+        if config.name not in found:
+            have = ", ".join(found) or "none"
+            raise VitxError(f"method 'vit-shapley' needs an explainer trained for this model ({config.name or 'unnamed'}); "
+                            f"the zoo has explainers for: {have}. Train one (`vitx train`) and pass explainer=<file>")
+        return found[config.name]
+    path = ZOO_DIR / f"{explainer}.safetensors" if explainer in NAMES else Path(explainer)
+    if not path.is_file():
+        raise VitxError(f"explainer {explainer!r} is neither a zoo name nor a file")
+    meta = read_metadata(path)
+    if meta.get("kind") != KIND:
+        raise VitxError(f"{str(path)!r} is not a ViT Shapley explainer (it says kind {meta.get('kind')!r})")
+    if meta["mean"] != list(config.mean) or meta["std"] != list(config.std) or \
+            len(meta["class_names"]) != config.num_classes:
+        raise VitxError(f"explainer {path.name!r} was trained for {meta['explains']!r}, whose input normalisation "
+                        f"or classes differ from this model's")
+    return path
+
+
+def load_explainer(path: Path, device) -> tuple[ShapleyExplainer, Model]:
+    """The explainer network in ``path`` and its surrogate (the file its metadata names, beside it)."""
+    state, meta = read_checkpoint(path)
+    net = ShapleyExplainer(replace(ARCHITECTURES[meta["arch"]], **meta["config"]), meta["extra_blocks"],
+                           meta["mlp_layers"])
+    net.load_state_dict(state)
+    surrogate = load_model(str(path.parent / f"{meta['surrogate']}.safetensors"), device=device)
+    return net.eval().to(device), surrogate
+
+
+@torch.no_grad()
+def amortised_values(explainer: ShapleyExplainer, surrogate: Model, x: torch.Tensor) -> torch.Tensor:
+    """(B, P, C) efficient ViT Shapley values of ``x``: one explainer forward, and the surrogate on the whole
+    image (v(N)) and with every patch held out (v(∅))."""
+    v_all = surrogate(x).softmax(-1)
+    none = torch.zeros(1, x.shape[0], surrogate.layout(x).num_patches, dtype=torch.bool, device=x.device)
+    v_none = coalition_probabilities(surrogate, x, none)[0]
+    return efficient_normalization(explainer(x), v_all, v_none)
+
+
+def _requires(config, params: dict) -> None:
+    explainer_path(config, params.get("explainer"))
+
+
+@register("vit-shapley", family="perturbation", paper=COVERT_2023, needs={"trained_module", "cls_token"},
+          cost="1 explainer F + 2F (surrogate)", requires=_requires)
+def vit_shapley(batch: Batch, explainer: str | None = None) -> torch.Tensor:
+    """ViT Shapley: φ_i(x, t) for each patch i, from a trained explainer in one pass, efficient by construction
+    (Σ_i φ_i = v_t(N) − v_t(∅), v the surrogate's probability of the target with patches held out by attention
+    masking). ``explainer``: a zoo name or a file from ``vitx train``; default: the zoo's explainer for the
+    model (``shapes-vit-shapley`` for ``shapes-vit``)."""
+    net, surrogate = load_explainer(explainer_path(batch.model.config, explainer), batch.x.device)
+    phi = amortised_values(net, surrogate, batch.x)
+    return batch.layout.to_grid(phi[torch.arange(len(phi), device=phi.device), :, batch.targets])

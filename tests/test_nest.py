@@ -1,0 +1,144 @@
+"""NesT: vitx's model against timm's with the same weights, loading timm-keyed files, the tap on blocked
+attention, nest-cam's exactness, GradCAT's traversal on hand-built score maps and its scores against autograd,
+and which methods apply to NesT."""
+import pytest
+import torch
+from safetensors.torch import save_file
+from timm.models.nest import Nest as TimmNest
+
+import vitx
+from reference import jitter
+from vitx.methods.nest import traverse
+from vitx.models import ARCHITECTURES, create_model
+from vitx.models.nest import blockify, deblockify
+
+SHAPES = dict(img_size=64, patch_size=4, embed_dims=(64, 96, 128), num_heads=(2, 3, 4), depths=(2, 2, 2),
+              num_classes=8)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """(timm's NesT, vitx's NesT with its weights), the shapes configuration, weights jittered."""
+    torch.manual_seed(0)
+    theirs = jitter(TimmNest(**SHAPES), scale=0.05)
+    ours = create_model("nest_shapes").eval()
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+@pytest.fixture(scope="module")
+def x():
+    return torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("arch", ["nest_tiny", "nest_small", "nest_base"])
+def test_timm_keys_and_logits(arch, tmp_path):
+    """timm's NesT-T/S/B with random weights: the same state_dict keys and shapes, and logits within 1e-4 through
+    a timm-keyed safetensors file loaded with arch=."""
+    import timm
+    torch.manual_seed(0)
+    theirs = timm.create_model(arch).eval()
+    ours = create_model(arch)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    path = tmp_path / "nest.safetensors"
+    save_file({k: v.contiguous() for k, v in theirs.state_dict().items()}, str(path))
+    model = vitx.load_model(str(path), arch=arch)
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), theirs(x), rtol=0, atol=1e-4)
+    assert model.config.kind == "nest" and model.config.levels == ARCHITECTURES[arch].depths
+
+
+def test_blockify_round_trip_and_order():
+    x = torch.arange(2 * 8 * 8 * 3).float().view(2, 8, 8, 3)
+    blocks = blockify(x, 4)
+    assert blocks.shape == (2, 4, 16, 3)
+    assert torch.equal(blocks[:, 1, 0], x[:, 0, 4]) and torch.equal(blocks[:, 2, 5], x[:, 5, 1])  # row-major blocks
+    assert torch.equal(deblockify(blocks, 4), x)
+
+
+def test_tap_records_blocked_attention_and_changes_nothing(pair, x):
+    theirs, ours = pair
+    for net in (theirs, ours):
+        model = vitx.load_model(net)
+        with torch.no_grad():
+            plain = net(x)
+            with vitx.trace(model) as tr:
+                tapped = model(x)
+        torch.testing.assert_close(tapped, plain, rtol=0, atol=1e-5)
+        assert [a.shape for a in tr.attentions] == [(3, 2, 16, 16, 16)] * 2 + [(3, 3, 4, 16, 16)] * 2 + \
+               [(3, 4, 1, 16, 16)] * 2
+        assert [t.shape[1:3] for t in tr.tokens] == [(16, 16)] * 2 + [(4, 16)] * 2 + [(1, 16)] * 2
+        torch.testing.assert_close(tr.attentions[0].sum(-1), torch.ones(3, 2, 16, 16))
+        assert all("forward" not in m.__dict__ for m in net.modules())           # nothing left behind
+    a, b = (vitx.load_model(n) for n in pair)
+    with torch.no_grad(), vitx.trace(a) as ta, vitx.trace(b) as tb:
+        a(x), b(x)
+    torch.testing.assert_close(ta.attentions[3], tb.attentions[3], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("side", [0, 1])
+def test_nest_cam_mean_is_the_logit(pair, x, side):
+    model = vitx.load_model(pair[side])
+    exp = vitx.explain(model, x, "nest-cam", target=[0, 5, 7], normalize=False)
+    assert exp.token_maps.shape == (3, 16, 16)
+    torch.testing.assert_close(exp.token_maps.mean((1, 2)), exp.logits[torch.arange(3), exp.targets],
+                               rtol=0, atol=1e-5)
+    assert torch.equal(exp.token_maps[:, :4, :4], exp.token_maps[:, :1, :1].expand(-1, 4, 4))  # 4x4 top map
+
+
+def test_traversal_by_hand():
+    """Three levels of 4x4-position blocks: the root's quadrant scores (2x2 means) pick its lower-left child;
+    in that level-1 block, the upper-right quadrant wins; so the leaf is level-0 block (2, 1)."""
+    top = torch.zeros(1, 4, 4)
+    top[0, 2:, :2] = 1.0                                  # lower-left quadrant mean 1
+    top[0, 0, 3] = 3.0                                    # upper-right quadrant mean 0.75
+    middle = torch.zeros(1, 8, 8)                         # level 1: 2x2 blocks of 4x4
+    middle[0, 4:8, 0:4] = torch.tensor([[0., 0., 5., 5.], [0., 0., 5., 5.], [9., 0., 0., 0.], [0., 0., 0., 0.]])
+    middle[0, 0:4, 4:8] = 100.0                           # a block not on the path: ignored
+    bottom = torch.randn(1, 16, 16)
+    count, paths = traverse([bottom, middle, top], block=4)
+    assert [node["block"] for node in paths[0]] == [(0, 0), (1, 0), (2, 1)]
+    assert paths[0][0]["children"] == [[0.0, 0.75], [1.0, 0.0]]
+    assert paths[0][1]["children"] == [[0.0, 5.0], [2.25, 0.0]]
+    assert "children" not in paths[0][2]
+    expected = torch.ones(16, 16)
+    expected[8:16, 0:8] += 1                              # the chosen level-1 block
+    expected[8:12, 4:8] += 1                              # the leaf
+    assert torch.equal(count[0], expected)
+
+
+def test_gradcat_scores_are_feature_times_negative_gradient(pair, x):
+    """The method's path equals the traversal of h_l = −Σ_c A_l ∂y_t/∂A_l computed with hooks on timm's levels."""
+    theirs, _ = pair
+    outputs = []
+    hooks = [level.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for level in theirs.levels]
+    try:
+        logits = theirs(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    targets = torch.tensor([1, 2, 3])
+    grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), outputs)
+    heat = [-(a * g).sum(1) for a, g in zip(outputs, grads)]                       # (B, H_l, W_l)
+    expected_count, expected_paths = traverse(heat, block=4)
+    exp = vitx.explain(theirs, x, "gradcat", target=targets, normalize=False)
+    assert [[n["block"] for n in p] for p in exp.details["path"]] == [[n["block"] for n in p] for p in expected_paths]
+    torch.testing.assert_close(exp.token_maps, expected_count)
+    for ours_path, path in zip(exp.details["path"], expected_paths):
+        for a, b in zip(ours_path, path):
+            if "children" in b:
+                torch.testing.assert_close(torch.tensor(a["children"]), torch.tensor(b["children"]), rtol=1e-4,
+                                           atol=1e-7)
+
+
+def test_methods_say_whether_they_apply_to_nest(pair, x):
+    model = vitx.load_model(pair[1])
+    rows = {row["name"]: row["kinds"] for row in vitx.methods()}
+    assert "nest" in rows["gradcat"] and "vit" not in rows["gradcat"] and "nest" in rows["saliency"]
+    with pytest.raises(vitx.VitxError, match="does not apply to 'nest' models"):
+        vitx.explain(model, x, "generic-attention")
+    with pytest.raises(vitx.VitxError, match="does not apply to 'vit' models"):
+        vitx.explain(vitx.load_model("shapes-vit"), torch.zeros(1, 3, 64, 64), "gradcat")
+    for name in ("saliency", "occlusion"):
+        assert vitx.explain(model, x, name).maps.shape == (3, 64, 64)
