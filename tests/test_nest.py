@@ -3,11 +3,15 @@ attention, nest-cam's exactness, GradCAT's traversal on hand-built score maps an
 and which methods apply to NesT."""
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from timm.models.nest import Nest as TimmNest
 
 import vitx
 from reference import jitter
+from vitx.checkpoint import save_checkpoint
+from vitx.cli import main
+from vitx.data import CLASS_NAMES
 from vitx.methods.nest import traverse
 from vitx.models import ARCHITECTURES, create_model
 from vitx.models.nest import blockify, deblockify
@@ -142,3 +146,16 @@ def test_methods_say_whether_they_apply_to_nest(pair, x):
         vitx.explain(vitx.load_model("shapes-vit"), torch.zeros(1, 3, 64, 64), "gradcat")
     for name in ("saliency", "occlusion"):
         assert vitx.explain(model, x, name).maps.shape == (3, 64, 64)
+
+
+def test_cli_explains_a_nest_file_and_draws_gradcat_trees(pair, tmp_path, capsys):
+    path = save_checkpoint(pair[1], tmp_path / "nest.safetensors", {"arch": "nest_shapes", "config": {},
+                                                                     "class_names": CLASS_NAMES})
+    sample = vitx.data.shapes(n=1, seed=5)
+    Image.fromarray((sample.images[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert main(["explain", str(tmp_path / "a.png"), "--model", str(path), "--method", "gradcat,nest-cam",
+                 "--out", str(out)]) == 0
+    tree = Image.open(out / "a_gradcat_tree.png")
+    assert tree.width > 2.5 * tree.height                                  # three panels: the top-3 classes
+    assert (out / "a_nest-cam.npy").exists() and "GradCAT trees: 1" in capsys.readouterr().out

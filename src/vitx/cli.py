@@ -27,7 +27,7 @@ from .images import read_image
 from .loading import load_model
 from .registry import Method, get_method, method_names, methods
 from .report import explanation_page
-from .viz import grid
+from .viz import gradcat_tree, grid
 from .zoo import ZOO_DIR, models
 
 OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
@@ -178,6 +178,9 @@ def run_explain(args) -> int:
         for i, name in enumerate(names):
             exp.overlay(i, scale=scale).save(out / f"{name}_{exp.method}.png")
             np.save(out / f"{name}_{exp.method}.npy", exp.maps[i].cpu().numpy())
+    trees = []
+    if any(exp.method == "gradcat" for exp in explanations):
+        trees = write_gradcat_trees(model, x, names, targets, explanations[0].logits, out, args.batch_size)
     first = explanations[0]
     labels = [row_label(name, first.logits[i], first.target_name(i) if targets is not None else None, model)
               for i, name in enumerate(names)]
@@ -186,8 +189,26 @@ def run_explain(args) -> int:
     page = explanation_page(picture, names, explanations, model=model.config.name or args.model)
     (out / "index.html").write_text(page, encoding="utf-8")
     print(f"wrote {len(names) * len(explanations)} overlays (<image>_<method>.png) and maps (.npy) to {out}/\n"
-          f"grid: {out / 'grid.png'}\npage: {out / 'index.html'}")
+          f"grid: {out / 'grid.png'}\npage: {out / 'index.html'}" + (f"\nGradCAT trees: {len(trees)}" if trees else ""))
     return 0
+
+
+TREE_CLASSES = 3
+
+
+def write_gradcat_trees(model, x, names, targets, logits, out: Path, batch_size: int) -> list[Path]:
+    """<image>_gradcat_tree.png: GradCAT's path for the --target class, or for each of the top 3 predicted."""
+    probabilities = logits.float().softmax(-1)
+    classes = targets[:, None] if targets is not None else probabilities.topk(min(TREE_CLASSES, logits.shape[1])).indices
+    paths = [explain(model, x, "gradcat", target=classes[:, k], batch_size=batch_size).details["path"]
+             for k in range(classes.shape[1])]
+    images = model.denormalize(x).cpu()
+    written = []
+    for i, name in enumerate(names):
+        titles = [f"{model.class_name(int(c))} ({probabilities[i, c]:.2f})" for c in classes[i]]
+        written.append(out / f"{name}_gradcat_tree.png")
+        gradcat_tree(images[i], [path[i] for path in paths], titles).save(written[-1])
+    return written
 
 
 def image_names(paths: list[str]) -> list[str]:
