@@ -159,3 +159,13 @@ def test_cli_explains_a_nest_file_and_draws_gradcat_trees(pair, tmp_path, capsys
     tree = Image.open(out / "a_gradcat_tree.png")
     assert tree.width > 2.5 * tree.height                                  # three panels: the top-3 classes
     assert (out / "a_nest-cam.npy").exists() and "GradCAT trees: 1" in capsys.readouterr().out
+
+
+def test_shapes_nest_recipe_trains_a_loadable_nest(tmp_path):
+    from vitx.train import train
+    metrics = train("shapes-nest", tmp_path, seed=2, steps=2, batch_size=4, progress=False)
+    model = vitx.load_model(str(tmp_path / "shapes-nest.safetensors"))
+    assert model.config.kind == "nest" and model.config.levels == (2, 2, 2) and 0 <= metrics["accuracy"] <= 1
+    card = (tmp_path / "shapes-nest.md").read_text()
+    for fact in ("NesT, Zhang et al., AAAI 2022", "(16, 4, 1 blocks)", "vitx train shapes-nest --seed 2 --steps 2"):
+        assert fact in card

@@ -19,7 +19,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data import CLASS_NAMES, shapes
 from .errors import VitxError
 from .model import Model, evaluating, wrap
-from .models import ARCHITECTURES, create_model
+from .models import ARCHITECTURES, NestConfig, VisionTransformer, create_model
 from .zoo import ZOO_DIR
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
@@ -49,6 +49,7 @@ class Recipe:
 RECIPES = {
     "shapes-vit": Recipe("vitx_shapes", "single", steps=6000, lr=1e-3),
     "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=2400, lr=5e-4, start="shapes-vit"),
+    "shapes-nest": Recipe("nest_shapes", "single", steps=3000, lr=1e-3),
     "shapes-vit-surrogate": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit",
                                    kind="surrogate", batch_size=64),
     "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
@@ -116,7 +117,8 @@ class Classifier:
     def __init__(self, recipe: Recipe, out_dir: Path):
         self.recipe = recipe
         self.net = create_model(recipe.arch)
-        mimetic_init(self.net)
+        if isinstance(self.net, VisionTransformer):
+            mimetic_init(self.net)
         if recipe.start:
             start_from(self.net, out_dir / f"{recipe.start}.safetensors")
         self.model = wrap(self.net, mean=MEAN, std=STD, class_names=CLASS_NAMES, multi_label=recipe.multi_label)
@@ -237,27 +239,43 @@ def model_card(name: str, recipe: Recipe, meta: dict) -> str:
         task = "Single-label: the class of the one object in the image"
         loss = "cross-entropy"
         results = f"On {n_test}: accuracy **{metrics['accuracy']:.3f}**."
+    nest = isinstance(cfg, NestConfig)
     if recipe.start:
         init = (f"Start: the trained weights of `{recipe.start}` (all but its head, which starts afresh); "
                 f"train `{recipe.start}` first")
+    elif nest:
+        init = "Initialisation: as the architecture initialises itself (truncated normal, std 0.02; biases 0)"
     else:
         init = ("Initialisation: mimetic (Trockman & Kolter, ICML 2023): per head W_q^T W_k ~ 0.7 Z + 0.7 I,\n"
                 "  W_proj W_v ~ 0.4 Z - 0.4 I, patch position embeddings from a 2D sine-cosine table; other weights\n"
                 "  as the architecture initialises them")
-    stem = (f",\nembedded by a convolutional stem ({cfg.patch_size.bit_length() - 1} stride-2 3x3 conv-BatchNorm-ReLU "
-            "stages and a 1x1 projection;\nXiao et al., NeurIPS 2021) instead of one linear patch projection"
-            if cfg.stem == "conv" else "")
+    if nest:
+        kind = "nested hierarchical transformer (NesT, Zhang et al., AAAI 2022)"
+        body = (f"`{recipe.arch}` (vitx's own NesT), with no overrides of its configuration: {cfg.image_size}x"
+                f"{cfg.image_size} input, {cfg.patch_size}x{cfg.patch_size} patches ({grid} x {grid}), {cfg.num_levels} "
+                f"levels of blocks of {cfg.block_size}x{cfg.block_size} positions\n"
+                f"({', '.join(str(4 ** (cfg.num_levels - 1 - level)) for level in range(cfg.num_levels))} blocks), dimensions "
+                f"{cfg.embed_dims}, transformer layers {cfg.depths}, heads {cfg.num_heads}, MLP ratio {cfg.mlp_ratio:g};\n"
+                "block aggregation by 3x3 convolution, LayerNorm and 3x3 max-pool with stride 2; head: LayerNorm, "
+                "mean, linear")
+    else:
+        kind = "Vision Transformer"
+        stem = (f",\nembedded by a convolutional stem ({cfg.patch_size.bit_length() - 1} stride-2 3x3 conv-BatchNorm-"
+                "ReLU stages and a 1x1 projection;\nXiao et al., NeurIPS 2021) instead of one linear patch projection"
+                if cfg.stem == "conv" else "")
+        body = (f"`{recipe.arch}` (vitx's own ViT), with no overrides of its configuration: {cfg.image_size}x"
+                f"{cfg.image_size} input,\n{cfg.patch_size}x{cfg.patch_size} patches ({grid} x {grid} patch tokens "
+                f"and a class token){stem},\n{cfg.embed_dim} dimensions, {cfg.depth} blocks, {cfg.num_heads} heads, "
+                f"MLP ratio {cfg.mlp_ratio:g}")
     return f"""# {name}
 
-A small Vision Transformer trained on vitx's procedural shapes data, shipped so that
+A small {kind} trained on vitx's procedural shapes data, shipped so that
 explanation methods can be scored against pixel-exact ground truth. Load it with
 `vitx.load_model("{name}")`.
 
 ## Architecture
 
-`{recipe.arch}` (vitx's own ViT), with no overrides of its configuration: {cfg.image_size}x{cfg.image_size} input,
-{cfg.patch_size}x{cfg.patch_size} patches ({grid} x {grid} patch tokens and a class token){stem},
-{cfg.embed_dim} dimensions, {cfg.depth} blocks, {cfg.num_heads} heads, MLP ratio {cfg.mlp_ratio:g},
+{body},
 {sum(p.numel() for p in create_model(recipe.arch).parameters()):,} parameters.
 Input normalisation: mean {meta['mean']}, std {meta['std']}.
 
