@@ -1,6 +1,11 @@
 """NesT: vitx's model against timm's with the same weights, loading timm-keyed files, the tap on blocked
 attention, nest-cam's exactness, GradCAT's traversal on hand-built score maps and its scores against autograd,
 and which methods apply to NesT."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -169,3 +174,17 @@ def test_shapes_nest_recipe_trains_a_loadable_nest(tmp_path):
     card = (tmp_path / "shapes-nest.md").read_text()
     for fact in ("NesT, Zhang et al., AAAI 2022", "(16, 4, 1 blocks)", "vitx train shapes-nest --seed 2 --steps 2"):
         assert fact in card
+
+
+def test_data_efficiency_study_runs_end_to_end(tmp_path):
+    script = Path(__file__).parents[1] / "studies" / "data_efficiency.py"
+    done = subprocess.run([sys.executable, str(script), "--train-size", "40", "--test-size", "16", "--steps", "4",
+                           "--batch-size", "8", "--eval-every", "2", "--seeds", "0", "1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    run = results["runs"]["nest_shapes"]["0.1"]["1"]
+    assert run["step"] == [2, 4] and run["epoch"] == [2.0, 4.0]          # a 4-image subset: all 4 at each step
+    assert len(results["runs"]["vitx_shapes"]["1.0"]) == 2 and (tmp_path / "curves.png").stat().st_size > 0
+    table = (tmp_path / "table.md").read_text()
+    assert "| `nest_shapes` | 915,752 |" in table and "--steps 4" in table
