@@ -27,7 +27,7 @@ from .images import read_image
 from .loading import load_model
 from .registry import Method, get_method, method_names, methods
 from .report import explanation_page
-from .viz import gradcat_tree, grid
+from .viz import gradcat_tree, grid, tile
 from .zoo import ZOO_DIR, models
 
 OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
@@ -108,6 +108,15 @@ def build_parser() -> Parser:
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.set_defaults(run=run_bench)
+
+    p = commands.add_parser("generate", parents=[common], help="draw shapes images with a trained generator",
+                            description="Write samples of a GAN generator trained by `vitx train` (PNG files and "
+                                        "a grid).")
+    p.add_argument("--model", default="shapes-nest-gan", help="zoo name or file (default: shapes-nest-gan)")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default: 0)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(run=run_generate)
 
     p = commands.add_parser("train", parents=[common], help="train a zoo model",
                             description="Train a zoo model (see `vitx models`) and write its checkpoint and card.")
@@ -342,6 +351,20 @@ def cell_text(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return str(value)
+
+
+def run_generate(args) -> int:
+    from .gan import load_generator, sample
+    if args.seed < 0:
+        raise VitxError(f"--seed must be 0 or more, got {args.seed}")
+    generator, _ = load_generator(args.model)
+    out = make_out_dir(args.out)
+    images = sample(generator, args.n, args.seed)
+    for i, image in enumerate(images):
+        tile(image[None], columns=1).save(out / f"sample_{i:03d}.png")
+    tile(images).save(out / "samples.png")
+    print(f"wrote {args.n} samples (sample_<i>.png) and samples.png to {out}/")
+    return 0
 
 
 def run_train(args) -> int:

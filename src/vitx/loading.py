@@ -13,6 +13,10 @@ from .models import ARCHITECTURES, create_model
 from .zoo import NAMES as ZOO_NAMES, zoo_path
 
 
+NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through the method 'vit-shapley')",
+                   "generator": "an image generator (use it with `vitx generate`)"}
+
+
 def load_model(source, arch: str | None = None, *, weights: str | None = None, device=None, **config) -> Model:
     """Load or wrap a model.
 
@@ -60,9 +64,8 @@ def _load_file(path: Path, arch: str | None, config: dict) -> tuple[nn.Module, d
     """Build ``arch`` from the file's weights; the entries of ``config`` that name fields of the architecture's
     configuration (``depth``, ``embed_dim``, ``image_size``...) are taken out of ``config`` to build it."""
     state, meta = read_checkpoint(path)
-    if meta.get("kind") == "shapley-explainer":
-        raise VitxError(f"{path.name!r} is a ViT Shapley explainer for {meta.get('explains')!r}, not a classifier: "
-                        "use it through the method 'vit-shapley'")
+    if meta.get("kind") in NOT_CLASSIFIERS:
+        raise VitxError(f"{path.name!r} is {NOT_CLASSIFIERS[meta['kind']]}, not a classifier")
     arch = arch or meta.get("arch")
     if arch is None:
         raise VitxError(f"{str(path)!r} does not say its architecture: pass arch=, e.g. 'vit_small_patch16_224'")

@@ -37,9 +37,12 @@ class Recipe:
     warmup: float = 0.05   # fraction of the steps with a linear warm-up, then cosine decay to zero
     clip: float = 1.0      # gradient-norm clipping
     start: str | None = None  # a recipe whose trained weights start this one
-    kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``)
+    kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``),
+                              # "generator" (a GAN generator; ``arch`` "nest" or "conv")
     batch_size: int = 128
     coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
+    fd_every: int = 0      # generator: steps between Fréchet distances recorded
 
     @property
     def multi_label(self) -> bool:
@@ -50,6 +53,10 @@ RECIPES = {
     "shapes-vit": Recipe("vitx_shapes", "single", steps=6000, lr=1e-3),
     "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=2400, lr=5e-4, start="shapes-vit"),
     "shapes-nest": Recipe("nest_shapes", "single", steps=3000, lr=1e-3),
+    "shapes-nest-gan": Recipe("nest", "single", steps=3000, lr=2e-4, weight_decay=0.0, clip=math.inf,
+                              kind="generator", batch_size=64, betas=(0.5, 0.999), fd_every=250),
+    "shapes-conv-gan": Recipe("conv", "single", steps=3000, lr=2e-4, weight_decay=0.0, clip=math.inf,
+                              kind="generator", batch_size=64, betas=(0.5, 0.999), fd_every=250),
     "shapes-vit-surrogate": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit",
                                    kind="surrogate", batch_size=64),
     "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
@@ -75,13 +82,18 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     torch.manual_seed(seed)
     if recipe.kind == "classifier":
         job = Classifier(recipe, out_dir)
+    elif recipe.kind == "generator":
+        from .gan import Generator
+        job = Generator(recipe, out_dir, seed)
     else:
         from .shapley_training import Explainer, Surrogate
         job = (Surrogate if recipe.kind == "surrogate" else Explainer)(recipe, out_dir, seed)
 
     job.net.train()
-    optimizer = torch.optim.AdamW(job.net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, recipe.warmup))
+    optimizer = torch.optim.AdamW(job.net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                  betas=recipe.betas)
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, _warmup_cosine(steps, recipe.warmup))
+                 for o in (optimizer, getattr(job, "d_optimizer", None)) if o is not None]
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"train {name}", disable=not progress)
     for step in bar:
@@ -91,7 +103,8 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
         loss.backward()
         torch.nn.utils.clip_grad_norm_(job.net.parameters(), recipe.clip)
         optimizer.step()
-        schedule.step()
+        for schedule in schedules:
+            schedule.step()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4g}")
     seconds = time.perf_counter() - start

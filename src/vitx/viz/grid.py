@@ -36,3 +36,14 @@ def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), 
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def tile(images: torch.Tensor, columns: int = 8, gap: int = 2) -> Image.Image:
+    """Images (B, 3, H, W) in [0, 1] side by side, ``columns`` to a row, ``gap`` white pixels between them."""
+    B, _, H, W = images.shape
+    rows = -(-B // columns)
+    sheet = np.ones((rows * (H + gap) - gap, min(B, columns) * (W + gap) - gap, 3))
+    for i, image in enumerate(images.detach().cpu().clamp(0, 1).permute(0, 2, 3, 1).numpy()):
+        r, c = divmod(i, columns)
+        sheet[r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = image
+    return Image.fromarray((sheet * 255).round().astype(np.uint8))
