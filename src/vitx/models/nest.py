@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from . import vit
 from .vit import Mlp, _init_weights
 
 
@@ -70,16 +70,8 @@ def deblockify(x: torch.Tensor, block: int) -> torch.Tensor:
     return x.reshape(B, side * block, side * block, C)
 
 
-class Attention(nn.Module):
+class Attention(vit.Attention):
     """Multi-head self-attention within each block: x (B, T, N, C), attention (B, heads, T, N, N)."""
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
 
     def split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, T, N, C) -> q, k, v each (B, heads, T, N, head_dim)."""
@@ -91,9 +83,6 @@ class Attention(nn.Module):
         heads are interleaved: channel c·heads + h holds head h's channel c."""
         B, _, T, N, _ = context.shape
         return self.proj(context.permute(0, 2, 3, 4, 1).reshape(B, T, N, -1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.merge_heads(F.scaled_dot_product_attention(*self.split_heads(x)))
 
 
 class TransformerLayer(nn.Module):
