@@ -5,10 +5,11 @@ at equal numbers of model evaluations.
     python benchmarks/perturbation.py --models vit-b16 --images 1 --threads 2
     python benchmarks/perturbation.py --param samples=512 masks=500      # override a method's parameter
 
-For each model, each of occlusion, rise, kernel-shap and vit-cx runs once through ``vitx.explain`` at its default
-settings (or those ``--param`` sets) on the same images with the same targets (the predicted classes, found
-before timing). Forward passes per image count the images that go through the network (a hook on it), divided
-by the number of images; seconds per image are the wall time of the call divided by the number of images.
+For each model, each of occlusion, rise, kernel-shap, vit-cx and vit-shapley (the zoo's explainer for
+shapes-vit; one with random weights for ViT-B/16, which costs the same) runs once through ``vitx.explain`` at
+its default settings (or those ``--param`` sets) on the same images with the same targets (the predicted
+classes, found before timing). Forward passes per image count the images that go through a ViT (the explained
+one, and vit-shapley's surrogate and explainer backbone), divided by the number of images; seconds per image are the wall time of the call divided by the number of images.
 captum's KernelShap (patches as features, baseline 0 in model input space, n_samples = kernel-shap's own
 evaluations per image) and Occlusion (the same windows in pixels, the same baseline) then run with the same
 number of images per forward pass (``internal_batch_size``) and the same count of evaluations; the ratio is
@@ -18,38 +19,43 @@ agree to float rounding; KernelSHAP estimates agree up to their sampling error.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from captum.attr import KernelShap, Occlusion
 
 import vitx
 from speed import build, parse_param
+from vitx.checkpoint import save_checkpoint
+from vitx.models import VisionTransformer
+from vitx.models.shapley import ShapleyExplainer
 from vitx.registry import get_method
 
-METHODS = ("occlusion", "rise", "kernel-shap", "vit-cx")
+METHODS = ("occlusion", "rise", "kernel-shap", "vit-cx", "vit-shapley")
 
 
 class Counter:
-    """Images through ``model``'s network while the block is open."""
-
-    def __init__(self, model: vitx.Model):
-        self.net, self.images = model.net, 0
+    """Images through any ViT network while the block is open: the explained model's, and for vit-shapley its
+    surrogate's and its explainer's backbone (one explainer pass costs a forward and one block)."""
 
     def __enter__(self) -> "Counter":
-        self.handle = self.net.register_forward_pre_hook(self._count)
+        self.images = 0
+        self.handle = torch.nn.modules.module.register_module_forward_pre_hook(self._count)
         return self
 
     def __exit__(self, *exc) -> None:
         self.handle.remove()
 
-    def _count(self, _module, inputs) -> None:
-        self.images += inputs[0].shape[0]
+    def _count(self, module, inputs) -> None:
+        if isinstance(module, VisionTransformer):
+            self.images += inputs[0].shape[0]
 
 
 def measured(model, fn, images: int) -> tuple[torch.Tensor, float, float]:
     """fn()'s result, its forward passes per image and its seconds per image."""
-    with Counter(model) as counter:
+    with Counter() as counter:
         start = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - start
@@ -90,6 +96,18 @@ def warm_up(model, x, targets) -> None:
         model(x[:1].repeat(64, 1, 1, 1))
 
 
+def random_explainer(model, directory: Path) -> str:
+    """A ViT Shapley explainer with random weights for ``model`` (a vitx ViT, its own surrogate), saved in
+    ``directory``: the cost of vit-shapley does not depend on the weights."""
+    meta = {"arch": "vit_base_patch16_224", "config": {}, "mean": model.config.mean, "std": model.config.std,
+            "class_names": model.config.class_names}
+    save_checkpoint(model.net, directory / "surrogate.safetensors", meta)
+    explainer = ShapleyExplainer(model.net.cfg)
+    return str(save_checkpoint(explainer, directory / "explainer.safetensors",
+                               {**meta, "kind": "shapley-explainer", "explains": model.config.name,
+                                "surrogate": "surrogate", "extra_blocks": 1, "mlp_layers": 3}))
+
+
 def inputs(label: str, model, count: int, seed: int) -> torch.Tensor:
     """Shapes images for shapes-vit (vit-cx's clusters depend on the image), uniform noise for ViT-B/16."""
     if label == "shapes-vit":
@@ -126,6 +144,8 @@ def main(argv=None) -> None:
         for name in args.methods:
             defaults = get_method(name).defaults
             params = {**defaults, **{k: v for k, v in overrides.items() if k in defaults}}
+            if name == "vit-shapley" and label == "vit-b16":
+                params["explainer"] = random_explainer(model, Path(tempfile.mkdtemp(prefix="vitx-bench-")))
             settings = ", ".join(f"{k}={v}" for k, v in params.items() if k in ("window", "stride", "masks", "cell",
                                                                                "samples", "distance_threshold"))
             exp, forwards, seconds = measured(
