@@ -140,8 +140,32 @@ def test_bench_end_to_end(capsys, tmp_path):
     assert board.splitlines()[2] in stdout  # the table is printed too
 
 
+def test_bench_resume_keeps_finished_rows_and_runs_the_rest(capsys, tmp_path):
+    out = tmp_path / "bench"
+    base = ["--n", 3, "--sanity-images", 2, "--metrics", "pointing_game,insertion_auc,randomization_spearman",
+            "--out", out]
+    common = base + ["--param", "rise.masks=16"]
+    assert run(capsys, "bench", "--model", "shapes-vit", "--methods", "rise,random", *common)[0] == 0
+    first = json.loads((out / "results.json").read_text())
+    assert first["methods"]["rise"]["params"] == {"masks": 16} and "--param rise.masks=16" in first["command"]
+    code, _, err = run(capsys, "bench", "--model", "shapes-vit", "--methods", "rise,random,rollout", *common,
+                       "--resume")
+    assert code == 0, err
+    second = json.loads((out / "results.json").read_text())
+    assert second["methods"]["rise"] == first["methods"]["rise"]                # kept, timing included
+    assert set(second["methods"]) == {"rise", "random", "rollout"} and "--resume" not in second["command"]
+    assert set(json.loads((out / "curves.json").read_text())) == {"rise", "random", "rollout"}
+    # other parameters are another run: the row is computed again
+    assert run(capsys, "bench", "--model", "shapes-vit", "--methods", "rise", *base, "--param", "rise.masks=8",
+               "--resume")[0] == 0
+    assert json.loads((out / "results.json").read_text())["methods"]["rise"]["params"] == {"masks": 8}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "rollout,no-such-method"], "unknown method 'no-such-method'"),
+    (["--methods", "rollout", "--param", "rollout.nope=1"], "method 'rollout' has no parameter 'nope'"),
+    (["--methods", "rollout", "--param", "rise.masks=10"], "'rise' is not among the methods benchmarked"),
+    (["--methods", "rollout", "--param", "masks=10"], "expected METHOD.NAME=VALUE"),
     (["--n", "0"], "argument --n: expected a positive whole number, got '0'"),
     (["--n", "-3"], "argument --n: expected a positive whole number"),
     (["--metrics", "pointing_game,nope"], "unknown metric 'nope'"),
