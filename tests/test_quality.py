@@ -5,6 +5,7 @@ and the model cards report data seed 10_000.
 """
 import pytest
 import torch
+from scipy.stats import pearsonr, spearmanr
 
 import vitx
 from vitx.data import shapes
@@ -51,6 +52,7 @@ def pointing(model, method, metric=pointing_game) -> float:
 @pytest.mark.parametrize("method, gate", [
     pytest.param("generic-attention", 0.90, marks=pytest.mark.xfail(strict=True, reason=f"0.748: {RESOLUTION}")),
     pytest.param("transformer-attribution", 0.85, marks=pytest.mark.xfail(strict=True, reason=f"0.726: {RESOLUTION}")),
+    pytest.param("vit-shapley", 0.85, marks=pytest.mark.xfail(strict=True, reason=f"0.711: {RESOLUTION}")),
 ])
 def test_pointing_game_strict(single_model, method, gate):
     rate = pointing(single_model, method)
@@ -86,20 +88,37 @@ def test_generic_attention_is_class_sensitive(multi_model):
     assert rate >= 0.90, f"class sensitivity {rate:.3f}"
 
 
-def test_vit_shapley_ranks_patches_like_kernel_shap():
-    """The shipped explainer against KernelSHAP (4,096 paired coalitions) on the same game, the surrogate with
-    patches held out by attention masking, for the true class of fresh images: mean Spearman rank correlation
-    over the 64 patches at least 0.7."""
-    from scipy.stats import spearmanr
+@pytest.fixture(scope="module")
+def shapley_pair():
+    """vit-shapley on shapes-vit and KernelSHAP (4,096 paired coalitions) on the same game, the surrogate with
+    patches held out by attention masking, for the true class of 8 fresh images: (ours, theirs), each (8, 64)."""
     data = shapes(n=8, seed=SEED, variant="single")
     surrogate = vitx.load_model("shapes-vit-surrogate")
     x = surrogate.preprocess(data.images)
     ours = vitx.explain(vitx.load_model("shapes-vit"), x, "vit-shapley", target=data.labels, normalize=False)
     theirs = vitx.explain(surrogate, x, "kernel-shap", target=data.labels, normalize=False, removal="attention",
                           score="probability", samples=4096)
-    rho = [spearmanr(a, b).statistic for a, b in zip(ours.token_maps.flatten(1).numpy(),
-                                                      theirs.token_maps.flatten(1).numpy())]
+    return ours.token_maps.flatten(1).numpy(), theirs.token_maps.flatten(1).numpy()
+
+
+# Spearman over the 64 patches is dominated by the many background patches whose values are all near 0 and
+# whose order KernelSHAP cannot resolve: two KernelSHAP runs rank-correlate 0.50 at 4,096 coalitions and
+# 0.58-0.70 at 32,768 (studies/shapley_agreement.py, docs/benchmarks.md), below the gate themselves.
+NOISY_RANKS = ("0.44 at 4,096 coalitions (KernelSHAP against itself: 0.50); 0.53-0.67 against 2 x 32,768 "
+               "(KernelSHAP against itself: 0.58-0.70): the reference's own rank noise")
+
+
+@pytest.mark.xfail(strict=True, reason=NOISY_RANKS)
+def test_vit_shapley_rank_correlation_with_kernel_shap(shapley_pair):
+    rho = [spearmanr(a, b).statistic for a, b in zip(*shapley_pair)]
     assert sum(rho) / len(rho) >= 0.7, rho
+
+
+def test_vit_shapley_values_match_kernel_shap(shapley_pair):
+    """The values themselves: mean Pearson correlation over the patches at least 0.9 (measured 0.933, lowest
+    image 0.882, against this 4,096-coalition reference; 0.95-0.996 against 2 x 32,768)."""
+    r = [pearsonr(a, b).statistic for a, b in zip(*shapley_pair)]
+    assert sum(r) / len(r) >= 0.9, r
 
 
 def test_vit_shapley_pointing_game_with_the_papers_tolerance(single_model):
