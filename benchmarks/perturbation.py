@@ -49,7 +49,8 @@ class Counter:
         self.handle.remove()
 
     def _count(self, module, inputs) -> None:
-        if isinstance(module, VisionTransformer):
+        if isinstance(module, (VisionTransformer, ShapleyExplainer)):  # the explainer runs its backbone's
+            # forward_features, which no hook sees
             self.images += inputs[0].shape[0]
 
 
@@ -70,6 +71,8 @@ def patch_features(layout) -> torch.Tensor:
 
 def captum_run(model, x, targets, name: str, params: dict):
     """captum's counterpart of ``name`` at equal evaluations per image, (B, gh, gw), or None if it has none."""
+    if name not in ("kernel-shap", "occlusion"):
+        return None
     layout, per_pass = model.layout(x), params["internal_batch_size"]
     if name == "kernel-shap":
         attributions = KernelShap(model).attribute(x, baselines=0.0, target=targets,
@@ -82,8 +85,6 @@ def captum_run(model, x, targets, name: str, params: dict):
         attributions = Occlusion(model).attribute(x, sliding_window_shapes=(3, window * ph, window * pw),
                                                   strides=(3, stride * ph, stride * pw), baselines=0.0, target=targets,
                                                   perturbations_per_eval=max(1, per_pass // len(x)))
-    else:
-        return None
     return attributions[:, 0, ::layout.patch_size[0], ::layout.patch_size[1]]
 
 
