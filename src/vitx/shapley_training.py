@@ -12,7 +12,7 @@ from .checkpoint import read_metadata
 from .data import CLASS_NAMES, shapes
 from .explain import explain
 from .loading import load_model
-from .methods.vitshapley import KIND, amortised_values
+from .methods.vitshapley import KIND, grand_and_null
 from .model import Model, wrap
 from .models import ARCHITECTURES, create_model
 from .models.shapley import ShapleyExplainer
@@ -143,10 +143,8 @@ class Explainer:
     def loss(self, data) -> torch.Tensor:
         x = self.surrogate.normalize(data.images)
         keep = _paired(self.coalitions, len(x), self.players, self.generator)
-        with torch.no_grad():
-            v_all = self.surrogate(x).softmax(-1)
-            v_none = coalition_probabilities(self.surrogate, x, torch.zeros_like(keep[:1]))[0]
-            values = coalition_probabilities(self.surrogate, x, keep)
+        v_all, v_none = grand_and_null(self.surrogate, x)
+        values = coalition_probabilities(self.surrogate, x, keep)
         phi = efficient_normalization(self.net(x), v_all, v_none)
         return shapley_loss(phi, keep, values, v_none)
 
@@ -158,13 +156,12 @@ class Explainer:
         from converged), and the largest violation of efficiency."""
         data = shapes(n=RANK_IMAGES, seed=test_seed)
         x, labels = self.surrogate.normalize(data.images), data.labels
-        phi = amortised_values(self.net, self.surrogate, x)
+        v_all, v_none = grand_and_null(self.surrogate, x)
+        phi = efficient_normalization(self.net(x), v_all, v_none)
         ours = phi[torch.arange(len(x)), :, labels]
         runs = [explain(self.surrogate, x, "kernel-shap", target=labels, normalize=False, removal="attention",
                         score="probability", samples=KERNEL_SHAP_SAMPLES, seed=seed).token_maps.flatten(1)
                 for seed in (1, 2)]
-        v_all = self.surrogate(x).softmax(-1)
-        v_none = coalition_probabilities(self.surrogate, x, torch.zeros(1, len(x), self.players, dtype=torch.bool))[0]
         rho = [spearmanr(a, b).statistic for a, b in zip(ours.numpy(), runs[0].numpy())]
         self_rho = [spearmanr(a, b).statistic for a, b in zip(runs[1].numpy(), runs[0].numpy())]
         gap = (phi.sum(1) - (v_all - v_none)).abs().max().item()

@@ -75,13 +75,16 @@ def load_explainer(path: Path, device) -> tuple[ShapleyExplainer, Model]:
 
 
 @torch.no_grad()
-def amortised_values(explainer: ShapleyExplainer, surrogate: Model, x: torch.Tensor) -> torch.Tensor:
-    """(B, P, C) efficient ViT Shapley values of ``x``: one explainer forward, and the surrogate on the whole
-    image (v(N)) and with every patch held out (v(∅))."""
-    v_all = surrogate(x).softmax(-1)
+def grand_and_null(surrogate: Model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v(N) and v(∅) for every class, each (B, C): the surrogate on the whole image and with every patch held out."""
     none = torch.zeros(1, x.shape[0], surrogate.layout(x).num_patches, dtype=torch.bool, device=x.device)
-    v_none = coalition_probabilities(surrogate, x, none)[0]
-    return efficient_normalization(explainer(x), v_all, v_none)
+    return surrogate(x).softmax(-1), coalition_probabilities(surrogate, x, none)[0]
+
+
+@torch.no_grad()
+def amortised_values(explainer: ShapleyExplainer, surrogate: Model, x: torch.Tensor) -> torch.Tensor:
+    """(B, P, C) efficient ViT Shapley values of ``x``: one explainer forward and the surrogate's v(N), v(∅)."""
+    return efficient_normalization(explainer(x), *grand_and_null(surrogate, x))
 
 
 def _requires(config, params: dict) -> None:
