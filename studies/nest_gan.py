@@ -45,8 +45,8 @@ def main(argv=None) -> None:
     command = " ".join(["python studies/nest_gan.py", *argv])
     results = {"command": command, "steps": args.steps, "batch_size": args.batch_size, "seed": args.seed, "runs": {}}
     for name in RECIPES:
-        training.RECIPES[name] = replace(training.RECIPES[name], fd_every=args.fd_every)
-        training.train(name, args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size)
+        training.train(name, args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+                       recipe=replace(training.RECIPES[name], fd_every=args.fd_every))
         meta = read_metadata(args.out / f"{name}.safetensors")
         generator, _ = load_generator(args.out / f"{name}.safetensors")
         tile(sample(generator, 32, seed=1)).save(args.out / f"samples_{name}.png")

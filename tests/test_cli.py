@@ -143,7 +143,8 @@ def test_methods_and_models_listings(capsys):
     assert "attention,cls_token" in table and "Abnar & Zuidema" in table
     assert json.loads(run(capsys, "methods", "--json")[1]) == vitx.methods()
     code, table, _ = run(capsys, "models")
-    assert code == 0 and table.splitlines()[0].split() == ["name", "architecture", "dataset", "accuracy", "file"]
+    columns = ["name", "kind", "architecture", "dataset", "accuracy", "file"]
+    assert code == 0 and table.splitlines()[0].split() == columns
     assert [line.split()[0] for line in table.splitlines()[2:]] == [row["name"] for row in vitx.models()]
     assert json.loads(run(capsys, "models", "--json")[1]) == vitx.models()
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .errors import VitxError, one_line
 from .explain import explain, resolve_targets
+from .explanation import Explanation
 from .images import read_image
 from .loading import load_model
 from .registry import Method, get_method, method_names, methods
@@ -188,8 +189,9 @@ def run_explain(args) -> int:
             exp.overlay(i, scale=scale).save(out / f"{name}_{exp.method}.png")
             np.save(out / f"{name}_{exp.method}.npy", exp.maps[i].cpu().numpy())
     trees = []
-    if any(exp.method == "gradcat" for exp in explanations):
-        trees = write_gradcat_trees(model, x, names, targets, explanations[0].logits, out, args.batch_size)
+    for exp in explanations:
+        if exp.method == "gradcat":
+            trees = write_gradcat_trees(model, x, names, targets, exp, out, args.batch_size)
     first = explanations[0]
     labels = [row_label(name, first.logits[i], first.target_name(i) if targets is not None else None, model)
               for i, name in enumerate(names)]
@@ -205,12 +207,17 @@ def run_explain(args) -> int:
 TREE_CLASSES = 3
 
 
-def write_gradcat_trees(model, x, names, targets, logits, out: Path, batch_size: int) -> list[Path]:
-    """<image>_gradcat_tree.png: GradCAT's path for the --target class, or for each of the top 3 predicted."""
-    probabilities = logits.float().softmax(-1)
-    classes = targets[:, None] if targets is not None else probabilities.topk(min(TREE_CLASSES, logits.shape[1])).indices
-    paths = [explain(model, x, "gradcat", target=classes[:, k], batch_size=batch_size).details["path"]
-             for k in range(classes.shape[1])]
+def write_gradcat_trees(model, x, names, targets, first: Explanation, out: Path, batch_size: int) -> list[Path]:
+    """<image>_gradcat_tree.png: GradCAT's path for the --target class, or for each of the top 3 predicted;
+    ``first`` is the GradCAT explanation already computed for the --target or top-1 class."""
+    probabilities = first.logits.float().softmax(-1)
+    classes = first.targets[:, None]
+    if targets is None:
+        runners_up = probabilities.topk(min(TREE_CLASSES, probabilities.shape[1])).indices[:, 1:]
+        classes = torch.cat([classes, runners_up], 1)
+    paths = [first.details["path"]] + [explain(model, x, "gradcat", target=classes[:, k],
+                                               batch_size=batch_size).details["path"]
+                                       for k in range(1, classes.shape[1])]
     images = model.denormalize(x).cpu()
     written = []
     for i, name in enumerate(names):
@@ -329,7 +336,7 @@ def run_methods(args) -> int:
 
 
 def run_models(args) -> int:
-    return print_rows(models(), ["name", "architecture", "dataset", "accuracy", "file"], args.json)
+    return print_rows(models(), ["name", "kind", "architecture", "dataset", "accuracy", "file"], args.json)
 
 
 def print_rows(rows: list[dict], columns: list[str], as_json: bool) -> int:

@@ -20,12 +20,14 @@ def zoo_path(name: str) -> Path:
 
 
 def models() -> list[dict]:
-    """One row per zoo model: name, architecture, dataset, accuracy, file (and its model card)."""
+    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator), architecture,
+    dataset, accuracy (of a classifier or surrogate), file (and its model card)."""
     rows = []
     for name in NAMES:
         path = ZOO_DIR / f"{name}.safetensors"
         meta = read_metadata(path) if path.exists() else {}
-        rows.append({"name": name, "architecture": meta.get("arch", ""), "dataset": meta.get("dataset", ""),
+        rows.append({"name": name, "kind": meta.get("kind", "classifier") if meta else "",
+                     "architecture": meta.get("arch", ""), "dataset": meta.get("dataset", ""),
                      "accuracy": meta.get("metrics", {}).get("accuracy"), "file": str(path),
                      "card": str(ZOO_DIR / f"{name}.md")})
     return rows
