@@ -33,7 +33,7 @@ RECIPES = ("shapes-nest-gan", "shapes-conv-gan")
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--fd-every", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)

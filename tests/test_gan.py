@@ -14,7 +14,8 @@ from PIL import Image
 import vitx
 from vitx.checkpoint import read_metadata
 from vitx.cli import main
-from vitx.gan import frechet_distance, load_generator, sample
+from vitx.data import shapes
+from vitx.gan import FD_IMAGES, FEATURE_MODEL, REAL_SEED, features, frechet_distance, load_generator, sample
 from vitx.models.generators import ConvGenerator, Discriminator, NestGenerator
 from vitx.train import train
 
@@ -81,3 +82,14 @@ def test_gan_study_runs_end_to_end(tmp_path):
     assert results["runs"]["shapes-conv-gan"]["fd_curve"]["step"] == [2, 4]
     assert (tmp_path / "fd.png").exists() and (tmp_path / "samples_shapes-conv-gan.png").exists()
     assert "| `shapes-nest-gan` |" in (tmp_path / "table.md").read_text()
+
+
+def test_zoo_generator_reproduces_the_distance_on_its_card():
+    """The shipped generator, sampled with its card's latent seed, gives the card's Fréchet distance; the same
+    distance between two sets of real images is far smaller (the scale it is read against in docs/nest.md)."""
+    generator, meta = load_generator("shapes-nest-gan")
+    scorer = vitx.load_model(FEATURE_MODEL)
+    real = features(scorer, shapes(n=FD_IMAGES, seed=REAL_SEED).images)
+    fd = frechet_distance(real, features(scorer, sample(generator, FD_IMAGES, meta["test_seed"])))
+    assert fd == pytest.approx(meta["metrics"]["fd"], abs=0.01)
+    assert frechet_distance(real, features(scorer, shapes(n=FD_IMAGES, seed=REAL_SEED + 1).images)) < 0.05 * fd

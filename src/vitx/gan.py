@@ -118,10 +118,14 @@ class Generator:
         return fd
 
     def score(self, test_seed: int) -> dict:
-        return {"fd": round(self.distance(test_seed), 3), "fd_images": FD_IMAGES}
+        """FD of ``FD_IMAGES`` samples (latent seed ``test_seed``), and for scale, of as many other real images."""
+        real_again = features(self.scorer, shapes(n=FD_IMAGES, seed=REAL_SEED + 1).images)
+        return {"fd": round(self.distance(test_seed), 3), "fd_images": FD_IMAGES,
+                "fd_real": round(frechet_distance(self.real, real_again), 3)}
 
     def card(self, name: str, recipe, meta: dict) -> str:
-        rows = "\n".join(f"| {s} | {fd:.2f} |" for s, fd in zip(self.curve["step"], self.curve["fd"]))
+        curve = meta["fd_curve"]
+        rows = "\n".join(f"| {s} | {fd:.2f} |" for s, fd in zip(curve["step"], curve["fd"]))
         size = sum(p.numel() for p in self.net.parameters())
         what = ("the transposed NesT generator (Zhang et al., AAAI 2022): transformer layers inside blocks, "
                 "block de-aggregation by a 3x3 convolution and a pixel shuffle" if recipe.arch == "nest" else
@@ -144,6 +148,7 @@ A GAN generator of 64x64 shapes images: {what}. {size:,} parameters; latent dime
 
 Fréchet distance on `{FEATURE_MODEL}`'s class-token features, {FD_IMAGES:,} generated against {FD_IMAGES:,} real
 images (data seed {REAL_SEED}): **{meta['metrics']['fd']:.2f}** at the end (latent seed {meta['test_seed']}).
+For scale, {FD_IMAGES:,} other real images (data seed {REAL_SEED + 1}) are at {meta['metrics']['fd_real']:.2f}.
 
 | step | FD |
 |---:|---:|

@@ -7,7 +7,8 @@ from ..checkpoint import read_metadata
 from ..errors import VitxError
 
 ZOO_DIR = Path(__file__).parent
-NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-shapley", "shapes-nest")
+NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-shapley", "shapes-nest",
+         "shapes-nest-gan")
 
 
 def zoo_path(name: str) -> Path:
