@@ -32,9 +32,10 @@ def multi_model():
     return vitx.load_model("shapes-vit-multi")
 
 
-def test_shapes_vit_classifies_fresh_images(single_model):
-    accuracy = score_shapes(single_model, "single", SEED, n=1000)["accuracy"]
-    assert accuracy >= 0.97, f"accuracy {accuracy:.3f}"
+@pytest.mark.parametrize("name", ["shapes-vit", "shapes-nest"])
+def test_zoo_classifiers_classify_fresh_images(name):
+    accuracy = score_shapes(vitx.load_model(name), "single", SEED, n=1000)["accuracy"]
+    assert accuracy >= 0.97, f"{name}: accuracy {accuracy:.3f}"
 
 
 def test_shapes_vit_multi_detects_every_class(multi_model):
@@ -141,11 +142,6 @@ def test_vit_shapley_pointing_game_with_the_papers_tolerance(single_model):
 @pytest.fixture(scope="module")
 def nest_model():
     return vitx.load_model("shapes-nest")
-
-
-def test_shapes_nest_classifies_fresh_images(nest_model):
-    accuracy = score_shapes(nest_model, "single", SEED, n=1000)["accuracy"]
-    assert accuracy >= 0.97, f"accuracy {accuracy:.3f}"
 
 
 # On 64x64 shapes, NesT's top level is one block of 4x4 positions with global attention: every position there
