@@ -18,6 +18,7 @@ from scipy.stats import pearsonr, spearmanr
 
 import vitx
 from vitx.data import shapes
+from vitx.shapley_training import kernel_shap_on_game
 
 
 def main(argv=None) -> None:
@@ -32,9 +33,7 @@ def main(argv=None) -> None:
     surrogate = vitx.load_model("shapes-vit-surrogate")
     x = surrogate.preprocess(data.images)
     ours = vitx.explain(vitx.load_model("shapes-vit"), x, "vit-shapley", target=data.labels, normalize=False)
-    runs = [vitx.explain(surrogate, x, "kernel-shap", target=data.labels, normalize=False, removal="attention",
-                         score="probability", samples=args.samples, seed=seed).token_maps.flatten(1)
-            for seed in (1, 2)]
+    runs = [kernel_shap_on_game(surrogate, x, data.labels, args.samples, seed) for seed in (1, 2)]
     reference = (runs[0] + runs[1]) / 2
     print("| image | class | Spearman vit-shapley/KernelSHAP | Spearman KernelSHAP/KernelSHAP | "
           "Pearson vit-shapley/KernelSHAP | Pearson KernelSHAP/KernelSHAP |")

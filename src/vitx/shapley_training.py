@@ -27,6 +27,15 @@ KERNEL_SHAP_SAMPLES = 4096      # KernelSHAP's coalitions per image for that com
 EXPLAINER_HEAD = {"extra_blocks": 1, "mlp_layers": 3}
 
 
+def kernel_shap_on_game(surrogate: Model, x: torch.Tensor, targets: torch.Tensor, samples: int,
+                       seed: int = 0) -> torch.Tensor:
+    """(B, P) KernelSHAP values of the game ViT Shapley estimates: the surrogate's probability of ``targets``
+    with the patches outside a coalition held out by attention masking. The reference the explainer is
+    checked against (its score, the quality tests, studies/shapley_agreement.py)."""
+    return explain(surrogate, x, "kernel-shap", target=targets, normalize=False, removal="attention",
+                   score="probability", samples=samples, seed=seed).token_maps.flatten(1)
+
+
 def _frozen(path: Path) -> Model:
     model = load_model(str(path))
     model.net.requires_grad_(False)
@@ -159,9 +168,7 @@ class Explainer:
         v_all, v_none = grand_and_null(self.surrogate, x)
         phi = efficient_normalization(self.net(x), v_all, v_none)
         ours = phi[torch.arange(len(x)), :, labels]
-        runs = [explain(self.surrogate, x, "kernel-shap", target=labels, normalize=False, removal="attention",
-                        score="probability", samples=KERNEL_SHAP_SAMPLES, seed=seed).token_maps.flatten(1)
-                for seed in (1, 2)]
+        runs = [kernel_shap_on_game(self.surrogate, x, labels, KERNEL_SHAP_SAMPLES, seed) for seed in (1, 2)]
         rho = [spearmanr(a, b).statistic for a, b in zip(ours.numpy(), runs[0].numpy())]
         self_rho = [spearmanr(a, b).statistic for a, b in zip(runs[1].numpy(), runs[0].numpy())]
         gap = (phi.sum(1) - (v_all - v_none)).abs().max().item()
