@@ -24,22 +24,24 @@ from vitx.shapley_training import kernel_shap_on_game
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--start", type=int, default=0, help="index of the first image (to split a long run)")
     parser.add_argument("--samples", type=int, default=32768)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = shapes(n=args.images, seed=10_000)
+    data = shapes(n=args.start + args.images, seed=10_000)
+    images, labels = data.images[args.start:], data.labels[args.start:]
     surrogate = vitx.load_model("shapes-vit-surrogate")
-    x = surrogate.preprocess(data.images)
-    ours = vitx.explain(vitx.load_model("shapes-vit"), x, "vit-shapley", target=data.labels, normalize=False)
-    runs = [kernel_shap_on_game(surrogate, x, data.labels, args.samples, seed) for seed in (1, 2)]
+    x = surrogate.preprocess(images)
+    ours = vitx.explain(vitx.load_model("shapes-vit"), x, "vit-shapley", target=labels, normalize=False)
+    runs = [kernel_shap_on_game(surrogate, x, labels, args.samples, seed) for seed in (1, 2)]
     reference = (runs[0] + runs[1]) / 2
     print("| image | class | Spearman vit-shapley/KernelSHAP | Spearman KernelSHAP/KernelSHAP | "
           "Pearson vit-shapley/KernelSHAP | Pearson KernelSHAP/KernelSHAP |")
     print("|---:|---|---:|---:|---:|---:|")
     for i, (phi, ref, a, b) in enumerate(zip(ours.token_maps.flatten(1), reference, *runs)):
-        print(f"| {i} | {data.class_names[int(data.labels[i])]} | {spearmanr(phi, ref).statistic:.3f} | "
+        print(f"| {args.start + i} | {data.class_names[int(labels[i])]} | {spearmanr(phi, ref).statistic:.3f} | "
               f"{spearmanr(a, b).statistic:.3f} | {pearsonr(phi, ref).statistic:.3f} | {pearsonr(a, b).statistic:.3f} |")
 
 
