@@ -10,11 +10,11 @@ for their true class, scored by the strict and the tolerant pointing game and th
 from __future__ import annotations
 
 import argparse
-import ast
 
 import torch
 
 import vitx
+from vitx.cli import literal
 from vitx.data import shapes
 from vitx.metrics import energy_pointing_game, pointing_game, pointing_game_tolerant
 
@@ -27,14 +27,7 @@ def setting(text: str) -> dict:
     pairs = [item.split("=", 1) for item in text.split(",") if item]
     if any(len(pair) != 2 for pair in pairs):
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
-    return {name: _literal(value) for name, value in pairs}
-
-
-def _literal(value: str):
-    try:
-        return ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return value
+    return {name: literal(value) for name, value in pairs}
 
 
 def main(argv=None) -> None:

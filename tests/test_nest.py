@@ -176,6 +176,26 @@ def test_shapes_nest_recipe_trains_a_loadable_nest(tmp_path):
         assert fact in card
 
 
+def test_train_overrides_the_architecture(tmp_path, capsys):
+    """`vitx train --config` trains a variant of a recipe's architecture; its file loads as that variant and its
+    card says so, with a command that reproduces it."""
+    args = ["train", "shapes-nest", "--steps", "1", "--batch-size", "2", "--out", str(tmp_path),
+            "--config", "patch_size=2", "--config", "depths=(1, 2, 3)"]
+    assert main(args) == 0
+    model = vitx.load_model(str(tmp_path / "shapes-nest.safetensors"))
+    assert model.config.levels == (1, 2, 3) and model.layout(torch.zeros(1, 3, 64, 64)).grid == (32, 32)
+    card = (tmp_path / "shapes-nest.md").read_text()
+    assert "overridden (patch_size=2, depths=(1, 2, 3))" in card and "2x2 patches (32 x 32)" in card
+    assert '--config "patch_size=2" --config "depths=(1, 2, 3)"' in card
+    capsys.readouterr()
+    for bad, error in ((["--config", "heads=2"], "bad configuration for 'nest_shapes'"),
+                       (["--config", "patch_size"], "expected NAME=VALUE")):
+        assert main(["train", "shapes-nest", "--steps", "1", "--out", str(tmp_path / "bad"), *bad]) == 2
+        assert error in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    assert main(["train", "shapes-nest-gan", "--config", "patch_size=2", "--out", str(tmp_path / "bad")]) == 2
+    assert "is a generator" in capsys.readouterr().err
+
+
 def test_data_efficiency_study_runs_end_to_end(tmp_path):
     script = Path(__file__).parents[1] / "studies" / "data_efficiency.py"
     done = subprocess.run([sys.executable, str(script), "--train-size", "40", "--test-size", "16", "--steps", "4",

@@ -15,6 +15,7 @@ import re
 import sys
 import tempfile
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,17 +48,29 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def literal(value: str):
+    """``value`` read as a Python literal where it is one, else the string itself."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
 def method_param(text: str) -> tuple[str, str, object]:
-    """METHOD.NAME=VALUE -> (method, name, value), the value read as a Python literal where it is one."""
+    """METHOD.NAME=VALUE -> (method, name, value)."""
     match = re.fullmatch(r"([\w-]+)\.(\w+)=(.+)", text)
     if not match:
         raise argparse.ArgumentTypeError(f"expected METHOD.NAME=VALUE, e.g. rise.masks=1000; got {text!r}")
     method, name, value = match.groups()
-    try:
-        value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        pass
-    return method, name, value
+    return method, name, literal(value)
+
+
+def config_override(text: str) -> tuple[str, object]:
+    """NAME=VALUE -> (name, value)."""
+    match = re.fullmatch(r"(\w+)=(.+)", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. patch_size=2; got {text!r}")
+    return match[1], literal(match[2])
 
 
 def build_parser() -> Parser:
@@ -126,6 +139,9 @@ def build_parser() -> Parser:
     p.add_argument("--steps", type=positive_int)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--out", type=Path, default=ZOO_DIR, help="output directory (default: the zoo directory)")
+    p.add_argument("--config", action="append", default=[], type=config_override, metavar="NAME=VALUE",
+                   help="override a field of the architecture's configuration, e.g. patch_size=2 or "
+                        "\"depths=(1, 2, 8)\" (repeatable; classifiers)")
     p.set_defaults(run=run_train)
     return parser
 
@@ -375,8 +391,13 @@ def run_generate(args) -> int:
 
 
 def run_train(args) -> int:
-    from .train import train
+    from .train import RECIPES, train
     options = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
+    if args.config and args.name in RECIPES:
+        if RECIPES[args.name].kind != "classifier":
+            raise VitxError(f"--config overrides a classifier's architecture; {args.name!r} is a "
+                            f"{RECIPES[args.name].kind}")
+        options["recipe"] = replace(RECIPES[args.name], config=dict(args.config))
     metrics = train(args.name, out_dir=args.out, **{key: value for key, value in options.items() if value is not None})
     print(f"wrote {args.out / args.name}.safetensors and its model card {args.name}.md\n"
           f"test metrics: {', '.join(f'{key} {value}' for key, value in metrics.items())}")

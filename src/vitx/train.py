@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +43,7 @@ class Recipe:
     coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
     fd_every: int = 0      # generator: steps between Fréchet distances recorded
+    config: dict = field(default_factory=dict)  # classifier: overrides of the architecture's configuration
 
     @property
     def multi_label(self) -> bool:
@@ -115,9 +116,10 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     test_seed = 10_000 + seed
     metrics = job.score(test_seed)
     command = f"vitx train {name} --seed {seed} --steps {steps} --batch-size {batch_size}"
+    command += "".join(f' --config "{key}={value}"' for key, value in recipe.config.items())
     if out_dir.resolve() != ZOO_DIR.resolve():
         command += f" --out {out_dir}"
-    meta = {"arch": recipe.arch, "config": {}, "mean": MEAN, "std": STD, "class_names": CLASS_NAMES,
+    meta = {"arch": recipe.arch, "config": dict(recipe.config), "mean": MEAN, "std": STD, "class_names": CLASS_NAMES,
             "multi_label": recipe.multi_label, "dataset": f"shapes/{recipe.variant} 64px", "metrics": metrics,
             "seed": seed, "test_seed": test_seed, "steps": steps, "batch_size": batch_size, "command": command,
             "train_seconds": round(seconds, 1), "start": recipe.start, **job.meta}
@@ -131,7 +133,7 @@ class Classifier:
 
     def __init__(self, recipe: Recipe, out_dir: Path):
         self.recipe = recipe
-        self.net = create_model(recipe.arch)
+        self.net = create_model(recipe.arch, **recipe.config)
         if isinstance(self.net, VisionTransformer):
             mimetic_init(self.net)
         if recipe.start:
@@ -238,8 +240,10 @@ def score_shapes(model: Model, variant: str, seed: int, n: int = TEST_IMAGES, ba
 
 def model_card(name: str, recipe: Recipe, meta: dict) -> str:
     """The Markdown model card written next to a checkpoint."""
-    cfg = ARCHITECTURES[recipe.arch]
+    cfg = replace(ARCHITECTURES[recipe.arch], **recipe.config)
     grid = cfg.image_size // cfg.patch_size
+    overrides = (f"its configuration overridden ({', '.join(f'{k}={v}' for k, v in recipe.config.items())})"
+                 if recipe.config else "no overrides of its configuration")
     metrics = meta["metrics"]
     n_test = f"{TEST_IMAGES:,} fresh `{recipe.variant}` images (data seed {meta['test_seed']})"
     if recipe.multi_label:
@@ -266,7 +270,7 @@ def model_card(name: str, recipe: Recipe, meta: dict) -> str:
                 "  as the architecture initialises them")
     if nest:
         kind = "nested hierarchical transformer (NesT, Zhang et al., AAAI 2022)"
-        body = (f"`{recipe.arch}` (vitx's own NesT), with no overrides of its configuration: {cfg.image_size}x"
+        body = (f"`{recipe.arch}` (vitx's own NesT), with {overrides}: {cfg.image_size}x"
                 f"{cfg.image_size} input, {cfg.patch_size}x{cfg.patch_size} patches ({grid} x {grid}), {cfg.num_levels} "
                 f"levels of blocks of {cfg.block_size}x{cfg.block_size} positions\n"
                 f"({', '.join(str(4 ** (cfg.num_levels - 1 - level)) for level in range(cfg.num_levels))} blocks), dimensions "
@@ -278,7 +282,7 @@ def model_card(name: str, recipe: Recipe, meta: dict) -> str:
         stem = (f",\nembedded by a convolutional stem ({cfg.patch_size.bit_length() - 1} stride-2 3x3 conv-BatchNorm-"
                 "ReLU stages and a 1x1 projection;\nXiao et al., NeurIPS 2021) instead of one linear patch projection"
                 if cfg.stem == "conv" else "")
-        body = (f"`{recipe.arch}` (vitx's own ViT), with no overrides of its configuration: {cfg.image_size}x"
+        body = (f"`{recipe.arch}` (vitx's own ViT), with {overrides}: {cfg.image_size}x"
                 f"{cfg.image_size} input,\n{cfg.patch_size}x{cfg.patch_size} patches ({grid} x {grid} patch tokens "
                 f"and a class token){stem},\n{cfg.embed_dim} dimensions, {cfg.depth} blocks, {cfg.num_heads} heads, "
                 f"MLP ratio {cfg.mlp_ratio:g}")
@@ -291,7 +295,7 @@ explanation methods can be scored against pixel-exact ground truth. Load it with
 ## Architecture
 
 {body},
-{sum(p.numel() for p in create_model(recipe.arch).parameters()):,} parameters.
+{sum(p.numel() for p in create_model(recipe.arch, **recipe.config).parameters()):,} parameters.
 Input normalisation: mean {meta['mean']}, std {meta['std']}.
 
 ## Task and data
