@@ -196,6 +196,16 @@ def test_train_overrides_the_architecture(tmp_path, capsys):
     assert "is a generator" in capsys.readouterr().err
 
 
+def test_localisation_study_runs_end_to_end():
+    script = Path(__file__).parents[1] / "studies" / "nest_localisation.py"
+    done = subprocess.run([sys.executable, str(script), "--models", "shapes-nest", "--n", "6", "--batch-size", "4"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = dict(line.strip("| ").split(" | ") for line in done.stdout.splitlines()[2:])
+    assert float(rows["accuracy"]) == 1.0 and 0 <= float(rows["pointing, nest-cam"]) <= 1
+    assert all(0 <= float(v) <= 1 for v in rows["pointing, peak of h_2, GradCAT's sign / opposite"].split(" / "))
+
+
 def test_data_efficiency_study_runs_end_to_end(tmp_path):
     script = Path(__file__).parents[1] / "studies" / "data_efficiency.py"
     done = subprocess.run([sys.executable, str(script), "--train-size", "40", "--test-size", "16", "--steps", "4",

@@ -79,6 +79,16 @@ def traverse(heat: list[torch.Tensor], block: int) -> tuple[torch.Tensor, list[l
     return count, paths
 
 
+def level_scores(batch: Batch) -> tuple[list[torch.Tensor], int]:
+    """GradCAT's score maps h_l = Σ_c A_l ⊙ (−∂y_t/∂A_l), level 0 first, each (B, H_l, W_l) on the level's
+    whole map, and the positions along a block's side."""
+    logits, tr = batch.run(attentions=False, original=True)
+    features = [tr.tokens[i] for i in level_ends(batch.model.config.levels)]  # (B, T_l, N, C) per level
+    grads = torch.autograd.grad(batch.score(logits), features)
+    block = round(features[0].shape[2] ** 0.5)
+    return [deblockify(-(f * g).sum(-1, keepdim=True), block)[..., 0].detach() for f, g in zip(features, grads)], block
+
+
 @register("gradcat", family="nest", paper=ZHANG_2022, needs={"gradients"}, cost="1F+1B", kinds=("nest",))
 def gradcat(batch: Batch) -> torch.Tensor:
     """GradCAT (Zhang et al. 2022, Alg. 1): h_l = Σ_c A_l ⊙ (−∂y_t/∂A_l) on each level's map A_l, then
@@ -86,11 +96,7 @@ def gradcat(batch: Batch) -> torch.Tensor:
     the current node has the largest mean h_l. ``exp.details["path"]``: each image's path (level, block, the
     children's scores). The map counts the path's nodes over each patch: L on the leaf, 1 outside the root's
     chosen child."""
-    logits, tr = batch.run(attentions=False, original=True)
-    features = [tr.tokens[i] for i in level_ends(batch.model.config.levels)]  # (B, T_l, N, C) per level
-    grads = torch.autograd.grad(batch.score(logits), features)
-    block = round(features[0].shape[2] ** 0.5)
-    heat = [deblockify(-(f * g).sum(-1, keepdim=True), block)[..., 0].detach() for f, g in zip(features, grads)]
+    heat, block = level_scores(batch)
     count, paths = traverse(heat, block)
     batch.details.setdefault("path", []).extend(paths)
     return to_patch_grid(count, batch.layout.grid)
