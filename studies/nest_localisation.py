@@ -7,7 +7,7 @@ For each model (zoo name or file) on ``--n`` fresh single-object images (data se
 overlaps the object; the strict pointing game of ``gradcat`` (its peak is the leaf block) and of ``nest-cam``;
 and the strict pointing game of the peak of each level's GradCAT score map h_l (``vitx.methods.nest.level_scores``),
 with GradCAT's sign and with the opposite one, which says at which level the tree still knows where the object
-is. Prints a markdown table.
+is; and nest-cam's mean value (the logit's share per position) on and off the object. Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None].float(), size=size, mode="nearest")[:, 0]
 
 
-def localisation(model, n: int, batch_size: int) -> dict[str, float]:
+def localisation(model, n: int, batch_size: int) -> dict[str, float | list[float]]:
     data = shapes(n=n, seed=20_000, variant="single")
     x, size = model.preprocess(data.images), tuple(data.images.shape[-2:])
     row = {}
@@ -38,8 +38,11 @@ def localisation(model, n: int, batch_size: int) -> dict[str, float]:
     leaf = upsample(gradcat.token_maps == gradcat.token_maps.amax((1, 2), keepdim=True), size).bool()
     row["GradCAT leaf overlaps the object"] = (leaf & data.masks).flatten(1).any(1).float().mean().item()
     row["pointing, gradcat"] = pointing_game(gradcat.maps, data.masks).mean().item()
-    cam = vitx.explain(model, x, "nest-cam", target=data.labels, batch_size=batch_size)
+    cam = vitx.explain(model, x, "nest-cam", target=data.labels, batch_size=batch_size, normalize=False)
     row["pointing, nest-cam"] = pointing_game(cam.maps, data.masks).mean().item()
+    on, off = ((cam.maps * m).flatten(1).sum(1) / m.flatten(1).sum(1) for m in (data.masks, ~data.masks))
+    row["nest-cam's mean on / off the object"] = [on.mean().item(), off.mean().item()]
+    row["share of images where nest-cam is lower on the object"] = (on < off).float().mean().item()
     heat = [[] for _ in model.config.levels]
     for start in range(0, n, batch_size):
         chunk = x[start:start + batch_size]
