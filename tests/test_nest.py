@@ -193,7 +193,7 @@ def test_train_overrides_the_architecture(tmp_path, capsys):
         assert main(["train", "shapes-nest", "--steps", "1", "--out", str(tmp_path / "bad"), *bad]) == 2
         assert error in capsys.readouterr().err and not (tmp_path / "bad").exists()
     assert main(["train", "shapes-nest-gan", "--config", "patch_size=2", "--out", str(tmp_path / "bad")]) == 2
-    assert "is a generator" in capsys.readouterr().err
+    assert "trains a generator" in capsys.readouterr().err
 
 
 def test_localisation_study_runs_end_to_end():

@@ -15,7 +15,6 @@ import re
 import sys
 import tempfile
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -391,13 +390,9 @@ def run_generate(args) -> int:
 
 
 def run_train(args) -> int:
-    from .train import RECIPES, train
-    options = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size}
-    if args.config and args.name in RECIPES:
-        if RECIPES[args.name].kind != "classifier":
-            raise VitxError(f"--config overrides a classifier's architecture; {args.name!r} is a "
-                            f"{RECIPES[args.name].kind}")
-        options["recipe"] = replace(RECIPES[args.name], config=dict(args.config))
+    from .train import train
+    options = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
+               "config": dict(args.config) or None}
     metrics = train(args.name, out_dir=args.out, **{key: value for key, value in options.items() if value is not None})
     print(f"wrote {args.out / args.name}.safetensors and its model card {args.name}.md\n"
           f"test metrics: {', '.join(f'{key} {value}' for key, value in metrics.items())}")

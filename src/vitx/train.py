@@ -66,14 +66,18 @@ RECIPES = {
 
 
 def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
-          progress: bool = True, recipe: Recipe | None = None) -> dict:
+          progress: bool = True, recipe: Recipe | None = None, config: dict | None = None) -> dict:
     """Train recipe ``name`` (a key of RECIPES), save ``<out_dir>/<name>.safetensors`` and its model
     card ``<name>.md``, and return the test metrics. A study passes its own variant of the recipe as
     ``recipe`` (for instance ``dataclasses.replace(RECIPES[name], fd_every=100)``); ``name`` still names
-    the files."""
+    the files. ``config`` overrides fields of a classifier's architecture (e.g. ``{"patch_size": 2}``)."""
     if name not in RECIPES:
         raise VitxError(f"no training recipe named {name!r}; recipes: {', '.join(RECIPES)}")
     recipe = RECIPES[name] if recipe is None else recipe
+    if config:
+        if recipe.kind != "classifier":
+            raise VitxError(f"config overrides a classifier's architecture; {name!r} trains a {recipe.kind}")
+        recipe = replace(recipe, config={**recipe.config, **config})
     steps = recipe.steps if steps is None else steps
     batch_size = recipe.batch_size if batch_size is None else batch_size
     for label, value in (("seed", seed), ("steps", steps), ("batch_size", batch_size)):
