@@ -150,6 +150,7 @@ def nest_model():
 # carries the class alike (CAM inside the object 9.8, outside 10.0), so its scores cannot say where the object
 # is (level-2 grad x feature pointing 0.105, chance 0.1; levels 0 and 1: 0.61 and 0.56). GradCAT's first step
 # is then a coin toss, and nest-cam has nothing to show. docs/nest.md has the numbers.
+# Twice finer trees (8x8 top level, 2 or 8 layers there) localise at their lower levels but not at the top either.
 FLAT_TOP = "NesT's single top-level block on 64x64 shapes carries no position information (docs/nest.md)"
 
 
