@@ -154,7 +154,7 @@ def test_overlay_and_save(model, x, tmp_path):
     pngs = sorted(p for p in written if p.suffix == ".png")
     assert [p.name for p in pngs] == ["000_rollout.png", "001_rollout.png", "002_rollout.png"]
     assert all(Image.open(p).size == (64, 64) for p in pngs)
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "rollout.npy"), exp.maps.numpy())
-    np.testing.assert_array_equal(np.load(tmp_path / "out" / "rollout_tokens.npy"), exp.token_maps.numpy())
-    pixel = vitx.explain(model, x[:1], "saliency").save(tmp_path / "pixel")
-    assert sorted(p.name for p in pixel) == ["000_saliency.png", "saliency.npy"]
+    for i in range(3):
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{i:03d}_rollout.npy"), exp.maps[i].numpy())
+    pixel = vitx.explain(model, x[:1], "saliency").save(tmp_path / "pixel", names=["cat"])
+    assert sorted(p.name for p in pixel) == ["cat_saliency.npy", "cat_saliency.png"]

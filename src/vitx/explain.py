@@ -11,16 +11,18 @@ from tqdm.auto import tqdm
 from .batch import Batch
 from .errors import VitxError
 from .explanation import Explanation
+from .images import check_model_input
 from .model import Model, as_model, evaluating
 from .registry import get_method
-from .scaling import minmax
+from .scaling import minmax, screen
 
 
 def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32,
             normalize: bool = True, device=None, progress: bool = False, **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
-    x: model input (B, 3, H, W) from ``model.preprocess``, or images in any form ``preprocess`` takes.
+    x: model input (B, 3, H, W) from ``model.preprocess`` (refused with NaN or infinite values; a warning when it
+    looks like raw [0, 1] pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them).
     target: None (the predicted class), a class index or name for every image, or one per image.
     batch_size: images per chunk, to bound memory. normalize: min-max scale each map to [0, 1].
     device: move the model there first. params: the method's own parameters (``vitx.methods()``).
@@ -30,9 +32,12 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
         model = model.to(device)
     info = get_method(method)
     params = info.bind(params)
+    frames = None
     if not (isinstance(x, torch.Tensor) and x.dim() == 4):
-        x = model.preprocess(x)
+        x, frames = model.preprocess(x, frames=True)
     layout = model.layout(x)
+    if frames is None:
+        check_model_input(x, model.config.mean, model.config.std)
     info.check(model.config, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
@@ -52,7 +57,7 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
             out_targets.append(batch.targets)
             for key, entries in batch.details.items():
                 details.setdefault(key, []).extend(entries)
-    maps = torch.cat(out_maps).float()
+    maps, degenerate = screen(torch.cat(out_maps).float())   # flagged before scaling, which would hide them
     token_maps = None
     if info.output == "tokens":
         token_maps = maps
@@ -62,7 +67,7 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
         token_maps = None if token_maps is None else minmax(token_maps)
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
                        method=method, params=params, images=model.denormalize(x).cpu(),
-                       class_names=model.config.class_names, details=details)
+                       class_names=model.config.class_names, details=details, degenerate=degenerate, frames=frames)
 
 
 def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:

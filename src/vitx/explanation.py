@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import VitxError
+from .images import Frame
 from .viz import overlay as draw_overlay
 
 
@@ -22,6 +24,8 @@ class Explanation:
     images: torch.Tensor                  # (B, 3, H, W) in [0, 1], for drawing
     class_names: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
+    degenerate: torch.Tensor | None = None  # (B,) bool: the method's map was constant or non-finite (then zeros)
+    frames: list[Frame] | None = None     # per image: original size, placement, file stem (when explain read them)
 
     def __len__(self) -> int:
         return self.maps.shape[0]
@@ -34,20 +38,41 @@ class Explanation:
         """Image ``i`` with this explanation's heatmap over it."""
         return draw_overlay(self.images[i], self.maps[i], alpha=alpha, cmap=cmap, scale=scale)
 
-    def save(self, directory: str | Path, scale: int = 4) -> list[Path]:
-        """Write ``<i>_<method>.png`` overlays and ``<method>.npy`` maps (plus token maps) into ``directory``."""
+    def original_map(self, i: int, fill: float = 0.0) -> torch.Tensor:
+        """Map ``i`` at its image's original size (height, width), undoing ``model.preprocess``'s resize, stretch,
+        crop or pad; pixels a crop cut away get ``fill``. Needs ``frames``: set when ``vitx.explain`` was given the
+        images themselves, else assign ``exp.frames`` from ``model.preprocess(images, frames=True)``."""
+        if self.frames is None:
+            raise VitxError("this explanation does not know its images' original sizes: pass the images to "
+                            "vitx.explain, or set exp.frames from model.preprocess(images, frames=True)")
+        return self.frames[i].to_original(self.maps[i], fill)
+
+    def names(self) -> list[str]:
+        """A file name stem per image: its file's stem where known (``frames``), else 000, 001, ...; an index is
+        put before every stem when two stems are the same."""
+        stems = [frame.name for frame in self.frames] if self.frames is not None else [None] * len(self)
+        names = [stem or f"{i:03d}" for i, stem in enumerate(stems)]
+        if len(set(names)) < len(names):
+            names = [f"{i:03d}_{stem}" if stem else name for i, (stem, name) in enumerate(zip(stems, names))]
+        return names
+
+    def save(self, directory: str | Path, names: list[str] | None = None, scale: int = 4) -> list[Path]:
+        """Write ``<name>_<method>.png`` (overlay) and ``<name>_<method>.npy`` (map) per image into ``directory``,
+        as ``vitx explain`` does; ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...)."""
+        names = self.names() if names is None else [str(name) for name in names]
+        if len(names) != len(self):
+            raise VitxError(f"got {len(names)} names for {len(self)} images")
+        for name in names:
+            if not name or Path(name).name != name or name in (".", ".."):
+                raise VitxError(f"an image name must be a plain file name, got {name!r}")
+        if len(set(names)) < len(names):
+            raise VitxError("two images have the same name, and their files would overwrite each other")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
-        for i in range(len(self)):
-            path = directory / f"{i:03d}_{self.method}.png"
-            self.overlay(i, scale=scale).save(path)
-            written.append(path)
-        path = directory / f"{self.method}.npy"
-        np.save(path, self.maps.cpu().numpy())
-        written.append(path)
-        if self.token_maps is not None:
-            path = directory / f"{self.method}_tokens.npy"
-            np.save(path, self.token_maps.cpu().numpy())
-            written.append(path)
+        for i, name in enumerate(names):
+            picture, values = (directory / f"{name}_{self.method}{suffix}" for suffix in (".png", ".npy"))
+            self.overlay(i, scale=scale).save(picture)
+            np.save(values, self.maps[i].cpu().numpy())
+            written += [picture, values]
         return written

@@ -6,12 +6,11 @@ import contextlib
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapters import Adapter, adapter_for
 from .errors import VitxError
-from .images import to_tensor
+from .images import load_images
 from .layout import TokenLayout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,22 +54,24 @@ class Model(nn.Module):
         names = self.config.class_names
         return names[index] if index < len(names) else str(index)
 
-    def preprocess(self, images) -> torch.Tensor:
-        """Paths, PIL images, uint8/uint16 arrays or float [0, 1] tensors (one, a list, or a (B, 3, H, W)
-        batch) -> normalised (B, 3, H, W) at the model's image size."""
-        if isinstance(images, torch.Tensor) and images.dim() == 4:
-            batch = [to_tensor(image) for image in images]
-        elif isinstance(images, (list, tuple)):
-            batch = [to_tensor(image) for image in images]
-        else:
-            batch = [to_tensor(images)]
-        if not batch:
-            raise VitxError("no images given")
-        size = self.config.image_size
-        resized = [F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-                   if tuple(t.shape[-2:]) != size else t for t in batch]
-        x = torch.stack(resized).clamp(0, 1)
-        return self.normalize(x)
+    def preprocess(self, images, resize: str = "stretch", frames: bool = False):
+        """Images -> the model input, normalised (B, 3, H, W) at the model's image size; with ``frames=True``,
+        also a :class:`~vitx.images.Frame` per image (its original size, where it went, its file stem) for
+        ``Explanation.original_map``.
+
+        images: paths, PIL images, uint8/uint16 arrays or tensors, float arrays or tensors; one, a list, or a
+        (B, 3, H, W) batch. Integer pixels are scaled to [0, 1] (a 32-bit "I" image by 255, or 65535 above 255);
+        float pixels (and float "F" images) are read as they are, in [0, 1]. A float image with NaN or infinite
+        values, or with values beyond [0, 1] by more than 0.1 (0-255 levels, or input already normalised), is
+        refused with a one-line ``VitxError`` naming the image: divide by 255 yourself; nothing is rescaled by
+        guess. Values within the 0.1 tolerance are clamped.
+        resize: "stretch" (to the model's size, the aspect ratio lost; the default), "crop" (the short side
+        fitted, the centre cut out) or "pad" (the long side fitted, the rest filled with the model's mean
+        colour, 0 after normalisation).
+        """
+        pixels, placed = load_images(images, self.config.image_size, resize, background=self.config.mean)
+        x = self.normalize(pixels)
+        return (x, placed) if frames else x
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.config.mean, device=images.device).view(1, -1, 1, 1)

@@ -7,13 +7,28 @@ or a pixel map (B, H, W); :func:`register` records it with its metadata. The CLI
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
+import os
+import re
+import typing
 from dataclasses import dataclass, field
+from types import UnionType
 from typing import Callable
 
 from .errors import VitxError
 
 NEEDS = {"attention", "gradients", "cls_token", "trained_module"}
 ANY_MODEL = ("vit", "nest")  # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy
+
+# The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with
+# ``register(..., ranges=...)``. Intervals are written as in mathematics: "[1, inf)" is 1 <= value.
+RANGES = {
+    "steps": "[1, inf)", "samples": "[1, inf)", "masks": "[1, inf)", "internal_batch_size": "[1, inf)",
+    "window": "[1, inf)", "stride": "[1, inf)", "cell": "[1, inf)", "start_layer": "[0, inf)",
+    "discard_ratio": "[0, 1)", "keep": "(0, 1]", "suppression": "[0, 1]", "threshold": "[0, 1]",
+    "noise_level": "[0, inf)", "noise": "[0, inf)", "distance_threshold": "(0, inf)",
+}
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,8 @@ class Method:
     kinds: tuple[str, ...] = ("vit",)
     defaults: dict = field(default_factory=dict)
     requires: Callable | None = None  # requires(config, params): raise when the model lacks what the method needs
+    types: dict = field(default_factory=dict)    # parameter -> the types its annotation allows
+    ranges: dict = field(default_factory=dict)   # parameter -> interval, e.g. "[0, 1)"
 
     @property
     def summary(self) -> str:
@@ -37,14 +54,29 @@ class Method:
     def row(self) -> dict:
         return {"name": self.name, "family": self.family, "paper": self.paper, "needs": sorted(self.needs),
                 "output": self.output, "cost": self.cost, "kinds": list(self.kinds), "params": dict(self.defaults),
-                "summary": self.summary}
+                "ranges": dict(self.ranges), "summary": self.summary}
 
     def bind(self, params: dict) -> dict:
+        """The defaults updated with ``params``, each checked against the type its annotation names and its
+        range. Integer-valued strings and floats are taken for int parameters (the command line gives strings),
+        numeric strings for float ones, "true"/"false" for bool ones; anything else is one ``VitxError``."""
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             known = ", ".join(self.defaults) or "none"
             raise VitxError(f"method {self.name!r} has no parameter {unknown[0]!r} (its parameters: {known})")
-        return {**self.defaults, **params}
+        bound = dict(self.defaults)
+        for name, value in params.items():
+            if name in self.types:
+                value = coerce(value, self.types[name])
+                if value is NOT_ONE:
+                    expected = " or ".join(t.__name__ for t in self.types[name])
+                    raise VitxError(f"method {self.name!r}: parameter {name!r} must be {expected}, "
+                                    f"got {params[name]!r}")
+            if name in self.ranges and value is not None and not within(value, self.ranges[name]):
+                raise VitxError(f"method {self.name!r}: parameter {name!r} must be in {self.ranges[name]}, "
+                                f"got {params[name]!r}")
+            bound[name] = value
+        return bound
 
     def check(self, config, layout, params: dict | None = None) -> None:
         """Say before running when this method cannot apply to the model (with ``params``, or its defaults)."""
@@ -57,17 +89,73 @@ class Method:
             self.requires(config, {**self.defaults, **(params or {})})
 
 
+NOT_ONE = object()   # what coerce returns for a value of none of the types
+INTERVAL = re.compile(r"([\[(])\s*(-?inf|[-+.\deE]+)\s*,\s*(-?inf|[-+.\deE]+)\s*([\])])")
+
+
+def coerce(value, types: tuple[type, ...]):
+    """``value`` as one of ``types`` (tried in their order for strings), or NOT_ONE."""
+    if value is None:
+        return None if type(None) in types else NOT_ONE
+    for kind in types:
+        if kind is bool:
+            if isinstance(value, bool) or isinstance(value, str) and value.lower() in ("true", "false"):
+                return value if isinstance(value, bool) else value.lower() == "true"
+        elif isinstance(value, bool):
+            continue
+        elif kind is int:
+            if isinstance(value, numbers.Integral) or isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+                return int(value)
+        elif kind is float:
+            if isinstance(value, numbers.Real):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        elif kind is str and isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+    return NOT_ONE
+
+
+def within(value, interval: str) -> bool:
+    """Whether a number lies in ``interval``, e.g. "[0, 1)" or "(0, inf)"; NaN lies in none."""
+    left, low, high, right = INTERVAL.fullmatch(interval).groups()
+    low, high = float(low), float(high)
+    if not isinstance(value, numbers.Real) or math.isnan(value):
+        return False
+    return (low <= value if left == "[" else low < value) and (value <= high if right == "]" else value < high)
+
+
+def annotated_types(fn: Callable) -> dict[str, tuple[type, ...]]:
+    """Parameter -> the types its annotation names (int, float, str, bool, None, or a union of them)."""
+    found = {}
+    for name, hint in typing.get_type_hints(fn).items():
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, UnionType) else (hint,)
+        if name != "return" and all(t in (int, float, str, bool, type(None)) for t in options):
+            found[name] = tuple(sorted(options, key=lambda t: t in (str, type(None))))  # numbers first, for strings
+    return found
+
+
 _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, family: str, paper: str, needs=(), output: str = "tokens", cost: str,
-             kinds=("vit",), requires: Callable | None = None) -> Callable:
+             kinds=("vit",), requires: Callable | None = None, ranges: dict | None = None) -> Callable:
+    """Record ``fn`` as method ``name``. Its parameters' types come from their annotations, their ranges from
+    :data:`RANGES` by name, updated with ``ranges`` (parameter -> interval such as "[2, inf)")."""
     needs = frozenset(needs)
     assert needs <= NEEDS and output in ("tokens", "pixels") and name not in _METHODS, name
 
     def decorate(fn: Callable) -> Callable:
         defaults = {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
-        _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires)
+        limits = {p: RANGES[p] for p in defaults if p in RANGES} | (ranges or {})
+        assert all(p in defaults and within(defaults[p], r) for p, r in limits.items()), name
+        _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires,
+                                annotated_types(fn), limits)
         return fn
     return decorate
 

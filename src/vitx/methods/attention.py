@@ -184,7 +184,7 @@ def reasoning_feedback(batch: Batch, gradient: torch.Tensor, steps: int, interna
 
 
 @register("beyond-intuition-head", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
-          cost="steps×(1F+1B)")
+          cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"})
 def beyond_intuition_head(batch: Batch, steps: int = 20, start_layer: int = 0,
                           internal_batch_size: int = 64) -> torch.Tensor:
     """Beyond Intuition, head-wise: R = (F ⊙ P)[c, patches]. Attention perception P: R = I,
@@ -209,17 +209,22 @@ def token_weighted_attentions(attentions: list[torch.Tensor], values: list[torch
     token's column scaled by how much the block's value path stretches that token."""
     weighted = []
     for attention, value, z in zip(*(from_block(per_block, start_layer) for per_block in (attentions, values, inputs))):
-        weighted.append(attention.mean(1) * (value.norm(dim=-1) / z.norm(dim=-1))[:, None, :])
+        norm = z.norm(dim=-1)
+        # a token that enters the block as zero (a zero-initialised class token with no position embedding) holds
+        # nothing of the image: its column gets 0, not value / 0
+        stretch = torch.where(norm > 0, value.norm(dim=-1) / norm.clamp(min=torch.finfo(norm.dtype).tiny), 0.0)
+        weighted.append(attention.mean(1) * stretch[:, None, :])
     return weighted
 
 
 @register("beyond-intuition-token", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
-          cost="steps×(1F+1B)")
+          cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"})
 def beyond_intuition_token(batch: Batch, steps: int = 20, start_layer: int = 0,
                            internal_batch_size: int = 64) -> torch.Tensor:
     """Beyond Intuition, token-wise: R = (F ⊙ P)[c, patches]. Attention perception P: R = I, R ← R + Ā_b R over
     blocks s..L with Ā_b = E_h(A_b) diag(‖v_j W_oᵀ‖ / ‖z_j‖), z_j token j entering block b and v_j W_oᵀ its value
-    (computed from LN(z_j)) after the output projection W_o. Reasoning feedback F as in beyond-intuition-head.
+    (computed from LN(z_j)) after the output projection W_o, and 0 where z_j = 0. Reasoning feedback F as in
+    beyond-intuition-head.
 
     As in the authors' code: the heads of A_b are averaged, v_j W_oᵀ merges every head's value and leaves the
     projection's bias out, ‖z_j‖ is taken before the block's layer norm (their |P| is P here: P ≥ 0). Their ViT-B

@@ -67,7 +67,7 @@ def baseline_for(batch: Batch, baseline) -> torch.Tensor:
     return batch.model.normalize(torch.full_like(batch.x, float(level)))
 
 
-def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline="black",
+def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: str | float = "black",
                                       internal_batch_size: int = 64) -> torch.Tensor:
     """(x − x') ⊙ Σ_k w_k ∇y_t(x' + α_k (x − x')) with Gauss–Legendre nodes α_k and weights w_k on [0, 1]."""
     if steps < 1:
@@ -84,7 +84,8 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline="b
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
           needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=ANY_MODEL)
-def integrated_gradients(batch: Batch, steps: int = 50, baseline="black", internal_batch_size: int = 64) -> torch.Tensor:
+def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = "black",
+                         internal_batch_size: int = 64) -> torch.Tensor:
     """Integrated Gradients, IG_i = (x_i − x'_i) ∫₀¹ ∂y_t(x' + α(x − x'))/∂x_i dα (Gauss–Legendre
     quadrature, steps run as batches), summed over colour channels."""
     return integrated_gradients_attributions(batch, steps, baseline, internal_batch_size).sum(1)
