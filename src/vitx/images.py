@@ -126,15 +126,18 @@ class Frame:
         bilinearly at each original pixel's centre; pixels the model never saw (cropped away) get ``fill``."""
         H, W = maps.shape[-2:]
         flat = maps.reshape(-1, 1, H, W).float()
-        axes = []
+        axes, seen = [], []
         for length, scale, offset, model_length in zip(self.size, self.scale, self.offset, (H, W)):
             m = (torch.arange(length, device=maps.device, dtype=flat.dtype) + 0.5) * scale + offset
+            seen.append((m >= 0) & (m <= model_length))
+            # sampled within the image's own pixels, never blended with a letterbox's
+            low, high = max(offset, 0.0) + 0.5, min(offset + scale * length, model_length) - 0.5
+            m = m.clamp(low, max(low, high))
             axes.append(m / model_length * 2 - 1)                 # grid_sample's [-1, 1], align_corners=False
         gy, gx = torch.meshgrid(*axes, indexing="ij")
         grid = torch.stack([gx, gy], -1)[None].expand(flat.shape[0], -1, -1, -1)
-        out = F.grid_sample(flat, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
-        seen = (gx.abs() <= 1) & (gy.abs() <= 1)
-        return out.masked_fill(~seen, fill).reshape(*maps.shape[:-2], *self.size)
+        out = F.grid_sample(flat, grid, mode="bilinear", align_corners=False)[:, 0]
+        return out.masked_fill(~(seen[0][:, None] & seen[1][None]), fill).reshape(*maps.shape[:-2], *self.size)
 
 
 def resample(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -69,7 +69,7 @@ class Method:
             if name in self.types:
                 value = coerce(value, self.types[name])
                 if value is NOT_ONE:
-                    expected = " or ".join(t.__name__ for t in self.types[name])
+                    expected = " or ".join("None" if t is type(None) else t.__name__ for t in self.types[name])
                     raise VitxError(f"method {self.name!r}: parameter {name!r} must be {expected}, "
                                     f"got {params[name]!r}")
             if name in self.ranges and value is not None and not within(value, self.ranges[name]):

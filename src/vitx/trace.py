@@ -11,7 +11,8 @@ Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or 
 ``edit(block, scores)``. Relevance rules (``rules``, a :class:`vitx.relevance.Composite`) are bound to
 the model's layers while the block is open, and the attention product runs through their
 :class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
-patched ``forward``: the model is exactly as it was.
+patched ``forward``: the model is exactly as it was. Taps do not nest: opening one on a model that has one
+open (``vitx.explain`` inside a ``vitx.trace`` block included) is a :class:`VitxError`, and changes nothing.
 """
 from __future__ import annotations
 
@@ -100,6 +101,9 @@ class Trace:
 
     def __enter__(self) -> "Trace":
         adapter = self.model.adapter
+        if any(isinstance(getattr(hook, "__self__", None), Trace) for hook in adapter.net._forward_pre_hooks.values()):
+            raise VitxError("a vitx.trace is already open on this model, and taps do not nest: close it first "
+                            "(vitx.explain opens its own)")
         try:
             self._undo.append(adapter.net.register_forward_pre_hook(self._reset).remove)
             if self.rules is not None:
