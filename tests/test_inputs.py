@@ -77,14 +77,18 @@ def test_float_images_from_files_keep_their_values(model, tmp_path):
 
 def test_raw_pixels_handed_to_explain_as_model_input_are_warned_about(model):
     raw = vitx.data.shapes(n=4, seed=0).images
-    with pytest.warns(UserWarning, match=r"lies in \[0, 1\] like raw pixels.*model.preprocess"):
-        vitx.explain(model, raw, "rollout")
+    for pixels in (raw, raw * 255):
+        with pytest.warns(UserWarning, match=r"spans \[0, (1|255)\] like raw pixels.*model.preprocess"):
+            vitx.explain(model, pixels, "rollout")
+    with pytest.raises(vitx.VitxError, match="must be a float tensor, got torch.uint8"):
+        vitx.explain(model, (raw * 255).to(torch.uint8), "rollout")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for data in (vitx.data.shapes(n=200, seed=1), vitx.data.shapes(n=200, seed=2, variant="multi")):
             vitx.explain(model, model.preprocess(data.images), "raw-attention")
         vitx.explain(model, model.preprocess(SAMPLES), "raw-attention")
         vitx.explain(model, torch.zeros(1, 3, 64, 64), "raw-attention")          # the mean image: ambiguous
+        vitx.explain(model, torch.randn(2, 3, 64, 64) * 2, "raw-attention")      # noise around the mean
         identity = vitx.load_model(model.net, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         vitx.explain(identity, raw, "raw-attention")                             # [0, 1] is its input space
 

@@ -21,8 +21,8 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
             normalize: bool = True, device=None, progress: bool = False, **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
-    x: model input (B, 3, H, W) from ``model.preprocess`` (refused with NaN or infinite values; a warning when it
-    looks like raw [0, 1] pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them).
+    x: model input (B, 3, H, W) from ``model.preprocess`` (refused when not float or not finite; a warning when it
+    looks like raw pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them).
     target: None (the predicted class), a class index or name for every image, or one per image.
     batch_size: images per chunk, to bound memory. normalize: min-max scale each map to [0, 1].
     device: move the model there first. params: the method's own parameters (``vitx.methods()``).

@@ -191,17 +191,25 @@ def load_images(images, size: tuple[int, int], resize: str = "stretch",
 
 
 def check_model_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
-    """Refuse model input (B, 3, H, W) with NaN or infinite values; warn when it looks like raw pixels rather
-    than the model-normalised input :meth:`Model.preprocess` gives: every value in [0, 1], not all equal, while
-    the model's normalisation takes black below 0 (some mean > 0). Preprocessed images lie in [0, 1] only when
-    every pixel of every image lies within [mean, mean + std] of its channel: for the zoo's mean 0.5 and std
-    0.25 a batch of pale grey images, none of the bundled samples or ``vitx.data.shapes`` images."""
+    """Refuse model input (B, 3, H, W) that is not float or has NaN or infinite values; warn when it looks like
+    raw pixels rather than the model-normalised input :meth:`Model.preprocess` gives, which spans
+    [min (0 − mean)/std, max (1 − mean)/std] over the channels:
+
+    - every value in [0, 1], not all equal, while the model's normalisation takes black below 0 (some mean > 0).
+      Preprocessed images lie in [0, 1] only when every pixel of every image lies within [mean, mean + std] of
+      its channel: for the zoo's mean 0.5 and std 0.25 a batch of pale grey images, none of the bundled samples
+      or ``vitx.data.shapes`` images;
+    - values beyond 10 times the span's top (0-255 levels)."""
+    if not x.is_floating_point():
+        raise VitxError(f"model input must be a float tensor, got {x.dtype}: integer pixels go through "
+                        "model.preprocess first")
     finite = torch.isfinite(x.flatten(1)).all(1)
     if not finite.all():
         raise VitxError(f"model input image {int((~finite).nonzero()[0])} has NaN or infinite values")
     low, high = x.min().item(), x.max().item()
-    if 0 <= low < high <= 1 and any(m > 0 for m in mean):
-        black = min(-m / s for m, s in zip(mean, std))
-        warnings.warn(f"vitx.explain takes a (B, 3, H, W) tensor as model input, and this one lies in [0, 1] like "
-                      f"raw pixels, while this model's input reaches {black:.2g} for black: pass images through "
-                      "model.preprocess first", stacklevel=3)
+    black = min(-m / s for m, s in zip(mean, std))
+    white = max((1 - m) / s for m, s in zip(mean, std))
+    if 0 <= low < high <= 1 and black < 0 or high > 10 * white:
+        warnings.warn(f"vitx.explain takes a (B, 3, H, W) tensor as model input, and this one spans "
+                      f"[{low:.3g}, {high:.3g}] like raw pixels, while this model's input spans [{black:.2g}, "
+                      f"{white:.2g}]: pass images through model.preprocess first", stacklevel=3)
