@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from .checkpoint import read_metadata
+from .checkpoint import fingerprint, read_metadata
 from .data import CLASS_NAMES, shapes
 from .explain import explain
 from .loading import load_model
@@ -146,7 +146,10 @@ class Explainer:
         self.coalitions = recipe.coalitions
         self.generator = torch.Generator().manual_seed(seed)
         self.players = _players(self.surrogate)
-        self.meta = {"kind": KIND, "explains": read_metadata(path).get("surrogate_of"), "surrogate": recipe.start,
+        explains = read_metadata(path).get("surrogate_of")
+        classifier = load_model(str(require_start(out_dir / f"{explains}.safetensors")))
+        self.meta = {"kind": KIND, "explains": explains, "surrogate": recipe.start,
+                     "fingerprints": [fingerprint(classifier.net), fingerprint(self.surrogate.net)],
                      "coalitions": recipe.coalitions, **EXPLAINER_HEAD}
 
     def loss(self, data) -> torch.Tensor:
