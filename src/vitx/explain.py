@@ -11,19 +11,26 @@ from tqdm.auto import tqdm
 from .batch import Batch
 from .errors import VitxError
 from .explanation import Explanation
+from .memory import chunk_size
 from .model import Model, as_model, evaluating
 from .registry import get_method
 from .scaling import minmax
 
 
-def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32,
+def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32, memory=None,
             normalize: bool = True, device=None, progress: bool = False, **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
     x: model input (B, 3, H, W) from ``model.preprocess``, or images in any form ``preprocess`` takes.
     target: None (the predicted class), a class index or name for every image, or one per image.
-    batch_size: images per chunk, to bound memory. normalize: min-max scale each map to [0, 1].
-    device: move the model there first. params: the method's own parameters (``vitx.methods()``).
+    batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as
+    "4GB"; default half of what the model's device has available): chunks shrink below ``batch_size`` to fit
+    the method's declared memory (:mod:`vitx.memory`), and a budget that cannot hold one image is refused before
+    any work. normalize: min-max scale each map to [0, 1]. device: move the model there first. params: the
+    method's own parameters (``vitx.methods()``).
+
+    Works on models with frozen parameters and inside ``torch.no_grad()`` or ``torch.inference_mode()``: the
+    gradients a method takes are its own business, never the caller's mode's.
     """
     model = as_model(model)
     if device is not None:
@@ -36,13 +43,26 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
     info.check(model.config, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
-    x = x.to(model.device, torch.float32)
+    with torch.inference_mode(False):
+        x = x.to(model.device, torch.float32)
+        return _explain(model, x.clone() if x.is_inference() else x, layout, info, params, target, batch_size,
+                        memory, normalize, progress)
+
+
+def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, batch_size: int, memory,
+             normalize: bool, progress: bool) -> Explanation:
+    if any(p.is_inference() for p in model.parameters()):
+        raise VitxError("this model's weights were made under torch.inference_mode(), so autograd cannot run "
+                        "through them (vitx sizes its chunks by a forward pass with gradients, and gradient "
+                        "methods need them); load or build the model outside inference_mode")
+    method = info.name
     targets = resolve_targets(target, x.shape[0], model)
     out_maps, out_logits, out_targets, details = [], [], [], {}
-    chunks = range(0, x.shape[0], batch_size)
     with evaluating(model), torch.enable_grad():
+        step = chunk_size(info, params, model, x, batch_size, memory)
+        chunks = range(0, x.shape[0], step)
         for start in tqdm(chunks, desc=method, disable=not progress, leave=False):
-            end = start + batch_size
+            end = start + step
             batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end])
             out_maps.append(info.fn(batch, **params).detach())
             if batch.logits is None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import VitxError
+from .memory import forward_only, one_graph
 
 NEEDS = {"attention", "gradients", "cls_token", "trained_module"}
 ANY_MODEL = ("vit", "nest")  # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy
@@ -28,6 +29,7 @@ class Method:
     kinds: tuple[str, ...] = ("vit",)
     defaults: dict = field(default_factory=dict)
     requires: Callable | None = None  # requires(config, params): raise when the model lacks what the method needs
+    memory: Callable = one_graph    # memory(params) -> (graphs per image, graphs per pass); see vitx.memory
 
     @property
     def summary(self) -> str:
@@ -36,8 +38,15 @@ class Method:
 
     def row(self) -> dict:
         return {"name": self.name, "family": self.family, "paper": self.paper, "needs": sorted(self.needs),
-                "output": self.output, "cost": self.cost, "kinds": list(self.kinds), "params": dict(self.defaults),
+                "output": self.output, "cost": self.cost, "memory": self.memory_text(), "kinds": list(self.kinds),
+                "params": dict(self.defaults),
                 "summary": self.summary}
+
+    def memory_text(self, params: dict | None = None) -> str:
+        """The declared memory in model graphs (:mod:`vitx.memory`), e.g. '1 graph/image + 64 graphs/pass'."""
+        per_image, per_pass = self.memory({**self.defaults, **(params or {})})
+        text = f"{per_image:g} graph/image"
+        return text + (f" + {per_pass:g} graphs/pass" if per_pass else "")
 
     def bind(self, params: dict) -> dict:
         unknown = sorted(set(params) - set(self.defaults))
@@ -61,13 +70,16 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, family: str, paper: str, needs=(), output: str = "tokens", cost: str,
-             kinds=("vit",), requires: Callable | None = None) -> Callable:
+             kinds=("vit",), requires: Callable | None = None, memory: Callable | None = None) -> Callable:
+    """Record a method. ``memory(params) -> (graphs per image, graphs per pass)`` (:mod:`vitx.memory`) defaults
+    to one graph per image for a method that needs gradients and a forward pass's share otherwise."""
     needs = frozenset(needs)
+    memory = memory or (one_graph if "gradients" in needs else forward_only)
     assert needs <= NEEDS and output in ("tokens", "pixels") and name not in _METHODS, name
 
     def decorate(fn: Callable) -> Callable:
         defaults = {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
-        _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires)
+        _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires, memory)
         return fn
     return decorate
 
