@@ -224,4 +224,7 @@ a ceiling set by KernelSHAP's own sampling noise. Largest efficiency violation: 
 Explains `{meta['explains']}` through its surrogate, on 64x64 shapes images only. Its values are Shapley values
 of the surrogate's game, which matches `{meta['explains']}` on whole images but, by design, not the original
 classifier's behaviour on images with patches removed.
+It refuses any other weights: its metadata records the fingerprints of `{meta['explains']}` and `{recipe.start}`
+({', '.join(meta['fingerprints'])}; `vitx.checkpoint.fingerprint`), so a fine-tuned or randomised copy is
+not explained with stale values unless `allow_stale=True` says so.
 """
