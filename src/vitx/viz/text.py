@@ -27,6 +27,11 @@ def font(size: float, bold: bool = False) -> FontProperties:
     return FontProperties(family=families, size=size, weight="bold" if bold else "normal")
 
 
+def plural(count: int, word: str) -> str:
+    """'1 overlay', '2 overlays'."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 @contextmanager
 def quiet_glyphs():
     """Silence matplotlib's warning about glyphs that no installed font has (they are drawn as boxes)."""
