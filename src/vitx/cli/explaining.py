@@ -76,7 +76,8 @@ def write_pages(model, names: list[str], explanations: list[Explanation], target
     labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
                                target=None if targets is None else int(first.targets[i]))
               for i, name in enumerate(names)]
-    pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels)
+    pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels,
+                          rows_per_page=ROWS_PER_PAGE)
     grids = numbered("grid", ".png", len(pictures))
     for picture, file in zip(pictures, grids):
         picture.save(out / file)
