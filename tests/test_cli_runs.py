@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vitx
+import vitx.cli.explaining
 from vitx import registry
 from vitx.cli import main
 from vitx.cli.cost import Passes, estimate, method_cost
@@ -197,3 +199,23 @@ def test_version(capsys):
     assert vitx.__version__ == importlib.metadata.version("vitx")
     code, stdout, _ = run(capsys, "--version")
     assert code == 0 and stdout == f"vitx {vitx.__version__}\n"
+
+
+def test_multi_label_rows_name_every_predicted_class_and_the_explained_one(monkeypatch, tmp_path, capsys):
+    drawn = {}
+    real = vitx.cli.explaining.grid_pages
+    monkeypatch.setattr("vitx.cli.explaining.grid_pages",
+                        lambda images, columns, labels, **k: drawn.setdefault("labels", labels) and
+                        real(images, columns, labels, **k))
+    data = vitx.data.shapes(n=1, seed=3, variant="multi")
+    image = tmp_path / "two.png"
+    Image.fromarray((data.images[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(image)
+    code, _, err = run(capsys, "explain", image, "--model", "shapes-vit-multi", "--method", "rollout",
+                       "--out", tmp_path / "o")
+    assert code == 0, err
+    model = vitx.load_model("shapes-vit-multi")
+    present = [model.class_name(int(k)) for k in data.labels[0].nonzero()]
+    lines = drawn["labels"][0].splitlines()
+    assert lines[:2] == ["two", "predicted (p ≥ 0.5):"] and len(present) == 2
+    assert sorted(line.split(" (")[0] for line in lines[2:4]) == sorted(present)
+    assert lines[4].startswith(f"target: {lines[2].split(' (')[0]} (")   # the top class is the one explained

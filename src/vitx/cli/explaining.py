@@ -73,9 +73,9 @@ def write_pages(model, names: list[str], explanations: list[Explanation], target
     """The grid (grid.png, or grid_001.png, ... of :data:`ROWS_PER_PAGE` images each) and its HTML pages
     (index.html, index_002.html, ...); returns both lists of file names."""
     first = explanations[0]
+    shown = targets is not None or model.config.multi_label  # which of several predicted classes is explained
     labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
-                               target=None if targets is None else int(first.targets[i]))
-              for i, name in enumerate(names)]
+                               target=int(first.targets[i]) if shown else None) for i, name in enumerate(names)]
     pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels,
                           rows_per_page=ROWS_PER_PAGE)
     grids = numbered("grid", ".png", len(pictures))
