@@ -10,16 +10,17 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import VitxError, one_line
-from ..explain import explain, resolve_targets
+from ..explain import explain
 from ..explanation import Explanation
 from ..images import read_image
 from ..loading import load_model
 from ..naming import explanation_file, image_stems, numbered
 from ..registry import Method, get_method, method_names
 from ..report import explanation_pages
+from ..targets import resolve_targets
 from ..viz import ROWS_PER_PAGE, gradcat_tree, grid_pages, prediction_label, probability
-from .cost import estimate
 from ..viz.text import plural
+from .cost import estimate
 from .options import comma_list, method_params, output_dir
 
 OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
