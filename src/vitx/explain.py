@@ -1,9 +1,6 @@
 """``vitx.explain``: the plumbing every method shares (batching, targets, device, upsampling, scaling)."""
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -15,10 +12,11 @@ from .memory import chunk_size
 from .model import Model, as_model, evaluating
 from .registry import get_method
 from .scaling import minmax
+from .targets import resolve_targets
 
 
 def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32, memory=None,
-            normalize: bool = True, device=None, progress: bool = False, **params) -> Explanation:
+            normalize: bool = True, device=None, progress=False, **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
     x: model input (B, 3, H, W) from ``model.preprocess``, or images in any form ``preprocess`` takes.
@@ -27,7 +25,8 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
     "4GB"; default half of what the model's device has available): chunks shrink below ``batch_size`` to fit
     the method's declared memory (:mod:`vitx.memory`), and a budget that cannot hold one image is refused before
     any work. normalize: min-max scale each map to [0, 1]. device: move the model there first. params: the
-    method's own parameters (``vitx.methods()``).
+    method's own parameters (``vitx.methods()``). progress: True shows a bar over the chunks; a callable is
+    called with each chunk's image count once done.
 
     Works on models with frozen parameters and inside ``torch.no_grad()`` or ``torch.inference_mode()``: the
     gradients a method takes are its own business, never the caller's mode's.
@@ -50,7 +49,7 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
 
 
 def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, batch_size: int, memory,
-             normalize: bool, progress: bool) -> Explanation:
+             normalize: bool, progress) -> Explanation:
     if any(p.is_inference() for p in model.parameters()):
         raise VitxError("this model's weights were made under torch.inference_mode(), so autograd cannot run "
                         "through them (vitx sizes its chunks by a forward pass with gradients, and gradient "
@@ -61,7 +60,7 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
     with evaluating(model), torch.enable_grad():
         step = chunk_size(info, params, model, x, batch_size, memory)
         chunks = range(0, x.shape[0], step)
-        for start in tqdm(chunks, desc=method, disable=not progress, leave=False):
+        for start in tqdm(chunks, desc=method, disable=not progress or callable(progress), leave=False):
             end = start + step
             batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end])
             out_maps.append(info.fn(batch, **params).detach())
@@ -72,6 +71,8 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
             out_targets.append(batch.targets)
             for key, entries in batch.details.items():
                 details.setdefault(key, []).extend(entries)
+            if callable(progress):
+                progress(batch.x.shape[0])
     maps = torch.cat(out_maps).float()
     token_maps = None
     if info.output == "tokens":
@@ -83,30 +84,3 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
                        method=method, params=params, images=model.denormalize(x).cpu(),
                        class_names=model.config.class_names, details=details)
-
-
-def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:
-    """None, or (count,) class indices on the model's device. ``target`` is one class for every image (an
-    index of any integer type, a 0-dim tensor or array, or a name) or a sequence, tensor or array of
-    ``count``; names, types and ranges are checked."""
-    if target is None:
-        return None
-    if isinstance(target, (torch.Tensor, np.ndarray)):
-        target = target.tolist()  # a 0-dim tensor or array becomes a Python scalar
-    values = list(target) if isinstance(target, (list, tuple)) else [target] * count
-    if len(values) != count:
-        raise VitxError(f"got {len(values)} targets for {count} images")
-    names, num_classes = model.config.class_names, model.config.num_classes
-    indices = []
-    for value in values:
-        if isinstance(value, str):
-            if value not in names:
-                raise VitxError(f"unknown target class {value!r}; classes: {', '.join(names[:20])}")
-            value = names.index(value)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise VitxError(f"a target must be a class index or name, got {value!r}")
-        if not 0 <= value < num_classes:
-            raise VitxError(f"target class {value} is out of range: this model has {num_classes} "
-                            f"classes (0-{num_classes - 1})")
-        indices.append(int(value))
-    return torch.tensor(indices, device=model.device)
