@@ -82,7 +82,7 @@ def test_a_budget_too_small_for_one_image_fails_before_any_work_saying_what_it_n
     x = vit.preprocess(SAMPLES)
     calls = []
     monkeypatch.setattr(sys.modules["vitx.explain"], "Batch", lambda *a, **k: calls.append(1))
-    with pytest.raises(vitx.VitxError, match=r"needs about [\d,]+ MB for one image .* budget of 0 MB"):
+    with pytest.raises(vitx.VitxError, match=r"needs about [\d.]+ MB for one image .* budget of 0.098 MB"):
         vitx.explain(vit, x, "generic-attention", memory="100KB")
     assert not calls
 

@@ -97,7 +97,8 @@ def parse_size(value) -> int:
 
 
 def megabytes(size: float) -> str:
-    return f"{size / 2 ** 20:,.0f} MB"
+    mb = size / 2 ** 20
+    return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
 
 
 def chunk_size(method, params: dict, model, x: torch.Tensor, batch_size: int, memory) -> int:

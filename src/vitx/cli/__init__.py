@@ -20,7 +20,7 @@ from ..zoo import ZOO_DIR
 from .benching import run_bench
 from .explaining import applicable_methods, run_explain
 from .listings import run_generate, run_methods, run_models, run_train
-from .options import config_override, device, literal, method_param, positive_int
+from .options import config_override, device, literal, memory_size, method_param, positive_int
 
 __all__ = ["applicable_methods", "build_parser", "literal", "main"]
 
@@ -54,7 +54,9 @@ def build_parser() -> Parser:
     p.add_argument("--param", action="append", default=[], type=method_param, metavar="METHOD.NAME=VALUE",
                    help="a parameter of one method, e.g. rise.masks=500 (repeatable; see `vitx methods --json`)")
     p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="the most images per chunk (default: 32)")
+    p.add_argument("--memory", type=memory_size, help="memory budget of a chunk, e.g. 4GB; chunks shrink to fit each "
+                                                      "method's declared memory (default: half of what is available)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
     p.set_defaults(run=run_explain)
 

@@ -53,7 +53,7 @@ def run_explain(args) -> int:
         for k, info in enumerate(wanted, 1):
             with tqdm(total=len(pictures), unit="image", desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
                 exp = explain(model, x, method=info.name, target=targets, batch_size=args.batch_size,
-                              progress=bar.update, **params.get(info.name, {}))
+                              memory=args.memory, progress=bar.update, **params.get(info.name, {}))
             for i, name in enumerate(names):
                 exp.overlay(i, scale=scale).save(out / explanation_file(name, exp.method, ".png"))
                 np.save(out / explanation_file(name, exp.method, ".npy"), exp.maps[i].cpu().numpy())

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..errors import VitxError, one_line
+from ..memory import parse_size
 from ..registry import get_method
 from ..viz.text import plural
 
@@ -46,6 +47,14 @@ def config_override(text: str) -> tuple[str, object]:
     if not match:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, e.g. patch_size=2; got {text!r}")
     return match[1], literal(match[2])
+
+
+def memory_size(text: str) -> int:
+    """A size such as 4GB or 512MB, in bytes."""
+    try:
+        return parse_size(text)
+    except VitxError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def device(text: str) -> str:
