@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vitx.checkpoint import save_checkpoint
+from vitx.checkpoint import fingerprint, save_checkpoint
 from vitx.models import ARCHITECTURES, VisionTransformer, create_model
 from vitx.models.shapley import ShapleyExplainer
 from vitx.registry import get_method, method_names
@@ -162,5 +162,5 @@ def tiny_explainer(model) -> str:
     torch.manual_seed(0)
     save_checkpoint(jitter(VisionTransformer(cfg)), directory / "surrogate.safetensors", meta)
     explainer = {**meta, "kind": "shapley-explainer", "explains": c.name, "surrogate": "surrogate",
-                 "extra_blocks": 1, "mlp_layers": 3}
+                 "extra_blocks": 1, "mlp_layers": 3, "fingerprints": [fingerprint(model.net)]}
     return str(save_checkpoint(jitter(ShapleyExplainer(cfg), seed=1), directory / "explainer.safetensors", explainer))

@@ -90,7 +90,7 @@ def test_explicit_targets_are_honoured(model, x, target, expected):
 def test_bad_arguments_raise_vitx_error(model, x):
     cases = [(dict(target=4), "out of range"), (dict(target=-1), "out of range"), (dict(target=[0, 1]), "2 targets"),
              (dict(target="triangle"), "unknown target class"),
-             (dict(target=1.0), "class index or name"), (dict(target=True), "class index or name"), (dict(method="no-such-method"), "unknown method"),
+             (dict(target=1.5), "whole number"), (dict(target=True), "class index or name"), (dict(method="no-such-method"), "unknown method"),
              (dict(steps=3), "no parameter 'steps'"), (dict(batch_size=0), "batch_size"),
              (dict(method="integrated-gradients", steps=0), "steps"),
              (dict(method="integrated-gradients", baseline="white"), "baseline"),

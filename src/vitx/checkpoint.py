@@ -1,8 +1,11 @@
 """Safetensors checkpoints with vitx's metadata (architecture, preprocessing, class names, metrics)."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
+
+import torch
 
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -34,3 +37,22 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(state_dict, vitx metadata or {})."""
     meta = read_metadata(path)
     return load_file(str(path)), meta
+
+
+def fingerprint(net: nn.Module) -> str:
+    """A short hash of ``net``'s weights (every state_dict entry: name, dtype, shape and values): two networks
+    share it exactly when they hold the same weights. Cached on ``net`` until any entry changes (in place
+    too: tensors count their in-place changes)."""
+    state = net.state_dict(keep_vars=True)
+    key = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    cached = net.__dict__.get("_vitx_fingerprint")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    value = digest.hexdigest()[:16]
+    net.__dict__["_vitx_fingerprint"] = (key, value)
+    return value

@@ -1,9 +1,6 @@
 """``vitx.explain``: the plumbing every method shares (batching, targets, device, upsampling, scaling)."""
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -12,20 +9,29 @@ from .batch import Batch
 from .errors import VitxError
 from .explanation import Explanation
 from .images import check_model_input
+from .memory import chunk_size
 from .model import Model, as_model, evaluating
 from .registry import get_method
 from .scaling import minmax, screen
+from .targets import resolve_targets
 
 
-def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32,
-            normalize: bool = True, device=None, progress: bool = False, **params) -> Explanation:
+def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32, memory=None,
+            normalize: bool = True, device=None, progress=False, **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
     x: model input (B, 3, H, W) from ``model.preprocess`` (refused when not float or not finite; a warning when it
     looks like raw pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them).
     target: None (the predicted class), a class index or name for every image, or one per image.
-    batch_size: images per chunk, to bound memory. normalize: min-max scale each map to [0, 1].
-    device: move the model there first. params: the method's own parameters (``vitx.methods()``).
+    batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as
+    "4GB"; default half of what the model's device has available): chunks shrink below ``batch_size`` to fit
+    the method's declared memory (:mod:`vitx.memory`), and a budget that cannot hold one image is refused before
+    any work. normalize: min-max scale each map to [0, 1]. device: move the model there first. params: the
+    method's own parameters (``vitx.methods()``). progress: True shows a bar over the chunks; a callable is
+    called with each chunk's image count once done.
+
+    Works on models with frozen parameters and inside ``torch.no_grad()`` or ``torch.inference_mode()``: the
+    gradients a method takes are its own business, never the caller's mode's.
     """
     model = as_model(model)
     if device is not None:
@@ -41,13 +47,28 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
     info.check(model.config, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
-    x = x.to(model.device, torch.float32)
+    with torch.inference_mode(False):
+        x = x.to(model.device, torch.float32)
+        exp = _explain(model, x.clone() if x.is_inference() else x, layout, info, params, target, batch_size,
+                       memory, normalize, progress)
+    exp.frames = frames
+    return exp
+
+
+def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, batch_size: int, memory,
+             normalize: bool, progress) -> Explanation:
+    if any(p.is_inference() for p in model.parameters()):
+        raise VitxError("this model's weights were made under torch.inference_mode(), so autograd cannot run "
+                        "through them (vitx sizes its chunks by a forward pass with gradients, and gradient "
+                        "methods need them); load or build the model outside inference_mode")
+    method = info.name
     targets = resolve_targets(target, x.shape[0], model)
     out_maps, out_logits, out_targets, details = [], [], [], {}
-    chunks = range(0, x.shape[0], batch_size)
     with evaluating(model), torch.enable_grad():
-        for start in tqdm(chunks, desc=method, disable=not progress, leave=False):
-            end = start + batch_size
+        step = chunk_size(info, params, model, x, batch_size, memory)
+        chunks = range(0, x.shape[0], step)
+        for start in tqdm(chunks, desc=method, disable=not progress or callable(progress), leave=False):
+            end = start + step
             batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end])
             out_maps.append(info.fn(batch, **params).detach())
             if batch.logits is None:
@@ -57,6 +78,8 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
             out_targets.append(batch.targets)
             for key, entries in batch.details.items():
                 details.setdefault(key, []).extend(entries)
+            if callable(progress):
+                progress(batch.x.shape[0])
     maps, degenerate = screen(torch.cat(out_maps).float())   # flagged before scaling, which would hide them
     token_maps = None
     if info.output == "tokens":
@@ -67,31 +90,4 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
         token_maps = None if token_maps is None else minmax(token_maps)
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
                        method=method, params=params, images=model.denormalize(x).cpu(),
-                       class_names=model.config.class_names, details=details, degenerate=degenerate, frames=frames)
-
-
-def resolve_targets(target, count: int, model: Model) -> torch.Tensor | None:
-    """None, or (count,) class indices on the model's device. ``target`` is one class for every image (an
-    index of any integer type, a 0-dim tensor or array, or a name) or a sequence, tensor or array of
-    ``count``; names, types and ranges are checked."""
-    if target is None:
-        return None
-    if isinstance(target, (torch.Tensor, np.ndarray)):
-        target = target.tolist()  # a 0-dim tensor or array becomes a Python scalar
-    values = list(target) if isinstance(target, (list, tuple)) else [target] * count
-    if len(values) != count:
-        raise VitxError(f"got {len(values)} targets for {count} images")
-    names, num_classes = model.config.class_names, model.config.num_classes
-    indices = []
-    for value in values:
-        if isinstance(value, str):
-            if value not in names:
-                raise VitxError(f"unknown target class {value!r}; classes: {', '.join(names[:20])}")
-            value = names.index(value)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise VitxError(f"a target must be a class index or name, got {value!r}")
-        if not 0 <= value < num_classes:
-            raise VitxError(f"target class {value} is out of range: this model has {num_classes} "
-                            f"classes (0-{num_classes - 1})")
-        indices.append(int(value))
-    return torch.tensor(indices, device=model.device)
+                       class_names=model.config.class_names, details=details, degenerate=degenerate)

@@ -17,6 +17,7 @@ from types import UnionType
 from typing import Callable
 
 from .errors import VitxError
+from .memory import forward_only, one_graph
 
 NEEDS = {"attention", "gradients", "cls_token", "trained_module"}
 ANY_MODEL = ("vit", "nest")  # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy
@@ -43,6 +44,7 @@ class Method:
     kinds: tuple[str, ...] = ("vit",)
     defaults: dict = field(default_factory=dict)
     requires: Callable | None = None  # requires(config, params): raise when the model lacks what the method needs
+    memory: Callable = one_graph    # memory(params) -> (graphs per image, graphs per pass); see vitx.memory
     types: dict = field(default_factory=dict)    # parameter -> the types its annotation allows
     ranges: dict = field(default_factory=dict)   # parameter -> interval, e.g. "[0, 1)"
 
@@ -53,8 +55,14 @@ class Method:
 
     def row(self) -> dict:
         return {"name": self.name, "family": self.family, "paper": self.paper, "needs": sorted(self.needs),
-                "output": self.output, "cost": self.cost, "kinds": list(self.kinds), "params": dict(self.defaults),
-                "ranges": dict(self.ranges), "summary": self.summary}
+                "output": self.output, "cost": self.cost, "memory": self.memory_text(), "kinds": list(self.kinds),
+                "params": dict(self.defaults), "ranges": dict(self.ranges), "summary": self.summary}
+
+    def memory_text(self, params: dict | None = None) -> str:
+        """The declared memory in model graphs (:mod:`vitx.memory`), e.g. '1 graph/image + 64 graphs/pass'."""
+        per_image, per_pass = self.memory({**self.defaults, **(params or {})})
+        text = f"{per_image:g} graph/image"
+        return text + (f" + {per_pass:g} graphs/pass" if per_pass else "")
 
     def bind(self, params: dict) -> dict:
         """The defaults updated with ``params``, each checked against the type its annotation names and its
@@ -144,10 +152,14 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, family: str, paper: str, needs=(), output: str = "tokens", cost: str,
-             kinds=("vit",), requires: Callable | None = None, ranges: dict | None = None) -> Callable:
-    """Record ``fn`` as method ``name``. Its parameters' types come from their annotations, their ranges from
-    :data:`RANGES` by name, updated with ``ranges`` (parameter -> interval such as "[2, inf)")."""
+             kinds=("vit",), requires: Callable | None = None, memory: Callable | None = None,
+             ranges: dict | None = None) -> Callable:
+    """Record ``fn`` as method ``name``. ``memory(params) -> (graphs per image, graphs per pass)``
+    (:mod:`vitx.memory`) defaults to one graph per image for a method that needs gradients and a forward pass's
+    share otherwise. Its parameters' types come from their annotations, their ranges from :data:`RANGES` by
+    name, updated with ``ranges`` (parameter -> interval such as "[2, inf)")."""
     needs = frozenset(needs)
+    memory = memory or (one_graph if "gradients" in needs else forward_only)
     assert needs <= NEEDS and output in ("tokens", "pixels") and name not in _METHODS, name
 
     def decorate(fn: Callable) -> Callable:
@@ -155,7 +167,7 @@ def register(name: str, *, family: str, paper: str, needs=(), output: str = "tok
         limits = {p: RANGES[p] for p in defaults if p in RANGES} | (ranges or {})
         assert all(p in defaults and within(defaults[p], r) for p, r in limits.items()), name
         _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires,
-                                annotated_types(fn), limits)
+                                memory, annotated_types(fn), limits)
         return fn
     return decorate
 

@@ -1,5 +1,6 @@
-"""A self-contained HTML page of explanations: the side-by-side grid, then every method's overlays with
-their target classes. Images are embedded as base64 PNGs, so the page can be moved or sent alone."""
+"""HTML pages of a ``vitx explain`` run: per page of images, its grid, then every method's overlays with their
+target classes. The pages show the PNG files written beside them (so a page stays small however many images and
+methods there are); ``data_uri`` embeds an image instead, for pages that travel alone (``vitx bench``'s report)."""
 from __future__ import annotations
 
 import base64
@@ -9,7 +10,9 @@ from html import escape
 from PIL import Image
 
 from .explanation import Explanation
+from .naming import explanation_file, numbered
 from .registry import get_method
+from .viz.text import plural
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -18,6 +21,7 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin: 1.6em 0 .2em; }
 .grid { max-width: 100%; border: 1px solid #ddd; }
 .row { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; text-align: center; font-size: .85em; }
+nav a { margin-right: .5em; }
 figure img { min-width: 192px; max-width: 320px; height: auto; image-rendering: pixelated; display: block; }
 """
 
@@ -28,24 +32,36 @@ def data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def explanation_page(grid: Image.Image, names: list[str], explanations: list[Explanation], *, model: str) -> str:
-    """HTML for ``explanations`` (one per method, all of the same images, called ``names``) of ``model``."""
+def explanation_pages(grids: list[str], names: list[str], explanations: list[Explanation], *, model: str,
+                      rows_per_page: int) -> dict[str, str]:
+    """HTML per page (index.html, index_002.html, ...) for ``explanations`` (one per method, all of the same
+    images, called ``names``) of ``model``: page k shows the grid file ``grids[k]`` and the overlays of its
+    ``rows_per_page`` images, named by :func:`vitx.naming.explanation_file`."""
+    files = ["index.html", *numbered("index", ".html", len(grids))[1:]]
     methods = ", ".join(exp.method for exp in explanations)
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<title>vitx: {escape(model)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>vitx explanations of {escape(model)}</h1>",
-             f"<p class=\"meta\">{len(names)} image(s); methods: {escape(methods)}. "
-             "Red = most relevant to the target class, blue = least.</p>",
-             f"<img class=\"grid\" alt=\"grid of all explanations\" src=\"{data_uri(grid)}\">"]
-    for exp in explanations:
-        info = get_method(exp.method)
-        parts.append(f"<h2 id=\"{escape(exp.method)}\">{escape(exp.method)}</h2>")
-        parts.append(f"<p class=\"meta\">{escape(info.summary)}<br>{escape(info.family)} family · cost "
-                     f"{escape(info.cost)} · {escape(info.paper)}</p><div class=\"row\">")
-        for i, name in enumerate(names):
-            caption = f"{escape(name)}<br>target: <b>{escape(exp.target_name(i))}</b>"
-            parts.append(f"<figure><img alt=\"{escape(name)} {escape(exp.method)}\" src=\"{data_uri(exp.overlay(i))}\">"
-                         f"<figcaption>{caption}</figcaption></figure>")
-        parts.append("</div>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    nav = "" if len(files) == 1 else "<nav>pages: " + " ".join(
+        f"<a href=\"{file}\">{k}</a>" for k, file in enumerate(files, 1)) + "</nav>"
+    pages = {}
+    for k, (file, picture) in enumerate(zip(files, grids)):
+        rows = range(k * rows_per_page, min(len(names), (k + 1) * rows_per_page))
+        shown = f"images {rows[0] + 1}-{rows[-1] + 1} of {len(names)}" if len(files) > 1 else plural(len(names), 'image')
+        parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                 f"<title>vitx: {escape(model)}</title><style>{STYLE}</style></head><body>",
+                 f"<h1>vitx explanations of {escape(model)}</h1>", nav,
+                 f"<p class=\"meta\">{shown}; methods: {escape(methods)}. "
+                 "Red = most relevant to the target class, blue = least.</p>",
+                 f"<img class=\"grid\" alt=\"grid of the explanations\" src=\"{escape(picture)}\">"]
+        for exp in explanations:
+            info = get_method(exp.method)
+            parts.append(f"<h2 id=\"{escape(exp.method)}\">{escape(exp.method)}</h2>")
+            parts.append(f"<p class=\"meta\">{escape(info.summary)}<br>{escape(info.family)} family · cost "
+                         f"{escape(info.cost)} · {escape(info.paper)}</p><div class=\"row\">")
+            for i in rows:
+                source = escape(explanation_file(names[i], exp.method, ".png"))
+                parts.append(f"<figure><img loading=\"lazy\" alt=\"{escape(names[i])} {escape(exp.method)}\" "
+                             f"src=\"{source}\"><figcaption>{escape(names[i])}<br>target: "
+                             f"<b>{escape(exp.target_name(i))}</b></figcaption></figure>")
+            parts.append("</div>")
+        parts += [nav, "</body></html>\n"]
+        pages[file] = "\n".join(part for part in parts if part)
+    return pages

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from .checkpoint import read_metadata
+from .checkpoint import fingerprint, read_metadata
 from .data import CLASS_NAMES, shapes
 from .explain import explain
 from .loading import load_model
@@ -146,7 +146,10 @@ class Explainer:
         self.coalitions = recipe.coalitions
         self.generator = torch.Generator().manual_seed(seed)
         self.players = _players(self.surrogate)
-        self.meta = {"kind": KIND, "explains": read_metadata(path).get("surrogate_of"), "surrogate": recipe.start,
+        explains = read_metadata(path).get("surrogate_of")
+        classifier = load_model(str(require_start(out_dir / f"{explains}.safetensors")))
+        self.meta = {"kind": KIND, "explains": explains, "surrogate": recipe.start,
+                     "fingerprints": [fingerprint(classifier.net), fingerprint(self.surrogate.net)],
                      "coalitions": recipe.coalitions, **EXPLAINER_HEAD}
 
     def loss(self, data) -> torch.Tensor:
@@ -221,4 +224,7 @@ a ceiling set by KernelSHAP's own sampling noise. Largest efficiency violation: 
 Explains `{meta['explains']}` through its surrogate, on 64x64 shapes images only. Its values are Shapley values
 of the surrogate's game, which matches `{meta['explains']}` on whole images but, by design, not the original
 classifier's behaviour on images with patches removed.
+It refuses any other weights: its metadata records the fingerprints of `{meta['explains']}` and `{recipe.start}`
+({', '.join(meta['fingerprints'])}; `vitx.checkpoint.fingerprint`), so a fine-tuned or randomised copy is
+not explained with stale values unless `allow_stale=True` says so.
 """

@@ -13,6 +13,10 @@ the model's layers while the block is open, and the attention product runs throu
 :class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
 patched ``forward``: the model is exactly as it was. Taps do not nest: opening one on a model that has one
 open (``vitx.explain`` inside a ``vitx.trace`` block included) is a :class:`VitxError`, and changes nothing.
+While gradients are enabled, the tap hands the network a copy of its input that requires grad, so that the
+recorded tensors are differentiable on a model whose parameters are frozen (``requires_grad_(False)``, the
+usual way to serve one); the user's parameters are never touched, and with no gradient requested nothing
+more is computed.
 """
 from __future__ import annotations
 
@@ -144,9 +148,11 @@ class Trace:
                 module.forward = previous
         self._undo.append(undo)
 
-    def _reset(self, *_):
+    def _reset(self, _module, args):
         for recorded in (self._attentions, self._tokens, self._inputs, self._values):
             recorded.clear()
+        if torch.is_grad_enabled():
+            return tuple(_differentiable(arg) for arg in args)
 
     def _keep_tokens(self, index: int, _module, _inputs, output):
         self._tokens[index] = output[0] if isinstance(output, (tuple, list)) else output
@@ -173,6 +179,14 @@ class Trace:
         if dropout:
             attn = F.dropout(attn, dropout, training=True)
         return self.product.mix(attn, v)
+
+
+def _differentiable(value):
+    """A floating tensor that requires no grad -> a view of it that does (the graph then reaches every
+    recorded tensor, whatever the parameters require); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
+        return value.detach().requires_grad_(True)
+    return value
 
 
 def _blocks(choice: bool | Sequence[int], depth: int) -> frozenset[int]:

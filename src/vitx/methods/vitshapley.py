@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from ..batch import Batch
-from ..checkpoint import read_checkpoint, read_metadata
-from ..errors import VitxError
+from ..checkpoint import fingerprint, read_checkpoint, read_metadata
+from ..errors import StaleModuleError, VitxError
 from ..loading import load_model
 from ..model import Model
 from ..models import ARCHITECTURES
@@ -64,6 +64,22 @@ def explainer_path(config, explainer: str | None) -> Path:
     return path
 
 
+def check_fingerprint(path: Path, net) -> None:
+    """Refuse a model whose weights are not those the explainer at ``path`` was trained to explain (the
+    classifier or its surrogate, whose fingerprints its metadata records)."""
+    meta = read_metadata(path)
+    known = meta.get("fingerprints")
+    if not known:
+        raise StaleModuleError(f"explainer {path.name!r} records no fingerprint of the weights it explains, so it "
+                               "cannot tell whether it fits this model; retrain it with `vitx train`, or pass "
+                               "allow_stale=True (--param vit-shapley.allow_stale=True) to use it anyway")
+    if fingerprint(net) not in known:
+        raise StaleModuleError(f"explainer {path.name!r} was trained for other weights of {meta['explains']!r} "
+                               "(this model's weights differ, e.g. fine-tuned or randomised), so its values would "
+                               "not explain this model; train one for it (`vitx train`), or pass allow_stale=True "
+                               "(--param vit-shapley.allow_stale=True) to explain with it anyway")
+
+
 def load_explainer(path: Path, device) -> tuple[ShapleyExplainer, Model]:
     """The explainer network in ``path`` and its surrogate (the file its metadata names, beside it)."""
     state, meta = read_checkpoint(path)
@@ -93,11 +109,16 @@ def _requires(config, params: dict) -> None:
 
 @register("vit-shapley", family="perturbation", paper=COVERT_2023, needs={"trained_module", "cls_token"},
           cost="1 explainer F + 2F (surrogate)", requires=_requires)
-def vit_shapley(batch: Batch, explainer: str | None = None) -> torch.Tensor:
+def vit_shapley(batch: Batch, explainer: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """ViT Shapley: φ_i(x, t) for each patch i, from a trained explainer in one pass, efficient by construction
     (Σ_i φ_i = v_t(N) − v_t(∅), v the surrogate's probability of the target with patches held out by attention
     masking). ``explainer``: a zoo name or a file from ``vitx train``; default: the zoo's explainer for the
-    model (``shapes-vit-shapley`` for ``shapes-vit``)."""
-    net, surrogate = load_explainer(explainer_path(batch.model.config, explainer), batch.x.device)
+    model (``shapes-vit-shapley`` for ``shapes-vit``). The explainer refuses a model whose weights differ
+    from those it was trained for (a fingerprint of them is in its metadata); ``allow_stale=True`` uses it
+    anyway, knowingly."""
+    path = explainer_path(batch.model.config, explainer)
+    if not allow_stale:
+        check_fingerprint(path, batch.model.net)
+    net, surrogate = load_explainer(path, batch.x.device)
     phi = amortised_values(net, surrogate, batch.x)
     return batch.layout.to_grid(phi[torch.arange(len(phi), device=phi.device), :, batch.targets])

@@ -7,7 +7,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..errors import VitxError
+from ..errors import StaleModuleError, VitxError
 from ..model import Model, as_model
 from .checks import as_targets
 from .similarity import spearman, ssim
@@ -37,7 +37,9 @@ def randomization(model, x, targets, method: str, params: dict | None = None, *,
     A map that does not change when the weights it explains are destroyed fails the check: lower
     similarity is better. Returns a dict: ``blocks`` (L,) how many top blocks are random at each step;
     ``spearman`` and ``ssim`` (B, L) float64; ``randomization_spearman`` (B,) = ρ after the full cascade
-    (every block random), the leaderboard score, lower is better; NaN where a map is constant; with
+    (every block random), the leaderboard score, lower is better; NaN where a map is constant, and at every
+    step for a method whose trained module refuses the randomised weights (vit-shapley: its explainer was
+    trained for the original weights and checks their fingerprint, so it explains no randomised copy); with
     ``keep_maps``, ``maps`` (B, L+1, H, W), the original explanation first.
     """
     from ..explain import explain  # explain sits above the metrics; imported here to keep imports one-way
@@ -57,9 +59,14 @@ def randomization(model, x, targets, method: str, params: dict | None = None, *,
     original = run(model)
     maps, rho, similarity, blocks = [original], [], [], []
     for count, copied in cascade(model, seed=seed, std=std):
-        current = run(copied)
-        rho.append(spearman(original, current))
-        similarity.append(ssim(original, current))
+        try:
+            current = run(copied)
+            rho.append(spearman(original, current))
+            similarity.append(ssim(original, current))
+        except StaleModuleError:   # its trained module refuses the randomised weights: no map to compare
+            current = torch.full_like(original, float("nan"))
+            rho.append(torch.full(original.shape[:1], float("nan"), dtype=torch.float64, device=original.device))
+            similarity.append(rho[-1].clone())
         blocks.append(count)
         if keep_maps:
             maps.append(current)

@@ -1,41 +1,115 @@
-"""Side-by-side grids: one row per image, the image first, then one heatmap overlay per column."""
+"""Side-by-side grids: one row per image (its label, the image, then one heatmap overlay per column) under the
+column titles, with a colour bar at the foot; long runs are split into pages of :data:`ROWS_PER_PAGE` rows.
+
+Drawing is linear in the rows: the cells are pasted into one pixel array row by row and the text is placed
+at fixed pixel positions on a single figure (no layout solver: matplotlib's constrained layout over one axes per
+cell was what made 320 rows take minutes)."""
 from __future__ import annotations
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import IdentityTransform
 from PIL import Image
 
 from .overlay import overlay
+from .text import DPI, font, quiet_glyphs, text_width, wrap
 
-DPI = 100
+ROWS_PER_PAGE = 32
+GAP = 4            # white pixels between cells
+FOOTER = 46        # pixels below the last row, for the colour bar
+LABEL_SIZE, TITLE_SIZE = 8, 9   # points
+LINE = 13          # pixels per line of a label
+
+
+def grid_pages(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *,
+               rows_per_page: int = ROWS_PER_PAGE, **style) -> list[Image.Image]:
+    """:func:`grid` of ``rows_per_page`` images at a time: one PIL image per page."""
+    if rows_per_page < 1:
+        raise ValueError(f"rows_per_page must be at least 1, got {rows_per_page}")
+    labels = list(row_labels)
+    return [grid(images[start:start + rows_per_page], {k: v[start:start + rows_per_page] for k, v in columns.items()},
+                 labels[start:start + rows_per_page], **style) for start in range(0, images.shape[0], rows_per_page)]
 
 
 def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *, first_title: str = "image",
-         cell: int = 180, alpha: float = 0.5, cmap: str = "jet") -> Image.Image:
-    """A PIL image of ``images`` (B, 3, H, W) in [0, 1], each followed by its maps (B, H, W) from every
-    entry of ``columns`` (column title -> maps), drawn as overlays. ``row_labels`` (one per image) go
-    under the first column; every cell is ``cell`` pixels wide, plus room for the headers and labels."""
-    rows, count = images.shape[0], 1 + len(columns)
-    label_lines = max((str(label).count("\n") + 1 for label in row_labels), default=0)
-    height = rows * (cell + 14 * label_lines + 10) + 30
-    fig = Figure(figsize=(count * cell / DPI, height / DPI), dpi=DPI, layout="constrained")
-    axes = fig.subplots(rows, count, squeeze=False)
+         cell: int = 180, alpha: float = 0.5, cmap: str = "jet", colorbar: bool = True) -> Image.Image:
+    """A PIL image of ``images`` (B, 3, H, W) in [0, 1], each followed by its maps (B, H, W) from every entry of
+    ``columns`` (column title -> maps), drawn as overlays in cells ``cell`` pixels wide. ``row_labels`` (one per
+    image, lines split by newlines) are wrapped into a panel left of the image; a row grows to hold its label."""
+    labels = [str(label) for label in row_labels]
+    label_width = cell if labels else 0
+    wrapped = [wrap(label, label_width - 2 * GAP, LABEL_SIZE) for label in labels]
+    titles = [wrap(title, cell, TITLE_SIZE, bold=True) for title in [first_title, *columns]]
+    header = GAP + LINE * max(map(len, titles)) + GAP
+    rows = images.shape[0]
+    heights = [max(cell, LINE * len(wrapped[r]) + 2 * GAP) if r < len(wrapped) else cell for r in range(rows)]
+    left = label_width + GAP
+    width = left + (1 + len(columns)) * (cell + GAP)
+    height = header + sum(heights) + GAP * rows + (FOOTER if colorbar else 0)
+    sheet = np.full((height, width, 3), 255, np.uint8)
+    texts = []  # (x, y from the top, text, font size, bold, horizontal alignment)
+    for c, lines in enumerate(titles):
+        for k, line in enumerate(lines):
+            texts.append((left + c * (cell + GAP) + cell / 2, GAP + LINE * (k + 1) - 3, line, TITLE_SIZE, True,
+                          "center"))
+    top = header
     for r in range(rows):
-        cells = [images[r].detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy()]
-        cells += [np.asarray(overlay(images[r], maps[r], alpha=alpha, cmap=cmap)) for maps in columns.values()]
-        for ax, picture in zip(axes[r], cells):
-            ax.imshow(picture, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        if r < len(row_labels):
-            axes[r, 0].set_xlabel(str(row_labels[r]), fontsize=8)
-    for ax, title in zip(axes[0], [first_title, *columns]):
-        ax.set_title(title, fontsize=9, fontweight="bold")
+        for c, picture in enumerate(_row(images[r], [maps[r] for maps in columns.values()], alpha, cmap)):
+            _paste(sheet, _fit(picture, cell), left + c * (cell + GAP), top)
+        for k, line in enumerate(wrapped[r] if r < len(wrapped) else []):
+            texts.append((GAP, top + GAP + LINE * (k + 1) - 3, line, LABEL_SIZE, False, "left"))
+        top += heights[r] + GAP
+    if colorbar:
+        texts += _colorbar(sheet, cmap, left, top + 6, min(width - left - GAP, 3 * cell))
+    return _draw(sheet, texts)
+
+
+def _row(image: torch.Tensor, maps: list[torch.Tensor], alpha: float, cmap: str) -> list[Image.Image]:
+    """One row's cells: the image, then its overlay with each map."""
+    picture = Image.fromarray((image.detach().cpu().permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+    return [picture] + [overlay(image, relevance, alpha=alpha, cmap=cmap) for relevance in maps]
+
+
+def _fit(picture: Image.Image, cell: int) -> np.ndarray:
+    """``picture`` scaled to fit a ``cell``-pixel square, its aspect kept: crisp when enlarged, smooth when shrunk."""
+    scale = cell / max(picture.size)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    return np.asarray(picture.resize(size, Image.NEAREST if scale >= 1 else Image.BILINEAR))
+
+
+def _paste(sheet: np.ndarray, cell: np.ndarray, x: int, y: int) -> None:
+    sheet[y:y + cell.shape[0], x:x + cell.shape[1]] = cell
+
+
+def _colorbar(sheet: np.ndarray, cmap: str, x: int, y: int, width: int) -> list[tuple]:
+    """Draw the colour scale of the overlays into ``sheet`` at (x, y); return its captions."""
+    bar = (colormaps[cmap](np.linspace(0, 1, width))[None, :, :3] * 255).round().astype(np.uint8)
+    _paste(sheet, np.repeat(bar, 12, 0), x, y)
+    caption = y + 12 + LINE + 1
+    texts = [(x, caption, "0: least relevant", LABEL_SIZE, False, "left"),
+             (x + width, caption, "1: most relevant", LABEL_SIZE, False, "right")]
+    middle = "relevance to the target class, each map min-max scaled"
+    if text_width(middle, LABEL_SIZE) + 2 * text_width("1: most relevant", LABEL_SIZE) + 40 < width:
+        texts.append((x + width / 2, caption, middle, LABEL_SIZE, False, "center"))
+    return texts
+
+
+def _draw(sheet: np.ndarray, texts: list[tuple]) -> Image.Image:
+    """``sheet`` with ``texts`` written at their pixel positions. The text is drawn alone on a white figure of the
+    same size (no layout engine, no image artists) and laid over the sheet: neither covers the other's pixels."""
+    height, width = sheet.shape[:2]
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
+    for x, y, text, size, bold, align in texts:
+        fig.text(x, height - y, text, fontproperties=font(size, bold), ha=align, va="baseline",
+                 transform=IdentityTransform())
     canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+    with quiet_glyphs():
+        canvas.draw()
+    lettering = np.asarray(canvas.buffer_rgba())[:height, :width, :3]
+    return Image.fromarray(np.minimum(sheet, lettering))
 
 
 def tile(images: torch.Tensor, columns: int = 8, gap: int = 2) -> Image.Image:

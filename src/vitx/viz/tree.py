@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from .grid import DPI
+from .text import DPI
 
 
 def gradcat_tree(image: torch.Tensor, paths: list[list[dict]], titles=(), *, cell: int = 260) -> Image.Image:

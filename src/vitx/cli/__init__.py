@@ -1,0 +1,137 @@
+"""The ``vitx`` command: explain images, benchmark methods, list the methods and the zoo, train zoo models.
+
+Errors the user can fix (:class:`~vitx.VitxError`, bad arguments) end in one line on stderr and exit
+status 2; anything unexpected in one line naming it and status 1 (``--debug`` shows the traceback).
+Every command checks its arguments (images, model, device, methods and their ``--param`` values, target,
+output directory) before it creates anything, and leaves no empty output directory behind when it fails.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .. import __version__
+from ..errors import VitxError, one_line
+from ..viz import ROWS_PER_PAGE
+from ..zoo import ZOO_DIR
+from .benching import run_bench
+from .explaining import applicable_methods, run_explain
+from .listings import run_generate, run_methods, run_models, run_train
+from .options import config_override, device, literal, memory_size, method_param, positive_int
+
+__all__ = ["applicable_methods", "build_parser", "literal", "main"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised as one-line VitxErrors instead of printed with the usage."""
+
+    def error(self, message: str):
+        raise VitxError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> Parser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = Parser(prog="vitx", description="Explain the predictions of Vision Transformers.")
+    parser.add_argument("--version", action="version", version=f"vitx {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("explain", parents=[common], help="explain images with one or more methods",
+                            description="Explain every image with every method; write each method's overlays and "
+                                        "maps (.npy) into --out as it finishes, then grid.png and index.html "
+                                        f"(paginated: grid_001.png, ... beyond {ROWS_PER_PAGE} images).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--model", required=True,
+                   help="zoo name (see `vitx models`), timm:<name>, hf:<directory> or a .safetensors file")
+    p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys, e.g. vit_small_patch16_224")
+    p.add_argument("--weights", help="local weights file for a timm:<name> model")
+    p.add_argument("--method", required=True, help="comma-separated method names (see `vitx methods`), or 'all'")
+    p.add_argument("--target", help="class to explain: an index, or a name or any of its comma-separated synonyms, "
+                                    "in any case (default: each image's predicted class)")
+    p.add_argument("--param", action="append", default=[], type=method_param, metavar="METHOD.NAME=VALUE",
+                   help="a parameter of one method, e.g. rise.masks=500 (repeatable; see `vitx methods --json`)")
+    p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="the most images per chunk (default: 32)")
+    p.add_argument("--memory", type=memory_size, help="memory budget of a chunk, e.g. 4GB; chunks shrink to fit each "
+                                                      "method's declared memory (default: half of what is available)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(run=run_explain)
+
+    for name, rows in (("methods", "the explanation methods"), ("models", "the zoo models")):
+        p = commands.add_parser(name, parents=[common], help=f"list {rows}", description=f"List {rows}.")
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(run=run_methods if name == "methods" else run_models)
+
+    p = commands.add_parser("bench", parents=[common], help="score methods on shapes images with known ground truth",
+                            description="Run every method on the same N fresh shapes images and compute every "
+                                        "metric; write results.json, results.csv, leaderboard.md, curve plots, "
+                                        "gallery.png and report.html into --out.")
+    p.add_argument("--model", required=True, help="a model trained on shapes: zoo name, or a file as for explain")
+    p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys")
+    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default), which adds "
+                                                    "the reference rows random and ground-truth")
+    p.add_argument("--metrics", help="comma-separated metric names (default: every metric that applies)")
+    p.add_argument("--n", type=positive_int, default=500, help="number of shapes images (default: 500)")
+    p.add_argument("--seed", type=int, default=0, help="data seed, also seeds stochastic methods (default: 0)")
+    p.add_argument("--sanity-images", type=positive_int, default=100,
+                   help="images for the randomisation check, which re-runs each method once per block "
+                        "(default: the first 100)")
+    p.add_argument("--param", action="append", default=[], type=method_param, metavar="METHOD.NAME=VALUE",
+                   help="a parameter of one method, e.g. rise.masks=1000 (repeatable; see `vitx methods --json`)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows of --out's previous run for the methods it scored on the same images, "
+                        "seed, parameters and metrics; run only the others")
+    p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(run=run_bench)
+
+    p = commands.add_parser("generate", parents=[common], help="draw shapes images with a trained generator",
+                            description="Write samples of a GAN generator trained by `vitx train` (PNG files and "
+                                        "a grid).")
+    p.add_argument("--model", default="shapes-nest-gan", help="zoo name or file (default: shapes-nest-gan)")
+    p.add_argument("--n", type=positive_int, default=16, help="number of images (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors (default: 0)")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.set_defaults(run=run_generate)
+
+    p = commands.add_parser("train", parents=[common], help="train a zoo model",
+                            description="Train a zoo model (see `vitx models`) and write its checkpoint and card.")
+    p.add_argument("name", help="zoo model name")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--out", type=Path, default=ZOO_DIR, help="output directory (default: the zoo directory)")
+    p.add_argument("--config", action="append", default=[], type=config_override, metavar="NAME=VALUE",
+                   help="override a field of the architecture's configuration, e.g. patch_size=2 or "
+                        "\"depths=(1, 2, 8)\" (repeatable; classifiers)")
+    p.set_defaults(run=run_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    debug = False
+    try:
+        args = build_parser().parse_args(argv)
+        debug = args.debug
+        return args.run(args)
+    except SystemExit as done:  # --help
+        return done.code or 0
+    except KeyboardInterrupt:
+        print("vitx: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of the output went away, e.g. `vitx methods | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        if isinstance(err, VitxError):
+            print(f"vitx: error: {one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"vitx: error: unexpected {type(err).__name__}: {one_line(err)}"
+              f"{'' if debug else ' (run with --debug to see the traceback)'}", file=sys.stderr)
+        return 1

@@ -1,0 +1,43 @@
+"""``vitx bench``: every method on the same fresh shapes images, scored by every metric; every argument, each
+``--param`` value included, is checked before anything runs or is written."""
+from __future__ import annotations
+
+import sys
+
+from .. import bench
+from ..data import shapes
+from ..errors import VitxError
+from ..evaluate import evaluate, method_list, metric_list
+from ..loading import load_model
+from .options import comma_list, method_params, output_dir
+
+
+def run_bench(args) -> int:
+    if args.seed < 0:
+        raise VitxError(f"--seed must be 0 or more, got {args.seed}")
+    methods = "all" if args.methods == "all" else comma_list(args.methods)
+    metrics = None if args.metrics is None else comma_list(args.metrics)
+    model = load_model(args.model, arch=args.arch, device=args.device)
+    size = model.config.image_size
+    if size[0] != size[1]:
+        raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
+    data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
+                  image_size=size[0])
+    methods, metrics = method_list(model, data, methods), metric_list(data, metrics)
+    params = method_params(args.param, methods, model, model.layout(data.images[:1]), "benchmarked")
+    command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
+                        "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
+                        *(f"--param {m}.{k}={v!r}" for m, k, v in args.param),
+                        f"--n {args.n} --seed {args.seed} --sanity-images {args.sanity_images} --out {args.out}"])
+    with output_dir(args.out) as out:
+        previous = bench.read(out) if args.resume else None
+        evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size,
+                              seed=args.seed, sanity_images=args.sanity_images, previous=previous, progress=True,
+                              scored=lambda so_far: bench.save_rows(so_far, out, command))
+        files = bench.write(evaluation, out, command)
+    print(bench.leaderboard(evaluation.results))
+    failed = [name for name, row in evaluation.results["methods"].items() if "error" in row]
+    for name in failed:
+        print(f"vitx: {name} failed: {evaluation.results['methods'][name]['error']}", file=sys.stderr)
+    print(f"wrote {', '.join(path.name for path in files.values())} to {out}/")
+    return 1 if failed else 0

@@ -1,0 +1,124 @@
+"""``vitx explain``: every image with every method; each method's overlays and maps written as it finishes, the
+paginated grid and pages at the end."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import VitxError, one_line
+from ..explain import explain
+from ..explanation import Explanation
+from ..images import read_image
+from ..loading import load_model
+from ..naming import explanation_file, image_stems, numbered
+from ..registry import Method, get_method, method_names
+from ..report import explanation_pages
+from ..targets import resolve_targets
+from ..viz import ROWS_PER_PAGE, gradcat_tree, grid_pages, prediction_label, probability
+from ..viz.text import plural
+from .cost import estimate
+from .options import comma_list, method_params, output_dir
+
+OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
+TREE_CLASSES = 3
+
+
+def run_explain(args) -> int:
+    if args.weights and not args.model.startswith("timm:"):
+        raise VitxError("--weights is for timm:<name> models only")
+    wanted = None if args.method == "all" else [get_method(name) for name in comma_list(args.method)]
+    names = image_stems(args.images)
+    pictures = [read_image(path) for path in args.images]
+    model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
+    x = model.preprocess(pictures)
+    layout = model.layout(x)
+    if wanted is None:
+        wanted = applicable_methods(model.config, layout)
+    params = method_params(args.param, [info.name for info in wanted], model, layout, "explained")
+    for info in wanted:
+        if info.name not in params:
+            info.check(model.config, layout)
+    targets = resolve_targets(args.target, len(pictures), model)
+    if args.method == "all":
+        bound = [(info, info.bind(params.get(info.name, {}))) for info in wanted]
+        print(f"vitx: {estimate(bound, len(pictures), layout)}", file=sys.stderr)
+
+    with output_dir(args.out) as out:
+        scale = -(-OVERLAY_SIZE // max(x.shape[-2:]))
+        explanations, trees = [], []
+        for k, info in enumerate(wanted, 1):
+            with tqdm(total=len(pictures), unit="image", desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
+                exp = explain(model, x, method=info.name, target=targets, batch_size=args.batch_size,
+                              memory=args.memory, progress=bar.update, **params.get(info.name, {}))
+            for i, name in enumerate(names):
+                exp.overlay(i, scale=scale).save(out / explanation_file(name, exp.method, ".png"))
+                np.save(out / explanation_file(name, exp.method, ".npy"), exp.maps[i].cpu().numpy())
+            if exp.method == "gradcat":
+                trees = write_gradcat_trees(model, x, names, targets, exp, out, args.batch_size)
+            explanations.append(exp)
+        grids, pages = write_pages(model, names, explanations, targets, out, args.model)
+    count = len(names) * len(explanations)
+    shown = "grid: " + (str(out / grids[0]) if len(grids) == 1 else f"{len(grids)} pages of {ROWS_PER_PAGE} "
+                        f"images, {out / grids[0]} ... {grids[-1]}")
+    print(f"wrote {plural(count, 'overlay')} (<image>_<method>.png) and {plural(count, 'map')} (.npy) to {out}/\n"
+          f"{shown}\npage: {out / pages[0]}" + (f"\nGradCAT trees: {len(trees)}" if trees else ""))
+    return 0
+
+
+def write_pages(model, names: list[str], explanations: list[Explanation], targets, out: Path,
+                model_name: str) -> tuple[list[str], list[str]]:
+    """The grid (grid.png, or grid_001.png, ... of :data:`ROWS_PER_PAGE` images each) and its HTML pages
+    (index.html, index_002.html, ...); returns both lists of file names."""
+    first = explanations[0]
+    shown = targets is not None or model.config.multi_label  # which of several predicted classes is explained
+    labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
+                               target=int(first.targets[i]) if shown else None) for i, name in enumerate(names)]
+    pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels,
+                          rows_per_page=ROWS_PER_PAGE)
+    grids = numbered("grid", ".png", len(pictures))
+    for picture, file in zip(pictures, grids):
+        picture.save(out / file)
+    pages = explanation_pages(grids, names, explanations, model=model.config.name or model_name,
+                              rows_per_page=ROWS_PER_PAGE)
+    for file, page in pages.items():
+        (out / file).write_text(page, encoding="utf-8")
+    return grids, list(pages)
+
+
+def write_gradcat_trees(model, x, names, targets, first: Explanation, out: Path, batch_size: int) -> list[Path]:
+    """<image>_gradcat_tree.png: GradCAT's path for the --target class, or for each of the top 3 predicted;
+    ``first`` is the GradCAT explanation already computed for the --target or top-1 class."""
+    probabilities = first.logits.float().softmax(-1)
+    classes = first.targets[:, None]
+    if targets is None:
+        runners_up = probabilities.topk(min(TREE_CLASSES, probabilities.shape[1])).indices[:, 1:]
+        classes = torch.cat([classes, runners_up], 1)
+    paths = [first.details["path"]] + [explain(model, x, "gradcat", target=classes[:, k],
+                                               batch_size=batch_size).details["path"]
+                                       for k in range(1, classes.shape[1])]
+    images = model.denormalize(x).cpu()
+    written = []
+    for i, name in enumerate(names):
+        titles = [f"{model.class_name(int(c))} ({probability(float(probabilities[i, c]))})" for c in classes[i]]
+        written.append(out / explanation_file(name, "gradcat_tree"))
+        gradcat_tree(images[i], [path[i] for path in paths], titles).save(written[-1])
+    return written
+
+
+def applicable_methods(config, layout) -> list[Method]:
+    """Every registered method that applies to the model; the others are named on stderr."""
+    usable = []
+    for name in method_names():
+        info = get_method(name)
+        try:
+            info.check(config, layout)
+            usable.append(info)
+        except VitxError as err:
+            print(f"vitx: skipped: {one_line(err)}", file=sys.stderr)
+    if not usable:
+        raise VitxError("no registered method applies to this model")
+    return usable
