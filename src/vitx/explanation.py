@@ -10,6 +10,7 @@ from PIL import Image
 
 from .errors import VitxError
 from .images import Frame
+from .naming import explanation_file
 from .viz import overlay as draw_overlay
 
 
@@ -71,7 +72,7 @@ class Explanation:
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         for i, name in enumerate(names):
-            picture, values = (directory / f"{name}_{self.method}{suffix}" for suffix in (".png", ".npy"))
+            picture, values = (directory / explanation_file(name, self.method, suffix) for suffix in (".png", ".npy"))
             self.overlay(i, scale=scale).save(picture)
             np.save(values, self.maps[i].cpu().numpy())
             written += [picture, values]
