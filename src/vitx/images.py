@@ -162,7 +162,8 @@ def fit(pixels: torch.Tensor, size: tuple[int, int], resize: str, background: tu
     if resize == "crop":
         fitted, offset = scaled[:, top:top + H, left:left + W], (-top, -left)
     else:
-        fitted = torch.tensor(background, dtype=pixels.dtype, device=pixels.device).view(3, 1, 1).repeat(1, H, W)
+        colour = torch.tensor(background, dtype=pixels.dtype, device=pixels.device).view(-1, 1, 1)
+        fitted = colour.expand(3, H, W).clone()
         fitted[:, top:top + inner[0], left:left + inner[1]] = scaled
         offset = (top, left)
     return fitted, Frame((h, w), (inner[0] / h, inner[1] / w), tuple(map(float, offset)), name)
