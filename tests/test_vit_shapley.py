@@ -181,7 +181,7 @@ def test_explainer_recipe_ships_an_efficient_explainer_with_its_card(trained):
     assert all(torch.allclose(backbone[k], surrogate[k], atol=1e-2) for k in backbone)
     model = vitx.load_model(str(out / "shapes-vit.safetensors"))
     data = vitx.data.shapes(n=2, seed=30_000)
-    exp = vitx.explain(model, data.images, "vit-shapley", explainer=str(path), normalize=False)
+    exp = vitx.explain(model, model.preprocess(data.images), "vit-shapley", explainer=str(path), normalize=False)
     assert exp.token_maps.shape == (2, 8, 8)
     card = (out / "shapes-vit-shapley.md").read_text()
     for fact in ("vitx train shapes-vit-shapley --seed 6 --steps 2 --batch-size 2", "Shapley kernel",
