@@ -219,3 +219,18 @@ def test_multi_label_rows_name_every_predicted_class_and_the_explained_one(monke
     assert lines[:2] == ["two", "predicted (p ≥ 0.5):"] and len(present) == 2
     assert sorted(line.split(" (")[0] for line in lines[2:4]) == sorted(present)
     assert lines[4].startswith(f"target: {lines[2].split(' (')[0]} (")   # the top class is the one explained
+
+
+def test_a_constant_map_is_written_with_a_warning_naming_the_image(capsys, tmp_path):
+    from vitx.checkpoint import read_metadata, save_checkpoint
+    from vitx.zoo import zoo_path
+    net = vitx.load_model("shapes-vit").net
+    with torch.no_grad():
+        net.head.weight.zero_()                 # every logit constant: no gradient reaches any attention
+    blind = save_checkpoint(net, tmp_path / "blind.safetensors", read_metadata(zoo_path("shapes-vit")))
+    code, _, err = run(capsys, "explain", CIRCLE, STAR, "--model", blind, "--method", "generic-attention,rollout",
+                       "--out", tmp_path / "out")
+    assert code == 0
+    assert "warning: generic-attention gave a constant or non-finite map for 2 images (1_circle, 18_star)" in err
+    assert "rollout gave" not in err
+    assert not np.load(tmp_path / "out" / "1_circle_generic-attention.npy").any()

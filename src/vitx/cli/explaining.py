@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -54,9 +53,11 @@ def run_explain(args) -> int:
             with tqdm(total=len(pictures), unit="image", desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
                 exp = explain(model, x, method=info.name, target=targets, batch_size=args.batch_size,
                               memory=args.memory, progress=bar.update, **params.get(info.name, {}))
-            for i, name in enumerate(names):
-                exp.overlay(i, scale=scale).save(out / explanation_file(name, exp.method, ".png"))
-                np.save(out / explanation_file(name, exp.method, ".npy"), exp.maps[i].cpu().numpy())
+            exp.save(out, names=names, scale=scale)
+            flat = [name for name, bad in zip(names, exp.degenerate.tolist()) if bad]
+            if flat:
+                print(f"vitx: warning: {info.name} gave a constant or non-finite map for {plural(len(flat), 'image')} "
+                      f"({', '.join(flat[:5])}{', ...' if len(flat) > 5 else ''}); written as zeros", file=sys.stderr)
             if exp.method == "gradcat":
                 trees = write_gradcat_trees(model, x, names, targets, exp, out, args.batch_size)
             explanations.append(exp)
