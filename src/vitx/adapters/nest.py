@@ -23,7 +23,7 @@ class NestAdapter(Adapter):
         _, blocks, positions, _ = net.levels[0].pos_embed.shape                 # level 0: T blocks of N patches
         side = round((blocks * positions) ** 0.5) * patch
         return Description(pair(side), pair(patch), 0, None, int(net.head.out_features), dynamic_size=False,
-                           kind="nest", levels=levels)
+                           kind="nest", levels=levels, pooling="avg")
 
     def blocks(self) -> list[nn.Module]:
         return [layer for level in self.net.levels for layer in level.transformer_encoder]
