@@ -26,11 +26,12 @@ CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def pair(request):
-    """(variant, timm net, vitx net with timm's weights)."""
+    """(variant, timm net, vitx model with timm's weights and the preprocessing timm gives them)."""
     name, kw = VARIANTS[request.param]
     timm_net = tiny_timm(name, **kw)
+    config = vitx.load_model(timm_net).config
     FAST["vit-shapley"] = {"explainer": tiny_explainer(vitx.load_model(timm_net))}  # a random explainer for it
-    return request.param, timm_net, vitx_twin(timm_net, name, **kw)
+    return request.param, timm_net, vitx.load_model(vitx_twin(timm_net, name, **kw), mean=config.mean, std=config.std)
 
 
 @pytest.fixture(scope="module")
