@@ -1,5 +1,7 @@
 """``vitx.load_model`` from timm-keyed safetensors files, timm names with local weights and Hugging Face
 directories; its errors; and ``model.preprocess`` on every kind of image input."""
+from dataclasses import replace
+
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -78,6 +80,15 @@ def test_hf_directory(tmp_path):
     x = images(2, 3, 64, 64)
     with torch.no_grad():
         close(model(x), net(pixel_values=x).logits, rtol=1e-6)
+    # the module the user loaded from that directory: the same preprocessing, read beside its weights
+    from transformers import AutoModelForImageClassification
+    assert vitx.load_model(AutoModelForImageClassification.from_pretrained(tmp_path)).config == \
+        replace(model.config, name="")
+    ViTImageProcessor(do_normalize=False).save_pretrained(tmp_path)
+    assert vitx.load_model(f"hf:{tmp_path}").config.std == (1.0, 1.0, 1.0)
+    net.config.id2label = {}
+    config = vitx.load_model(net).config
+    assert config.mean == (0.5, 0.5, 0.5) and config.class_names[0] == "class 0"  # ViT's image processor defaults
 
 
 @pytest.mark.parametrize("source, message", [

@@ -44,7 +44,7 @@ class HFViTAdapter(Adapter):
         cfg = self.net.config
         prefix = 2 if hasattr(self.backbone.embeddings, "distillation_token") else 1
         id2label = cfg.id2label or {}
-        names = tuple(str(id2label.get(i, i)) for i in range(cfg.num_labels))
+        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels)) if id2label else ()
         return Description(pair(cfg.image_size), pair(cfg.patch_size), prefix, 0, int(cfg.num_labels),
                            dynamic_size=True, pooling="cls", class_names=names, **image_processing(cfg))
 
@@ -89,10 +89,12 @@ def image_processing(cfg) -> dict:
     directory the model was loaded from, or the hub cache), else the defaults of its type's image processor."""
     source = str(getattr(cfg, "_name_or_path", "") or "")
     local = Path(source).expanduser() / PROCESSOR_FILE
-    path = local if local.is_file() else cached_file(source, (PROCESSOR_FILE,)) if source else None
+    path = None if not source else local if local.is_file() else cached_file(source, (PROCESSOR_FILE,))
     settings = json.loads(Path(path).read_text()) if path else {}
     if "image_mean" not in settings or "image_std" not in settings:
         settings = {**_processor_defaults(cfg.model_type), **settings}
+    if settings.get("do_normalize") is False:
+        return {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
     if "image_mean" not in settings:
         return {}
     return {"mean": tuple(settings["image_mean"]), "std": tuple(settings["image_std"])}
