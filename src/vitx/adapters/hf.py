@@ -44,7 +44,7 @@ class HFViTAdapter(Adapter):
         cfg = self.net.config
         prefix = 2 if hasattr(self.backbone.embeddings, "distillation_token") else 1
         id2label = cfg.id2label or {}
-        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels)) if id2label else ()
+        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels))
         return Description(pair(cfg.image_size), pair(cfg.patch_size), prefix, 0, int(cfg.num_labels),
                            dynamic_size=True, pooling="cls", class_names=names, **image_processing(cfg))
 
