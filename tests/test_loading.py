@@ -149,6 +149,16 @@ def test_missing_timm_weights_file(tmp_path):
         vitx.load_model("timm:vit_tiny_patch16_224", weights=tmp_path / "absent.safetensors")
 
 
+def test_timm_weights_that_do_not_fit(tmp_path):
+    """timm's own loading error, every key of it on one line."""
+    path = tmp_path / "ten.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", num_classes=10).state_dict(), str(path))
+    with pytest.raises(vitx.VitxError, match=r"^could not load weights for timm model 'vit_tiny_patch16_224' from the "
+                       r"file '.*ten.safetensors': shapes differ: head.weight \(10x192 in the file, 1000x192 in the "
+                       r"model\), head.bias \(10 in the file, 1000 in the model\)$"):
+        vitx.load_model("timm:vit_tiny_patch16_224", weights=path)
+
+
 def test_file_that_does_not_fit(tmp_path):
     foreign = tmp_path / "foreign.safetensors"
     save_file({"conv.weight": torch.zeros(4, 3, 3, 3)}, str(foreign))

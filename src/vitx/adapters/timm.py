@@ -6,7 +6,7 @@ step and leaves the user's ``fused_attn`` flag alone.
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -149,12 +149,19 @@ def preprocessing(pretrained_cfg: dict, num_classes: int) -> dict:
     ImageNet's class names where the head has the classes of the ImageNet subset the weights were trained on."""
     if not pretrained_cfg:
         return {}
-    from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_data_config
+    from timm.data import infer_imagenet_subset, resolve_data_config
     data = resolve_data_config(pretrained_cfg=pretrained_cfg)
     subset = infer_imagenet_subset({"num_classes": num_classes}) \
         if pretrained_cfg.get("num_classes") == num_classes else None
-    names = tuple(ImageNetInfo(subset).label_descriptions()) if subset else ()
-    return {"mean": tuple(data["mean"]), "std": tuple(data["std"]), "class_names": names}
+    return {"mean": tuple(data["mean"]), "std": tuple(data["std"]),
+            "class_names": _imagenet_names(subset) if subset else ()}
+
+
+@cache
+def _imagenet_names(subset: str) -> tuple[str, ...]:
+    """timm's class descriptions of an ImageNet subset (read once: parsing them costs ~0.1 s a model)."""
+    from timm.data import ImageNetInfo
+    return tuple(ImageNetInfo(subset).label_descriptions())
 
 
 def pretrained_config(arch: str) -> dict:
