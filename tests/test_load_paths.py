@@ -56,6 +56,11 @@ def test_user_settings_override_the_model():
     assert model.config.mean == (0.1, 0.2, 0.3) and model.config.std == (0.25, 0.5, 0.5)
     assert model.config.class_names == tuple("abcde")
     assert vitx.load_model(net).config.mean == (0.5, 0.5, 0.5)       # the module itself is untouched
+    again = vitx.load_model(model, std=(0.5, 0.5, 0.5))                 # a Model: its settings, overridden
+    assert again.config.std == (0.5, 0.5, 0.5) and again.config.mean == (0.1, 0.2, 0.3) and again.net is net
+    assert model.config.std == (0.25, 0.5, 0.5)
+    with pytest.raises(vitx.VitxError, match="unknown model setting 'depth'"):
+        vitx.load_model(model, depth=3)
 
 
 @pytest.mark.parametrize("setting, message", [

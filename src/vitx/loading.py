@@ -9,7 +9,7 @@ from torch import nn
 from .adapters.timm import preprocessing, pretrained_config
 from .checkpoint import read_checkpoint, state_dict_error
 from .errors import VitxError
-from .model import Model, wrap
+from .model import Model, configured, wrap
 from .models import ARCHITECTURES, create_model
 from .zoo import NAMES as ZOO_NAMES, zoo_path
 
@@ -29,7 +29,7 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
     architecture's own (``depth=3, embed_dim=64``...) where they differ from ``arch``'s.
     """
     if isinstance(source, Model):
-        model = source
+        model = Model(source.net, source.adapter, configured(source.config, config)) if config else source
     elif isinstance(source, nn.Module):
         model = wrap(source, **config)
     elif isinstance(source, (str, Path)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -111,21 +111,30 @@ class Model(nn.Module):
 
 
 def wrap(net: nn.Module, **config) -> Model:
-    """Wrap a network in a :class:`Model`, reading its layout from its adapter; ``config`` overrides."""
-    settings = [f.name for f in fields(ModelConfig)]
-    unknown = sorted(set(config) - set(settings))
-    if unknown:
-        raise VitxError(f"unknown model setting {unknown[0]!r}; settings: {', '.join(settings)}")
+    """Wrap a network in a :class:`Model`, reading its layout and preprocessing from its adapter; ``config``
+    overrides."""
+    _check_names(config)
     adapter = adapter_for(net)
     d = adapter.describe()
-    base = dict(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
-                num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
-                kind=d.kind, levels=d.levels, pooling=d.pooling, mean=d.mean or IMAGENET_MEAN,
-                std=d.std or IMAGENET_STD, class_names=d.class_names)
-    base.update({k: _setting(k, v) for k, v in config.items()})
-    if not base["class_names"]:
-        base["class_names"] = tuple(f"class {i}" for i in range(d.num_classes))
-    return Model(net, adapter, ModelConfig(**base))
+    described = ModelConfig(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
+                            num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
+                            kind=d.kind, levels=d.levels, pooling=d.pooling, mean=d.mean or IMAGENET_MEAN,
+                            std=d.std or IMAGENET_STD,
+                            class_names=d.class_names or tuple(f"class {i}" for i in range(d.num_classes)))
+    return Model(net, adapter, configured(described, config))
+
+
+def configured(config: ModelConfig, settings: dict) -> ModelConfig:
+    """``config`` with a user's ``settings`` (field names of ModelConfig), checked."""
+    _check_names(settings)
+    return replace(config, **{k: _setting(k, v) for k, v in settings.items()})
+
+
+def _check_names(settings: dict) -> None:
+    names = [f.name for f in fields(ModelConfig)]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise VitxError(f"unknown model setting {unknown[0]!r}; settings: {', '.join(names)}")
 
 
 def _setting(name: str, value):

@@ -110,9 +110,9 @@ class TimmViTAdapter(Adapter):
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
         from timm.models.vision_transformer import Block
         if type(block) is not Block:
-            raise VitxError(f"timm model {architecture(self.net)}: its blocks ({type(block).__module__}."
-                            f"{type(block).__name__}) are not the pre-norm ViT Block whose residual additions "
-                            "relevance rules know")
+            raise VitxError(f"timm model {architecture(self.net)}: its block type {type(block).__module__}."
+                            f"{type(block).__name__} is not the pre-norm Block of timm's ViT, whose residual "
+                            "additions relevance rules know")
         return block.norm1, block.norm2
 
     def layer_kind(self, module: nn.Module) -> str:
