@@ -169,8 +169,9 @@ def test_file_that_does_not_fit(tmp_path):
     with pytest.raises(vitx.VitxError) as err:
         vitx.load_model(small, arch="vit_small_patch16_224", **{**ARCH, "embed_dim": 32})
     message = str(err.value)
-    assert "\n" not in message and message.startswith(f"{str(small)!r} does not fit architecture 'vit_small_patch16_224': "
-                                                      "shapes differ: cls_token (1x1x64 in the file, 1x1x32 in the model), ")
+    assert "\n" not in message and message.startswith(
+        f"{str(small)!r} does not fit architecture 'vit_small_patch16_224': "
+        "shapes differ: cls_token (1x1x64 in the file, 1x1x32 in the model), ")
     assert "blocks.*.attn.qkv.weight (192x64 in the file, 96x32 in the model) ×3" in message
     assert "head.weight (5x64 in the file, 5x32 in the model)" in message and "missing" not in message
     with pytest.raises(vitx.VitxError, match="does not say its architecture"):

@@ -179,7 +179,8 @@ def test_unsupported_attention_is_refused(name, kw, message):
 
 
 @pytest.mark.parametrize("name, kw, needs", [
-    ("beit_base_patch16_224", dict(global_pool="token"), "its block type timm.models.beit.Block is not the pre-norm Block"),
+    ("beit_base_patch16_224", dict(global_pool="token"),
+     "its block type timm.models.beit.Block is not the pre-norm Block"),
     ("vit_tiny_r_s16_p8_224", {}, "embeds patches with a CNN backbone \\(Sequential\\); relevance rules know"),
 ])
 def test_relevance_refused_where_rules_do_not_reach(name, kw, needs):

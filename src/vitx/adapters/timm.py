@@ -94,7 +94,8 @@ class TimmViTAdapter(Adapter):
     def value_projection(self, module):
         """v W_oᵀ with W_o = ``proj``; refused where ``norm`` (scale_norm) or a gate sits between A v and
         ``proj``: the output is then no weighted sum of per-token projected values."""
-        if not isinstance(getattr(module, "norm", nn.Identity()), nn.Identity) or getattr(module, "gate", None) is not None:
+        norm = getattr(module, "norm", None)                  # BEiT's attention has none
+        if not isinstance(norm, (nn.Identity, type(None))) or getattr(module, "gate", None) is not None:
             raise VitxError(f"timm model {architecture(self.net)}: its attention normalises (scale_norm) or gates "
                             "the attention product before the output projection, so its output is no sum of "
                             "per-token projected values; the tap cannot record projected_values for it")
@@ -127,11 +128,11 @@ def _beit_attention_forward(module, attend: Attend):
     def forward(x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None):
         B, N, _ = x.shape
         bias = None if module.q_bias is None else torch.cat((module.q_bias, module.k_bias, module.v_bias))
-        qkv = F.linear(x, module.qkv.weight, bias if module.qkv.bias is None else module.qkv.bias + bias)
+        qkv = F.linear(x, module.qkv.weight, bias)            # BEiT's qkv projection itself has no bias
         q, k, v = qkv.reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        masks = [module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None,
-                 shared_rel_pos_bias]
-        mask = sum(m for m in masks if m is not None) if any(m is not None for m in masks) else None
+        mask = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
+        if shared_rel_pos_bias is not None:
+            mask = shared_rel_pos_bias if mask is None else mask + shared_rel_pos_bias
         dropout = module.attn_drop.p if module.training else 0.0
         out = attend(q, k, v, module.scale, dropout, mask).transpose(1, 2).reshape(B, N, -1)
         return module.proj_drop(module.proj(out))
@@ -197,5 +198,6 @@ def load(name: str, weights: str | None = None) -> tuple[nn.Module, dict]:
         net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as err:  # timm raises many kinds when the hub or the file is unreachable
         where = f"the file {str(weights)!r}" if weights else "the hub"
-        raise VitxError(f"could not load weights for timm model {name!r} from {where}: {state_dict_error(err)}") from None
+        raise VitxError(f"could not load weights for timm model {name!r} from {where}: "
+                        f"{state_dict_error(err)}") from None
     return net, {"name": f"timm:{name}"}
