@@ -54,10 +54,14 @@ def tiny_hf(cls_name="ViTForImageClassification", attn_implementation="eager"):
 
 
 def hf_twin(timm_net):
-    """Hugging Face's ViTForImageClassification with ``timm_net``'s weights (a plain ViT of TIMM_SMALL's shape):
-    timm's fused qkv split into q/k/v projections, its LayerNorm epsilon."""
+    """Hugging Face's ViTForImageClassification with ``timm_net``'s weights (a plain timm ViT, its shape read off
+    it): timm's fused qkv split into q/k/v projections, its LayerNorm epsilon."""
     import transformers
-    config = transformers.ViTConfig(**{**HF_SMALL, "intermediate_size": 4 * HF_SMALL["hidden_size"]},
+    width = timm_net.embed_dim
+    config = transformers.ViTConfig(image_size=timm_net.patch_embed.img_size[0], hidden_size=width,
+                                    patch_size=timm_net.patch_embed.patch_size[0], intermediate_size=4 * width,
+                                    num_hidden_layers=len(timm_net.blocks), num_labels=timm_net.num_classes,
+                                    num_attention_heads=timm_net.blocks[0].attn.num_heads,
                                     layer_norm_eps=1e-6, attn_implementation="eager")
     net = transformers.ViTForImageClassification(config)
     theirs = timm_net.state_dict()

@@ -1,5 +1,7 @@
 """``vitx.load_model`` from timm-keyed safetensors files, timm names with local weights and Hugging Face
 directories; its errors; and ``model.preprocess`` on every kind of image input."""
+from dataclasses import replace
+
 import huggingface_hub.constants
 import numpy as np
 import pytest
@@ -78,6 +80,14 @@ def test_hf_directory(tmp_path):
     x = images(2, 3, 64, 64)
     with torch.no_grad():
         close(model(x), net(pixel_values=x).logits, rtol=1e-6)
+    # the module the user loaded from that directory: the same preprocessing, read beside its weights
+    from transformers import AutoModelForImageClassification
+    assert vitx.load_model(AutoModelForImageClassification.from_pretrained(tmp_path)).config == \
+        replace(model.config, name="")
+    ViTImageProcessor(do_normalize=False).save_pretrained(tmp_path)
+    assert vitx.load_model(f"hf:{tmp_path}").config.std == (1.0, 1.0, 1.0)
+    config = vitx.load_model(tiny_hf()).config         # no processor: ViT's image processor defaults
+    assert config.mean == (0.5, 0.5, 0.5) and config.class_names[0] == "LABEL_0"
 
 
 @pytest.mark.parametrize("source, message", [
@@ -92,15 +102,61 @@ def test_bad_sources(source, message):
 
 
 def test_unreachable_hub_fails_fast(offline):
-    with pytest.raises(vitx.VitxError, match=r"from the hub \(no network\?\); pass weights="):
+    with pytest.raises(vitx.VitxError, match=r"HF_HUB_OFFLINE is set and its weights are not in the local cache; "
+                       r"pass a local file: load_model\('timm:vit_tiny_patch16_224', weights='FILE'\) or vitx "
+                       r"explain --model timm:vit_tiny_patch16_224 --weights FILE$"):
         vitx.load_model("timm:vit_tiny_patch16_224")
-    with pytest.raises(vitx.VitxError, match="could not load Hugging Face model 'google/vit-base-patch16-224'"):
+    with pytest.raises(vitx.VitxError, match=r"'google/vit-base-patch16-224': HF_HUB_OFFLINE is set .* not in the "
+                       r"local cache; pass a local directory .*load_model\('hf:DIR'\) or vitx explain --model hf:DIR"):
         vitx.load_model("hf:google/vit-base-patch16-224")
+
+
+def test_no_network_is_detected_before_any_download(monkeypatch):
+    """A hub that cannot be reached is found by one connection attempt; then timm is never asked to download
+    and transformers reads its cache alone (no retries)."""
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://vitx-no-hub.invalid")
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm asked to download"))
+    with pytest.raises(vitx.VitxError, match=r"the hub \(vitx-no-hub.invalid\) cannot be reached and its weights"):
+        vitx.load_model("timm:vit_tiny_patch16_224")
+    from transformers import AutoModelForImageClassification
+    calls = []
+    monkeypatch.setattr(AutoModelForImageClassification, "from_pretrained",
+                        lambda source, **kw: calls.append(kw) or (_ for _ in ()).throw(OSError("not cached")))
+    with pytest.raises(vitx.VitxError, match=r"cannot be reached and the model is not in the local cache"):
+        vitx.load_model("hf:google/vit-base-patch16-224")
+    assert calls == [{"local_files_only": True}]
+
+
+def test_offline_timm_weights_from_the_cache(offline, tmp_path, monkeypatch):
+    """Offline, timm's weights are read from the hub cache when they are there."""
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224").eval()
+    repo = timm.models.get_pretrained_cfg("vit_tiny_patch16_224").hf_hub_id
+    snapshot = tmp_path / f"models--{repo.replace('/', '--')}"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0" * 40)
+    (snapshot / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(source.state_dict(), str(snapshot / "snapshots" / ("0" * 40) / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    model = vitx.load_model("timm:vit_tiny_patch16_224")
+    x = images(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
 
 
 def test_missing_timm_weights_file(tmp_path):
     with pytest.raises(vitx.VitxError, match="weights file .*absent.safetensors.* does not exist"):
         vitx.load_model("timm:vit_tiny_patch16_224", weights=tmp_path / "absent.safetensors")
+
+
+def test_timm_weights_that_do_not_fit(tmp_path):
+    """timm's own loading error, every key of it on one line."""
+    path = tmp_path / "ten.safetensors"
+    save_file(timm.create_model("vit_tiny_patch16_224", num_classes=10).state_dict(), str(path))
+    with pytest.raises(vitx.VitxError, match=r"^could not load weights for timm model 'vit_tiny_patch16_224' from the "
+                       r"file '.*ten.safetensors': shapes differ: head.weight \(10x192 in the file, 1000x192 in the "
+                       r"model\), head.bias \(10 in the file, 1000 in the model\)$"):
+        vitx.load_model("timm:vit_tiny_patch16_224", weights=path)
 
 
 def test_file_that_does_not_fit(tmp_path):
@@ -110,8 +166,14 @@ def test_file_that_does_not_fit(tmp_path):
         vitx.load_model(foreign, arch="vit_small_patch16_224", **ARCH)
     small = tmp_path / "small.safetensors"
     save_file(tiny_timm().state_dict(), str(small))
-    with pytest.raises(vitx.VitxError, match="does not fit architecture 'vit_small_patch16_224': size mismatch"):
+    with pytest.raises(vitx.VitxError) as err:
         vitx.load_model(small, arch="vit_small_patch16_224", **{**ARCH, "embed_dim": 32})
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(
+        f"{str(small)!r} does not fit architecture 'vit_small_patch16_224': "
+        "shapes differ: cls_token (1x1x64 in the file, 1x1x32 in the model), ")
+    assert "blocks.*.attn.qkv.weight (192x64 in the file, 96x32 in the model) ×3" in message
+    assert "head.weight (5x64 in the file, 5x32 in the model)" in message and "missing" not in message
     with pytest.raises(vitx.VitxError, match="does not say its architecture"):
         vitx.load_model(small)
     with pytest.raises(vitx.VitxError, match="unknown architecture 'vit_huge'"):

@@ -355,7 +355,9 @@ def test_normalised_additions_change_transformer_attribution(twins, x, explicit)
 
 @pytest.mark.parametrize("method", METHODS)
 def test_same_maps_on_vitx_timm_and_hugging_face(twins, x, method):
-    maps = {name: vitx.explain(net, x, method, normalize=False) for name, net in twins.items()}
+    config = vitx.load_model(twins["timm"]).config      # vitx's own module does not know timm's preprocessing
+    maps = {name: vitx.explain(vitx.load_model(net, mean=config.mean, std=config.std), x, method, normalize=False)
+            for name, net in twins.items()}
     assert maps["vitx"].maps.flatten(1).std(1).gt(0).all()
     for name in ("timm", "hf"):
         assert torch.equal(maps[name].targets, maps["vitx"].targets)

@@ -6,9 +6,11 @@ import copy
 import pytest
 import torch
 from timm.models.deit import VisionTransformerDistilled
+from timm.models.vision_transformer import ParallelScalingBlock
 from torch import nn
 
 import vitx
+from vitx.layout import TokenLayout
 from reference import VIT_METHODS, close, formula_maps, images, target_score, tiny_explainer, tiny_timm, vitx_twin
 
 # timm name and architecture options shared by timm and vitx: plain ViT, DeiT distilled (CLS + distillation
@@ -26,11 +28,12 @@ CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def pair(request):
-    """(variant, timm net, vitx net with timm's weights)."""
+    """(variant, timm net, vitx model with timm's weights and the preprocessing timm gives them)."""
     name, kw = VARIANTS[request.param]
     timm_net = tiny_timm(name, **kw)
+    config = vitx.load_model(timm_net).config
     FAST["vit-shapley"] = {"explainer": tiny_explainer(vitx.load_model(timm_net))}  # a random explainer for it
-    return request.param, timm_net, vitx_twin(timm_net, name, **kw)
+    return request.param, timm_net, vitx.load_model(vitx_twin(timm_net, name, **kw), mean=config.mean, std=config.std)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +92,21 @@ def hooked_attentions(net, x):
     return net(x), captured
 
 
-@pytest.mark.parametrize("variant", ["vit", "deit-distilled", "registers"])
-def test_maps_match_hook_and_formula(variant, x):
-    name, kw = VARIANTS[variant]
+# beyond VARIANTS: a hybrid ViT (a ResNet stem of stride 4 under 8x8 patches: 32x32 pixels a token on 128x128
+# images) and BEiT (relative position bias in every attention, class-token head)
+FORMULA_CASES = {**{v: (*VARIANTS[v], 64, 8) for v in ("vit", "deit-distilled", "registers")},
+                 "hybrid": ("vit_tiny_r_s16_p8_224", dict(img_size=128), 128, 32),
+                 "beit": ("beit_base_patch16_224", dict(global_pool="token", use_rel_pos_bias=True), 64, 8)}
+PREFIX.update(hybrid=1, beit=1)
+
+
+@pytest.mark.parametrize("variant", list(FORMULA_CASES))
+def test_maps_match_hook_and_formula(variant):
+    name, kw, size, patch = FORMULA_CASES[variant]
     net = tiny_timm(name, **kw)
+    x = images(2, 3, size, size)
+    grid = (size // patch, size // patch)
+    assert vitx.load_model(net).layout(x) == TokenLayout(PREFIX[variant], (patch, patch), grid, 0)
     logits, attentions = hooked_attentions(net, x)
     gradients = torch.autograd.grad(target_score(logits), attentions)
     with vitx.trace(net) as tr:
@@ -100,7 +114,7 @@ def test_maps_match_hook_and_formula(variant, x):
     close(traced, logits.detach(), rtol=1e-5)
     for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
         close(ours.detach(), theirs.detach())
-    expected = formula_maps([a.detach() for a in attentions], gradients, PREFIX[variant], (8, 8))
+    expected = formula_maps([a.detach() for a in attentions], gradients, PREFIX[variant], grid)
     for method, reference in expected.items():
         assert reference.abs().max() > 0
         close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)
@@ -152,6 +166,49 @@ def test_gated_and_normed_attention():
             torch.testing.assert_close(net(x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_unsupported_attention_is_refused():
-    with pytest.raises(vitx.VitxError, match="DiffAttention"):
-        vitx.load_model(tiny_timm(attn_layer="diff"))
+@pytest.mark.parametrize("name, kw, message", [
+    ("vit_small_patch16_224", dict(attn_layer="diff"), r"vit_small_patch16_224: block 0 has attention of type "
+     r"timm.layers.diff_attention.DiffAttention, which the tap cannot inspect \(it knows timm's ViT and BEiT"),
+    ("vit_small_patch16_18x2_224", {}, r"vit_small_patch16_18x2_224: its ParallelThingsBlock blocks run attention "
+     r"branches and the MLP side by side \(parallel blocks\)"),
+    ("vit_medium_patch16_gap_256", dict(block_fn=ParallelScalingBlock), r"its ParallelScalingBlock blocks"),
+])
+def test_unsupported_attention_is_refused(name, kw, message):
+    with pytest.raises(vitx.VitxError, match=message):
+        vitx.load_model(tiny_timm(name, **kw))
+
+
+@pytest.mark.parametrize("name, kw, needs", [
+    ("beit_base_patch16_224", dict(global_pool="token"),
+     "its block type timm.models.beit.Block is not the pre-norm Block"),
+    ("vit_tiny_r_s16_p8_224", {}, "embeds patches with a CNN backbone \\(Sequential\\); relevance rules know"),
+])
+def test_relevance_refused_where_rules_do_not_reach(name, kw, needs):
+    net = tiny_timm(name, **kw)
+    for method in ("lrp", "transformer-attribution"):
+        with pytest.raises(vitx.VitxError, match=f"timm model {name}[: ].*{needs}"):
+            vitx.explain(net, images(1, 3, 64, 64), method=method)
+
+
+@pytest.mark.parametrize("name, pool", [("vit_small_patch16_224", "avg"), ("vit_small_patch16_224", "map"),
+                                        ("beit_base_patch16_224", "avg")])
+def test_class_token_methods_refused_where_the_head_pools(name, pool):
+    """A class token the head never reads: every method that explains through it refuses, naming the pooling and
+    the methods that apply, before any forward pass; those run."""
+    net = tiny_timm(name, global_pool=pool)
+    model = vitx.load_model(net)
+    assert model.config.pooling == pool and model.config.cls_index == 0
+    calls = []
+    net.register_forward_pre_hook(lambda *_: calls.append(1))
+    x = images(2, 3, 64, 64)
+    for method in CLS_METHODS:
+        with pytest.raises(vitx.VitxError, match=f"method '{method}' explains through the class token, but this "
+                           f"model's head reads '{pool}'-pooled tokens, not the class token; methods that apply: "
+                           "grad-sam, gradcam, saliency, "):
+            vitx.explain(model, x, method=method)
+    assert calls == []
+    maps = vitx.explain(model, x, method="grad-sam").maps
+    assert torch.isfinite(maps).all() and maps.amax((1, 2)).gt(0).all()
+    twin = vitx_twin(tiny_timm(global_pool="avg"), global_pool="avg")
+    with pytest.raises(vitx.VitxError, match="'avg'-pooled"):
+        vitx.explain(twin, x, method="rollout")

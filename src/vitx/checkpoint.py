@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import torch
-
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -56,3 +56,33 @@ def fingerprint(net: nn.Module) -> str:
     value = digest.hexdigest()[:16]
     net.__dict__["_vitx_fingerprint"] = (key, value)
     return value
+
+
+def state_dict_error(err: Exception) -> str:
+    """One line for an error of ``load_state_dict``: every shape mismatch (file vs model), missing and
+    unexpected key, with keys that differ only in a block index merged (``blocks.*.attn.qkv.weight ×12``);
+    other errors: their first line."""
+    text = str(err)
+    found = {"shapes differ": [], "missing": [], "unexpected": []}
+    for line in text.splitlines():
+        if match := re.search(r"size mismatch for (\S+): copying a param with shape torch.Size\(\[(.*?)\]\) "
+                              r"from checkpoint, the shape in current model is torch.Size\(\[(.*?)\]\)", line):
+            key, theirs, ours = match.groups()
+            found["shapes differ"].append(f"{key} ({_dims(theirs)} in the file, {_dims(ours)} in the model)")
+        elif match := re.search(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)", line):
+            found[match.group(1).lower()].extend(re.findall(r'"([^"]+)"', match.group(2)))
+    parts = [f"{what}: {', '.join(_merge(items))}" for what, items in found.items() if items]
+    return "; ".join(parts) if parts else (text.splitlines()[0] if text else type(err).__name__)
+
+
+def _dims(sizes: str) -> str:
+    return "x".join(s.strip() for s in sizes.split(",")) or "scalar"
+
+
+def _merge(items: list[str]) -> list[str]:
+    """Items that differ only in numeric path segments, once each with their count."""
+    counts: dict[str, int] = {}
+    for item in items:
+        pattern = re.sub(r"(?<=\.)\d+(?=\.)", "*", item)
+        counts[pattern] = counts.get(pattern, 0) + 1
+    return [f"{item} ×{n}" if n > 1 else item for item, n in counts.items()]

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import read_checkpoint
+from .adapters.timm import preprocessing, pretrained_config
+from .checkpoint import read_checkpoint, state_dict_error
 from .errors import VitxError
-from .model import Model, wrap
+from .model import Model, configured, wrap
 from .models import ARCHITECTURES, create_model
 from .zoo import NAMES as ZOO_NAMES, zoo_path
 
@@ -28,7 +29,7 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
     architecture's own (``depth=3, embed_dim=64``...) where they differ from ``arch``'s.
     """
     if isinstance(source, Model):
-        model = source
+        model = Model(source.net, source.adapter, configured(source.config, config)) if config else source
     elif isinstance(source, nn.Module):
         model = wrap(source, **config)
     elif isinstance(source, (str, Path)):
@@ -77,12 +78,12 @@ def _load_file(path: Path, arch: str | None, config: dict) -> tuple[nn.Module, d
         overrides.setdefault("num_classes", state["head.weight"].shape[0])
     net = create_model(arch, **overrides)
     try:
-        missing, unexpected = net.load_state_dict(state, strict=False)
-    except RuntimeError as err:  # shape mismatches
-        raise VitxError(f"{str(path)!r} does not fit architecture {arch!r}: {str(err).splitlines()[1].strip()}") from None
-    if missing or unexpected:
-        raise VitxError(f"{str(path)!r} does not fit architecture {arch!r}: missing {sorted(missing)[:3]}, "
-                        f"unexpected {sorted(unexpected)[:3]}")
-    facts = {k: meta[k] for k in ("mean", "std", "class_names", "multi_label") if k in meta}
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise VitxError(f"{str(path)!r} does not fit architecture {arch!r}: {state_dict_error(err)}") from None
+    # a file without vitx's metadata is taken for timm's weights of that name: timm's preprocessing for them
+    num_classes = overrides.get("num_classes", ARCHITECTURES[arch].num_classes)
+    facts = {**preprocessing(pretrained_config(arch), num_classes),
+             **{k: meta[k] for k in ("mean", "std", "class_names", "multi_label") if k in meta}}
     facts.setdefault("name", path.stem)
     return net, facts

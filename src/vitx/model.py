@@ -3,7 +3,8 @@ its configuration and its preprocessing."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, fields
+import math
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -19,6 +20,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """What vitx knows of a model: its token layout, what its head reads, and the preprocessing its weights
+    expect (taken from the model where its framework records it, else ImageNet's mean and std)."""
     image_size: tuple[int, int]
     patch_size: tuple[int, int]
     num_classes: int
@@ -32,6 +35,18 @@ class ModelConfig:
     kind: str = "vit"
     name: str = ""
     levels: tuple[int, ...] = ()     # nest: transformer layers per level (the tap's blocks, level by level)
+    pooling: str = "cls"             # what the head reads: "cls" (the class token), "avg", "max", "map"...
+
+    def __post_init__(self):
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if len(value) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in value):
+                raise VitxError(f"{name} must be 3 finite numbers, one per RGB channel; got {value!r}")
+        if not all(v > 0 for v in self.std):
+            raise VitxError(f"std must be positive in every channel (the input is divided by it); got {self.std!r}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise VitxError(f"class_names has {len(self.class_names)} names for a model of {self.num_classes} "
+                            "classes")
 
 
 class Model(nn.Module):
@@ -97,20 +112,40 @@ class Model(nn.Module):
 
 
 def wrap(net: nn.Module, **config) -> Model:
-    """Wrap a network in a :class:`Model`, reading its layout from its adapter; ``config`` overrides."""
-    settings = [f.name for f in fields(ModelConfig)]
-    unknown = sorted(set(config) - set(settings))
-    if unknown:
-        raise VitxError(f"unknown model setting {unknown[0]!r}; settings: {', '.join(settings)}")
+    """Wrap a network in a :class:`Model`, reading its layout and preprocessing from its adapter; ``config``
+    overrides."""
+    _check_names(config)
     adapter = adapter_for(net)
     d = adapter.describe()
-    base = dict(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
-                num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
-                kind=d.kind, levels=d.levels)
-    base.update({k: (tuple(v) if isinstance(v, list) else v) for k, v in config.items()})
-    if not base.get("class_names"):
-        base["class_names"] = tuple(f"class {i}" for i in range(d.num_classes))
-    return Model(net, adapter, ModelConfig(**base))
+    described = ModelConfig(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
+                            num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
+                            kind=d.kind, levels=d.levels, pooling=d.pooling, mean=d.mean or IMAGENET_MEAN,
+                            std=d.std or IMAGENET_STD,
+                            class_names=d.class_names or tuple(f"class {i}" for i in range(d.num_classes)))
+    return Model(net, adapter, configured(described, config))
+
+
+def configured(config: ModelConfig, settings: dict) -> ModelConfig:
+    """``config`` with a user's ``settings`` (field names of ModelConfig), checked."""
+    _check_names(settings)
+    return replace(config, **{k: _setting(k, v) for k, v in settings.items()})
+
+
+def _check_names(settings: dict) -> None:
+    names = [f.name for f in fields(ModelConfig)]
+    unknown = sorted(set(settings) - set(names))
+    if unknown:
+        raise VitxError(f"unknown model setting {unknown[0]!r}; settings: {', '.join(names)}")
+
+
+def _setting(name: str, value):
+    """A user's setting as ModelConfig holds it: mean and std as float tuples, lists as tuples."""
+    if name in ("mean", "std"):
+        try:
+            return tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise VitxError(f"{name} must be 3 numbers, one per RGB channel; got {value!r}") from None
+    return tuple(value) if isinstance(value, list) else value
 
 
 def as_model(model) -> Model:

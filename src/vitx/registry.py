@@ -93,6 +93,12 @@ class Method:
                             f"(it works on: {', '.join(self.kinds)})")
         if "cls_token" in self.needs and layout.cls_index is None:
             raise VitxError(f"method {self.name!r} reads the class token, and this model has none")
+        if "cls_token" in self.needs and config.pooling != "cls":
+            others = [m.name for m in _METHODS.values()
+                      if config.kind in m.kinds and not m.needs & {"cls_token", "trained_module"}]
+            raise VitxError(f"method {self.name!r} explains through the class token, but this model's head reads "
+                            f"{config.pooling!r}-pooled tokens, not the class token; methods that apply: "
+                            f"{', '.join(others)}")
         if self.requires is not None:
             self.requires(config, {**self.defaults, **(params or {})})
 

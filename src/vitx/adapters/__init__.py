@@ -24,7 +24,8 @@ def adapter_for(net: nn.Module) -> Adapter:
         from .hf import HFViTAdapter
         return HFViTAdapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT and NesT, timm's VisionTransformer/DeiT/NesT and Hugging Face ViT/DeiT classifiers")
+                    "ViT and NesT, timm's VisionTransformer (DeiT, hybrid)/BEiT/NesT and Hugging Face ViT/DeiT "
+                    "classifiers")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

@@ -28,7 +28,9 @@ LAYER_KINDS = {
 
 @dataclass(frozen=True)
 class Description:
-    """What an adapter reads off a model; preprocessing facts (mean, std, names) come from elsewhere."""
+    """What an adapter reads off a model, preprocessing included where the framework records it with the
+    model (timm's pretrained config, a Hugging Face config's labels and image processor); None or () where
+    it does not."""
     image_size: tuple[int, int]
     patch_size: tuple[int, int]
     num_prefix_tokens: int
@@ -37,6 +39,10 @@ class Description:
     dynamic_size: bool           # accepts other image sizes (position embeddings are resampled)
     kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention
     levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order
+    pooling: str = "cls"         # what the head reads: "cls" (the class token), "avg", "max", "map"...
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    class_names: tuple[str, ...] = ()
 
 
 class Adapter:

@@ -7,14 +7,20 @@ the model was loaded with.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..checkpoint import state_dict_error
 from ..errors import VitxError
 from .base import Adapter, Attend, Description, pair, project_values
+from .hub import cached_file, offline_reason
+
+PROCESSOR_FILE = "preprocessor_config.json"
 
 
 class HFViTAdapter(Adapter):
@@ -37,8 +43,10 @@ class HFViTAdapter(Adapter):
     def describe(self) -> Description:
         cfg = self.net.config
         prefix = 2 if hasattr(self.backbone.embeddings, "distillation_token") else 1
+        id2label = cfg.id2label or {}
+        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels))
         return Description(pair(cfg.image_size), pair(cfg.patch_size), prefix, 0, int(cfg.num_labels),
-                           dynamic_size=True)
+                           dynamic_size=True, pooling="cls", class_names=names, **image_processing(cfg))
 
     def blocks(self) -> list[nn.Module]:
         return list(self.layers)
@@ -76,31 +84,54 @@ class HFViTAdapter(Adapter):
         return self.net(pixel_values=x, interpolate_pos_encoding=size != self.describe().image_size).logits
 
 
+def image_processing(cfg) -> dict:
+    """mean and std of the model's image processor: its preprocessor_config.json beside the weights (the
+    directory the model was loaded from, or the hub cache), else the defaults of its type's image processor."""
+    source = str(getattr(cfg, "_name_or_path", "") or "")
+    local = Path(source).expanduser() / PROCESSOR_FILE
+    path = None if not source else local if local.is_file() else cached_file(source, (PROCESSOR_FILE,))
+    settings = json.loads(Path(path).read_text()) if path else {}
+    if "image_mean" not in settings or "image_std" not in settings:
+        settings = {**_processor_defaults(cfg.model_type), **settings}
+    if settings.get("do_normalize") is False:
+        return {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    if "image_mean" not in settings:
+        return {}
+    return {"mean": tuple(settings["image_mean"]), "std": tuple(settings["image_std"])}
+
+
+def _processor_defaults(model_type: str) -> dict:
+    """image_mean and image_std of the image processor transformers pairs with ``model_type``; {} if none."""
+    from transformers.models.auto.image_processing_auto import (IMAGE_PROCESSOR_MAPPING_NAMES,
+                                                                 get_image_processor_class_from_name)
+    name = next(iter((IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}).values()), None)  # {backend: class}
+    processor = get_image_processor_class_from_name(name) if name else None
+    if processor is None or getattr(processor, "image_mean", None) is None:
+        return {}
+    return {"image_mean": list(processor.image_mean), "image_std": list(processor.image_std)}
+
+
 def load(source: str) -> tuple[nn.Module, dict]:
-    """``AutoModelForImageClassification.from_pretrained`` on a hub id or a local directory; returns the
-    network and the preprocessing facts of its image processor."""
-    from pathlib import Path
+    """``AutoModelForImageClassification.from_pretrained`` on a hub id or a local directory (the hub's cache
+    alone where the hub cannot be reached)."""
     try:
-        from transformers import AutoImageProcessor, AutoModelForImageClassification
+        from transformers import AutoModelForImageClassification
     except ImportError as err:
         raise VitxError(f"loading 'hf:{source}' needs transformers installed ({err})") from None
     looks_local = source.startswith((".", "/", "~")) or Path(source).exists()
     if looks_local and not Path(source).expanduser().is_dir():
         raise VitxError(f"'hf:{source}': no such model directory")
+    reason = None if looks_local else offline_reason()
     try:
         with _quiet_loading():
-            net = AutoModelForImageClassification.from_pretrained(source)
+            net = AutoModelForImageClassification.from_pretrained(source, local_files_only=reason is not None)
     except Exception as err:  # hub, file and format errors all end here
-        raise VitxError(f"could not load Hugging Face model {source!r}: "
-                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    try:
-        processor = AutoImageProcessor.from_pretrained(source)
-        mean, std = tuple(processor.image_mean), tuple(processor.image_std)
-    except Exception:  # no preprocessor_config.json: ViT's defaults
-        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    id2label = net.config.id2label or {}
-    names = tuple(id2label.get(i, str(i)) for i in range(net.config.num_labels))
-    return net, {"mean": mean, "std": std, "class_names": names, "name": f"hf:{source}"}
+        if reason:
+            raise VitxError(f"Hugging Face model {source!r}: {reason} and the model is not in the local cache; pass "
+                            "a local directory saved with save_pretrained: load_model('hf:DIR') or vitx explain "
+                            "--model hf:DIR") from None
+        raise VitxError(f"could not load Hugging Face model {source!r}: {state_dict_error(err)}") from None
+    return net, {"name": f"hf:{source}"}
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .base import Adapter, Attend, Description, pair
+from .timm import preprocessing
 
 
 class NestAdapter(Adapter):
@@ -22,8 +23,10 @@ class NestAdapter(Adapter):
         levels = tuple(len(level.transformer_encoder) for level in net.levels)
         _, blocks, positions, _ = net.levels[0].pos_embed.shape                 # level 0: T blocks of N patches
         side = round((blocks * positions) ** 0.5) * patch
-        return Description(pair(side), pair(patch), 0, None, int(net.head.out_features), dynamic_size=False,
-                           kind="nest", levels=levels)
+        classes = int(net.head.out_features)
+        return Description(pair(side), pair(patch), 0, None, classes, dynamic_size=False, kind="nest",
+                           levels=levels, pooling="avg",
+                           **preprocessing(getattr(net, "pretrained_cfg", None) or {}, classes))  # timm's NesT
 
     def blocks(self) -> list[nn.Module]:
         return [layer for level in self.net.levels for layer in level.transformer_encoder]

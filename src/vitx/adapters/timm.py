@@ -6,19 +6,24 @@ step and leaves the user's ``fused_attn`` flag alone.
 """
 from __future__ import annotations
 
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import state_dict_error
 from ..errors import VitxError
+from .hub import cached_file, offline_reason
 from .base import Adapter, Attend, Description, pair, project_values
 
 
-def _timm_attention_type():
+def _timm_attention_types():
+    """timm's attention modules the tap knows: ViT's, and BEiT's (with its relative position bias)."""
     from timm.layers import Attention
-    return Attention
+    from timm.models.beit import Attention as BeitAttention
+    return Attention, BeitAttention
 
 
 def _timm_pass_types():
@@ -27,24 +32,38 @@ def _timm_pass_types():
     return DropPath, LayerScale
 
 
+def architecture(net: nn.Module) -> str:
+    """timm's name for ``net``'s architecture (its class name where timm did not record one)."""
+    return (getattr(net, "pretrained_cfg", None) or {}).get("architecture") or type(net).__name__
+
+
 class TimmViTAdapter(Adapter):
     framework = "timm"
 
     def __init__(self, net: nn.Module):
         super().__init__(net)
-        attention_type = _timm_attention_type()
+        supported = _timm_attention_types()
         for i, block in enumerate(getattr(net, "blocks", [])):
-            if not isinstance(getattr(block, "attn", None), attention_type):
-                raise VitxError(f"timm model {type(net).__name__}: block {i} has attention of type "
-                                f"{type(getattr(block, 'attn', None)).__name__}, which the tap cannot inspect")
+            attn = getattr(block, "attn", None)
+            if attn is None:
+                raise VitxError(f"timm model {architecture(net)}: its {type(block).__name__} blocks run attention "
+                                "branches and the MLP side by side (parallel blocks), with no one attention module "
+                                "per block; the tap records sequential blocks with one attention each")
+            if not isinstance(attn, supported):
+                raise VitxError(f"timm model {architecture(net)}: block {i} has attention of type "
+                                f"{type(attn).__module__}.{type(attn).__name__}, which the tap cannot inspect "
+                                "(it knows timm's ViT and BEiT attention)")
 
     def describe(self) -> Description:
         net = self.net
         pe = net.patch_embed
         dynamic = bool(getattr(net, "dynamic_img_size", False)) or not getattr(pe, "strict_img_size", True)
-        return Description(pair(pe.img_size), pair(pe.patch_size), int(net.num_prefix_tokens),
+        # a hybrid's CNN backbone strides by feature_ratio before its patch projection
+        patch = tuple(r * p for r, p in zip(pair(getattr(pe, "feature_ratio", 1)), pair(pe.patch_size)))
+        return Description(pair(pe.img_size), patch, int(net.num_prefix_tokens),
                            0 if getattr(net, "cls_token", None) is not None else None,
-                           int(net.num_classes), dynamic_size=dynamic)
+                           int(net.num_classes), dynamic_size=dynamic, pooling=_pooling(net),
+                           **preprocessing(getattr(net, "pretrained_cfg", None) or {}, int(net.num_classes)))
 
     def blocks(self) -> list[nn.Module]:
         return list(self.net.blocks)
@@ -53,6 +72,9 @@ class TimmViTAdapter(Adapter):
         return [block.attn for block in self.net.blocks]
 
     def attention_forward(self, module, attend: Attend):
+        if isinstance(module, _timm_attention_types()[1]):
+            return _beit_attention_forward(module, attend)
+
         def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
             if is_causal:
                 raise VitxError("the tap does not support causal attention")
@@ -72,8 +94,9 @@ class TimmViTAdapter(Adapter):
     def value_projection(self, module):
         """v W_oᵀ with W_o = ``proj``; refused where ``norm`` (scale_norm) or a gate sits between A v and
         ``proj``: the output is then no weighted sum of per-token projected values."""
-        if not isinstance(module.norm, nn.Identity) or getattr(module, "gate", None) is not None:
-            raise VitxError(f"timm model {type(self.net).__name__}: its attention normalises (scale_norm) or gates "
+        norm = getattr(module, "norm", None)                  # BEiT's attention has none
+        if not isinstance(norm, (nn.Identity, type(None))) or getattr(module, "gate", None) is not None:
+            raise VitxError(f"timm model {architecture(self.net)}: its attention normalises (scale_norm) or gates "
                             "the attention product before the output projection, so its output is no sum of "
                             "per-token projected values; the tap cannot record projected_values for it")
         return partial(project_values, module.proj)
@@ -81,14 +104,15 @@ class TimmViTAdapter(Adapter):
     def pixel_layer(self) -> nn.Module:
         pe = self.net.patch_embed
         if getattr(pe, "backbone", None) is not None:
-            raise VitxError(f"timm model {type(self.net).__name__} embeds patches with a CNN backbone "
+            raise VitxError(f"timm model {architecture(self.net)} embeds patches with a CNN backbone "
                             f"({type(pe.backbone).__name__}); relevance rules know the linear patch projection only")
         return pe.proj
 
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
         from timm.models.vision_transformer import Block
         if type(block) is not Block:
-            raise VitxError(f"timm block type {type(block).__name__} is not the pre-norm Block whose residual "
+            raise VitxError(f"timm model {architecture(self.net)}: its block type {type(block).__module__}."
+                            f"{type(block).__name__} is not the pre-norm Block of timm's ViT, whose residual "
                             "additions relevance rules know")
         return block.norm1, block.norm2
 
@@ -98,32 +122,82 @@ class TimmViTAdapter(Adapter):
         return "pass" if isinstance(module, _timm_pass_types()) else super().layer_kind(module)
 
 
+def _beit_attention_forward(module, attend: Attend):
+    """BEiT's attention (timm.models.beit): q, k, v from one projection with q and v biases, and the relative
+    position bias (the block's own, plus the model's shared one) added to the scores as a mask."""
+    def forward(x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None):
+        B, N, _ = x.shape
+        bias = None if module.q_bias is None else torch.cat((module.q_bias, module.k_bias, module.v_bias))
+        qkv = F.linear(x, module.qkv.weight, bias)            # BEiT's qkv projection itself has no bias
+        q, k, v = qkv.reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        mask = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
+        if shared_rel_pos_bias is not None:
+            mask = shared_rel_pos_bias if mask is None else mask + shared_rel_pos_bias
+        dropout = module.attn_drop.p if module.training else 0.0
+        out = attend(q, k, v, module.scale, dropout, mask).transpose(1, 2).reshape(B, N, -1)
+        return module.proj_drop(module.proj(out))
+    return forward
+
+
+def _pooling(net: nn.Module) -> str:
+    """What timm's head reads: "cls" (global_pool 'token'), "avg", "max", "avgmax", "map" (attention pooling)..."""
+    pool = getattr(net, "global_pool", "token")
+    return {"token": "cls", "": "none"}.get(pool, pool)
+
+
+def preprocessing(pretrained_cfg: dict, num_classes: int) -> dict:
+    """mean, std and class names as timm resolves them for a pretrained configuration (``timm.data``'s rules);
+    ImageNet's class names where the head has the classes of the ImageNet subset the weights were trained on."""
+    if not pretrained_cfg:
+        return {}
+    from timm.data import infer_imagenet_subset, resolve_data_config
+    data = resolve_data_config(pretrained_cfg=pretrained_cfg)
+    subset = infer_imagenet_subset({"num_classes": num_classes}) \
+        if pretrained_cfg.get("num_classes") == num_classes else None
+    return {"mean": tuple(data["mean"]), "std": tuple(data["std"]),
+            "class_names": _imagenet_names(subset) if subset else ()}
+
+
+@cache
+def _imagenet_names(subset: str) -> tuple[str, ...]:
+    """timm's class descriptions of an ImageNet subset (read once: parsing them costs ~0.1 s a model)."""
+    from timm.data import ImageNetInfo
+    return tuple(ImageNetInfo(subset).label_descriptions())
+
+
+def pretrained_config(arch: str) -> dict:
+    """timm's pretrained configuration (default tag) for architecture name ``arch``; {} without timm or the
+    name."""
+    try:
+        from timm.models import get_pretrained_cfg
+        cfg = get_pretrained_cfg(arch)
+    except (ImportError, RuntimeError):
+        return {}
+    return cfg.to_dict() if cfg is not None else {}
+
+
 def load(name: str, weights: str | None = None) -> tuple[nn.Module, dict]:
-    """``timm.create_model(name, pretrained=True)``, from the hub or from a local ``weights`` file;
-    returns the network and the preprocessing facts timm knows for it."""
+    """``timm.create_model(name, pretrained=True)``, from the hub or from a local ``weights`` file. Where the
+    hub cannot be reached its cache is used, and a miss fails at once (no retries)."""
     try:
         import timm
-        from timm.data import resolve_data_config
     except ImportError as err:
         raise VitxError(f"loading 'timm:{name}' needs timm installed ({err})") from None
     if not timm.is_model(name):
         raise VitxError(f"timm has no model named {name!r}")
     if weights and not Path(weights).is_file():
         raise VitxError(f"weights file {str(weights)!r} for timm model {name!r} does not exist")
+    if not weights and (reason := offline_reason()):
+        weights = cached_file(pretrained_config(name).get("hf_hub_id"), ("model.safetensors", "pytorch_model.bin"))
+        if weights is None:
+            raise VitxError(f"timm model {name!r}: {reason} and its weights are not in the local cache; pass a local "
+                            f"file: load_model('timm:{name}', weights='FILE') or vitx explain --model timm:{name} "
+                            "--weights FILE")
     overlay = {"file": str(weights)} if weights else None
     try:
         net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     except Exception as err:  # timm raises many kinds when the hub or the file is unreachable
-        where = f"the file {weights!r}" if weights else "the hub (no network?); pass weights=<local file>"
+        where = f"the file {str(weights)!r}" if weights else "the hub"
         raise VitxError(f"could not load weights for timm model {name!r} from {where}: "
-                        f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    data = resolve_data_config({}, model=net)
-    return net, {"mean": tuple(data["mean"]), "std": tuple(data["std"]), "name": f"timm:{name}",
-                 "class_names": _imagenet_names(net.num_classes)}
-
-
-def _imagenet_names(num_classes: int) -> tuple[str, ...]:
-    if num_classes != 1000:
-        return ()
-    from timm.data import ImageNetInfo
-    return tuple(ImageNetInfo().label_descriptions())
+                        f"{state_dict_error(err)}") from None
+    return net, {"name": f"timm:{name}"}

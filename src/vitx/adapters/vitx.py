@@ -16,7 +16,8 @@ class VitxViTAdapter(Adapter):
         net: VisionTransformer = self.net
         cfg = net.cfg
         return Description(pair(cfg.image_size), pair(cfg.patch_size), cfg.num_prefix_tokens,
-                           0 if cfg.class_token else None, cfg.num_classes, dynamic_size=True)
+                           0 if cfg.class_token else None, cfg.num_classes, dynamic_size=True,
+                           pooling="cls" if cfg.global_pool == "token" else cfg.global_pool)
 
     def blocks(self) -> list[nn.Module]:
         return list(self.net.blocks)
