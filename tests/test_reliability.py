@@ -9,7 +9,7 @@ import torch
 
 import vitx
 from vitx.errors import StaleModuleError
-from vitx.memory import chunk_size, graph_bytes, parse_size
+from vitx.memory import graph_bytes, parse_size, plan
 from vitx.registry import get_method, method_names
 from reference import tiny_explainer
 
@@ -72,7 +72,7 @@ def test_a_budget_smaller_than_batch_size_splits_into_chunks_with_the_same_maps(
     unit = graph_bytes(vit, x[:1].clone())
     per_image, per_pass = info.memory(info.defaults)
     budget = int(unit * (per_pass + 2.5 * per_image))             # room for two images, not six
-    assert chunk_size(info, info.defaults, vit, x, 32, budget) == 2
+    assert plan(info, info.defaults, vit, x, 32, budget) == (2, info.defaults)
     whole = vitx.explain(vit, x, "transformer-attribution", batch_size=32, memory="1TB")
     chunked = vitx.explain(vit, x, "transformer-attribution", batch_size=32, memory=budget)
     torch.testing.assert_close(chunked.maps, whole.maps)
@@ -85,6 +85,22 @@ def test_a_budget_too_small_for_one_image_fails_before_any_work_saying_what_it_n
     with pytest.raises(vitx.VitxError, match=r"needs about [\d.]+ MB for one image .* budget of 0.098 MB"):
         vitx.explain(vit, x, "generic-attention", memory="100KB")
     assert not calls
+
+
+def test_stacked_copies_shrink_to_fit_the_budget_with_a_warning_and_the_same_maps(vit):
+    x = vit.preprocess(SAMPLES)
+    info = get_method("integrated-gradients")
+    unit = graph_bytes(vit, x[:1].clone())
+    params = info.bind({"steps": 8, "internal_batch_size": 16})
+    budget = int(unit * 6.5)                        # 1 graph per image + 1 per copy: room for 5 copies, not 16
+    with pytest.warns(UserWarning, match="internal_batch_size lowered from 16 to 5"):
+        step, lowered = plan(info, params, vit, x, 32, budget)
+    assert (step, lowered["internal_batch_size"]) == (1, 5)
+    whole = vitx.explain(vit, x, "integrated-gradients", steps=8, internal_batch_size=16, memory="1TB")
+    with pytest.warns(UserWarning, match="lowered"):
+        fitted = vitx.explain(vit, x, "integrated-gradients", steps=8, internal_batch_size=16, memory=budget)
+    torch.testing.assert_close(fitted.maps, whole.maps)
+    assert fitted.params["internal_batch_size"] == 5
 
 
 def test_the_graph_probe_counts_activations_not_weights():

@@ -9,7 +9,7 @@ from .batch import Batch
 from .errors import VitxError
 from .explanation import Explanation
 from .images import check_model_input
-from .memory import chunk_size
+from .memory import plan
 from .model import Model, as_model, evaluating
 from .precision import in_float32
 from .registry import get_method
@@ -67,7 +67,7 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
     targets = resolve_targets(target, x.shape[0], model)
     out_maps, out_logits, out_targets, details = [], [], [], {}
     with evaluating(model), in_float32(model.net), torch.enable_grad():
-        step = chunk_size(info, params, model, x, batch_size, memory)
+        step, params = plan(info, params, model, x, batch_size, memory)
         chunks = range(0, x.shape[0], step)
         for start in tqdm(chunks, desc=method, disable=not progress or callable(progress), leave=False):
             end = start + step

@@ -1,43 +1,39 @@
 """Memory budgets for ``explain()``: how much a method keeps per image on a model, and how much there is.
 
 The unit is the model's **graph**: the bytes autograd keeps for one image's forward pass under the tap with
-gradients on (every tensor saved for the backward, each storage counted once), measured once per model and
-input size by a one-image probe (:func:`graph_bytes`). A method declares its memory in graphs with
-``register(..., memory=fn)``, ``fn(params) -> (per_image, per_pass)``: ``per_image`` graphs for every image of a
-chunk and ``per_pass`` graphs whatever the chunk's size (the stacked copies of methods that run
-``internal_batch_size`` images a pass). A forward pass without gradients keeps a fraction of a graph
-(:data:`FORWARD`). ``benchmarks/memory.py`` measures every method's peak against its declaration.
+gradients on (every tensor saved for the backward, each storage counted once, weights not counted), measured
+once per model and input size by a one-image probe (:func:`graph_bytes`). A method declares its memory in
+graphs with ``register(..., memory=graphs(per_image, per_copy))``: ``per_image`` graphs for every image of a
+chunk, and ``per_copy`` for each of the ``internal_batch_size`` perturbed copies it stacks into one pass. The
+figures are measured, not derived: ``benchmarks/memory.py`` compares every method's peak (on the CPU its peak
+resident memory, which the allocator's reuse can raise above what is live) with its declaration, and
+``docs/performance.md`` has the ViT-B/16 table they come from.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
 
 from .errors import VitxError
 
-FORWARD = 0.25       # a forward pass without gradients: one block's transients and what the method records
+FORWARD = 0.25       # a forward pass without gradients (ViT-B/16: 0.11), with what a method keeps of one block
+ATTENTION = 0.75     # a forward pass keeping every block's attention (ViT-B/16: rollout 0.37, attention-flow 0.61)
 HEAD_ROOM = 0.5      # the default budget: this share of the memory available when explain() starts
-GRAPH = (1.0, 0.0)   # one graph per image: a forward with gradients and its backward
 
 
-def forward_only(params: dict) -> tuple[float, float]:
-    """A method that runs the model without gradients: a fraction of a graph per image."""
-    return FORWARD, 0.0
-
-
-def one_graph(params: dict) -> tuple[float, float]:
-    """A method that differentiates one forward pass of its images."""
-    return GRAPH
-
-
-def stacked(per_copy: float):
-    """A method that stacks ``internal_batch_size`` perturbed copies a pass, each keeping ``per_copy`` graphs
-    (``FORWARD`` without gradients), on top of one graph per image for its first, plain pass."""
+def graphs(per_image: float, per_copy: float = 0.0):
+    """A declaration: ``per_image`` graphs for every image of a chunk, and ``per_copy`` graphs for every one of
+    the ``internal_batch_size`` perturbed copies a method stacks into one pass (``FORWARD`` for copies run
+    without gradients, 1 for copies that are differentiated)."""
     def memory(params: dict) -> tuple[float, float]:
-        return max(per_copy, FORWARD), per_copy * params["internal_batch_size"]
+        return per_image, per_copy * params.get("internal_batch_size", 0)
     return memory
+
+
+forward_only, one_graph = graphs(FORWARD), graphs(1.0)
 
 
 def graph_bytes(model, x: torch.Tensor) -> int:
@@ -101,16 +97,25 @@ def megabytes(size: float) -> str:
     return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
 
 
-def chunk_size(method, params: dict, model, x: torch.Tensor, batch_size: int, memory) -> int:
-    """The most images a chunk of ``method`` may hold within the budget ``memory`` (bytes, a size string, or
-    None: :data:`HEAD_ROOM` of what is available on the model's device), at most ``batch_size``. A
-    VitxError before any work when one image does not fit."""
-    per_image, per_pass = method.memory(params)
+def plan(method, params: dict, model, x: torch.Tensor, batch_size: int, memory) -> tuple[int, dict]:
+    """(images per chunk, params) within the budget ``memory`` (bytes, a size string, or None: :data:`HEAD_ROOM`
+    of what is available on the model's device): at most ``batch_size`` images, and a method's
+    ``internal_batch_size`` lowered, with a warning, when its stacked copies alone would not fit (the copies run
+    in more passes; the result is the same). A VitxError before any work when one image does not fit."""
     budget = parse_size(memory) if memory is not None else int(HEAD_ROOM * available_bytes(x.device))
     unit = graph_bytes(model, x[:1].clone())
+    per_image, per_pass = method.memory(params)
+    copies = params.get("internal_batch_size")
+    if copies and (per_image + per_pass) * unit > budget:
+        per_copy = per_pass / copies
+        fitting = int((budget / unit - per_image) // per_copy) if per_copy else copies
+        if fitting >= 1:
+            warnings.warn(f"vitx: {method.name}'s internal_batch_size lowered from {copies} to {fitting} to fit the "
+                          f"memory budget of {megabytes(budget)}", stacklevel=3)
+            params = {**params, "internal_batch_size": fitting}
+            per_pass = per_copy * fitting
     needed = (per_image + per_pass) * unit
     if needed > budget:
         raise VitxError(f"method {method.name!r} needs about {megabytes(needed)} for one image on this model, "
-                        f"more than the memory budget of {megabytes(budget)}; raise memory= (--memory)"
-                        + (" or lower internal_batch_size" if "internal_batch_size" in params else ""))
-    return max(1, min(batch_size, int((budget - per_pass * unit) // (per_image * unit))))
+                        f"more than the memory budget of {megabytes(budget)}; raise memory= (--memory)")
+    return max(1, min(batch_size, int((budget - per_pass * unit) // (per_image * unit)))), params

@@ -10,6 +10,7 @@ import torch
 
 from ..batch import Batch
 from ..errors import VitxError
+from ..memory import ATTENTION, graphs
 from ..registry import register
 
 CHEFER_2021 = "Chefer, Gur & Wolf, ICCV 2021, Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"
@@ -88,7 +89,8 @@ def rollout_matrix(attentions: list[torch.Tensor], head_fusion: str = "mean", di
     return result
 
 
-@register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "cls_token"}, cost="1F")
+@register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "cls_token"}, cost="1F",
+          memory=graphs(ATTENTION))
 def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0) -> torch.Tensor:
     """Attention rollout: the class token's row of R = Â_L ⋯ Â_s, Â_b = norm_rows(fuse_h(A_b) + I),
     heads fused by mean, max or min, the lowest ``discard_ratio`` of each Â_b's entries dropped."""
@@ -114,7 +116,7 @@ def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tens
 
 
 @register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "cls_token"},
-          cost="1F+1B")
+          cost="1F+1B", memory=graphs(1.25))
 def generic_attention(batch: Batch) -> torch.Tensor:
     """Chefer et al.'s self-attention rule: R = I, R += E_h[(∇A_b ⊙ A_b)⁺] R over the blocks;
     the class token's row of R."""
@@ -142,7 +144,8 @@ def grad_sam_scores(attentions: list[torch.Tensor], gradients: list[torch.Tensor
     return torch.stack([(a * g.clamp(min=0)).mean((1, 2)) for a, g in zip(attentions, gradients)]).mean(0)
 
 
-@register("grad-sam", family="attention", paper=BARKAN_2021, needs={"attention", "gradients"}, cost="1F+1B")
+@register("grad-sam", family="attention", paper=BARKAN_2021, needs={"attention", "gradients"}, cost="1F+1B",
+          memory=graphs(1.25))
 def grad_sam(batch: Batch) -> torch.Tensor:
     """Grad-SAM: R_j = 1/(L·H·N) Σ_b Σ_h Σ_i (A_b ⊙ ReLU(∇A_b))[h, i, j], each patch's attention as a key
     weighted by the positive part of its gradient, averaged over blocks, heads and query rows i.
@@ -184,7 +187,8 @@ def reasoning_feedback(batch: Batch, gradient: torch.Tensor, steps: int, interna
 
 
 @register("beyond-intuition-head", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
-          cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"})
+          cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"},
+          memory=graphs(1.25, 2.0))
 def beyond_intuition_head(batch: Batch, steps: int = 20, start_layer: int = 0,
                           internal_batch_size: int = 64) -> torch.Tensor:
     """Beyond Intuition, head-wise: R = (F ⊙ P)[c, patches]. Attention perception P: R = I,
@@ -218,7 +222,8 @@ def token_weighted_attentions(attentions: list[torch.Tensor], values: list[torch
 
 
 @register("beyond-intuition-token", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
-          cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"})
+          cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"},
+          memory=graphs(1.25, 2.0))
 def beyond_intuition_token(batch: Batch, steps: int = 20, start_layer: int = 0,
                            internal_batch_size: int = 64) -> torch.Tensor:
     """Beyond Intuition, token-wise: R = (F ⊙ P)[c, patches]. Attention perception P: R = I, R ← R + Ā_b R over

@@ -16,6 +16,7 @@ from scipy.sparse import csr_array
 from scipy.sparse.csgraph import maximum_flow
 
 from ..batch import Batch
+from ..memory import ATTENTION, graphs
 from ..registry import register
 from .attention import ABNAR_2020, residual_attentions
 
@@ -24,7 +25,7 @@ TOLERANCE = 1e-6      # absolute error bound of every returned flow (flows are a
 
 
 @register("attention-flow", family="attention", paper=ABNAR_2020, needs={"attention", "cls_token"},
-          cost="1F + one max-flow per patch (CPU)")
+          cost="1F + one max-flow per patch (CPU)", memory=graphs(ATTENTION))
 def attention_flow(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0,
                    start_layer: int = 0) -> torch.Tensor:
     """Attention flow: R_j = maxflow((L, c) → (s, j)) in the graph whose edges from token i of layer b+1 to

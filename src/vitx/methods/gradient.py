@@ -10,6 +10,7 @@ import torch
 
 from ..batch import Batch
 from ..errors import VitxError
+from ..memory import graphs
 from ..registry import ANY_MODEL, register
 
 
@@ -83,7 +84,8 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: s
 
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
-          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=ANY_MODEL)
+          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=ANY_MODEL,
+          memory=graphs(1.0, 1.0))
 def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = "black",
                          internal_batch_size: int = 64) -> torch.Tensor:
     """Integrated Gradients, IG_i = (x_i − x'_i) ∫₀¹ ∂y_t(x' + α(x − x'))/∂x_i dα (Gauss–Legendre
@@ -92,7 +94,8 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = 
 
 
 @register("smoothgrad", family="gradient", paper="Smilkov et al., 2017, SmoothGrad: removing noise by adding noise",
-          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=ANY_MODEL)
+          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=ANY_MODEL,
+          memory=graphs(1.0, 1.0))
 def smoothgrad(batch: Batch, samples: int = 25, noise_level: float = 0.15, seed: int = 0,
                internal_batch_size: int = 64) -> torch.Tensor:
     """SmoothGrad: R(p) = max_c |1/n Σ_k ∂y_t(x + ε_k)/∂x_c(p)|, ε_k ~ N(0, σ²),
