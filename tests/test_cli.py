@@ -136,7 +136,7 @@ def test_entry_point_in_a_subprocess(files, tmp_path):
 def test_methods_and_models_listings(capsys):
     code, table, _ = run(capsys, "methods")
     lines = table.splitlines()
-    assert code == 0 and lines[0].split() == ["name", "family", "kinds", "needs", "cost", "paper"]
+    assert code == 0 and lines[0].split() == ["name", "family", "kinds", "needs", "cost", "memory", "paper"]
     assert [line.split()[0] for line in lines[2:]] == method_names()
     assert "attention,cls_token" in table and "Abnar & Zuidema" in table
     assert json.loads(run(capsys, "methods", "--json")[1]) == vitx.methods()

@@ -13,7 +13,7 @@ from .options import output_dir
 
 
 def run_methods(args) -> int:
-    return print_rows(methods(), ["name", "family", "kinds", "needs", "cost", "paper"], args.json)
+    return print_rows(methods(), ["name", "family", "kinds", "needs", "cost", "memory", "paper"], args.json)
 
 
 def run_models(args) -> int:
