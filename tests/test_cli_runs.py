@@ -234,3 +234,21 @@ def test_a_constant_map_is_written_with_a_warning_naming_the_image(capsys, tmp_p
     assert "warning: generic-attention gave a constant or non-finite map for 2 images (1_circle, 18_star)" in err
     assert "rollout gave" not in err
     assert not np.load(tmp_path / "out" / "1_circle_generic-attention.npy").any()
+
+
+def test_resize_crop_and_original_size_maps(capsys, tmp_path):
+    square = Image.open(CIRCLE).convert("RGB")
+    wide = Image.new("RGB", (160, 64))
+    wide.paste(square.resize((64, 64)), (48, 0))            # the picture in the middle, black bars beside it
+    wide.save(tmp_path / "wide.png")
+    code, _, _ = run(capsys, "explain", tmp_path / "wide.png", "--model", "shapes-vit", "--method", "rollout",
+                     "--resize", "crop", "--original-size", "--out", tmp_path / "out")
+    assert code == 0
+    kept = np.load(tmp_path / "out" / "wide_rollout.npy")
+    assert kept.shape == (64, 160)                           # the image's own size
+    assert not kept[:, :48].any() and not kept[:, 112:].any() and kept[:, 48:112].max() == 1  # cropped away: 0
+    square_map = vitx.explain(vitx.load_model("shapes-vit"), [square.resize((64, 64))], "rollout").maps[0]
+    np.testing.assert_allclose(kept[:, 48:112], square_map.numpy(), atol=1e-6)
+    code, _, _ = run(capsys, "explain", tmp_path / "wide.png", "--model", "shapes-vit", "--method", "rollout",
+                     "--out", tmp_path / "stretched")
+    assert np.load(tmp_path / "stretched" / "wide_rollout.npy").shape == (64, 64)

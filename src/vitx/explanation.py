@@ -57,9 +57,11 @@ class Explanation:
             names = [f"{i:03d}_{stem}" if stem else name for i, (stem, name) in enumerate(zip(stems, names))]
         return names
 
-    def save(self, directory: str | Path, names: list[str] | None = None, scale: int = 4) -> list[Path]:
+    def save(self, directory: str | Path, names: list[str] | None = None, scale: int = 4,
+             original_size: bool = False) -> list[Path]:
         """Write ``<name>_<method>.png`` (overlay) and ``<name>_<method>.npy`` (map) per image into ``directory``,
-        as ``vitx explain`` does; ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...)."""
+        as ``vitx explain`` does; ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...).
+        ``original_size``: the maps at each image's original size (:meth:`original_map`), not the model's."""
         names = self.names() if names is None else [str(name) for name in names]
         if len(names) != len(self):
             raise VitxError(f"got {len(names)} names for {len(self)} images")
@@ -74,6 +76,6 @@ class Explanation:
         for i, name in enumerate(names):
             picture, values = (directory / explanation_file(name, self.method, suffix) for suffix in (".png", ".npy"))
             self.overlay(i, scale=scale).save(picture)
-            np.save(values, self.maps[i].cpu().numpy())
+            np.save(values, (self.original_map(i) if original_size else self.maps[i]).cpu().numpy())
             written += [picture, values]
         return written

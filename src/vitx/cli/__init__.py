@@ -55,6 +55,11 @@ def build_parser() -> Parser:
                    help="a parameter of one method, e.g. rise.masks=500 (repeatable; see `vitx methods --json`)")
     p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="the most images per chunk (default: 32)")
+    p.add_argument("--resize", choices=("stretch", "crop", "pad"), default="stretch",
+                   help="fit each image to the model's size: stretch (default), crop the centre of the short side's "
+                        "square, or pad to a square with the model's mean colour")
+    p.add_argument("--original-size", action="store_true",
+                   help="write the .npy maps at each image's original size (the overlays stay at the model's)")
     p.add_argument("--memory", type=memory_size, help="memory budget of a chunk, e.g. 4GB; chunks shrink to fit each "
                                                       "method's declared memory (default: half of what is available)")
     p.add_argument("--out", required=True, type=Path, help="output directory")

@@ -33,7 +33,7 @@ def run_explain(args) -> int:
     names = image_stems(args.images)
     pictures = [read_image(path) for path in args.images]
     model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
-    x = model.preprocess(pictures)
+    x, frames = model.preprocess(pictures, resize=args.resize, frames=True)
     layout = model.layout(x)
     if wanted is None:
         wanted = applicable_methods(model.config, layout)
@@ -53,7 +53,8 @@ def run_explain(args) -> int:
             with tqdm(total=len(pictures), unit="image", desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
                 exp = explain(model, x, method=info.name, target=targets, batch_size=args.batch_size,
                               memory=args.memory, progress=bar.update, **params.get(info.name, {}))
-            exp.save(out, names=names, scale=scale)
+            exp.frames = frames
+            exp.save(out, names=names, scale=scale, original_size=args.original_size)
             flat = [name for name, bad in zip(names, exp.degenerate.tolist()) if bad]
             if flat:
                 print(f"vitx: warning: {info.name} gave a constant or non-finite map for {plural(len(flat), 'image')} "
