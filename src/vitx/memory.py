@@ -21,6 +21,7 @@ from .errors import VitxError
 
 FORWARD = 0.25       # a forward pass without gradients (ViT-B/16: 0.11), with what a method keeps of one block
 ATTENTION = 0.75     # a forward pass keeping every block's attention (ViT-B/16: rollout 0.37, attention-flow 0.61)
+COPY = 0.1           # one of a pass's stacked copies run without gradients (ViT-B/16: rise, occlusion 0.06)
 HEAD_ROOM = 0.5      # the default budget: this share of the memory available when explain() starts
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from ..batch import Batch
 from ..errors import VitxError
 from ..layout import TokenLayout
-from ..memory import FORWARD, graphs
+from ..memory import COPY, FORWARD, graphs
 from ..registry import ANY_MODEL, register
 from ..shapley import constrained_least_squares, sample_coalitions
 from .gradient import baseline_for
@@ -53,7 +53,7 @@ def target_loss(batch: Batch, logits: torch.Tensor) -> torch.Tensor:
 
 
 @register("atman", family="perturbation", paper=DEISEROTH_2023, needs={"attention"}, cost="(1+P)F",
-          memory=graphs(FORWARD, FORWARD))
+          memory=graphs(FORWARD, COPY))
 def atman(batch: Batch, suppression: float = 0.9, threshold: float = 0.7,
           internal_batch_size: int = 64) -> torch.Tensor:
     """AtMan: R_i = CE(y(x; H̃ⁱ), t) − CE(y(x), t), where H̃ⁱ scales the pre-softmax attention scores of key
@@ -162,7 +162,7 @@ def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.
 
 
 @register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=ANY_MODEL,
-          memory=graphs(FORWARD, FORWARD))
+          memory=graphs(FORWARD, COPY))
 def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
               score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
     """Occlusion: R_j = mean over the windows W ∋ j of v(N) − v(N ∖ W), windows of ``window``×``window``
@@ -210,7 +210,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int],
 
 
 @register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F", kinds=ANY_MODEL,
-          memory=graphs(FORWARD, FORWARD))
+          memory=graphs(FORWARD, COPY))
 def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, baseline="zeros",
          score: str = "probability", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """RISE: S(λ) = 1/(N·p) Σ_k f_t(x' + M_k ⊙ (x − x')) M_k(λ) over N random masks M_k: grids of cells kept
@@ -239,7 +239,7 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
 
 
 @register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F",
-          kinds=ANY_MODEL, memory=graphs(FORWARD, FORWARD))
+          kinds=ANY_MODEL, memory=graphs(FORWARD, COPY))
 def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
                 score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to

@@ -14,6 +14,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from ..batch import Batch
 from ..errors import VitxError
 from ..layout import TokenLayout
+from ..memory import COPY, FORWARD, graphs
 from ..registry import register
 from ..scaling import minmax
 from .perturbation import SCORES, check_choice, target_scores, unmodified_scores
@@ -78,7 +79,7 @@ def coverage_average(masks: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
 
 
 @register("vit-cx", family="perturbation", paper=XIE_2023, output="pixels",
-          cost="(1+2K)F, K masks left after clustering (at most the embedding width)")
+          cost="(1+2K)F, K masks left after clustering (at most the embedding width)", memory=graphs(FORWARD, COPY))
 def vit_cx(batch: Batch, block: int = -1, distance_threshold: float = 0.1, noise: float = 0.1,
            score: str = "probability", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """ViT-CX: S = Σ_k s_k M_k / Σ_k M_k. Masks M_k: the feature maps of the patch tokens entering ``block``
