@@ -66,6 +66,12 @@ def divide(a: torch.Tensor, b: torch.Tensor, eps: float = STABILISER) -> torch.T
     return torch.where(b == 0, torch.zeros_like(a), a / (b + eps * b.sign()))
 
 
+def ratio(a: torch.Tensor, b: torch.Tensor, eps: float = STABILISER) -> torch.Tensor:
+    """:func:`divide` as a constant of the backward: computed without recording a graph."""
+    with torch.no_grad():
+        return divide(a, b, eps)
+
+
 def split(product: torch.Tensor, parts: int = 2, switch: Switch | None = None) -> torch.Tensor:
     """The uniform rule for a product of ``parts`` operands: each operand gets 1/parts of the relevance."""
     return with_backward(product, product / parts, switch)
@@ -76,6 +82,49 @@ def linear_map(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torc
     if isinstance(module, nn.Conv2d):
         return module._conv_forward(x, weight, None)
     return F.linear(x, weight)
+
+
+class _Rescaled(torch.autograd.Function):
+    """``y`` forward; backward g ⊙ y / x into x. Keeps x and y themselves (the layers around keep them for
+    their own backward anyway) instead of a third tensor y / x."""
+
+    @staticmethod
+    def forward(x, y):
+        return y.detach()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y = ctx.saved_tensors
+        return grad * divide(y, x), None
+
+
+class _Magnitude(torch.autograd.Function):
+    """|W| |x| for the layer (Linear or Conv2d). Its backward, sign(x) ⊙ |W|ᵀ g, recomputes |W| rather than
+    keep a copy of every weight alive until the backward runs."""
+
+    @staticmethod
+    def forward(module, x):
+        return linear_map(module, x.abs(), module.weight.detach().abs())
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.module = inputs[0]
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, = ctx.saved_tensors
+        module, weight = ctx.module, ctx.module.weight.detach().abs()
+        if isinstance(module, nn.Conv2d):
+            through = torch.nn.grad.conv2d_input(x.shape, weight, grad, module.stride, module.padding,
+                                                 module.dilation, module.groups)
+        else:
+            through = grad @ weight
+        return None, through * x.sign()
 
 
 def unbiased(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -97,7 +146,7 @@ class Identity:
     """Identity rule for an elementwise layer: R_x = R_y, so g_x = g_y ⊙ y / x."""
 
     def __call__(self, module, x: torch.Tensor, y: torch.Tensor, switch: Switch | None = None) -> torch.Tensor:
-        return with_backward(y, x * divide(y, x).detach(), switch)
+        return with_backward(y, _Rescaled.apply(x, y), switch)
 
 
 class Epsilon:
@@ -107,7 +156,7 @@ class Epsilon:
         self.epsilon = epsilon
 
     def __call__(self, module, x: torch.Tensor, y: torch.Tensor, switch: Switch | None = None) -> torch.Tensor:
-        return with_backward(y, y * divide(y, y, self.epsilon).detach(), switch)
+        return with_backward(y, y * ratio(y, y, self.epsilon), switch)
 
 
 class AlphaBeta:
@@ -123,12 +172,12 @@ class AlphaBeta:
         self.alpha, self.beta = alpha, beta
 
     def __call__(self, module, x: torch.Tensor, y: torch.Tensor, switch: Switch | None = None) -> torch.Tensor:
-        signed, magnitude = unbiased(module, y), linear_map(module, x.abs(), module.weight.detach().abs())
+        signed, magnitude = unbiased(module, y), _Magnitude.apply(module, x)
         excite = (signed + magnitude) / 2
-        proxy = self.alpha * excite * divide(y, excite).detach()
+        proxy = self.alpha * excite * ratio(y, excite)
         if self.beta:
             inhibit = (signed - magnitude) / 2
-            proxy = proxy - self.beta * inhibit * divide(y, inhibit).detach()
+            proxy = proxy - self.beta * inhibit * ratio(y, inhibit)
         return with_backward(y, proxy, switch)
 
 
@@ -151,7 +200,7 @@ class ZBox:
         # d/dx of f(x ⊙ c) is c ⊙ fᵀ: each term's gradient is its own relevance factor
         proxy = (linear_map(module, x * value, weight) - linear_map(module, x * low, wp)
                  - linear_map(module, x * high, wn))
-        return with_backward(y, proxy * divide(y, bounded).detach(), switch)
+        return with_backward(y, proxy * ratio(y, bounded), switch)
 
 
 class DetachedStd:
@@ -161,8 +210,8 @@ class DetachedStd:
     def __call__(self, module: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor,
                  switch: Switch | None = None) -> torch.Tensor:
         centred = x - x.mean(-1, keepdim=True)
-        std = (centred.square().mean(-1, keepdim=True) + module.eps).sqrt()
-        proxy = centred / std.detach()
+        std = (centred.detach().square().mean(-1, keepdim=True) + module.eps).sqrt()
+        proxy = centred / std
         return with_backward(y, proxy if module.weight is None else proxy * module.weight, switch)
 
 
