@@ -94,6 +94,8 @@ def test_bad_start_layer_and_precision_refused_before_running(shapes_vit):
     try:
         with pytest.raises(vitx.VitxError, match=r"start_layer must be in \[0, 5\], got 6"):
             vitx.explain(shapes_vit, x, "transformer-attribution", 0, start_layer=6)
+        with pytest.raises(vitx.VitxError, match=r"start_layer must be a block index \(an integer\), got '1'"):
+            vitx.explain(shapes_vit, x, "transformer-attribution", 0, start_layer="1")
         with pytest.raises(vitx.VitxError, match="precision must be 'float32' or 'float64', got 'half'"):
             vitx.explain(shapes_vit, x, "lrp", precision="half")
     finally:

@@ -54,9 +54,18 @@ def check_precision(_config, params: dict) -> None:
         raise VitxError(f"precision must be 'float32' or 'float64', got {params['precision']!r}")
 
 
+def check_attribution(config, params: dict) -> None:
+    start = params["start_layer"]
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise VitxError(f"start_layer must be a block index (an integer), got {start!r}")
+    check_precision(config, params)
+
+
 def in_precision(method):
     """Run ``method(batch, ..., precision=...)`` on a twin of the batch in that precision: a copy of the model
-    converted to it, the images and the targets (found by the float32 model); the maps come back in float32."""
+    converted to it, the images and the targets (found by the float32 model); the maps come back in float32.
+    The method declares ``precision`` in its signature, where the registry reads its parameters; this
+    wrapper consumes it."""
     @wraps(method)
     def run(batch: Batch, *args, precision: str = "float32", **params) -> torch.Tensor:
         dtype = PRECISIONS[precision]
@@ -87,7 +96,7 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_precision)
+          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_attribution)
 @in_precision
 def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
     """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
