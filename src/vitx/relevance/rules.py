@@ -40,7 +40,8 @@ class Switch:
 
 class _Either(torch.autograd.Function):
     """``value`` forward; backward into ``proxy`` (the rule) or, while ``switch`` is plain, into ``value``.
-    The branch not taken gets no gradient, so autograd never walks it."""
+    The branch not taken gets no gradient (None): torch's own nodes then skip their arithmetic, and the
+    rules' functions (which do not materialise None as zeros) too."""
 
     @staticmethod
     def forward(value, proxy, switch):
@@ -62,8 +63,11 @@ def with_backward(value: torch.Tensor, proxy: torch.Tensor, switch: Switch | Non
 
 
 def divide(a: torch.Tensor, b: torch.Tensor, eps: float = STABILISER) -> torch.Tensor:
-    """a / (b + eps·sign b), and 0 where b is exactly 0."""
-    return torch.where(b == 0, torch.zeros_like(a), a / (b + eps * b.sign()))
+    """a / (b + eps·sign b), and 0 where b is exactly 0. Without a graph to record, in place on two
+    temporaries (the rules run it on every layer's output)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return torch.where(b == 0, torch.zeros_like(a), a / (b + eps * b.sign()))
+    return (a / b.sign().mul_(eps).add_(b)).masked_fill_(b == 0, 0)
 
 
 def ratio(a: torch.Tensor, b: torch.Tensor, eps: float = STABILISER) -> torch.Tensor:
@@ -72,9 +76,26 @@ def ratio(a: torch.Tensor, b: torch.Tensor, eps: float = STABILISER) -> torch.Te
         return divide(a, b, eps)
 
 
+class _Split(torch.autograd.Function):
+    """``product`` forward; backward the gradient over ``parts`` (the plain gradient while ``switch`` is plain)."""
+
+    @staticmethod
+    def forward(product, parts, switch):
+        return product.detach()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.parts, ctx.switch = inputs[1], inputs[2]
+
+    @staticmethod
+    def backward(ctx, grad):
+        plain = ctx.switch is not None and ctx.switch.is_plain
+        return (grad if plain else grad / ctx.parts), None, None
+
+
 def split(product: torch.Tensor, parts: int = 2, switch: Switch | None = None) -> torch.Tensor:
     """The uniform rule for a product of ``parts`` operands: each operand gets 1/parts of the relevance."""
-    return with_backward(product, product / parts, switch)
+    return _Split.apply(product, parts, switch)
 
 
 def linear_map(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -95,9 +116,12 @@ class _Rescaled(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad):
+        if grad is None:        # the plain backward: nothing to pass on
+            return None, None
         x, y = ctx.saved_tensors
         return grad * divide(y, x), None
 
@@ -114,9 +138,12 @@ class _Magnitude(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         ctx.module = inputs[0]
         ctx.save_for_backward(inputs[1])
+        ctx.set_materialize_grads(False)
 
     @staticmethod
     def backward(ctx, grad):
+        if grad is None:        # the plain backward: nothing to pass on
+            return None, None
         x, = ctx.saved_tensors
         module, weight = ctx.module, ctx.module.weight.detach().abs()
         if isinstance(module, nn.Conv2d):
@@ -146,7 +173,7 @@ class Identity:
     """Identity rule for an elementwise layer: R_x = R_y, so g_x = g_y ⊙ y / x."""
 
     def __call__(self, module, x: torch.Tensor, y: torch.Tensor, switch: Switch | None = None) -> torch.Tensor:
-        return with_backward(y, _Rescaled.apply(x, y), switch)
+        return with_backward(y, _Rescaled.apply(x, y.detach()), switch)
 
 
 class Epsilon:
@@ -164,7 +191,7 @@ class AlphaBeta:
     z⁺ = W⁺x⁺ + W⁻x⁻ sums the positive contributions x_i w_ji and z⁻ = W⁻x⁺ + W⁺x⁻ the negative ones
     (no bias). α = 1, β = 0 gives relevance only along positive contributions.
 
-    Computed as z± = (W x ± |W| |x|) / 2 from the layer's own W x: one extra product forward, not two."""
+    Computed as 2 z± = W x ± |W| |x| from the layer's own W x: one extra product forward, not two."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0):
         if alpha - beta != 1:
@@ -173,11 +200,11 @@ class AlphaBeta:
 
     def __call__(self, module, x: torch.Tensor, y: torch.Tensor, switch: Switch | None = None) -> torch.Tensor:
         signed, magnitude = unbiased(module, y), _Magnitude.apply(module, x)
-        excite = (signed + magnitude) / 2
-        proxy = self.alpha * excite * ratio(y, excite)
+        excite = signed + magnitude                          # 2 z⁺ (the factor 2 cancels in excite ⊙ y / excite)
+        proxy = excite * (ratio(y, excite) if self.alpha == 1 else ratio(y, excite).mul_(self.alpha))
         if self.beta:
-            inhibit = (signed - magnitude) / 2
-            proxy = proxy - self.beta * inhibit * ratio(y, inhibit)
+            inhibit = signed - magnitude                     # 2 z⁻
+            proxy = proxy - inhibit * ratio(y, inhibit).mul_(self.beta)
         return with_backward(y, proxy, switch)
 
 
