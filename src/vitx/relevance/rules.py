@@ -4,8 +4,8 @@ Convention: inside the model every tensor t carries the relevance R_t = t ⊙ g_
 the rules' backward produces. A rule is a callable ``rule(module, x, y, switch=None) -> y'`` run as a forward
 hook on a layer: y' has y's value and a backward to x such that x ⊙ g_x is the rule's relevance for x, with
 R_y = y ⊙ g_y. y' keeps y's own graph too: while a :class:`Switch` is plain, the backward is the layer's
-plain gradient instead, so one forward serves a relevance backward and a gradient backward. Operations without a rule keep their own gradient, which is the z-rule (LRP-0): exact and
-conservative for additions, reshapes, token selection and scaling, while a bias absorbs its share.
+plain gradient instead, so one forward serves a relevance backward and a gradient backward. Operations
+without a rule keep their own gradient, which is the z-rule (LRP-0): exact and conservative for additions, reshapes, token selection and scaling, while a bias absorbs its share.
 One exception: the pixel rule (:class:`ZBox`) hands back the pixels' relevance itself as their gradient,
 since z^B gives relevance even to a pixel whose value is 0.
 """
