@@ -5,8 +5,8 @@ the rules' backward produces. A rule is a callable ``rule(module, x, y, switch=N
 hook on a layer: y' has y's value and a backward to x such that x ⊙ g_x is the rule's relevance for x, with
 R_y = y ⊙ g_y. y' keeps y's own graph too: while a :class:`Switch` is plain, the backward is the layer's
 plain gradient instead, so one forward serves a relevance backward and a gradient backward. Operations
-without a rule keep their own gradient, which is the z-rule (LRP-0): exact and conservative for additions, reshapes, token selection and scaling, while a bias absorbs its share.
-One exception: the pixel rule (:class:`ZBox`) hands back the pixels' relevance itself as their gradient,
+without a rule keep their own gradient, which is the z-rule (LRP-0): exact and conservative for additions,
+reshapes, token selection and scaling, while a bias absorbs its share. One exception: the pixel rule (:class:`ZBox`) hands back the pixels' relevance itself as their gradient,
 since z^B gives relevance even to a pixel whose value is 0.
 """
 from __future__ import annotations
