@@ -4,6 +4,9 @@
     python benchmarks/speed.py --models shapes-vit --batches 1 --methods rollout saliency
     python benchmarks/speed.py --threads 1 --clock cpu           # on a machine shared with other jobs
     python benchmarks/speed.py --device cuda --steps 8
+    python benchmarks/speed.py --models vit-b16 --threads 1 --clock cpu --memory \
+        --methods lrp transformer-attribution partial-lrp attnlrp --batches 1 8 \
+        --method-batches transformer-attribution=1,8,32          # the relevance methods (issue 22)
 
 For each model and batch size it prints milliseconds per image of ``vitx.explain`` (the whole user call:
 targets, tap, method, upsampling, scaling) and of the two baselines: forward under ``torch.no_grad`` and
@@ -11,15 +14,25 @@ forward+backward (the gradient of the target logits' sum with respect to the inp
 gradient method step). The ratio compares a method that needs no gradients with the forward and every
 other method with the forward+backward; a method whose cost is ``<param>×(...)`` in the registry
 (integrated-gradients' steps, smoothgrad's samples) is divided by that count: its ratio is per step.
-Targets from the issue: attention-only methods ≤ 1.2× forward, gradient methods ≤ 1.3× forward+backward
-at batch 32. Each number is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones.
+Targets: attention-only methods ≤ 1.2× forward, gradient methods ≤ 1.3× forward+backward at batch 32
+(issue 3); transformer-attribution ≤ 2.0×, lrp, partial-lrp and attnlrp ≤ 2.5× (issue 22). Each number
+is the median of ``--repeats`` timed runs after ``--warmup`` untimed ones.
+
+``--memory`` adds each call's peak memory per image beside its baseline's at the same batch (target for
+transformer-attribution: ≤ 2×). On the CPU each figure is measured in a fresh process, the peak resident
+set (VmHWM of /proc/self/status, reset by writing 5 to /proc/self/clear_refs once the model and images are
+built) minus the resident set before the call; on CUDA it is torch.cuda.max_memory_allocated minus the
+memory allocated before the call.
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import ctypes
 import re
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +43,9 @@ from vitx.models import create_model
 from vitx.registry import get_method, method_names
 
 TARGETS = {"forward": 1.2, "forward+backward": 1.3}
+METHOD_TARGETS = {"transformer-attribution": 2.0, "lrp": 2.5, "partial-lrp": 2.5, "attnlrp": 2.5}
+MEMORY_TARGETS = {"transformer-attribution": 2.0}
+BASELINES = ("forward", "forward+backward")
 
 
 def build(name: str) -> tuple[vitx.Model, str]:
@@ -69,6 +85,29 @@ def forward_backward(model, x):
     return torch.autograd.grad(logits.gather(1, logits.argmax(1, keepdim=True)).sum(), x)[0]
 
 
+def resident_kb(field: str) -> int:
+    """A VmRSS / VmHWM line of /proc/self/status, in kB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def peak_bytes(fn, device: torch.device) -> int:
+    """Memory the call ``fn()`` adds at its peak: on CUDA from the allocator's statistics, on the CPU from
+    the peak resident set (reset first; meaningful in a process that runs nothing else)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    before = resident_kb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    fn()
+    return (resident_kb("VmHWM") - before) * 1024
+
+
 def step_param(name: str) -> str | None:
     """The parameter that multiplies the method's cost ("steps" for "steps×(1F+1B)"), if any."""
     match = re.match(r"(\w+)×", get_method(name).cost)
@@ -84,11 +123,53 @@ def parse_param(text: str) -> tuple[str, object]:
         return name, value
 
 
+def parse_batches(text: str) -> tuple[str, list[int]]:
+    """"name=1,8,32" -> (name, [1, 8, 32])."""
+    name, _, sizes = text.partition("=")
+    if name not in method_names():
+        raise argparse.ArgumentTypeError(f"unknown method {name!r}")
+    return name, [int(size) for size in sizes.split(",")]
+
+
+def method_params(name: str, args, overrides: dict) -> tuple[dict, int]:
+    """The method's parameters for this run, and the count its registry cost multiplies (1 if none)."""
+    counted = step_param(name)
+    defaults = get_method(name).defaults
+    params = {**defaults, **{k: v for k, v in overrides.items() if k in defaults}}
+    if counted and args.steps:
+        params[counted] = args.steps
+    return params, int(params[counted]) if counted else 1
+
+
+def work(what: str, model, x, params: dict):
+    """The call to measure: a baseline or ``vitx.explain`` with ``what`` as the method."""
+    if what == "forward":
+        return lambda: forward(model, x)
+    if what == "forward+backward":
+        return lambda: forward_backward(model, x)
+    return lambda: vitx.explain(model, x, what, **params)
+
+
+def peak_in_fresh_process(argv: list[str], what: str, label: str, batch: int) -> int:
+    """:func:`peak_bytes` of one call, measured in a new process of this script with this run's options.
+    This process first hands the heap its timed calls freed back to the system (glibc keeps it otherwise),
+    so that the two together fit in the machine's memory."""
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    command = [sys.executable, __file__, *argv, "--peak-of", what, "--models", label, "--batches", str(batch)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"peak memory of {what} at batch {batch} failed:\n{done.stderr[-2000:]}")
+    return int(done.stdout.split()[-1])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--models", nargs="+", default=["shapes-vit", "vit-b16"], choices=["shapes-vit", "vit-b16"])
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--method-batches", nargs="+", type=parse_batches, default=[], metavar="METHOD=B,B,...",
+                        help="other batch sizes for a method, e.g. transformer-attribution=1,8,32")
     parser.add_argument("--methods", nargs="+", default=method_names(), choices=method_names(), metavar="METHOD")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps/samples for the multi-pass methods (default: each method's own default)")
@@ -100,6 +181,8 @@ def main(argv=None) -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or this process's CPU time (CPU only; with --threads 1 it is close to the "
                              "wall time of an idle machine and far less disturbed by other processes)")
+    parser.add_argument("--memory", action="store_true", help="also the peak memory per image of every call")
+    parser.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)   # one measurement, in a child process
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -111,41 +194,65 @@ def main(argv=None) -> None:
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     overrides = dict(parse_param(text) for text in args.param)
     torch.manual_seed(args.seed)
+    if args.peak_of:
+        model = build(args.models[0])[0].to(device)
+        x = torch.randn(args.batches[0], 3, *model.config.image_size, device=device)
+        params = method_params(args.peak_of, args, overrides)[0] if args.peak_of not in BASELINES else {}
+        print(peak_bytes(work(args.peak_of, model, x, params), device))
+        return
+    child_argv = ["--device", args.device, "--seed", str(args.seed), *(["--threads", str(args.threads)] if args.threads
+                  else []), *(["--steps", str(args.steps)] if args.steps else []),
+                  *(["--param", *args.param] if args.param else [])]
+    per_method = dict(args.method_batches)
+    batches = sorted({b for name in args.methods for b in per_method.get(name, args.batches)})
     print(f"vitx {vitx.__version__}, torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
              f", {torch.get_num_threads()} threads")
-          + f"; {args.clock} clock, median of {args.repeats} after {args.warmup} warm-up")
+          + f"; {args.clock} clock, median of {args.repeats} after {args.warmup} warm-up"
+          + ("; peak memory per call" + (" in a fresh process (VmHWM)" if device.type == "cpu" else "")
+             if args.memory else ""))
     models = {name: build(name) for name in args.models}
     for name, (_, note) in models.items():
         print(f"{name}: {note}")
     print()
-    print("| model | batch | method | ms/image | baseline | baseline ms/image | ratio | target | meets |")
-    print("|---|---:|---|---:|---|---:|---:|---:|---|")
+    memory_columns = " MB/image | baseline MB/image | memory ratio | memory target |" if args.memory else ""
+    print("| model | batch | method | ms/image | baseline | baseline ms/image | ratio | target | meets |" + memory_columns)
+    print("|---|---:|---|---:|---|---:|---:|---:|---|" + ("---:|---:|---:|---:|" if args.memory else ""))
     for label, (model, _) in models.items():
         model = model.to(device)
-        for batch in args.batches:
+        for batch in batches:
             x = torch.randn(batch, 3, *model.config.image_size, device=device)
 
             def per_image(fn) -> float:
                 return timed(fn, device, args.warmup, args.repeats, clock) / batch
-            base = {"forward": per_image(lambda: forward(model, x)),
-                    "forward+backward": per_image(lambda: forward_backward(model, x))}
+
+            def peak_per_image(what: str, params: dict) -> float:
+                if device.type == "cuda":
+                    return peak_bytes(work(what, model, x, params), device) / batch
+                return peak_in_fresh_process(child_argv, what, label, batch) / batch
+            base = {kind: per_image(work(kind, model, x, {})) for kind in BASELINES}
+            base_memory = {kind: peak_per_image(kind, {}) for kind in BASELINES} if args.memory else {}
             for kind, seconds in base.items():
-                print(f"| {label} | {batch} | *{kind}* | {seconds * 1e3:.2f} | | | | | |", flush=True)
+                memory = f" {base_memory[kind] / 2**20:.1f} | | | |" if args.memory else ""
+                print(f"| {label} | {batch} | *{kind}* | {seconds * 1e3:.2f} | | | | | |" + memory, flush=True)
             for name in args.methods:
-                counted = step_param(name)
-                defaults = get_method(name).defaults
-                params = {**defaults, **{k: v for k, v in overrides.items() if k in defaults}}
-                if counted and args.steps:
-                    params[counted] = args.steps
-                seconds = per_image(lambda: vitx.explain(model, x, name, **params))
+                if batch not in per_method.get(name, args.batches):
+                    continue
+                params, count = method_params(name, args, overrides)
+                memory = peak_per_image(name, params) if args.memory else None   # before the timed calls: see above
+                seconds = per_image(work(name, model, x, params))
                 kind = "forward+backward" if "gradients" in get_method(name).needs else "forward"
-                count = int(params[counted]) if counted else 1
                 ratio = seconds / count / base[kind]
+                target = METHOD_TARGETS.get(name, TARGETS[kind])
                 per = f" per step of {count}" if count > 1 else ""
-                meets = "yes" if ratio <= TARGETS[kind] else "no"
-                print(f"| {label} | {batch} | {name} | {seconds * 1e3:.2f} | {kind}{per} | {base[kind] * 1e3:.2f} "
-                      f"| {ratio:.2f} | ≤ {TARGETS[kind]} | {meets} |", flush=True)
+                row = (f"| {label} | {batch} | {name} | {seconds * 1e3:.2f} | {kind}{per} | {base[kind] * 1e3:.2f} "
+                       f"| {ratio:.2f} | ≤ {target} | {'yes' if ratio <= target else 'no'} |")
+                if args.memory:
+                    memory_ratio = memory / base_memory[kind]
+                    goal = MEMORY_TARGETS.get(name)
+                    meets = "" if goal is None else f"≤ {goal} ({'yes' if memory_ratio <= goal else 'no'})"
+                    row += f" {memory / 2**20:.1f} | {base_memory[kind] / 2**20:.1f} | {memory_ratio:.2f} | {meets} |"
+                print(row, flush=True)
 
 
 if __name__ == "__main__":

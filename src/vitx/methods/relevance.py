@@ -1,18 +1,29 @@
-"""Relevance-propagation methods: LRP and its transformer variants, run as one modified backward pass
-through the rules of :mod:`vitx.relevance` bound to the model by the tap.
+"""Relevance-propagation methods: LRP and its transformer variants, run as one forward and one modified
+backward pass through the rules of :mod:`vitx.relevance` bound to the model by the tap (transformer
+attribution adds a plain backward through the same forward).
 
 Notation: R_A the LRP relevance of a block's attention A (B, heads, N, N), ∇A = ∂y_t/∂A the plain
 gradient, E_h the mean over heads, row c the class token, x the model input.
+
+``precision="float64"`` runs the rules on a float64 copy of the model and images (the user's model is not
+touched) after the float32 forward that fixes the targets: for images where float32 rounding in the rules'
+divisions changes the map.
 """
 from __future__ import annotations
+
+import copy
+from functools import wraps
 
 import torch
 
 from ..batch import Batch
+from ..errors import VitxError
 from ..registry import register
 from ..relevance import ATTNLRP, CHEFER
 from ..relevance.rules import divide
-from .attention import cls_row, generic_relevance
+from .attention import cls_row, from_block, generic_relevance
+
+PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
 CHEFER_2021 = "Chefer, Gur & Wolf, CVPR 2021, Transformer Interpretability Beyond Attention Visualization"
 BACH_2015 = ("Bach et al., PLOS ONE 2015, On Pixel-Wise Explanations for Non-Linear Classifier Decisions by "
@@ -38,6 +49,33 @@ def pixel_relevance(batch: Batch, rules, start) -> torch.Tensor:
     return torch.autograd.grad(start(batch, logits), x)[0]
 
 
+def check_precision(_config, params: dict) -> None:
+    if params["precision"] not in PRECISIONS:
+        raise VitxError(f"precision must be 'float32' or 'float64', got {params['precision']!r}")
+
+
+def check_attribution(config, params: dict) -> None:
+    start = params["start_layer"]
+    if isinstance(start, bool) or not isinstance(start, int):
+        raise VitxError(f"start_layer must be a block index (an integer), got {start!r}")
+    check_precision(config, params)
+
+
+def in_precision(method):
+    """Run ``method(batch, ..., precision=...)`` on a twin of the batch in that precision: a copy of the model
+    converted to it, the images and the targets (found by the float32 model); the maps come back in float32.
+    The method declares ``precision`` in its signature, where the registry reads its parameters; this
+    wrapper consumes it."""
+    @wraps(method)
+    def run(batch: Batch, *args, precision: str = "float32", **params) -> torch.Tensor:
+        dtype = PRECISIONS[precision]
+        if dtype == batch.x.dtype:
+            return method(batch, *args, **params)
+        twin = Batch(copy.deepcopy(batch.model).to(dtype), batch.x.to(dtype), batch.layout, batch.targets)
+        return method(twin, *args, **params).to(batch.x.dtype)
+    return run
+
+
 def attention_relevance(batch: Batch, blocks=True) -> list[torch.Tensor]:
     """R_A = A ⊙ g_A for the attention of each block in ``blocks`` (the tap's ``attentions``), by Chefer
     et al.'s rules from R = 1 at the target."""
@@ -46,8 +84,10 @@ def attention_relevance(batch: Batch, blocks=True) -> list[torch.Tensor]:
     return [a.detach() * g for a, g in zip(tr.attentions, gradients)]
 
 
-@register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B")
-def lrp(batch: Batch) -> torch.Tensor:
+@register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B",
+          requires=check_precision)
+@in_precision
+def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """LRP from R = 1 at the target logit to the pixels with Chefer et al.'s rules: αβ (α=1, β=0) on linear
     layers, z^B on the patch embedding over the normalised pixel range, the identity rule on LayerNorm, GELU
     and softmax, a uniform split between the operands of q kᵀ and A v, the normalised rule at residual
@@ -56,28 +96,40 @@ def lrp(batch: Batch) -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "cls_token"}, cost="2F+2B")
-def transformer_attribution(batch: Batch) -> torch.Tensor:
-    """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for b = 1..L, with
-    R_A_b the LRP relevance of block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the
-    class token's row of R."""
-    relevances = attention_relevance(batch)
-    logits, tr = batch.run(tokens=False)
-    gradients = tr.gradients(batch.score(logits))
+          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_attribution)
+@in_precision
+def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
+    """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
+    b = s..L (``start_layer`` s, 0-based; the authors' ViT scripts use 1), with R_A_b the LRP relevance of
+    block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the class token's row of R.
+
+    One forward under the rules, then their backward for R_A and the plain backward for ∇A through the
+    same graph (:meth:`Composite.selectable`)."""
+    from_block(batch.model.adapter.attentions(), start_layer)
+    rules = CHEFER.selectable()
+    logits, tr = batch.run(rules=rules, tokens=False)
+    attentions = from_block(tr.attentions, start_layer)
+    relevances = torch.autograd.grad(unit_relevance(batch, logits), attentions, retain_graph=True)
+    with rules.switch.plain():
+        gradients = torch.autograd.grad(batch.score(logits), attentions)
+    relevances = [a.detach() * r for a, r in zip(attentions, relevances)]
     return cls_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
 
 
 @register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "cls_token"},
-          cost="1F+1B")
-def partial_lrp(batch: Batch) -> torch.Tensor:
+          cost="1F+1B", requires=check_precision)
+@in_precision
+def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
     averaged, the class token's row: R = E_h[(R_A_L)⁺][c, patches]."""
     relevance, = attention_relevance(batch, blocks=[-1])
     return cls_row(batch, relevance.clamp(min=0).mean(1))
 
 
-@register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B")
-def attnlrp(batch: Batch) -> torch.Tensor:
+@register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B",
+          requires=check_precision)
+@in_precision
+def attnlrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """AttnLRP from R = y_t at the target logit to the pixels: ε-rule on linear layers, the softmax's own
     gradient (its Taylor rule), a uniform split between the operands of q kᵀ and A v, the identity rule on
     GELU and on LayerNorm's division by σ, the z-rule at residual additions, z^B on the patch embedding;

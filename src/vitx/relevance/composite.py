@@ -6,13 +6,14 @@ refuses the model before anything runs, naming the layer.
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 from typing import Callable
 
 import torch
 
 from ..errors import VitxError
-from .rules import AlphaBeta, DetachedStd, Epsilon, Gradient, Identity, RelevanceProduct, ZBox, divide
+from .rules import AlphaBeta, DetachedStd, Epsilon, Gradient, Identity, RelevanceProduct, Switch, ZBox, divide
 
 OnExit = Callable[[Callable[[], None]], None]
 
@@ -20,11 +21,19 @@ OnExit = Callable[[Callable[[], None]], None]
 class Composite:
     """``layers`` maps each layer kind to its rule; "pixels" always gets z^B over the model's normalised
     pixel range. ``softmax`` is the softmax's rule; ``normalised_adds`` applies Chefer et al.'s rule at the
-    residual additions (else they keep the z-rule)."""
+    residual additions (else they keep the z-rule). ``switch`` selects the backward (:meth:`selectable`)."""
 
-    def __init__(self, name: str, layers: dict, softmax, normalised_adds: bool):
-        self.name, self.layers, self.normalised_adds = name, layers, normalised_adds
-        self.product = RelevanceProduct(softmax)
+    def __init__(self, name: str, layers: dict, softmax, normalised_adds: bool, switch: Switch | None = None):
+        self.name, self.layers, self.normalised_adds, self.switch = name, layers, normalised_adds, switch
+        self.product = RelevanceProduct(softmax, switch)
+
+    def selectable(self) -> "Composite":
+        """These rules with a switch of their own: a forward under them keeps the rules' backward and, inside
+        ``composite.switch.plain()``, the model's plain gradient (backward twice: ``retain_graph=True``)."""
+        twin = copy.copy(self)
+        twin.switch = Switch()
+        twin.product = RelevanceProduct(self.product.softmax_rule, twin.switch)
+        return twin
 
     def rules_for(self, model) -> list[tuple[torch.nn.Module, Callable]]:
         """(module, rule) for every leaf module of ``model``; a VitxError names the first without a rule."""
@@ -45,15 +54,15 @@ class Composite:
         """Hook the rules onto ``model``'s layers; every hook's removal goes to ``on_exit``."""
         bound = self.rules_for(model)
         if self.normalised_adds:
-            ResidualAdds(model.adapter).attach(on_exit)
+            ResidualAdds(model.adapter, self.switch).attach(on_exit)
         for module, rule in bound:
             if not isinstance(rule, Gradient):
-                on_exit(module.register_forward_hook(partial(_apply, rule)).remove)
+                on_exit(module.register_forward_hook(partial(_apply, rule, self.switch)).remove)
 
 
-def _apply(rule, module, inputs, output):
+def _apply(rule, switch, module, inputs, output):
     if torch.is_grad_enabled():
-        return rule(module, inputs[0], output)
+        return rule(module, inputs[0], output, switch)
 
 
 def pixel_range(config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,13 +72,19 @@ def pixel_range(config) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Addition:
-    """One residual addition z = a + b under Chefer et al.'s normalised rule (see :class:`ResidualAdds`)."""
+    """One residual addition z = a + b under Chefer et al.'s normalised rule (see :class:`ResidualAdds`).
 
-    def __init__(self, skip: torch.Tensor, total: torch.Tensor):
-        self.skip, self.total = skip, total
+    It keeps a and z detached: the hooks that hold it live on z's and a's autograd nodes, and a hook holding
+    the tensor it hooks is a cycle through C++ that Python's garbage collector cannot see, so every
+    forward's activations would stay alive."""
+
+    def __init__(self, skip: torch.Tensor, total: torch.Tensor, switch: Switch | None):
+        self.skip, self.total, self.switch = skip.detach(), total.detach(), switch
         self.correction: torch.Tensor | None = None
 
     def total_backward(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.switch is not None and self.switch.is_plain:
+            return grad
         dims = tuple(range(1, grad.dim()))
         total = (self.total * grad).sum(dims, keepdim=True)
         skip = (self.skip * grad).sum(dims, keepdim=True)
@@ -82,7 +97,8 @@ class _Addition:
 
     def skip_backward(self, grad: torch.Tensor) -> torch.Tensor:
         correction, self.correction = self.correction, None
-        return grad if correction is None else grad + correction
+        plain = self.switch is not None and self.switch.is_plain
+        return grad if correction is None or plain else grad + correction
 
 
 class ResidualAdds:
@@ -97,8 +113,8 @@ class ResidualAdds:
     true g_z, so R_z = z ⊙ g_z can be read off it.
     """
 
-    def __init__(self, adapter):
-        self.adapter = adapter
+    def __init__(self, adapter, switch: Switch | None = None):
+        self.adapter, self.switch = adapter, switch
         self.stream: list[tuple[torch.Tensor, torch.Tensor]] = []   # (a, a') per branch of the running block
 
     def attach(self, on_exit: OnExit) -> None:
@@ -123,7 +139,7 @@ class ResidualAdds:
         for (skip, copy), total in zip(self.stream, totals):
             if not (total.requires_grad and copy.requires_grad):
                 continue
-            addition = _Addition(skip, total)
+            addition = _Addition(skip, total, self.switch)
             total.register_hook(addition.total_backward)
             copy.register_hook(addition.skip_backward)
         self.stream.clear()
