@@ -84,8 +84,16 @@ def attention_relevance(batch: Batch, blocks=True) -> list[torch.Tensor]:
     return [a.detach() * g for a, g in zip(tr.attentions, gradients)]
 
 
+def in_graphs(per_image: float):
+    """Memory (:mod:`vitx.memory`): ``per_image`` graphs as measured on ViT-B/16 (the rules' saved operands beside
+    the plain graph), twice that in float64."""
+    def memory(params: dict) -> tuple[float, float]:
+        return per_image * (2 if params["precision"] == "float64" else 1), 0.0
+    return memory
+
+
 @register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision)
+          requires=check_precision, memory=in_graphs(3.0))
 @in_precision
 def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """LRP from R = 1 at the target logit to the pixels with Chefer et al.'s rules: αβ (α=1, β=0) on linear
@@ -96,7 +104,8 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_attribution)
+          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_attribution,
+          memory=in_graphs(3.0))
 @in_precision
 def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
     """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
@@ -117,7 +126,7 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
 
 
 @register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "cls_token"},
-          cost="1F+1B", requires=check_precision)
+          cost="1F+1B", requires=check_precision, memory=in_graphs(3.0))
 @in_precision
 def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
@@ -127,7 +136,7 @@ def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision)
+          requires=check_precision, memory=in_graphs(2.5))
 @in_precision
 def attnlrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """AttnLRP from R = y_t at the target logit to the pixels: ε-rule on linear layers, the softmax's own
