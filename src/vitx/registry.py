@@ -45,6 +45,7 @@ class Method:
     defaults: dict = field(default_factory=dict)
     requires: Callable | None = None  # requires(config, params): raise when the model lacks what the method needs
     memory: Callable = one_graph    # memory(params) -> (graphs per image, graphs per pass); see vitx.memory
+    fits: Callable | None = None    # fits(model, params): raise when the model cannot take the method (no forward)
     types: dict = field(default_factory=dict)    # parameter -> the types its annotation allows
     ranges: dict = field(default_factory=dict)   # parameter -> interval, e.g. "[0, 1)"
 
@@ -159,10 +160,12 @@ _METHODS: dict[str, Method] = {}
 
 def register(name: str, *, family: str, paper: str, needs=(), output: str = "tokens", cost: str,
              kinds=("vit",), requires: Callable | None = None, memory: Callable | None = None,
-             ranges: dict | None = None) -> Callable:
+             fits: Callable | None = None, ranges: dict | None = None) -> Callable:
     """Record ``fn`` as method ``name``. ``memory(params) -> (graphs per image, graphs per pass)``
     (:mod:`vitx.memory`) defaults to one graph per image for a method that needs gradients and a forward pass's
-    share otherwise. Its parameters' types come from their annotations, their ranges from :data:`RANGES` by
+    share otherwise. ``fits(model, params)`` refuses, before any forward, a model whose layers the method cannot
+    take.
+    Its parameters' types come from their annotations, their ranges from :data:`RANGES` by
     name, updated with ``ranges`` (parameter -> interval such as "[2, inf)")."""
     needs = frozenset(needs)
     memory = memory or (one_graph if "gradients" in needs else forward_only)
@@ -173,7 +176,7 @@ def register(name: str, *, family: str, paper: str, needs=(), output: str = "tok
         limits = {p: RANGES[p] for p in defaults if p in RANGES} | (ranges or {})
         assert all(p in defaults and within(defaults[p], r) for p, r in limits.items()), name
         _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires,
-                                memory, annotated_types(fn), limits)
+                                memory, fits, types=annotated_types(fn), ranges=limits)
         return fn
     return decorate
 

@@ -54,11 +54,17 @@ def check_precision(_config, params: dict) -> None:
         raise VitxError(f"precision must be 'float32' or 'float64', got {params['precision']!r}")
 
 
-def check_attribution(config, params: dict) -> None:
-    start = params["start_layer"]
-    if isinstance(start, bool) or not isinstance(start, int):
-        raise VitxError(f"start_layer must be a block index (an integer), got {start!r}")
-    check_precision(config, params)
+def takes_rules(rules):
+    """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite)."""
+    def fits(model, params: dict) -> None:
+        rules.rules_for(model)
+    return fits
+
+
+def takes_attribution(model, params: dict) -> None:
+    """``fits`` for transformer attribution: Chefer's rules bind, and ``start_layer`` names one of its blocks."""
+    takes_rules(CHEFER)(model, params)
+    from_block(model.adapter.blocks(), params["start_layer"])
 
 
 def in_precision(method):
@@ -93,7 +99,7 @@ def in_graphs(per_image: float):
 
 
 @register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision, memory=in_graphs(3.0))
+          requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER))
 @in_precision
 def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """LRP from R = 1 at the target logit to the pixels with Chefer et al.'s rules: αβ (α=1, β=0) on linear
@@ -104,8 +110,8 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_attribution,
-          memory=in_graphs(3.0))
+          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_precision,
+          memory=in_graphs(3.0), fits=takes_attribution)
 @in_precision
 def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
     """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
@@ -126,7 +132,7 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
 
 
 @register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "cls_token"},
-          cost="1F+1B", requires=check_precision, memory=in_graphs(3.0))
+          cost="1F+1B", requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER))
 @in_precision
 def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
@@ -136,7 +142,7 @@ def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision, memory=in_graphs(2.5))
+          requires=check_precision, memory=in_graphs(2.5), fits=takes_rules(ATTNLRP))
 @in_precision
 def attnlrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """AttnLRP from R = y_t at the target logit to the pixels: ε-rule on linear layers, the softmax's own
