@@ -30,6 +30,8 @@ from vitx.memory import graph_bytes
 from vitx.models import create_model
 from vitx.registry import get_method, method_names
 
+from speed import peak_bytes, work
+
 # One pass of internal_batch_size copies for the methods whose count only makes the run longer.
 CHEAP = {"integrated-gradients": {"steps": 16, "internal_batch_size": 16},
          "smoothgrad": {"samples": 16, "internal_batch_size": 16},
@@ -44,51 +46,23 @@ def build(name: str, device: str) -> vitx.Model:
     return vitx.load_model(name, device=device)
 
 
-def resident(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
-
-
-def reset_peak(device: torch.device) -> int:
-    """Reset the peak; return the memory in use now."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    ctypes.CDLL("libc.so.6").malloc_trim(0)   # give back what the warm-up freed, so the peak counts every page
-    Path("/proc/self/clear_refs").write_text("5")
-    status = Path("/proc/self/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) * 1024
-
-
 def measure(model_name: str, method: str, batch: int, device: str) -> dict:
-    """One measurement, in this process: peak bytes above the resident memory while explaining ``batch`` images."""
+    """One measurement, in this process: peak bytes above the resident memory while explaining ``batch`` images
+    (:func:`speed.peak_bytes`, after a warm-up call and after handing the heap it freed back to the system)."""
     torch.manual_seed(0)
     model = build(model_name, device)
     h, w = model.config.image_size
     x = torch.randn(batch, 3, h, w, device=model.device)
-    if method in ("forward", "forward+backward"):
-        def run():
-            if method == "forward":
-                with torch.no_grad():
-                    model(x)
-            else:
-                inputs = x.clone().requires_grad_(True)
-                torch.autograd.grad(model(inputs).max(-1).values.sum(), inputs)
-        declared = None
-    else:
-        info, params = get_method(method), CHEAP.get(method, {})
-        per_image, per_pass = info.memory(info.bind(params))
+    declared, params = None, {}
+    if method not in ("forward", "forward+backward"):
+        info, params = get_method(method), {**CHEAP.get(method, {}), "batch_size": batch, "memory": "1TB"}
+        per_image, per_pass = info.memory(info.bind(CHEAP.get(method, {})))
         declared = (per_image * batch + per_pass) * graph_bytes(model, x[:1].clone()) / batch
-
-        def run():
-            vitx.explain(model, x, method=method, batch_size=batch, memory="1TB", **params)
+    run = work(method, model, x, params)
     run()  # warm-up: first-call allocations, caches
-    before = reset_peak(model.device)
-    run()
-    peak = resident(model.device) - before
+    if model.device.type == "cpu":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)   # give back what the warm-up freed, so the peak counts every page
+    peak = peak_bytes(run, model.device)
     return {"method": method, "batch": batch, "per_image": peak / batch, "declared": declared,
             "graph": graph_bytes(model, x[:1].clone())}
 
