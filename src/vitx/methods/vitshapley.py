@@ -107,8 +107,14 @@ def _requires(config, params: dict) -> None:
     explainer_path(config, params.get("explainer"))
 
 
+def _fits(model, params: dict) -> None:
+    """Before any forward: the explainer was trained for these very weights, unless ``allow_stale``."""
+    if not params["allow_stale"]:
+        check_fingerprint(explainer_path(model.config, params["explainer"]), model.net)
+
+
 @register("vit-shapley", family="perturbation", paper=COVERT_2023, needs={"trained_module", "cls_token"},
-          cost="1 explainer F + 2F (surrogate)", requires=_requires)
+          cost="1 explainer F + 2F (surrogate)", requires=_requires, fits=_fits)
 def vit_shapley(batch: Batch, explainer: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """ViT Shapley: φ_i(x, t) for each patch i, from a trained explainer in one pass, efficient by construction
     (Σ_i φ_i = v_t(N) − v_t(∅), v the surrogate's probability of the target with patches held out by attention
@@ -116,9 +122,6 @@ def vit_shapley(batch: Batch, explainer: str | None = None, allow_stale: bool = 
     model (``shapes-vit-shapley`` for ``shapes-vit``). The explainer refuses a model whose weights differ
     from those it was trained for (a fingerprint of them is in its metadata); ``allow_stale=True`` uses it
     anyway, knowingly."""
-    path = explainer_path(batch.model.config, explainer)
-    if not allow_stale:
-        check_fingerprint(path, batch.model.net)
-    net, surrogate = load_explainer(path, batch.x.device)
+    net, surrogate = load_explainer(explainer_path(batch.model.config, explainer), batch.x.device)
     phi = amortised_values(net, surrogate, batch.x)
     return batch.layout.to_grid(phi[torch.arange(len(phi), device=phi.device), :, batch.targets])
