@@ -22,10 +22,11 @@ CONFIGS = {   # model class -> (its config class, the small build's settings)
     "CLIPForImageClassification": ("CLIPConfig", {"vision_config": VISION}),
     "SiglipForImageClassification": ("SiglipConfig", {"vision_config": VISION}),
     "Dinov2Model": ("Dinov2Config", DINO),
+    "Dinov2WithRegistersModel": ("Dinov2WithRegistersConfig", dict(DINO, num_register_tokens=4)),
     "CLIPVisionModel": ("CLIPVisionConfig", VISION),
     "SiglipVisionModel": ("SiglipVisionConfig", VISION),
 }
-TOWERS = ("Dinov2Model", "CLIPVisionModel", "SiglipVisionModel")
+TOWERS = ("Dinov2Model", "Dinov2WithRegistersModel", "CLIPVisionModel", "SiglipVisionModel")
 
 
 def hf_model(cls_name: str, implementation: str = "eager", small: bool = True, **settings) -> nn.Module:

@@ -28,6 +28,7 @@ VARIANTS = {
     "clip": ("CLIPForImageClassification", {}, 1, "avg"),
     "siglip": ("SiglipForImageClassification", {}, 0, "avg"),
     "dinov2-tower": ("Dinov2Model", {}, 1, "cls"),
+    "dinov2-registers-tower": ("Dinov2WithRegistersModel", {}, 5, "cls"),
     "clip-tower": ("CLIPVisionModel", {}, 1, "cls"),
     "siglip-tower": ("SiglipVisionModel", {}, 0, "map"),
 }
@@ -70,7 +71,7 @@ def test_tap_records_without_changing_the_model(variant, implementation, x):
     _, _, prefix, pooling = VARIANTS[variant]
     model = vitx.load_model(net)
     assert model.adapter.framework == "hf" and model.config.pooling == pooling
-    assert model.layout(x) == TokenLayout(prefix, (8, 8), (8, 8), 0 if variant not in ("siglip", "siglip-tower") else None)
+    assert model.layout(x) == TokenLayout(prefix, (8, 8), (8, 8), None if variant.startswith("siglip") else 0)
     before, settings = snapshot(net), attention_settings(net)
     assert set(settings[0].values()) == {implementation}
     with torch.no_grad():
@@ -158,13 +159,14 @@ def test_swiglu_dinov2_refuses_relevance_rules(x):
     assert torch.isfinite(vitx.explain(net, x, method="saliency").maps).all()
 
 
-@pytest.mark.parametrize("variant", ["dinov2-tower", "clip-tower", "siglip-tower"])
-def test_towers_are_traced_and_refused_by_explain(variant, x):
+@pytest.mark.parametrize("variant, classifier", [
+    ("dinov2-tower", "Dinov2ForImageClassification"),
+    ("dinov2-registers-tower", "Dinov2WithRegistersForImageClassification"),
+    ("clip-tower", "CLIPForImageClassification"), ("siglip-tower", "SiglipForImageClassification")])
+def test_towers_are_traced_and_refused_by_explain(variant, classifier, x):
     net = build(variant)
     forwards = []
     net.register_forward_pre_hook(lambda *_: forwards.append(1))
-    classifier = {"dinov2-tower": "Dinov2ForImageClassification", "clip-tower": "CLIPForImageClassification",
-                  "siglip-tower": "SiglipForImageClassification"}[variant]
     with pytest.raises(vitx.VitxError, match=f"is a vision tower with no classifier.*load {classifier}"):
         vitx.explain(net, x, method="saliency")
     assert not forwards and vitx.load_model(net).config.num_classes == 0
@@ -189,7 +191,7 @@ DEFAULT_MEAN = {"beit": (0.5,) * 3, "data2vec": (0.5,) * 3, "dinov2": (0.485, 0.
 
 
 @pytest.mark.parametrize("variant", ["beit-mean", "data2vec", "dinov2", "dinov2-registers", "clip", "siglip",
-                                     "dinov2-tower", "clip-tower", "siglip-tower"])
+                                     "dinov2-tower", "dinov2-registers-tower", "clip-tower", "siglip-tower"])
 def test_saved_directory_loads_with_its_preprocessing(variant, tmp_path, x):
     net = build(variant, "sdpa")
     tower = VARIANTS[variant][0] in TOWERS
