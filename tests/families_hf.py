@@ -10,9 +10,9 @@ from functools import partial
 from torch import nn
 
 from families import Family, jittered
+from reference import HF_SMALL
 
-VISION = dict(image_size=64, patch_size=8, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-              intermediate_size=128)
+VISION = {k: v for k, v in HF_SMALL.items() if k != "num_labels"}   # the labels go on the classifier's config
 DINO = {**{k: v for k, v in VISION.items() if k != "intermediate_size"}, "mlp_ratio": 2}
 CONFIGS = {   # model class -> (its config class, the small build's settings)
     "BeitForImageClassification": ("BeitConfig", dict(VISION, use_relative_position_bias=True)),
