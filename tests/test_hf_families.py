@@ -247,3 +247,50 @@ def test_catalog_builds():
         if family.attentions is not None:
             _, attentions = family.attentions(net, images(2, 3, *family.size))
             assert len(attentions) == 3 and attentions[0].shape == (2, 4, 65, 65)
+
+
+DATA2VEC_KEYS = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
+                 "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
+                 "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+
+def vit_twin(cls_name, vit):
+    """BEiT or data2vec-vision built as a plain ViT (absolute position embeddings, no relative position bias, no
+    layer scale, a class-token head) with ``vit``'s weights (its key biases zero: BEiT's key has none)."""
+    import transformers
+    config = getattr(transformers, CONFIGS[cls_name][0])(
+        **VARIANTS["beit-cls"][1], **{k: getattr(vit.config, k) for k in (*CONFIGS[cls_name][1], "num_labels")
+                                      if k != "use_relative_position_bias"},
+        use_absolute_position_embeddings=True, layer_scale_init_value=0.0, attn_implementation="eager")
+    net = getattr(transformers, cls_name)(config).eval()
+    prefix = "beit." if cls_name.startswith("Beit") else "data2vec_vision."
+    state = {}
+    for key, value in vit.state_dict().items():
+        if "k_proj.bias" in key:
+            continue
+        key = key.replace("vit.", prefix, 1)
+        if prefix == "data2vec_vision." and ".layers." in key:
+            key = key.replace(".layers.", ".encoder.layer.")
+            for theirs, ours in DATA2VEC_KEYS.items():
+                key = key.replace(theirs, ours)
+        state[key] = value
+    net.load_state_dict(state)
+    return net
+
+
+@pytest.mark.parametrize("cls_name", ["BeitForImageClassification", "Data2VecVisionForImageClassification"])
+def test_relevance_maps_equal_the_plain_vit_twin(cls_name, x):
+    """BEiT and data2vec-vision reduced to a ViT give its logits and, method by method, its maps: the relevance
+    rules bind to their layers (residual branches, pooler, activations) as to the ViT's."""
+    from reference import tiny_hf
+    vit = tiny_hf()
+    with torch.no_grad():
+        for layer in vit.vit.layers:
+            layer.attention.k_proj.bias.zero_()
+    twin = vit_twin(cls_name, vit)
+    with torch.no_grad():
+        close(twin(pixel_values=x).logits, vit(pixel_values=x).logits, rtol=1e-5)
+    for method in ("lrp", "attnlrp", "transformer-attribution", "partial-lrp", "generic-attention"):
+        ours, theirs = (vitx.explain(net, x, method=method, normalize=False).maps for net in (twin, vit))
+        assert theirs.abs().max() > 0
+        close(ours, theirs, rtol=1e-4)
