@@ -37,6 +37,12 @@ CLASSIFIERS = [v for v in VARIANTS if "tower" not in v]
 FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
 
 
+@pytest.fixture(scope="module")
+def x():
+    """Two 64x64 images."""
+    return images(2, 3, 64, 64)
+
+
 def build(variant, implementation="eager"):
     cls_name, settings, *_ = VARIANTS[variant]
     torch.manual_seed(0)
@@ -57,11 +63,6 @@ def attention_settings(net):
     """Every attention setting on the model: each config's implementation and each module's class."""
     configs = {name: m.config._attn_implementation for name, m in net.named_modules() if hasattr(m, "config")}
     return configs, [type(m) for m in net.modules()]
-
-
-@pytest.fixture(scope="module")
-def x():
-    return images(2, 3, 64, 64)
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
