@@ -20,12 +20,15 @@ def adapter_for(net: nn.Module) -> Adapter:
     if package == "timm" and hasattr(net, "blocks") and hasattr(net, "patch_embed"):
         from .timm import TimmViTAdapter
         return TimmViTAdapter(net)
+    if package == "torchvision" and type(net).__name__ == "VisionTransformer":
+        from .torchvision import TorchvisionViTAdapter
+        return TorchvisionViTAdapter(net)
     if package == "transformers":
         from .hf import HFViTAdapter
         return HFViTAdapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT and NesT, timm's VisionTransformer (DeiT, hybrid)/BEiT/NesT and Hugging Face ViT/DeiT "
-                    "classifiers")
+                    "ViT and NesT, timm's VisionTransformer (DeiT, DeiT III, DINOv2, hybrid)/BEiT/EVA/NesT, "
+                    "torchvision's VisionTransformer and Hugging Face ViT/DeiT classifiers")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]
