@@ -23,12 +23,12 @@ from .base import Adapter, Attend, Description, pair, project_values
 
 
 def _timm_attention_types():
-    """timm's attention modules the tap knows: ViT's, BEiT's (with its relative position bias) and EVA's
-    (with rotary position embeddings)."""
-    from timm.layers import Attention
+    """timm's attention modules the tap knows: ViT's, BEiT's (with its relative position bias), and EVA's and
+    its rope ViTs' (with rotary position embeddings)."""
+    from timm.layers import Attention, AttentionRope
     from timm.models.beit import Attention as BeitAttention
     from timm.models.eva import EvaAttention
-    return Attention, BeitAttention, EvaAttention
+    return Attention, BeitAttention, (EvaAttention, AttentionRope)
 
 
 def _timm_pass_types():
@@ -57,7 +57,7 @@ class TimmViTAdapter(Adapter):
             if not isinstance(attn, supported):
                 raise VitxError(f"timm model {architecture(net)}: block {i} has attention of type "
                                 f"{type(attn).__module__}.{type(attn).__name__}, which the tap cannot inspect "
-                                "(it knows timm's ViT and BEiT attention, and EVA's EvaAttention)")
+                                "(it knows timm's ViT and BEiT attention, and EVA's EvaAttention and AttentionRope)")
 
     def describe(self) -> Description:
         net = self.net
@@ -80,7 +80,7 @@ class TimmViTAdapter(Adapter):
         _, beit, eva = _timm_attention_types()
         if isinstance(module, beit):
             return _beit_attention_forward(module, attend)
-        if isinstance(module, eva):
+        if isinstance(module, eva):                       # EvaAttention, AttentionRope: rope passed in
             def forward(x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
                         is_causal: bool = False):
                 return _attention(module, attend, x, rope, attn_mask, is_causal)
@@ -136,6 +136,8 @@ def _attention(module, attend: Attend, x: torch.Tensor, rope, attn_mask, is_caus
         n, half = module.num_prefix_tokens, getattr(module, "rotate_half", False)
         q, k = (torch.cat([t[:, :, :n], apply_rot_embed_cat(t[:, :, n:], rope, half=half)], 2).type_as(v)
                 for t in (q, k))
+    if getattr(module, "num_kv_groups", 1) > 1:          # AttentionRope's grouped-query attention
+        k, v = (t.repeat_interleave(module.num_kv_groups, dim=1) for t in (k, v))
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
     dropout = module.attn_drop.p if module.training else 0.0
@@ -148,10 +150,10 @@ def _attention(module, attend: Attend, x: torch.Tensor, rope, attn_mask, is_caus
 def _qkv(module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v (B, heads, N, head_dim) as timm computes them: one projection ``qkv`` (ViT's with its own bias;
     BEiT's and EVA's with q and v biases beside it, a zero k bias between), or EVA's three ``q_proj``, ``k_proj``,
-    ``v_proj``."""
+    ``v_proj`` (k and v with fewer heads under grouped-query attention)."""
     B, N, _ = x.shape
     if module.qkv is None:
-        return tuple(proj(x).reshape(B, N, module.num_heads, -1).transpose(1, 2)
+        return tuple(proj(x).reshape(B, N, -1, module.head_dim).transpose(1, 2)
                      for proj in (module.q_proj, module.k_proj, module.v_proj))
     q_bias = getattr(module, "q_bias", None)
     if q_bias is None:

@@ -86,11 +86,12 @@ def load(name: str, weights: str | None = None) -> tuple[nn.Module, dict]:
         from torchvision import models
     except ImportError as err:
         raise VitxError(f"loading 'torchvision:{name}' needs torchvision installed ({err})") from None
-    vits = models.list_models(module=models.vision_transformer)
+    vits = [n for n in models.list_models(module=models)
+            if models.get_model_builder(n).__module__ == models.vision_transformer.__name__]
     if name not in vits:
-        known = "a model" if name in models.list_models() else "no model"
-        raise VitxError(f"torchvision has {known} named {name!r}, but no Vision Transformer of that name; vitx reads "
-                        f"{', '.join(vits)}")
+        what = f"torchvision's {name!r} is no Vision Transformer" if name in models.list_models() \
+            else f"torchvision has no model named {name!r}"
+        raise VitxError(f"{what}; vitx reads torchvision's {', '.join(vits)}")
     default = models.get_model_weights(name).DEFAULT
     if weights is None:
         weights = _cached_or_reachable(name, default.url)

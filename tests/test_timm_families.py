@@ -1,0 +1,162 @@
+"""timm's EVA-02, EVA, DeiT III, DINOv2 with registers and BEiT, and torchvision's ViT, through the tap (their
+catalog entries, tests/families_timm.py and tests/families_torchvision.py, and EVA variants with a class-token
+head): logits unchanged with the tap open, nothing left behind (also after an exception), attention equal to
+hook-made attention and the attention maps equal to their formulas, every method batched with finite maps or
+refused before any forward pass; EVA's rope variants, projected values and relevance refusals."""
+import pytest
+import torch
+
+import vitx
+from families_timm import FAMILIES as TIMM, SMALL_56, small, timm_attentions
+from families_torchvision import FAMILIES as TORCHVISION
+from reference import VIT_METHODS, close, formula_maps, images, snapshot, target_score, tiny_explainer
+
+CASES = {f.name: (f.build, f.size, f.attentions) for f in TIMM + TORCHVISION}
+# EVA with a class-token head, so that the class-token formulas apply: EVA-02 tiny (fused qkv with q/v biases,
+# rope, SwiGLU), EVA-02 base's layout (separate q/k/v projections, a norm in the SwiGLU) and EVA v1 (no rope)
+CASES.update({
+    "EVA-02 token": (small("eva02_tiny_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), global_pool="token"),
+                     (56, 56), timm_attentions),
+    "EVA-02 separate qkv": (small("eva02_base_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), global_pool="token"),
+                            (56, 56), timm_attentions),
+    "EVA token": (small("eva_giant_patch14_224", **SMALL_56, mlp_ratio=4, global_pool="token"), (56, 56),
+                  timm_attentions),
+})
+WITH_ATTENTIONS = [name for name, (_, _, attentions) in CASES.items() if attentions is not None]
+FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 64},
+        "kernel-shap": {"samples": 64}}
+
+
+@pytest.fixture(scope="module")
+def built():
+    """{case: (net, x)}, built once."""
+    return {name: (build(), images(2, 3, *size)) for name, (build, size, _) in CASES.items()}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_tap_changes_nothing(built, case):
+    net, x = built[case]
+    before = snapshot(net)
+    with torch.no_grad():
+        expected = net(x)
+        with vitx.trace(net) as tr:
+            logits = net(x)
+    close(logits, expected, rtol=1e-5)
+    layout = vitx.load_model(net).layout(x)
+    tokens = layout.num_prefix + layout.grid[0] * layout.grid[1]
+    assert len(tr.attentions) == len(vitx.load_model(net).adapter.blocks())
+    assert all(a.shape[0] == 2 and a.shape[-2:] == (tokens, tokens) for a in tr.attentions)
+    assert snapshot(net) == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with vitx.trace(net):
+            net(x)
+            raise RuntimeError("inside the tap")
+    assert snapshot(net) == before
+
+
+@pytest.mark.parametrize("case", WITH_ATTENTIONS)
+def test_attention_and_maps_match_hooks_and_formulas(built, case):
+    net, x = built[case]
+    layout = vitx.load_model(net).layout(x)
+    logits, attentions = CASES[case][2](net, x)
+    gradients = torch.autograd.grad(target_score(logits), attentions)
+    with vitx.trace(net) as tr:
+        traced = net(x)
+    close(traced, logits.detach(), rtol=1e-5)
+    for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
+        close(ours.detach(), theirs.detach())
+    expected = formula_maps([a.detach() for a in attentions], gradients, layout.num_prefix, layout.grid)
+    for method, reference in expected.items():
+        assert reference.abs().max() > 0
+        close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)
+
+
+@pytest.fixture(scope="module")
+def explainers(built):
+    """{case: a random ViT Shapley explainer for its model}, made when first asked for."""
+    made = {}
+
+    def get(case):
+        if case not in made:
+            made[case] = tiny_explainer(vitx.load_model(built[case][0]))
+        return made[case]
+    return get
+
+
+@pytest.mark.parametrize("method", VIT_METHODS)
+@pytest.mark.parametrize("case", [f.name for f in TIMM + TORCHVISION])
+def test_every_method_runs_batched_or_refuses_before_any_forward(built, explainers, case, method):
+    net, x = built[case]
+    params = dict(FAST.get(method, {}))
+    if method == "vit-shapley":
+        params["explainer"] = explainers(case)
+    calls = []
+    hook = net.register_forward_pre_hook(lambda *_: calls.append(1))
+    try:
+        maps = vitx.explain(net, x, method=method, **params).maps
+    except vitx.VitxError as err:
+        assert calls == [] and "\n" not in str(err)
+        return
+    finally:
+        hook.remove()
+    assert maps.shape == (2, *x.shape[-2:]) and torch.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("name, kw", [("vit_small_patch16_rope_224", {}), ("vit_small_patch16_rope_mixed_224", {}),
+                                      ("vit_small_patch16_rope_224", dict(qkv_fused=False, num_kv_heads=2))])
+def test_rope_vits_of_timms_eva_module(name, kw):
+    """timm's ViTs with rotary embeddings built on EVA's modules (AttentionRope; per-block rope in the mixed
+    variant; grouped-query attention with 2 key/value heads for 4 query heads): the same logits and attention
+    under the tap as on timm's own unfused path."""
+    net = small(name, depth=2, embed_dim=64, num_heads=4, num_classes=5, img_size=64, patch_size=8, **kw)()
+    x = images(2, 3, 64, 64)
+    logits, attentions = timm_attentions(net, x)
+    with torch.no_grad(), vitx.trace(net) as tr:
+        close(net(x), logits.detach(), rtol=1e-5)
+    for ours, theirs in zip(tr.attentions, attentions):
+        close(ours, theirs.detach())
+
+
+def test_eva_projected_values():
+    """One head: EVA's attention output is Σ_j A_ij v_j W_oᵀ + b_o, with the values the tap projects."""
+    net = small("eva_giant_patch14_224", **{**SMALL_56, "num_heads": 1}, mlp_ratio=4)()
+    x = images(2, 3, 56, 56)
+    outputs = []
+    hooks = [block.attn.register_forward_hook(lambda m, i, out: outputs.append(out)) for block in net.blocks]
+    with torch.no_grad(), vitx.trace(net, projected_values=True) as tr:
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    for block, a, values, out in zip(net.blocks, tr.attentions, tr.projected_values, outputs):
+        close(a[:, 0] @ values + block.attn.proj.bias, out)
+
+
+def test_eva_inner_norm_refuses_projected_values():
+    net = small("eva02_tiny_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), scale_attn_inner=True)()
+    before = snapshot(net)
+    with pytest.raises(vitx.VitxError, match=r"^timm model eva02_tiny_patch14_224: its attention normalises "
+                                             r"\(scale_norm, scale_attn_inner\) or gates .* projected_values for it$"):
+        with vitx.trace(net, projected_values=True):
+            pass
+    assert snapshot(net) == before
+
+
+@pytest.mark.parametrize("case, method, message", [
+    ("EVA-02 token", "lrp", r"^timm model eva02_tiny_patch14_224: its block type timm.models.eva.EvaBlock is not "
+                            r"the pre-norm Block of timm's ViT"),
+    ("EVA-02 token", "transformer-attribution", r"EvaBlock is not the pre-norm Block"),
+    ("EVA-02 token", "attnlrp", r"^the AttnLRP rules have none for layer 'blocks.0.mlp.act' \(SiLU\)$"),
+    ("EVA token", "partial-lrp", r"EvaBlock is not the pre-norm Block"),
+    ("timm BEiT (beit_base_patch16_224)", "lrp", r"timm.models.beit.Block is not the pre-norm Block"),
+    ("torchvision ViT (vit_b_16)", "lrp", r"^torchvision's ViT projects q, k and v with nn.MultiheadAttention's "
+                                          r"in_proj_weight, not with a Linear layer"),
+    ("torchvision ViT (vit_b_16)", "transformer-attribution", r"in_proj_weight"),
+])
+def test_relevance_refused_before_any_forward(built, case, method, message):
+    """Rules that cannot bind to the family refuse in one line before anything runs, on a model never run."""
+    net = CASES[case][0]()
+    calls = []
+    net.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(vitx.VitxError, match=message):
+        vitx.explain(net, built[case][1], method=method)
+    assert calls == []
