@@ -9,7 +9,7 @@ import torch
 import vitx
 from families_timm import FAMILIES as TIMM, SMALL_56, small, timm_attentions
 from families_torchvision import FAMILIES as TORCHVISION
-from reference import VIT_METHODS, close, formula_maps, images, snapshot, target_score, tiny_explainer
+from reference import VIT_METHODS, check_against_hooks, close, images, snapshot, tiny_explainer
 
 CASES = {f.name: (f.build, f.size, f.attentions) for f in TIMM + TORCHVISION}
 # EVA with a class-token head, so that the class-token formulas apply: EVA-02 tiny (fused qkv with q/v biases,
@@ -58,17 +58,7 @@ def test_tap_changes_nothing(built, case):
 def test_attention_and_maps_match_hooks_and_formulas(built, case):
     net, x = built[case]
     layout = vitx.load_model(net).layout(x)
-    logits, attentions = CASES[case][2](net, x)
-    gradients = torch.autograd.grad(target_score(logits), attentions)
-    with vitx.trace(net) as tr:
-        traced = net(x)
-    close(traced, logits.detach(), rtol=1e-5)
-    for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
-        close(ours.detach(), theirs.detach())
-    expected = formula_maps([a.detach() for a in attentions], gradients, layout.num_prefix, layout.grid)
-    for method, reference in expected.items():
-        assert reference.abs().max() > 0
-        close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)
+    check_against_hooks(net, x, *CASES[case][2](net, x), layout.num_prefix, layout.grid)
 
 
 @pytest.fixture(scope="module")
