@@ -94,6 +94,19 @@ def test_offline_without_a_file_names_the_file_to_provide(tmp_path, monkeypatch)
         vitx.load_model("torchvision:vit_b_16")
 
 
+def test_a_failed_download_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(adapter, "unreachable", lambda *_: None)
+
+    def download(name, weights=None, **kw):
+        assert weights is models.get_model_weights(name).DEFAULT
+        raise OSError("connection reset by peer\nmore")
+    monkeypatch.setattr(models, "get_model", download)
+    with pytest.raises(vitx.VitxError, match=r"^could not download the weights of torchvision model 'vit_b_16' "
+                       r"\(https://download.pytorch.org/models/vit_b_16-c867db91.pth\): connection reset by peer$"):
+        vitx.load_model("torchvision:vit_b_16")
+
+
 def test_the_probe_finds_an_unreachable_host():
     assert unreachable("https://vitx-no-host.invalid/models/x.pth", "the download host") == \
         "the download host (vitx-no-host.invalid) cannot be reached"

@@ -96,7 +96,11 @@ def load(name: str, weights: str | None = None) -> tuple[nn.Module, dict]:
     if weights is None:
         weights = _cached_or_reachable(name, default.url)
     if weights is None:
-        net = models.get_model(name, weights=default)
+        try:
+            net = models.get_model(name, weights=default)
+        except Exception as err:  # a download broken off, a corrupt file
+            raise VitxError(f"could not download the weights of torchvision model {name!r} ({default.url}): "
+                            f"{state_dict_error(err)}") from None
     else:
         net = models.get_model(name, weights=None, num_classes=len(default.meta["categories"]),
                                image_size=default.meta["min_size"][0])
