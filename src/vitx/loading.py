@@ -26,9 +26,9 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
     """Load or wrap a model.
 
     ``source``: a zoo name (``vitx.models()``), ``"timm:<name>"`` or ``"torchvision:<name>"`` (``weights=`` a
-    local file instead of the hub or torchvision's download), ``"hf:<hub id or local directory>"``, a ``.safetensors`` file with timm's keys (``arch``
-    names the timm configuration, e.g. ``"vit_small_patch16_224"``; vitx's own files carry theirs),
-    or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
+    local file instead of the hub or torchvision's download), ``"hf:<hub id or local directory>"``, a
+    ``.safetensors`` file with timm's keys (``arch`` names the timm configuration, e.g.
+    ``"vit_small_patch16_224"``; vitx's own files carry theirs), or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
     :class:`~vitx.model.ModelConfig` fields such as ``mean``, ``std`` or ``class_names``, and for files the
     architecture's own (``depth=3, embed_dim=64``...) where they differ from ``arch``'s.
     """
