@@ -1,30 +1,29 @@
-"""timm's EVA-02, EVA, DeiT III, DINOv2 with registers and BEiT, and torchvision's ViT, through the tap (their
-catalog entries, tests/families_timm.py and tests/families_torchvision.py, and EVA variants with a class-token
-head): logits unchanged with the tap open, nothing left behind (also after an exception), attention equal to
-hook-made attention and the attention maps equal to their formulas, every method batched with finite maps or
-refused before any forward pass; EVA's rope variants, projected values and relevance refusals."""
+"""timm's EVA-02, EVA, DeiT III, DINOv2 with registers and BEiT, and torchvision's ViT, through the tap, beyond
+what tests/test_families.py checks on their catalog entries (tests/families_timm.py, families_torchvision.py):
+EVA with a class-token head (three layouts of its attention) leaves logits and model as they were, the
+recorded attention and its gradients equal hook-made ones and the attention maps their formulas; timm's rope
+ViTs, EVA's projected values, and the relevance rules' refusals before any forward pass."""
 import pytest
 import torch
 
 import vitx
 from families_timm import FAMILIES as TIMM, SMALL_56, small, timm_attentions
 from families_torchvision import FAMILIES as TORCHVISION
-from reference import VIT_METHODS, check_against_hooks, close, images, snapshot, tiny_explainer
+from reference import check_against_hooks, close, images, snapshot
 
-CASES = {f.name: (f.build, f.size, f.attentions) for f in TIMM + TORCHVISION}
+CATALOG = {f.name: (f.build, f.size, f.attentions) for f in TIMM + TORCHVISION}
 # EVA with a class-token head, so that the class-token formulas apply: EVA-02 tiny (fused qkv with q/v biases,
 # rope, SwiGLU), EVA-02 base's layout (separate q/k/v projections, a norm in the SwiGLU) and EVA v1 (no rope)
-CASES.update({
+EVA = {
     "EVA-02 token": (small("eva02_tiny_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), global_pool="token"),
                      (56, 56), timm_attentions),
     "EVA-02 separate qkv": (small("eva02_base_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), global_pool="token"),
                             (56, 56), timm_attentions),
     "EVA token": (small("eva_giant_patch14_224", **SMALL_56, mlp_ratio=4, global_pool="token"), (56, 56),
                   timm_attentions),
-})
+}
+CASES = {**CATALOG, **EVA}
 WITH_ATTENTIONS = [name for name, (_, _, attentions) in CASES.items() if attentions is not None]
-FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 64},
-        "kernel-shap": {"samples": 64}}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +32,7 @@ def built():
     return {name: (build(), images(2, 3, *size)) for name, (build, size, _) in CASES.items()}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(EVA))
 def test_tap_changes_nothing(built, case):
     net, x = built[case]
     before = snapshot(net)
@@ -59,37 +58,6 @@ def test_attention_and_maps_match_hooks_and_formulas(built, case):
     net, x = built[case]
     layout = vitx.load_model(net).layout(x)
     check_against_hooks(net, x, *CASES[case][2](net, x), layout.num_prefix, layout.grid)
-
-
-@pytest.fixture(scope="module")
-def explainers(built):
-    """{case: a random ViT Shapley explainer for its model}, made when first asked for."""
-    made = {}
-
-    def get(case):
-        if case not in made:
-            made[case] = tiny_explainer(vitx.load_model(built[case][0]))
-        return made[case]
-    return get
-
-
-@pytest.mark.parametrize("method", VIT_METHODS)
-@pytest.mark.parametrize("case", [f.name for f in TIMM + TORCHVISION])
-def test_every_method_runs_batched_or_refuses_before_any_forward(built, explainers, case, method):
-    net, x = built[case]
-    params = dict(FAST.get(method, {}))
-    if method == "vit-shapley":
-        params["explainer"] = explainers(case)
-    calls = []
-    hook = net.register_forward_pre_hook(lambda *_: calls.append(1))
-    try:
-        maps = vitx.explain(net, x, method=method, **params).maps
-    except vitx.VitxError as err:
-        assert calls == [] and "\n" not in str(err)
-        return
-    finally:
-        hook.remove()
-    assert maps.shape == (2, *x.shape[-2:]) and torch.isfinite(maps).all()
 
 
 @pytest.mark.parametrize("name, kw", [("vit_small_patch16_rope_224", {}), ("vit_small_patch16_rope_mixed_224", {}),
