@@ -1,25 +1,13 @@
 """timm's families beyond its plain ViT: EVA-02 and EVA (rotary embeddings, SwiGLU, q/v biases), DeiT III (layer
 scale, no class-token position embedding), DINOv2 with registers and BEiT (relative position bias)."""
-import copy
-
 import timm
 
 from families import Family, jittered
+from families_builtin import timm_hooked_attentions
 
 SMALL = dict(depth=3, embed_dim=64, num_heads=4, num_classes=5)
 SMALL_64 = dict(SMALL, img_size=64, patch_size=8)      # an 8x8 grid of 8x8 patches
 SMALL_56 = dict(SMALL, img_size=56)                    # a 4x4 grid of timm's 14x14 patches
-
-
-def timm_attentions(net, x):
-    """Logits and per-block attention probabilities from a copy of a timm ViT / BEiT / EVA on timm's unfused
-    path (``fused_attn = False``), captured by forward hooks on each block's ``attn_drop`` (on the graph)."""
-    net = copy.deepcopy(net)
-    captured = []
-    for block in net.blocks:
-        block.attn.fused_attn = False
-        block.attn.attn_drop.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    return net(x), captured
 
 
 def small(name, **kw):
@@ -40,10 +28,10 @@ FAMILIES = [
     Family("timm EVA (eva_giant_patch14_224 architecture)", small("eva_giant_patch14_224", **SMALL_56, mlp_ratio=4),
            (56, 56), at_224("eva_giant_patch14_224", embed_dim=768, depth=12, num_heads=12, mlp_ratio=4)),
     Family("timm DeiT III (deit3_small_patch16_224)", small("deit3_small_patch16_224", **SMALL_64), (64, 64),
-           at_224("deit3_small_patch16_224"), timm_attentions),
+           at_224("deit3_small_patch16_224"), timm_hooked_attentions),
     Family("timm DINOv2 with registers (vit_small_patch14_reg4_dinov2)",
            small("vit_small_patch14_reg4_dinov2", **SMALL_56), (56, 56),
-           at_224("vit_small_patch14_reg4_dinov2", img_size=224, num_classes=1000), timm_attentions),
+           at_224("vit_small_patch14_reg4_dinov2", img_size=224, num_classes=1000), timm_hooked_attentions),
     # BEiT's classifiers pool the average of the patch tokens, as EVA's
     Family("timm BEiT (beit_base_patch16_224)", small("beit_base_patch16_224", **SMALL_64), (64, 64),
            at_224("beit_base_patch16_224")),

@@ -9,7 +9,7 @@ from torch import nn
 
 import vitx
 from vitx.layout import TokenLayout
-from families_timm import timm_attentions
+from families_builtin import timm_hooked_attentions
 from reference import VIT_METHODS, check_against_hooks, close, images, tiny_explainer, tiny_timm, vitx_twin
 
 # timm name and architecture options shared by timm and vitx: plain ViT, DeiT distilled (CLS + distillation
@@ -95,7 +95,7 @@ def test_maps_match_hook_and_formula(variant):
     x = images(2, 3, size, size)
     grid = (size // patch, size // patch)
     assert vitx.load_model(net).layout(x) == TokenLayout(PREFIX[variant], (patch, patch), grid, 0)
-    check_against_hooks(net, x, *timm_attentions(net, x), PREFIX[variant], grid)
+    check_against_hooks(net, x, *timm_hooked_attentions(net, x), PREFIX[variant], grid)
 
 
 def test_non_square_input_with_dynamic_size(x):

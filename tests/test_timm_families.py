@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import vitx
-from families_timm import FAMILIES as TIMM, SMALL_56, small, timm_attentions
+from families_builtin import timm_hooked_attentions
+from families_timm import FAMILIES as TIMM, SMALL_56, small
 from families_torchvision import FAMILIES as TORCHVISION
 from reference import check_against_hooks, close, images, snapshot
 
@@ -16,11 +17,11 @@ CATALOG = {f.name: (f.build, f.size, f.attentions) for f in TIMM + TORCHVISION}
 # rope, SwiGLU), EVA-02 base's layout (separate q/k/v projections, a norm in the SwiGLU) and EVA v1 (no rope)
 EVA = {
     "EVA-02 token": (small("eva02_tiny_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), global_pool="token"),
-                     (56, 56), timm_attentions),
+                     (56, 56), timm_hooked_attentions),
     "EVA-02 separate qkv": (small("eva02_base_patch14_224", **SMALL_56, ref_feat_shape=(4, 4), global_pool="token"),
-                            (56, 56), timm_attentions),
+                            (56, 56), timm_hooked_attentions),
     "EVA token": (small("eva_giant_patch14_224", **SMALL_56, mlp_ratio=4, global_pool="token"), (56, 56),
-                  timm_attentions),
+                  timm_hooked_attentions),
 }
 CASES = {**CATALOG, **EVA}
 WITH_ATTENTIONS = [name for name, (_, _, attentions) in CASES.items() if attentions is not None]
@@ -68,7 +69,7 @@ def test_rope_vits_of_timms_eva_module(name, kw):
     under the tap as on timm's own unfused path."""
     net = small(name, depth=2, embed_dim=64, num_heads=4, num_classes=5, img_size=64, patch_size=8, **kw)()
     x = images(2, 3, 64, 64)
-    logits, attentions = timm_attentions(net, x)
+    logits, attentions = timm_hooked_attentions(net, x)
     with torch.no_grad(), vitx.trace(net) as tr:
         close(net(x), logits.detach(), rtol=1e-5)
     for ours, theirs in zip(tr.attentions, attentions):
