@@ -35,6 +35,6 @@ def torchvision_attentions(net, x):
 
 
 FAMILIES = [
-    Family("torchvision ViT (vit_b_16)", jittered(lambda: torchvision.models.VisionTransformer(**SMALL)), (64, 64),
+    Family("torchvision ViT (vit_*)", jittered(lambda: torchvision.models.VisionTransformer(**SMALL)), (64, 64),
            lambda: torchvision.models.vit_b_16().eval(), torchvision_attentions),
 ]

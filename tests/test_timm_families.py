@@ -106,10 +106,10 @@ def test_eva_inner_norm_refuses_projected_values():
     ("EVA-02 token", "transformer-attribution", r"EvaBlock is not the pre-norm Block"),
     ("EVA-02 token", "attnlrp", r"^the AttnLRP rules have none for layer 'blocks.0.mlp.act' \(SiLU\)$"),
     ("EVA token", "partial-lrp", r"EvaBlock is not the pre-norm Block"),
-    ("timm BEiT (beit_base_patch16_224)", "lrp", r"timm.models.beit.Block is not the pre-norm Block"),
-    ("torchvision ViT (vit_b_16)", "lrp", r"^torchvision's ViT projects q, k and v with nn.MultiheadAttention's "
-                                          r"in_proj_weight, not with a Linear layer"),
-    ("torchvision ViT (vit_b_16)", "transformer-attribution", r"in_proj_weight"),
+    ("timm BEiT (beit_*)", "lrp", r"timm.models.beit.Block is not the pre-norm Block"),
+    ("torchvision ViT (vit_*)", "lrp", r"^torchvision's ViT projects q, k and v with nn.MultiheadAttention's "
+                                       r"in_proj_weight, not with a Linear layer"),
+    ("torchvision ViT (vit_*)", "transformer-attribution", r"in_proj_weight"),
 ])
 def test_relevance_refused_before_any_forward(built, case, method, message):
     """Rules that cannot bind to the family refuse in one line before anything runs, on a model never run."""
