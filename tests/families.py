@@ -33,4 +33,6 @@ def catalog() -> list[Family]:
     """Every family, in the support table's order."""
     import families_builtin
     import families_hf
-    return list(families_builtin.FAMILIES) + list(families_hf.FAMILIES)
+    import families_timm
+    import families_torchvision
+    return families_builtin.FAMILIES + families_timm.FAMILIES + families_torchvision.FAMILIES + families_hf.FAMILIES
