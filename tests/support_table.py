@@ -89,9 +89,10 @@ def markdown(table: dict[str, dict[str, Cell]]) -> str:
 
 
 def _general(reason: str) -> str:
-    """A refusal's message without what is particular to one model or one call (the list of methods that
-    would apply, a model's own name), so that one note serves every family refused for the same reason."""
-    return re.sub(r"; methods that apply: .*$", "", reason.strip())
+    """A refusal's message without what is particular to one method or one call (the method's name, the
+    methods or kinds that would apply), so that one note serves every cell refused for the same reason."""
+    reason = re.sub(r"^method '[^']+':? ", "", reason.strip())
+    return re.sub(r"(; methods that apply: .*| \(it works on: [^)]*\))$", "", reason)
 
 
 def committed() -> str:
