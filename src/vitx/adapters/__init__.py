@@ -10,7 +10,10 @@ from .base import Adapter, Description
 def adapter_for(net: nn.Module) -> Adapter:
     from ..models.nest import Nest
     from ..models.vit import VisionTransformer
+    from .swin import SwinAdapter, is_swin
     package = type(net).__module__.split(".")[0]
+    if framework := is_swin(net):
+        return SwinAdapter(net, framework)
     if isinstance(net, VisionTransformer):
         from .vitx import VitxViTAdapter
         return VitxViTAdapter(net)
@@ -24,8 +27,8 @@ def adapter_for(net: nn.Module) -> Adapter:
         from .hf import HFViTAdapter
         return HFViTAdapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT and NesT, timm's VisionTransformer (DeiT, hybrid)/BEiT/NesT and Hugging Face ViT/DeiT "
-                    "classifiers")
+                    "ViT and NesT, timm's VisionTransformer (DeiT, hybrid)/BEiT/NesT/Swin (v1, v2) and Hugging Face "
+                    "ViT/DeiT/Swin classifiers")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

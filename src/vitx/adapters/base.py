@@ -47,6 +47,7 @@ class Description:
 
 class Adapter:
     framework = ""
+    windowed = False    # attention runs within windows (Swin): per-key score edits do not apply
 
     def __init__(self, net: nn.Module):
         self.net = net
@@ -69,6 +70,12 @@ class Adapter:
         output projection, (B, N, D): v_j W_oᵀ per token j, without the bias (see :func:`project_values`).
         Raises VitxError where the attention output is not Σ_j A_ij v_j W_oᵀ + b_o."""
         raise NotImplementedError
+
+    def block_tokens(self, output):
+        """A block's output (or input) -> (its tokens (B, N, D), what the model goes on with): the output itself,
+        or one computed from those tokens where they had to be reshaped, so that gradients with respect to the
+        recorded tokens reach the logits."""
+        return (output[0] if isinstance(output, (tuple, list)) else output), output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) for images x (B, 3, H, W)."""

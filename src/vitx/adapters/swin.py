@@ -1,0 +1,165 @@
+"""Adapter for Swin (Liu et al., ICCV 2021): timm's ``SwinTransformer`` and ``SwinTransformerV2`` (Liu et al.,
+CVPR 2022: cosine attention with a learnt logit scale and a continuous position bias) and Hugging Face's
+``SwinForImageClassification``.
+
+The tap's blocks are the Swin blocks of all stages in order. Each attention module receives the windows of its
+block, (B·nW, w², C); the replacement below splits them into (B, heads, nW, w², head_dim) before the tap's
+``attend``, so that the tap records attention as (B, heads, nW, w², w²), with the relative position bias and the
+shifted windows' mask broadcast over it. :meth:`SwinAdapter.windows` says how each block's windows sit on its
+stage's token map (:class:`vitx.windows.WindowGeometry`). The tap's tokens are every block's output as
+(B, H·W, C), row-major over the stage's map. Patch merging sits at the start of stages 1.. in timm and at the
+end of stages ..L−1 in Hugging Face; the geometries of consecutive blocks show it either way (the map halves).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import VitxError
+from ..windows import WindowGeometry
+from .base import Adapter, Attend, Description, pair
+
+TIMM_SWINS = ("SwinTransformer", "SwinTransformerV2")
+HF_SWINS = ("SwinForImageClassification",)
+
+
+class SwinAdapter(Adapter):
+    windowed = True
+
+    def __init__(self, net: nn.Module, framework: str):
+        super().__init__(net)
+        self.framework = framework
+        self._blocks = [block for stage in self._stages() for block in stage.blocks]
+
+    def _stages(self):
+        return self.net.layers if self.framework == "timm" else self.net.swin.encoder.layers
+
+    def describe(self) -> Description:
+        net = self.net
+        if self.framework == "timm":
+            from .timm import preprocessing
+            pe, classes = net.patch_embed, int(net.num_classes)
+            return Description(pair(pe.img_size), pair(pe.patch_size), 0, None, classes, dynamic_size=False,
+                               kind="swin", pooling={"": "none"}.get(net.global_pool, net.global_pool),
+                               **preprocessing(getattr(net, "pretrained_cfg", None) or {}, classes))
+        from .hf import image_processing
+        cfg = net.config
+        id2label = cfg.id2label or {}
+        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels))
+        return Description(pair(cfg.image_size), pair(cfg.patch_size), 0, None, int(cfg.num_labels),
+                           dynamic_size=False, kind="swin", pooling="avg", class_names=names,
+                           **image_processing(cfg))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self._blocks)
+
+    def attentions(self) -> list[nn.Module]:
+        return [block.attn if self.framework == "timm" else block.attention for block in self._blocks]
+
+    def windows(self, block: int) -> WindowGeometry:
+        """How block ``block``'s windows sit on its stage's token map, at the model's image size."""
+        index = block % len(self._blocks)
+        if self.framework == "timm":
+            b = self._blocks[index]
+            return WindowGeometry(tuple(b.input_resolution), tuple(b.window_size), tuple(b.shift_size))
+        cfg = self.net.config
+        grid = tuple(math.ceil(s / p) for s, p in zip(pair(cfg.image_size), pair(cfg.patch_size)))
+        for stage in self._stages():
+            if index < len(stage.blocks):
+                break
+            index -= len(stage.blocks)
+            grid = tuple((g + 1) // 2 for g in grid)
+        window, shift = cfg.window_size, (cfg.window_size // 2 if index % 2 else 0)
+        if min(grid) <= window:                  # SwinLayer.set_shift_and_window_size
+            window, shift = min(grid), 0
+        return WindowGeometry(grid, (window, window), (shift, shift))
+
+    def block_tokens(self, output):
+        if self.framework == "hf":
+            return super().block_tokens(output)
+        tokens = output.flatten(1, 2)                                  # timm's blocks keep (B, H, W, C)
+        return tokens, tokens.view_as(output)
+
+    def attention_forward(self, module, attend: Attend):
+        geometry = self.windows(next(i for i, m in enumerate(self.attentions()) if m is module))
+        windows = geometry.num_windows
+
+        def split(t: torch.Tensor, heads: int) -> torch.Tensor:
+            """(B·nW, w², heads·d) -> (B, heads, nW, w², d)."""
+            return t.unflatten(0, (-1, windows)).unflatten(-1, (heads, -1)).permute(0, 3, 1, 2, 4)
+
+        def merge(context: torch.Tensor) -> torch.Tensor:
+            """(B, heads, nW, w², d) -> (B·nW, w², heads·d)."""
+            return context.permute(0, 2, 3, 1, 4).flatten(3).flatten(0, 1)
+
+        def scores_mask(bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            """Relative position bias (1, heads, w², w²) plus the shift mask (nW, w², w²) -> broadcast to
+            (1, heads, nW, w², w²)."""
+            bias = bias.unsqueeze(2)
+            return bias if mask is None else bias + mask.to(bias.dtype)[None, None]
+
+        if self.framework == "hf":
+            def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+                heads = module.num_attention_heads
+                q, k, v = (split(proj(hidden_states), heads) for proj in (module.q_proj, module.k_proj, module.v_proj))
+                dropout = module.attention_dropout if module.training else 0.0
+                out = attend(q, k, v, module.scaling, dropout, scores_mask(module.relative_position_bias(), attention_mask))
+                return module.o_proj(merge(out)), None
+            return forward
+
+        cosine = hasattr(module, "logit_scale")                        # timm's SwinTransformerV2
+
+        def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+            heads = module.num_heads
+            q, k, v = (split(t, heads) for t in _timm_qkv(module, x).chunk(3, -1))
+            dropout = module.attn_drop.p if module.training else 0.0
+            if cosine:
+                q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+                scale = torch.clamp(module.logit_scale, max=math.log(1.0 / 0.01)).exp().view(1, heads, 1, 1, 1)
+                table = module.cpb_mlp(module.relative_coords_table).view(-1, heads)
+                area = q.shape[-2]
+                bias = 16 * torch.sigmoid(table[module.relative_position_index.view(-1)].view(area, area, heads))
+                bias = bias.permute(2, 0, 1).unsqueeze(0)
+            else:
+                scale, bias = module.scale, module._get_rel_pos_bias()
+            out = attend(q, k, v, scale, dropout, scores_mask(bias, mask))
+            return module.proj_drop(module.proj(merge(out)))
+        return forward
+
+    def value_projection(self, module):
+        raise VitxError("the tap records projected values per flat token, and Swin attends within shifted windows")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) if self.framework == "timm" else self.net(pixel_values=x).logits
+
+    def pixel_layer(self) -> nn.Module:
+        if self.framework == "timm":
+            return self.net.patch_embed.proj
+        return self.net.swin.embeddings.patch_embeddings.projection
+
+    def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        raise VitxError("relevance rules know the pre-norm blocks of a flat token sequence; Swin's blocks shift, "
+                        "partition and merge windows between them, which the rules do not follow")
+
+
+def _timm_qkv(module, x: torch.Tensor) -> torch.Tensor:
+    """timm's q, k, v projection, (B·nW, w², 3·heads·d): one linear layer, V2's separate q and v biases added."""
+    if getattr(module, "q_bias", None) is None:
+        return module.qkv(x)
+    bias = torch.cat((module.q_bias, module.k_bias, module.v_bias))
+    if module.qkv_bias_separate:
+        return module.qkv(x) + bias
+    return F.linear(x, module.qkv.weight, bias)
+
+
+def is_swin(net: nn.Module) -> str | None:
+    """"timm" or "hf" for a Swin the adapter knows, else None."""
+    package, name = type(net).__module__.split(".")[0], type(net).__name__
+    if package == "timm" and name in TIMM_SWINS:
+        return "timm"
+    if package == "transformers" and name in HF_SWINS:
+        return "hf"
+    return None
