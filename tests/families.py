@@ -32,4 +32,5 @@ def jittered(make: Callable[[], nn.Module], seed: int = 0) -> Callable[[], nn.Mo
 def catalog() -> list[Family]:
     """Every family, in the support table's order."""
     import families_builtin
-    return list(families_builtin.FAMILIES)
+    import families_swin
+    return list(families_builtin.FAMILIES) + list(families_swin.FAMILIES)
