@@ -239,12 +239,11 @@ def test_key_edits_refused_and_nothing_left():
 
 
 def test_load_timm_swin_by_name(tmp_path):
-    import timm
-    torch.manual_seed(0)
-    source = timm.create_model("swin_tiny_patch4_window7_224").eval()
-    path = tmp_path / "swin.safetensors"
-    save_file(source.state_dict(), str(path))
-    model = vitx.load_model("timm:swin_tiny_patch4_window7_224", weights=path)
+    """timm's pretrained-loading path with a local weights file: the name's pretrained config gives the
+    preprocessing, the adapter the Swin description."""
+    source = TIMM_V1.build_224()
+    save_file(source.state_dict(), str(tmp_path / "swin.safetensors"))
+    model = vitx.load_model("timm:swin_tiny_patch4_window7_224", weights=tmp_path / "swin.safetensors")
     config = model.config
     assert (config.kind, config.patch_size, config.cls_index, config.num_prefix_tokens, config.pooling) == \
         ("swin", (4, 4), None, 0, "avg")

@@ -37,7 +37,8 @@ class Description:
     cls_index: int | None
     num_classes: int
     dynamic_size: bool           # accepts other image sizes (position embeddings are resampled)
-    kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention
+    kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention;
+                                 # "swin": shifted windows over maps that merge stage by stage
     levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order
     pooling: str = "cls"         # what the head reads: "cls" (the class token), "avg", "max", "map"...
     mean: tuple[float, ...] | None = None
