@@ -6,15 +6,19 @@ import torch
 from safetensors.torch import save_file
 
 import vitx
+from families import jittered
 from families_swin import FAMILIES, HF_SMALL
 from reference import snapshot
+from vitx.batch import Batch
+from vitx.methods.relevance import unit_relevance
 from vitx.model import as_model
+from vitx.relevance import CHEFER
 from vitx.registry import get_method, method_names
 from vitx.windows import WindowGeometry, dense, spread
 
 TIMM_V1, TIMM_V2, HF = FAMILIES
 SWIN_METHODS = ["raw-attention", "rollout", "generic-attention", "gradcam", "saliency", "integrated-gradients",
-                "smoothgrad", "occlusion", "rise", "kernel-shap"]
+                "smoothgrad", "occlusion", "rise", "kernel-shap", "lrp", "attnlrp"]
 QUICK = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "occlusion": {"window": 4, "stride": 4},
          "rise": {"masks": 32}, "kernel-shap": {"samples": 64}}
 
@@ -197,12 +201,14 @@ def test_every_method_maps_or_refuses_before_any_forward(family):
     try:
         for method in method_names():
             forwards.clear()
-            if method in SWIN_METHODS:
+            if method in SWIN_METHODS and not (family is TIMM_V2 and method in ("lrp", "attnlrp")):
                 exp = vitx.explain(model, x, method=method, **QUICK.get(method, {}))
                 assert exp.maps.shape == (2, 64, 64) and torch.isfinite(exp.maps).all(), method
                 assert not exp.degenerate.any(), method
             else:
-                with pytest.raises(vitx.VitxError, match="does not apply to 'swin' models: ") as err:
+                reason = "Swin V2's continuous position bias" if method in SWIN_METHODS else \
+                    "does not apply to 'swin' models: "
+                with pytest.raises(vitx.VitxError, match=reason) as err:
                     vitx.explain(model, x, method=method)
                 assert "\n" not in str(err.value) and not forwards, method
     finally:
@@ -215,7 +221,7 @@ def test_every_method_maps_or_refuses_before_any_forward(family):
     (lambda m, x: vitx.explain(m, x, method="rollout", discard_ratio=0.5), "use discard_ratio=0 on Swin"),
     (lambda m, x: vitx.explain(m, x, method="kernel-shap", removal="attention"), "use removal='baseline'"),
     (lambda m, x: vitx.explain(m, x, method="gradcam", block=4), "choose a block in 0..3"),
-    (lambda m, x: vitx.explain(m, x, method="lrp"), "relevance rules know the pre-norm blocks"),
+    (lambda m, x: vitx.explain(m, x, method="partial-lrp"), "Swin has no class token"),
 ])
 def test_bad_requests_refused_before_any_forward(call, message):
     net = TIMM_V1.build()
@@ -268,3 +274,35 @@ def test_load_hf_swin_directory(tmp_path):
         torch.testing.assert_close(model(x), source(pixel_values=x).logits, rtol=0, atol=1e-5)
     exp = vitx.explain(model, x, method="generic-attention")
     assert exp.token_maps.shape == (2, 16, 16)
+
+
+def unshifted(family):
+    """The family with one block per stage (windows never shifted, so no shift mask) and no relative position
+    bias: every relevance rule on it conserves."""
+    from families_swin import TIMM_SMALL, hf_swin, timm_swin
+    if family is HF:
+        net = jittered(hf_swin(**{**HF_SMALL, "depths": [1, 1]}))()
+    else:
+        net = jittered(timm_swin("swin_tiny_patch4_window7_224", **{**TIMM_SMALL, "depths": (1, 1)}))()
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if "relative_position_bias_table" in name:
+                p.zero_()
+    return net
+
+
+@pytest.mark.parametrize("family", [TIMM_V1, HF], ids=lambda f: f.name)
+def test_chefer_rules_conserve_through_swin(family):
+    """R = 1 at the target reaches every block's output whole and the pixels whole (Chefer et al.'s rules: αβ on
+    the patch merging's reduction, the identity on its norm, normalised residual additions), once the windows'
+    relative position bias, an additive term on the scores that takes its share, is zero."""
+    model = as_model(unshifted(family))
+    assert all(not any(model.adapter.windows(b).shift) for b in range(2))
+    for seed in range(2):
+        x = images(seed, 1)
+        batch = Batch(model, x, model.layout(x), None)
+        pixels = x.clone().requires_grad_(True)
+        logits, tr = batch.run(pixels, original=True, rules=CHEFER)
+        grads = torch.autograd.grad(unit_relevance(batch, logits), tr.tokens + [pixels])
+        sums = [float((t.detach() * g).sum()) for t, g in zip(tr.tokens, grads)] + [float(grads[-1].sum())]
+        assert sums == pytest.approx([1.0] * 3, rel=1e-3)

@@ -29,8 +29,6 @@ MEAN_ROW_KINDS = ("swin",)
 KIND_LIMITS = {"swin": {
     "": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink stage by "
         "stage, which this method's per-token formulas do not follow",
-    "relevance": "relevance rules know the pre-norm blocks of one flat token sequence, and Swin's blocks shift, "
-                 "partition and merge windows between them",
     "nest": "it reads NesT's levels of image blocks, which Swin does not have"}}
 
 # The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with

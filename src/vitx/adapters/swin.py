@@ -141,8 +141,26 @@ class SwinAdapter(Adapter):
         return self.net.swin.embeddings.patch_embeddings.projection
 
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
-        raise VitxError("relevance rules know the pre-norm blocks of a flat token sequence; Swin's blocks shift, "
-                        "partition and merge windows between them, which the rules do not follow")
+        if self.framework == "hf":
+            return block.layernorm_before, block.layernorm_after
+        if hasattr(block.attn, "logit_scale"):
+            raise VitxError("Swin V2's blocks are post-norm (x + norm(f(x))), and relevance rules know pre-norm blocks")
+        return block.norm1, block.norm2
+
+    def layer_kind(self, module: nn.Module) -> str:
+        """Besides the base kinds: the head's pooling, drop-path, the relative position bias table (no function
+        of the image) and the unused softmax module of timm's attention pass relevance through as they are; V2's
+        continuous position bias (an MLP of the relative coordinates) gets a kind of its own, which no rule
+        takes."""
+        if any(module in attn.cpb_mlp.modules() for attn in self.attentions() if hasattr(attn, "cpb_mlp")):
+            return "Swin V2's continuous position bias"
+        pooling = self.net.head.global_pool if self.framework == "timm" else self.net.swin.pooler
+        if module in pooling.modules() or isinstance(module, nn.Softmax) \
+                or type(module).__name__ in ("DropPath", "SwinDropPath", "SwinRelativePositionBias"):
+            return "pass"
+        if type(module).__module__ == "transformers.activations":
+            return "activation"
+        return super().layer_kind(module)
 
 
 def _timm_qkv(module, x: torch.Tensor) -> torch.Tensor:
