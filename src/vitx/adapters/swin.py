@@ -106,7 +106,8 @@ class SwinAdapter(Adapter):
                 heads = module.num_attention_heads
                 q, k, v = (split(proj(hidden_states), heads) for proj in (module.q_proj, module.k_proj, module.v_proj))
                 dropout = module.attention_dropout if module.training else 0.0
-                out = attend(q, k, v, module.scaling, dropout, scores_mask(module.relative_position_bias(), attention_mask))
+                mask = scores_mask(module.relative_position_bias(), attention_mask)
+                out = attend(q, k, v, module.scaling, dropout, mask)
                 return module.o_proj(merge(out)), None
             return forward
 
