@@ -1,4 +1,5 @@
-"""Swin families: timm's SwinTransformer (v1) and SwinTransformerV2, Hugging Face's SwinForImageClassification.
+"""Swin families: timm's SwinTransformer (v1) and SwinTransformerV2, Hugging Face's SwinForImageClassification and
+Swinv2ForImageClassification.
 Their attention is windowed and their head mean-pools, so the class-token formulas do not apply
 (``attentions=None``); tests/test_swin.py checks the dense-matrix formulas instead."""
 from families import Family, jittered
@@ -17,12 +18,13 @@ def timm_swin(name: str, **kw):
     return make
 
 
-def hf_swin(attn_implementation: str = "eager", **kw):
+def hf_swin(attn_implementation: str = "eager", version: str = "", **kw):
+    """A Hugging Face Swin (``version=""``) or Swinv2 (``"v2"``) classifier of config ``kw``."""
     def make():
         import transformers
-        config = transformers.SwinConfig(**kw)
+        config = getattr(transformers, f"Swin{version}Config")(**kw)
         config._attn_implementation = attn_implementation
-        return transformers.SwinForImageClassification(config).eval()
+        return getattr(transformers, f"Swin{version}ForImageClassification")(config).eval()
     return make
 
 
@@ -34,4 +36,6 @@ FAMILIES = [
            (64, 64), timm_swin("swinv2_tiny_window8_256", img_size=224, window_size=7)),
     Family("Hugging Face Swin (SwinForImageClassification)", jittered(hf_swin(**HF_SMALL)), (64, 64),
            hf_swin(attn_implementation="sdpa")),
+    Family("Hugging Face Swin v2 (Swinv2ForImageClassification)", jittered(hf_swin(version="v2", **HF_SMALL)),
+           (64, 64), hf_swin(version="v2")),
 ]

@@ -1,6 +1,8 @@
 """Swin through the tap (timm v1 and v2, Hugging Face): logits, cleanup, the recorded windowed attention against
 plain hooks, the window geometry against the frameworks' own partition, and raw-attention, rollout,
 generic-attention and gradcam against their dense-matrix formulas."""
+import sys
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -16,7 +18,7 @@ from vitx.relevance import CHEFER
 from vitx.registry import get_method, method_names
 from vitx.windows import WindowGeometry, dense, spread
 
-TIMM_V1, TIMM_V2, HF = FAMILIES
+TIMM_V1, TIMM_V2, HF, HF_V2 = FAMILIES
 SWIN_METHODS = ["raw-attention", "rollout", "generic-attention", "gradcam", "saliency", "integrated-gradients",
                 "smoothgrad", "occlusion", "rise", "kernel-shap", "lrp", "attnlrp"]
 QUICK = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "occlusion": {"window": 4, "stride": 4},
@@ -28,13 +30,14 @@ def images(seed=0, n=2):
 
 
 def swin_blocks(net):
-    layers = net.layers if hasattr(net, "layers") else net.swin.encoder.layers
+    layers = net.layers if hasattr(net, "layers") else (getattr(net, "swin", None) or net.swinv2).encoder.layers
     return [block for stage in layers for block in stage.blocks]
 
 
 def hooked_attentions(net, x):
     """(logits, [A_b (B·nW, heads, w², w²)]) as the framework computes them, by plain hooks: timm's softmax output
-    entering attn_drop (the explicit path, fused_attn off), Hugging Face's eager attention weights."""
+    entering attn_drop (the explicit path, fused_attn off), Hugging Face's eager attention weights (Swinv2's
+    with output_attentions)."""
     kept, handles, fused = [], [], {}
     for block in swin_blocks(net):
         if hasattr(block, "attn"):
@@ -42,9 +45,10 @@ def hooked_attentions(net, x):
             block.attn.fused_attn = False
             handles.append(block.attn.attn_drop.register_forward_hook(lambda _m, _i, out: kept.append(out)))
         else:
-            handles.append(block.attention.register_forward_hook(lambda _m, _i, out: kept.append(out[1])))
+            attention = getattr(block.attention, "self", block.attention)
+            handles.append(attention.register_forward_hook(lambda _m, _i, out: kept.append(out[1])))
     try:
-        logits = net(x) if fused else net(pixel_values=x).logits
+        logits = net(x) if fused else net(pixel_values=x, output_attentions=True).logits
     finally:
         for handle in handles:
             handle.remove()
@@ -131,7 +135,7 @@ def test_recorded_attention_is_the_models(family):
         torch.testing.assert_close(a, windowed(e, 2), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", [TIMM_V1, HF], ids=lambda f: f.name)
+@pytest.mark.parametrize("family", [TIMM_V1, TIMM_V2, HF, HF_V2], ids=lambda f: f.name)
 def test_window_geometry_is_the_frameworks_partition(family):
     """token_index names, per window position, the token that the framework's roll and window_partition put there."""
     net = family.build()
@@ -141,12 +145,8 @@ def test_window_geometry_is_the_frameworks_partition(family):
         (H, W), (wh, _), (sh, sw) = shape.grid, shape.window, shape.shift
         index = torch.arange(H * W, dtype=torch.float32).view(1, H, W, 1)
         rolled = torch.roll(index, shifts=(-sh, -sw), dims=(1, 2))
-        if hasattr(block, "attn"):
-            from timm.models.swin_transformer import window_partition
-            windows = window_partition(rolled, shape.window)
-        else:
-            from transformers.models.swin.modeling_swin import window_partition
-            windows = window_partition(rolled, wh)
+        partition = sys.modules[type(net).__module__].window_partition
+        windows = partition(rolled, shape.window if hasattr(block, "attn") else wh)
         assert torch.equal(windows.reshape(shape.num_windows, -1).long(), shape.token_index())
     assert [model.adapter.windows(b).shift for b in range(4)] == [(0, 0), (2, 2), (0, 0), (2, 2)]
 
@@ -201,7 +201,7 @@ def test_every_method_maps_or_refuses_before_any_forward(family):
     try:
         for method in method_names():
             forwards.clear()
-            if method in SWIN_METHODS and not (family is TIMM_V2 and method in ("lrp", "attnlrp")):
+            if method in SWIN_METHODS and not (family in (TIMM_V2, HF_V2) and method in ("lrp", "attnlrp")):
                 exp = vitx.explain(model, x, method=method, **QUICK.get(method, {}))
                 assert exp.maps.shape == (2, 64, 64) and torch.isfinite(exp.maps).all(), method
                 assert not exp.degenerate.any(), method

@@ -28,7 +28,7 @@ def adapter_for(net: nn.Module) -> Adapter:
         return HFViTAdapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
                     "ViT and NesT, timm's VisionTransformer (DeiT, hybrid)/BEiT/NesT/Swin (v1, v2) and Hugging Face "
-                    "ViT/DeiT/Swin classifiers")
+                    "ViT/DeiT/Swin (v1, v2) classifiers")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

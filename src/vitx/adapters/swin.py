@@ -1,6 +1,6 @@
 """Adapter for Swin (Liu et al., ICCV 2021): timm's ``SwinTransformer`` and ``SwinTransformerV2`` (Liu et al.,
 CVPR 2022: cosine attention with a learnt logit scale and a continuous position bias) and Hugging Face's
-``SwinForImageClassification``.
+``SwinForImageClassification`` and ``Swinv2ForImageClassification``.
 
 The tap's blocks are the Swin blocks of all stages in order. Each attention module receives the windows of its
 block, (B·nW, w², C); the replacement below splits them into (B, heads, nW, w², head_dim) before the tap's
@@ -23,7 +23,7 @@ from ..windows import WindowGeometry
 from .base import Adapter, Attend, Description, pair
 
 TIMM_SWINS = ("SwinTransformer", "SwinTransformerV2")
-HF_SWINS = ("SwinForImageClassification",)
+HF_SWINS = ("SwinForImageClassification", "Swinv2ForImageClassification")
 
 
 class SwinAdapter(Adapter):
@@ -32,10 +32,11 @@ class SwinAdapter(Adapter):
     def __init__(self, net: nn.Module, framework: str):
         super().__init__(net)
         self.framework = framework
+        self.backbone = None if framework == "timm" else getattr(net, "swin", None) or net.swinv2
         self._blocks = [block for stage in self._stages() for block in stage.blocks]
 
     def _stages(self):
-        return self.net.layers if self.framework == "timm" else self.net.swin.encoder.layers
+        return self.net.layers if self.framework == "timm" else self.backbone.encoder.layers
 
     def describe(self) -> Description:
         net = self.net
@@ -57,15 +58,17 @@ class SwinAdapter(Adapter):
         return list(self._blocks)
 
     def attentions(self) -> list[nn.Module]:
-        return [block.attn if self.framework == "timm" else block.attention for block in self._blocks]
+        if self.framework == "timm":
+            return [block.attn for block in self._blocks]
+        return [getattr(block.attention, "self", block.attention) for block in self._blocks]   # V2: .self
 
     def windows(self, block: int) -> WindowGeometry:
         """How block ``block``'s windows sit on its stage's token map, at the model's image size."""
         index = block % len(self._blocks)
-        if self.framework == "timm":
-            b = self._blocks[index]
-            return WindowGeometry(tuple(b.input_resolution), tuple(b.window_size), tuple(b.shift_size))
-        cfg = self.net.config
+        if self.framework == "timm" or self.backbone is getattr(self.net, "swinv2", None):
+            b = self._blocks[index]                     # sizes fixed when the model was built
+            return WindowGeometry(pair(b.input_resolution), pair(b.window_size), pair(b.shift_size))
+        cfg = self.net.config                           # HF Swin sets them on its first forward
         grid = tuple(math.ceil(s / p) for s, p in zip(pair(cfg.image_size), pair(cfg.patch_size)))
         for stage in self._stages():
             if index < len(stage.blocks):
@@ -101,6 +104,17 @@ class SwinAdapter(Adapter):
             bias = bias.unsqueeze(2)
             return bias if mask is None else bias + mask.to(bias.dtype)[None, None]
 
+        if hasattr(module, "continuous_position_bias_mlp"):                   # HF's Swinv2
+            def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *_args):
+                heads = module.num_attention_heads
+                q, k, v = (split(proj(hidden_states), heads) for proj in (module.query, module.key, module.value))
+                q, k, scale, bias = _cosine(q, k, module.logit_scale, module.continuous_position_bias_mlp,
+                                            module.relative_coords_table, module.relative_position_index)
+                dropout = module.dropout.p if module.training else 0.0
+                twice = None if attention_mask is None else 2 * attention_mask      # HF adds its mask twice
+                return merge(attend(q, k, v, scale, dropout, scores_mask(bias, twice))), None
+            return forward
+
         if self.framework == "hf":
             def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
                 heads = module.num_attention_heads
@@ -118,12 +132,8 @@ class SwinAdapter(Adapter):
             q, k, v = (split(t, heads) for t in _timm_qkv(module, x).chunk(3, -1))
             dropout = module.attn_drop.p if module.training else 0.0
             if cosine:
-                q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-                scale = torch.clamp(module.logit_scale, max=math.log(1.0 / 0.01)).exp().view(1, heads, 1, 1, 1)
-                table = module.cpb_mlp(module.relative_coords_table).view(-1, heads)
-                area = q.shape[-2]
-                bias = 16 * torch.sigmoid(table[module.relative_position_index.view(-1)].view(area, area, heads))
-                bias = bias.permute(2, 0, 1).unsqueeze(0)
+                q, k, scale, bias = _cosine(q, k, module.logit_scale, module.cpb_mlp, module.relative_coords_table,
+                                            module.relative_position_index)
             else:
                 scale, bias = module.scale, module._get_rel_pos_bias()
             out = attend(q, k, v, scale, dropout, scores_mask(bias, mask))
@@ -139,13 +149,13 @@ class SwinAdapter(Adapter):
     def pixel_layer(self) -> nn.Module:
         if self.framework == "timm":
             return self.net.patch_embed.proj
-        return self.net.swin.embeddings.patch_embeddings.projection
+        return self.backbone.embeddings.patch_embeddings.projection
 
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        if any(hasattr(attn, "logit_scale") for attn in self.attentions()):
+            raise VitxError("Swin V2's blocks are post-norm (x + norm(f(x))), and relevance rules know pre-norm blocks")
         if self.framework == "hf":
             return block.layernorm_before, block.layernorm_after
-        if hasattr(block.attn, "logit_scale"):
-            raise VitxError("Swin V2's blocks are post-norm (x + norm(f(x))), and relevance rules know pre-norm blocks")
         return block.norm1, block.norm2
 
     def layer_kind(self, module: nn.Module) -> str:
@@ -153,15 +163,28 @@ class SwinAdapter(Adapter):
         of the image) and the unused softmax module of timm's attention pass relevance through as they are; V2's
         continuous position bias (an MLP of the relative coordinates) gets a kind of its own, which no rule
         takes."""
-        if any(module in attn.cpb_mlp.modules() for attn in self.attentions() if hasattr(attn, "cpb_mlp")):
+        if any(module in mlp.modules() for attn in self.attentions()
+               for mlp in (getattr(attn, "cpb_mlp", None), getattr(attn, "continuous_position_bias_mlp", None)) if mlp):
             return "Swin V2's continuous position bias"
-        pooling = self.net.head.global_pool if self.framework == "timm" else self.net.swin.pooler
+        pooling = self.net.head.global_pool if self.framework == "timm" else self.backbone.pooler
         if module in pooling.modules() or isinstance(module, nn.Softmax) \
-                or type(module).__name__ in ("DropPath", "SwinDropPath", "SwinRelativePositionBias"):
+                or type(module).__name__ in ("DropPath", "SwinDropPath", "Swinv2DropPath", "SwinRelativePositionBias"):
             return "pass"
         if type(module).__module__ == "transformers.activations":
             return "activation"
         return super().layer_kind(module)
+
+
+def _cosine(q: torch.Tensor, k: torch.Tensor, logit_scale: torch.Tensor, mlp: nn.Module, coords: torch.Tensor,
+            index: torch.Tensor):
+    """Swin V2's cosine attention for q, k (B, heads, nW, w², d): q and k normalised, the scale
+    exp(min(logit_scale, log 100)) per head (1, heads, 1, 1, 1), and the continuous position bias
+    16·sigmoid(mlp(coords)) at each pair's relative offset ``index``, (1, heads, w², w²)."""
+    heads, area = q.shape[1], q.shape[-2]
+    scale = torch.clamp(logit_scale, max=math.log(1.0 / 0.01)).exp().view(1, heads, 1, 1, 1)
+    table = mlp(coords).view(-1, heads)
+    bias = 16 * torch.sigmoid(table[index.view(-1)].view(area, area, heads)).permute(2, 0, 1).unsqueeze(0)
+    return F.normalize(q, dim=-1), F.normalize(k, dim=-1), scale, bias
 
 
 def _timm_qkv(module, x: torch.Tensor) -> torch.Tensor:
