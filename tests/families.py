@@ -32,5 +32,9 @@ def jittered(make: Callable[[], nn.Module], seed: int = 0) -> Callable[[], nn.Mo
 def catalog() -> list[Family]:
     """Every family, in the support table's order."""
     import families_builtin
+    import families_hf
     import families_swin
-    return list(families_builtin.FAMILIES) + list(families_swin.FAMILIES)
+    import families_timm
+    import families_torchvision
+    return (families_builtin.FAMILIES + families_timm.FAMILIES + families_torchvision.FAMILIES + families_hf.FAMILIES
+            + families_swin.FAMILIES)

@@ -139,6 +139,23 @@ def formula_maps(attentions, gradients, num_prefix, grid):
     return {method: m.reshape(B, *grid) for method, m in maps.items()}
 
 
+def check_against_hooks(net, x, logits, attentions, num_prefix, grid):
+    """The tap on ``net`` gives ``logits`` and records ``attentions`` (both made by plain hooks on input ``x``) and
+    their gradients, and raw-attention, rollout, generic-attention and attention-gradcam equal :func:`formula_maps`
+    of them."""
+    import vitx
+    gradients = torch.autograd.grad(target_score(logits), attentions)
+    with vitx.trace(net) as tr:
+        traced = net(x)
+    close(traced, logits.detach(), rtol=1e-5)
+    for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
+        close(ours.detach(), theirs.detach())
+    expected = formula_maps([a.detach() for a in attentions], gradients, num_prefix, grid)
+    for method, reference in expected.items():
+        assert reference.abs().max() > 0
+        close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)
+
+
 def snapshot(net):
     """Whatever the tap could leave behind: per submodule its mode, hooks, instance attributes (a patched
     ``forward`` lands there) and timm's fused-attention flag; and the Hugging Face attention setting."""

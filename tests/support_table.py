@@ -11,6 +11,8 @@ runs on a family, not how well.
 """
 from __future__ import annotations
 
+import argparse
+import difflib
 import re
 import sys
 from dataclasses import dataclass
@@ -51,14 +53,14 @@ def cell(net, x: torch.Tensor, method: str) -> Cell:
     return Cell("works")
 
 
-def cells(families=None) -> dict[str, dict[str, Cell]]:
-    """{family name: {method: Cell}} for every family and registered method."""
+def cells(families=None, device: str = "cpu") -> dict[str, dict[str, Cell]]:
+    """{family name: {method: Cell}} for every family and registered method, run on ``device``."""
     from families import catalog
     from vitx.registry import method_names
     table = {}
     for family in families or catalog():
-        net = family.build()
-        x = torch.randn(2, 3, *family.size, generator=torch.Generator().manual_seed(0))
+        net = family.build().to(device)
+        x = torch.randn(2, 3, *family.size, generator=torch.Generator().manual_seed(0)).to(device)
         table[family.name] = {method: cell(net, x, method) for method in method_names()}
     return table
 
@@ -103,7 +105,22 @@ def write(table_text: str) -> None:
     DOC.write_text(text[:text.index(START) + len(START)] + "\n" + table_text + "\n" + text[text.index(END):])
 
 
-if __name__ == "__main__":
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Rewrite the support table of docs/models.md, or check it.")
+    parser.add_argument("--device", default="cpu", help="run the methods there (e.g. cuda)")
+    parser.add_argument("--check", action="store_true", help="print the cells that differ from docs/models.md "
+                        "instead of rewriting it; exit 1 if any does")
+    args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
-    write(markdown(cells()))
-    print(f"wrote the support table in {DOC.relative_to(ROOT)}")
+    table = markdown(cells(device=args.device))
+    if not args.check:
+        write(table)
+        print(f"wrote the support table in {DOC.relative_to(ROOT)}")
+        return
+    differing = [line for line in difflib.unified_diff(committed().splitlines(), table.splitlines(), lineterm="")]
+    print("\n".join(differing) or f"docs/models.md holds the table measured on {args.device}")
+    sys.exit(1 if differing else 0)
+
+
+if __name__ == "__main__":
+    main()

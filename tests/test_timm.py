@@ -1,8 +1,6 @@
 """timm's ViT family through the tap: vitx's ViT with the same weights gives the same logits and maps,
 the maps equal formulas applied to attention captured by plain hooks, and timm's fused attention is
 left on."""
-import copy
-
 import pytest
 import torch
 from timm.models.deit import VisionTransformerDistilled
@@ -11,7 +9,8 @@ from torch import nn
 
 import vitx
 from vitx.layout import TokenLayout
-from reference import VIT_METHODS, close, formula_maps, images, target_score, tiny_explainer, tiny_timm, vitx_twin
+from families_builtin import timm_hooked_attentions
+from reference import VIT_METHODS, check_against_hooks, close, images, tiny_explainer, tiny_timm, vitx_twin
 
 # timm name and architecture options shared by timm and vitx: plain ViT, DeiT distilled (CLS + distillation
 # token), register tokens, and no class token with mean pooling.
@@ -81,17 +80,6 @@ def test_fused_attention_stays_on(pair, x):
     assert all(a.fused_attn is True for a in attentions)
 
 
-def hooked_attentions(net, x):
-    """Logits and per-block attention probabilities from a copy of ``net`` on timm's unfused path,
-    captured by forward hooks on ``attn_drop`` (still in the autograd graph)."""
-    net = copy.deepcopy(net)
-    captured = []
-    for block in net.blocks:
-        block.attn.fused_attn = False
-        block.attn.attn_drop.register_forward_hook(lambda module, inputs, output: captured.append(output))
-    return net(x), captured
-
-
 # beyond VARIANTS: a hybrid ViT (a ResNet stem of stride 4 under 8x8 patches: 32x32 pixels a token on 128x128
 # images) and BEiT (relative position bias in every attention, class-token head)
 FORMULA_CASES = {**{v: (*VARIANTS[v], 64, 8) for v in ("vit", "deit-distilled", "registers")},
@@ -107,17 +95,7 @@ def test_maps_match_hook_and_formula(variant):
     x = images(2, 3, size, size)
     grid = (size // patch, size // patch)
     assert vitx.load_model(net).layout(x) == TokenLayout(PREFIX[variant], (patch, patch), grid, 0)
-    logits, attentions = hooked_attentions(net, x)
-    gradients = torch.autograd.grad(target_score(logits), attentions)
-    with vitx.trace(net) as tr:
-        traced = net(x)
-    close(traced, logits.detach(), rtol=1e-5)
-    for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
-        close(ours.detach(), theirs.detach())
-    expected = formula_maps([a.detach() for a in attentions], gradients, PREFIX[variant], grid)
-    for method, reference in expected.items():
-        assert reference.abs().max() > 0
-        close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)
+    check_against_hooks(net, x, *timm_hooked_attentions(net, x), PREFIX[variant], grid)
 
 
 def test_non_square_input_with_dynamic_size(x):

@@ -1,4 +1,5 @@
-"""``vitx.load_model``: zoo names, ``timm:<name>``, ``hf:<id or dir>``, safetensors files, or a module."""
+"""``vitx.load_model``: zoo names, ``timm:<name>``, ``torchvision:<name>``, ``hf:<id or dir>``, safetensors files,
+or a module."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -14,6 +15,9 @@ from .models import ARCHITECTURES, create_model
 from .zoo import NAMES as ZOO_NAMES, zoo_path
 
 
+# sources named by a framework's model name, whose weights may come from a local file (``weights=``)
+WITH_WEIGHTS_FILE = ("timm:", "torchvision:")
+
 NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through the method 'vit-shapley')",
                    "generator": "an image generator (use it with `vitx generate`)"}
 
@@ -21,10 +25,10 @@ NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through
 def load_model(source, arch: str | None = None, *, weights: str | None = None, device=None, **config) -> Model:
     """Load or wrap a model.
 
-    ``source``: a zoo name (``vitx.models()``), ``"timm:<name>"`` (``weights=`` a local file instead of
-    the hub), ``"hf:<hub id or local directory>"``, a ``.safetensors`` file with timm's keys (``arch``
-    names the timm configuration, e.g. ``"vit_small_patch16_224"``; vitx's own files carry theirs),
-    or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
+    ``source``: a zoo name (``vitx.models()``), ``"timm:<name>"`` or ``"torchvision:<name>"`` (``weights=`` a
+    local file instead of the hub or torchvision's download), ``"hf:<hub id or local directory>"``, a
+    ``.safetensors`` file with timm's keys (``arch`` names the timm configuration, e.g.
+    ``"vit_small_patch16_224"``; vitx's own files carry theirs), or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
     :class:`~vitx.model.ModelConfig` fields such as ``mean``, ``std`` or ``class_names``, and for files the
     architecture's own (``depth=3, embed_dim=64``...) where they differ from ``arch``'s.
     """
@@ -40,11 +44,15 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
 
 
 def _load_named(source: str, arch: str | None, weights: str | None, config: dict) -> Model:
-    if weights is not None and not source.startswith("timm:"):
-        raise VitxError(f"weights= applies to 'timm:<name>' models only; {source!r} carries its own weights")
+    if weights is not None and not source.startswith(WITH_WEIGHTS_FILE):
+        raise VitxError(f"weights= applies to 'timm:<name>' and 'torchvision:<name>' models only; {source!r} "
+                        "carries its own weights")
     if source.startswith("timm:"):
         from .adapters.timm import load
         net, facts = load(source[5:], weights)
+    elif source.startswith("torchvision:"):
+        from .adapters.torchvision import load
+        net, facts = load(source[len("torchvision:"):], weights)
     elif source.startswith("hf:"):
         from .adapters.hf import load
         net, facts = load(source[3:])
@@ -57,7 +65,7 @@ def _load_named(source: str, arch: str | None, weights: str | None, config: dict
         net, facts = _load_file(Path(source), arch, config)
     else:
         raise VitxError(f"unknown model {source!r}: use a zoo name ({', '.join(ZOO_NAMES)}), 'timm:<name>', "
-                        "'hf:<id or directory>' or a .safetensors file")
+                        "'torchvision:<name>', 'hf:<id or directory>' or a .safetensors file")
     return wrap(net.eval(), **{**facts, **config})
 
 

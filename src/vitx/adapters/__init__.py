@@ -6,6 +6,8 @@ from torch import nn
 from ..errors import VitxError
 from .base import Adapter, Description
 
+HF_SWIN = ("swin", "swinv2")   # Hugging Face Swin: adapters/swin.py
+
 
 def adapter_for(net: nn.Module) -> Adapter:
     from ..models.nest import Nest
@@ -23,12 +25,16 @@ def adapter_for(net: nn.Module) -> Adapter:
     if package == "timm" and hasattr(net, "blocks") and hasattr(net, "patch_embed"):
         from .timm import TimmViTAdapter
         return TimmViTAdapter(net)
-    if package == "transformers":
-        from .hf import HFViTAdapter
-        return HFViTAdapter(net)
+    if package == "torchvision" and type(net).__name__ == "VisionTransformer":
+        from .torchvision import TorchvisionViTAdapter
+        return TorchvisionViTAdapter(net)
+    if package == "transformers" and getattr(getattr(net, "config", None), "model_type", "") not in HF_SWIN:
+        from .hf import hf_adapter
+        return hf_adapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT and NesT, timm's VisionTransformer (DeiT, hybrid)/BEiT/NesT/Swin (v1, v2) and Hugging Face "
-                    "ViT/DeiT/Swin (v1, v2) classifiers")
+                    "ViT and NesT, timm's VisionTransformer (DeiT, DeiT III, DINOv2, hybrid)/BEiT/EVA/NesT/Swin (v1, "
+                    "v2), torchvision's VisionTransformer and Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, "
+                    "Swin (v1, v2) and CLIP/SigLIP vision models")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

@@ -1,4 +1,5 @@
-"""The Hugging Face hub, seen from a loader: is it reachable, and what does the local cache hold.
+"""The Hugging Face hub (and any download host), seen from a loader: is it reachable, and what does the local
+cache hold.
 
 huggingface_hub retries an unreachable hub for about a minute before it gives up; the loaders ask
 :func:`offline_reason` first and read the cache alone when the hub cannot be reached.
@@ -18,7 +19,13 @@ def offline_reason() -> str | None:
     from huggingface_hub import constants
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
+    return unreachable(constants.ENDPOINT, "the hub")
+
+
+def unreachable(address: str, what: str) -> str | None:
+    """Why ``what``, at URL ``address``, cannot be reached ("<what> (<host>) cannot be reached": no connection
+    to its host opened within :data:`PROBE_SECONDS`), or None when it answers."""
+    url = urlparse(address)
     reached = threading.Event()
 
     def connect():  # name resolution cannot be given a timeout, so the probe runs beside this thread
@@ -31,7 +38,7 @@ def offline_reason() -> str | None:
     probe = threading.Thread(target=connect, daemon=True)
     probe.start()
     probe.join(PROBE_SECONDS)
-    return None if reached.is_set() else f"the hub ({url.hostname}) cannot be reached"
+    return None if reached.is_set() else f"{what} ({url.hostname}) cannot be reached"
 
 
 def cached_file(repo_id: str | None, filenames: tuple[str, ...]) -> str | None:

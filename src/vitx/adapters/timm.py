@@ -1,8 +1,11 @@
-"""Adapter for timm's VisionTransformer family (ViT, DeiT, distilled DeiT, register tokens).
+"""Adapter for timm's VisionTransformer family (ViT, DeiT, DeiT III, distilled DeiT, register tokens, DINOv2),
+BEiT, and EVA / EVA-02.
 
 timm's ``Attention.forward`` (timm >= 1.0) is: qkv linear -> heads -> q_norm/k_norm -> softmax(q k^T * scale
-+ mask) v (fused or not) -> norm -> optional gate -> proj -> proj_drop. The replacement below keeps every
-step and leaves the user's ``fused_attn`` flag alone.
++ mask) v (fused or not) -> norm -> optional gate -> proj -> proj_drop. EVA's ``EvaAttention`` is the same
+with q, k, v from one projection (q and v biases) or three, and rotary position embeddings (rope) applied to
+q and k of the patch tokens, after the prefix tokens, between q_norm/k_norm and the product. The replacements
+below keep every step and leave the user's ``fused_attn`` flag alone.
 """
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ from .base import Adapter, Attend, Description, pair, project_values
 
 
 def _timm_attention_types():
-    """timm's attention modules the tap knows: ViT's, and BEiT's (with its relative position bias)."""
-    from timm.layers import Attention
+    """timm's attention modules the tap knows: ViT's, BEiT's (with its relative position bias), and EVA's and
+    its rope ViTs' (with rotary position embeddings)."""
+    from timm.layers import Attention, AttentionRope
     from timm.models.beit import Attention as BeitAttention
-    return Attention, BeitAttention
+    from timm.models.eva import EvaAttention
+    return Attention, BeitAttention, (EvaAttention, AttentionRope)
 
 
 def _timm_pass_types():
@@ -52,7 +57,7 @@ class TimmViTAdapter(Adapter):
             if not isinstance(attn, supported):
                 raise VitxError(f"timm model {architecture(net)}: block {i} has attention of type "
                                 f"{type(attn).__module__}.{type(attn).__name__}, which the tap cannot inspect "
-                                "(it knows timm's ViT and BEiT attention)")
+                                "(it knows timm's ViT and BEiT attention, and EVA's EvaAttention and AttentionRope)")
 
     def describe(self) -> Description:
         net = self.net
@@ -72,31 +77,26 @@ class TimmViTAdapter(Adapter):
         return [block.attn for block in self.net.blocks]
 
     def attention_forward(self, module, attend: Attend):
-        if isinstance(module, _timm_attention_types()[1]):
+        _, beit, eva = _timm_attention_types()
+        if isinstance(module, beit):
             return _beit_attention_forward(module, attend)
+        if isinstance(module, eva):                       # EvaAttention, AttentionRope: rope passed in
+            def forward(x: torch.Tensor, rope: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None,
+                        is_causal: bool = False):
+                return _attention(module, attend, x, rope, attn_mask, is_causal)
+            return forward
 
         def forward(x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-            if is_causal:
-                raise VitxError("the tap does not support causal attention")
-            B, N, _ = x.shape
-            gate = module.gate(x).sigmoid() if getattr(module, "gate", None) is not None else None
-            q, k, v = module.qkv(x).reshape(B, N, 3, module.num_heads, module.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            q, k = module.q_norm(q), module.k_norm(k)
-            if attn_mask is not None and attn_mask.dtype == torch.bool:
-                attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
-            dropout = module.attn_drop.p if module.training else 0.0
-            out = module.norm(attend(q, k, v, module.scale, dropout, attn_mask).transpose(1, 2).reshape(B, N, -1))
-            if gate is not None:
-                out = out * gate
-            return module.proj_drop(module.proj(out))
+            return _attention(module, attend, x, None, attn_mask, is_causal)
         return forward
 
     def value_projection(self, module):
-        """v W_oᵀ with W_o = ``proj``; refused where ``norm`` (scale_norm) or a gate sits between A v and
-        ``proj``: the output is then no weighted sum of per-token projected values."""
+        """v W_oᵀ with W_o = ``proj``; refused where ``norm`` (ViT's scale_norm, EVA's scale_attn_inner) or a
+        gate sits between A v and ``proj``: the output is then no weighted sum of per-token projected values."""
         norm = getattr(module, "norm", None)                  # BEiT's attention has none
         if not isinstance(norm, (nn.Identity, type(None))) or getattr(module, "gate", None) is not None:
-            raise VitxError(f"timm model {architecture(self.net)}: its attention normalises (scale_norm) or gates "
+            raise VitxError(f"timm model {architecture(self.net)}: its attention normalises (scale_norm, "
+                            "scale_attn_inner) or gates "
                             "the attention product before the output projection, so its output is no sum of "
                             "per-token projected values; the tap cannot record projected_values for it")
         return partial(project_values, module.proj)
@@ -119,7 +119,50 @@ class TimmViTAdapter(Adapter):
     def layer_kind(self, module: nn.Module) -> str:
         if any(module is getattr(block.attn, "gate", None) for block in self.net.blocks):
             return "attention gate"
+        if module is getattr(self.net, "rope", None):  # EVA: makes the rotary embedding from the grid alone; its
+            return "pass"                              # rotation of q and k is linear, the gradient its rule
         return "pass" if isinstance(module, _timm_pass_types()) else super().layer_kind(module)
+
+
+def _attention(module, attend: Attend, x: torch.Tensor, rope, attn_mask, is_causal: bool) -> torch.Tensor:
+    """timm's ViT or EVA attention on tokens x (B, N, D), the product through ``attend``."""
+    if is_causal:
+        raise VitxError("the tap does not support causal attention")
+    B, N, _ = x.shape
+    q, k, v = _qkv(module, x)
+    q, k = module.q_norm(q), module.k_norm(k)
+    if rope is not None:                                  # EVA: the patch tokens only, after the prefix tokens
+        from timm.layers import apply_rot_embed_cat
+        n, half = module.num_prefix_tokens, getattr(module, "rotate_half", False)
+        q, k = (torch.cat([t[:, :, :n], apply_rot_embed_cat(t[:, :, n:], rope, half=half)], 2).type_as(v)
+                for t in (q, k))
+    if getattr(module, "num_kv_groups", 1) > 1:          # AttentionRope's grouped-query attention
+        k, v = (t.repeat_interleave(module.num_kv_groups, dim=1) for t in (k, v))
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+    dropout = module.attn_drop.p if module.training else 0.0
+    out = module.norm(attend(q, k, v, module.scale, dropout, attn_mask).transpose(1, 2).reshape(B, N, -1))
+    if getattr(module, "gate", None) is not None:
+        out = out * module.gate(x).sigmoid()
+    return module.proj_drop(module.proj(out))
+
+
+def _qkv(module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, heads, N, head_dim) as timm computes them: one projection ``qkv`` (ViT's with its own bias;
+    BEiT's and EVA's with q and v biases beside it, a zero k bias between), or EVA's three ``q_proj``, ``k_proj``,
+    ``v_proj`` (k and v with fewer heads under grouped-query attention)."""
+    B, N, _ = x.shape
+    if module.qkv is None:
+        return tuple(proj(x).reshape(B, N, -1, module.head_dim).transpose(1, 2)
+                     for proj in (module.q_proj, module.k_proj, module.v_proj))
+    q_bias = getattr(module, "q_bias", None)
+    if q_bias is None:
+        qkv = module.qkv(x)
+    else:
+        bias = torch.cat((q_bias, module.k_bias, module.v_bias))
+        separate = getattr(module, "qkv_bias_separate", False)   # EVA's option; BEiT's projection has no bias
+        qkv = module.qkv(x) + bias if separate else F.linear(x, module.qkv.weight, bias)
+    return qkv.reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 def _beit_attention_forward(module, attend: Attend):
@@ -127,9 +170,7 @@ def _beit_attention_forward(module, attend: Attend):
     position bias (the block's own, plus the model's shared one) added to the scores as a mask."""
     def forward(x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None):
         B, N, _ = x.shape
-        bias = None if module.q_bias is None else torch.cat((module.q_bias, module.k_bias, module.v_bias))
-        qkv = F.linear(x, module.qkv.weight, bias)            # BEiT's qkv projection itself has no bias
-        q, k, v = qkv.reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = _qkv(module, x)
         mask = module._get_rel_pos_bias() if module.relative_position_bias_table is not None else None
         if shared_rel_pos_bias is not None:
             mask = shared_rel_pos_bias if mask is None else mask + shared_rel_pos_bias

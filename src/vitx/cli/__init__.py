@@ -45,9 +45,10 @@ def build_parser() -> Parser:
                                         f"(paginated: grid_001.png, ... beyond {ROWS_PER_PAGE} images).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True,
-                   help="zoo name (see `vitx models`), timm:<name>, hf:<directory> or a .safetensors file")
+                   help="zoo name (see `vitx models`), timm:<name>, torchvision:<name>, hf:<directory> or a "
+                        ".safetensors file")
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys, e.g. vit_small_patch16_224")
-    p.add_argument("--weights", help="local weights file for a timm:<name> model")
+    p.add_argument("--weights", help="local weights file for a timm:<name> or torchvision:<name> model")
     p.add_argument("--method", required=True, help="comma-separated method names (see `vitx methods`), or 'all'")
     p.add_argument("--target", help="class to explain: an index, or a name or any of its comma-separated synonyms, "
                                     "in any case (default: each image's predicted class)")

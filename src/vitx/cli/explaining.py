@@ -12,7 +12,7 @@ from ..errors import VitxError, one_line
 from ..explain import explain
 from ..explanation import Explanation
 from ..images import read_image
-from ..loading import load_model
+from ..loading import WITH_WEIGHTS_FILE, load_model
 from ..naming import explanation_file, image_stems, numbered
 from ..registry import Method, get_method, method_names
 from ..report import explanation_pages
@@ -27,8 +27,8 @@ TREE_CLASSES = 3
 
 
 def run_explain(args) -> int:
-    if args.weights and not args.model.startswith("timm:"):
-        raise VitxError("--weights is for timm:<name> models only")
+    if args.weights and not args.model.startswith(WITH_WEIGHTS_FILE):
+        raise VitxError("--weights is for timm:<name> and torchvision:<name> models only")
     wanted = None if args.method == "all" else [get_method(name) for name in comma_list(args.method)]
     names = image_stems(args.images)
     pictures = [read_image(path) for path in args.images]

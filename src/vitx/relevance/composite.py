@@ -36,8 +36,13 @@ class Composite:
         return twin
 
     def rules_for(self, model) -> list[tuple[torch.nn.Module, Callable]]:
-        """(module, rule) for every leaf module of ``model``; a VitxError names the first without a rule."""
+        """(module, rule) for every leaf module of ``model``; a VitxError names the first without a rule, or,
+        for the normalised rule at residual additions, the first block whose additions the adapter does not know
+        (:meth:`Adapter.residual_branches`): all before anything runs."""
         adapter, bound = model.adapter, []
+        if self.normalised_adds:
+            for block in adapter.blocks():
+                adapter.residual_branches(block)
         for name, module in adapter.net.named_modules():
             if next(module.children(), None) is not None:
                 continue

@@ -1,0 +1,36 @@
+"""Adapters for Hugging Face vision transformers, one module per family: ViT and DeiT, BEiT and
+data2vec-vision, DINOv2 (with registers), and the vision towers of CLIP and SigLIP, as image classifiers or
+bare towers. Hugging Face Swin has its own adapter (:mod:`vitx.adapters.swin`)."""
+from __future__ import annotations
+
+from torch import nn
+
+from ...errors import VitxError
+from .beit import HFBeitAdapter, HFData2VecVisionAdapter
+from .clip import HFClipAdapter, HFSiglipAdapter
+from .common import HFAdapter
+from .dinov2 import HFDinov2Adapter
+from .loading import load
+from .preprocessing import image_processing
+from .vit import HFViTAdapter
+
+ADAPTERS = {"ViTForImageClassification": HFViTAdapter, "DeiTForImageClassification": HFViTAdapter,
+            "DeiTForImageClassificationWithTeacher": HFViTAdapter,
+            "BeitForImageClassification": HFBeitAdapter,
+            "Data2VecVisionForImageClassification": HFData2VecVisionAdapter,
+            **dict.fromkeys(("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification",
+                             *HFDinov2Adapter.towers), HFDinov2Adapter),
+            **dict.fromkeys(("CLIPForImageClassification", *HFClipAdapter.towers), HFClipAdapter),
+            **dict.fromkeys(("SiglipForImageClassification", *HFSiglipAdapter.towers), HFSiglipAdapter)}
+
+
+def hf_adapter(net: nn.Module) -> HFAdapter:
+    """The adapter of a Hugging Face model class (or a subclass of one) that vitx reads."""
+    name = next((cls.__name__ for cls in type(net).__mro__ if cls.__name__ in ADAPTERS), None)
+    if name is None:
+        raise VitxError(f"Hugging Face model {type(net).__name__} is not one the tap can inspect: it reads "
+                        f"{', '.join(ADAPTERS)}")
+    return ADAPTERS[name](net)
+
+
+__all__ = ["HFAdapter", "HFViTAdapter", "hf_adapter", "image_processing", "load"]
