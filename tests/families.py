@@ -33,6 +33,8 @@ def catalog() -> list[Family]:
     """Every family, in the support table's order."""
     import families_builtin
     import families_hf
+    import families_swin
     import families_timm
     import families_torchvision
-    return families_builtin.FAMILIES + families_timm.FAMILIES + families_torchvision.FAMILIES + families_hf.FAMILIES
+    return (families_builtin.FAMILIES + families_timm.FAMILIES + families_torchvision.FAMILIES + families_hf.FAMILIES
+            + families_swin.FAMILIES)

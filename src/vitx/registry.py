@@ -20,7 +20,16 @@ from .errors import VitxError
 from .memory import forward_only, one_graph
 
 NEEDS = {"attention", "gradients", "cls_token", "trained_module"}
-ANY_MODEL = ("vit", "nest")  # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy
+# model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy, "swin" Swin's shifted windows
+ANY_MODEL = ("vit", "nest", "swin")
+# kinds whose head reads the mean of the last tokens: a method that names such a kind reads their mean row where
+# it reads the class token's row on a ViT
+MEAN_ROW_KINDS = ("swin",)
+# why a method that does not name a kind cannot apply to it: {kind: {method family (or "" for any other): why}}
+KIND_LIMITS = {"swin": {
+    "": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink stage by "
+        "stage, which this method's per-token formulas do not follow",
+    "nest": "it reads NesT's levels of image blocks, which Swin does not have"}}
 
 # The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with
 # ``register(..., ranges=...)``. Intervals are written as in mathematics: "[1, inf)" is 1 <= value.
@@ -90,11 +99,15 @@ class Method:
     def check(self, config, layout, params: dict | None = None) -> None:
         """Say before running when this method cannot apply to the model (with ``params``, or its defaults)."""
         if config.kind not in self.kinds:
-            raise VitxError(f"method {self.name!r} does not apply to {config.kind!r} models "
+            limits = KIND_LIMITS.get(config.kind, {})
+            why = limits.get(self.family, limits.get(""))
+            why = f": {why}" if why else ""
+            raise VitxError(f"method {self.name!r} does not apply to {config.kind!r} models{why} "
                             f"(it works on: {', '.join(self.kinds)})")
-        if "cls_token" in self.needs and layout.cls_index is None:
+        class_token = "cls_token" in self.needs and config.kind not in MEAN_ROW_KINDS
+        if class_token and layout.cls_index is None:
             raise VitxError(f"method {self.name!r} reads the class token, and this model has none")
-        if "cls_token" in self.needs and config.pooling != "cls":
+        if class_token and config.pooling != "cls":
             others = [m.name for m in _METHODS.values()
                       if config.kind in m.kinds and not m.needs & {"cls_token", "trained_module"}]
             raise VitxError(f"method {self.name!r} explains through the class token, but this model's head reads "

@@ -108,6 +108,9 @@ class Trace:
         if any(isinstance(getattr(hook, "__self__", None), Trace) for hook in adapter.net._forward_pre_hooks.values()):
             raise VitxError("a vitx.trace is already open on this model, and taps do not nest: close it first "
                             "(vitx.explain opens its own)")
+        if self.edits_scores and adapter.windowed:
+            raise VitxError("key_scale, key_mask and edit act on the scores of one flat token sequence, and this "
+                            "model attends within shifted windows: the tap cannot edit its scores")
         try:
             self._undo.append(adapter.net.register_forward_pre_hook(self._reset).remove)
             if self.rules is not None:
@@ -155,10 +158,12 @@ class Trace:
             return tuple(_differentiable(arg) for arg in args)
 
     def _keep_tokens(self, index: int, _module, _inputs, output):
-        self._tokens[index] = output[0] if isinstance(output, (tuple, list)) else output
+        self._tokens[index], output = self.model.adapter.block_tokens(output)
+        return output
 
     def _keep_inputs(self, index: int, _module, inputs):
-        self._inputs[index] = inputs[0]
+        self._inputs[index], first = self.model.adapter.block_tokens(inputs[0])
+        return None if first is inputs[0] else (first, *inputs[1:])
 
     def _attend(self, index: int, project: Callable | None, q, k, v, scale: float, dropout: float = 0.0,
                 mask=None) -> torch.Tensor:

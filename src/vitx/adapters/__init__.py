@@ -12,7 +12,10 @@ HF_SWIN = ("swin", "swinv2")   # Hugging Face Swin: adapters/swin.py
 def adapter_for(net: nn.Module) -> Adapter:
     from ..models.nest import Nest
     from ..models.vit import VisionTransformer
+    from .swin import SwinAdapter, is_swin
     package = type(net).__module__.split(".")[0]
+    if framework := is_swin(net):
+        return SwinAdapter(net, framework)
     if isinstance(net, VisionTransformer):
         from .vitx import VitxViTAdapter
         return VitxViTAdapter(net)
@@ -29,9 +32,9 @@ def adapter_for(net: nn.Module) -> Adapter:
         from .hf import hf_adapter
         return hf_adapter(net)
     raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT and NesT, timm's VisionTransformer (DeiT, DeiT III, DINOv2, hybrid)/BEiT/EVA/NesT, "
-                    "torchvision's VisionTransformer and Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2 and "
-                    "CLIP/SigLIP vision models")
+                    "ViT and NesT, timm's VisionTransformer (DeiT, DeiT III, DINOv2, hybrid)/BEiT/EVA/NesT/Swin (v1, "
+                    "v2), torchvision's VisionTransformer and Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, "
+                    "Swin (v1, v2) and CLIP/SigLIP vision models")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

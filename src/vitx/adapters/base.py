@@ -37,7 +37,8 @@ class Description:
     cls_index: int | None
     num_classes: int
     dynamic_size: bool           # accepts other image sizes (position embeddings are resampled)
-    kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention
+    kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention;
+                                 # "swin": shifted windows over maps that merge stage by stage
     levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order
     pooling: str = "cls"         # what the head reads: "cls" (the class token), "avg", "max", "map"...
     mean: tuple[float, ...] | None = None
@@ -47,6 +48,7 @@ class Description:
 
 class Adapter:
     framework = ""
+    windowed = False    # attention runs within windows (Swin): per-key score edits do not apply
 
     def __init__(self, net: nn.Module):
         self.net = net
@@ -69,6 +71,12 @@ class Adapter:
         output projection, (B, N, D): v_j W_oᵀ per token j, without the bias (see :func:`project_values`).
         Raises VitxError where the attention output is not Σ_j A_ij v_j W_oᵀ + b_o."""
         raise NotImplementedError
+
+    def block_tokens(self, output):
+        """A block's output (or input) -> (its tokens (B, N, D), what the model goes on with): the output itself,
+        or one computed from those tokens where they had to be reshaped, so that gradients with respect to the
+        recorded tokens reach the logits."""
+        return (output[0] if isinstance(output, (tuple, list)) else output), output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) for images x (B, 3, H, W)."""

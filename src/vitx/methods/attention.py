@@ -3,6 +3,11 @@
 Every method takes a :class:`~vitx.batch.Batch` and returns each patch's relevance, (B, gh, gw), read
 off the class token's row unless its docstring says otherwise. Notation: A_b is block b's attention
 (B, heads, N, N), ∇A_b = ∂y_t/∂A_b for the target logit y_t, E_h the mean over heads, row c the class token.
+
+On Swin (kind "swin") the head reads the mean of the last stage's tokens, so the class token's row becomes the
+mean row u = 1/N_L over the last stage's queries. The attention is windowed, (B, heads, nW, w², w²): the methods
+that apply multiply u by each block's dense token-by-token matrix window by window, and across a patch merging
+hand each merged token's value to its 2×2 children (:mod:`vitx.windows`, docs/methods.md).
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from ..batch import Batch
 from ..errors import VitxError
 from ..memory import ATTENTION, graphs
 from ..registry import register
+from ..windows import mean_row, times_windows, walk
 
 CHEFER_2021 = "Chefer, Gur & Wolf, ICCV 2021, Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"
 ABNAR_2020 = "Abnar & Zuidema, ACL 2020, Quantifying Attention Flow in Transformers"
@@ -25,13 +31,34 @@ def cls_row(batch: Batch, matrix: torch.Tensor) -> torch.Tensor:
     return layout.to_grid(matrix[:, layout.cls_index, layout.patches])
 
 
+def on_swin(batch: Batch) -> bool:
+    return batch.model.config.kind == "swin"
+
+
+def geometries(batch: Batch) -> list:
+    """Each block's window geometry on a Swin (:meth:`vitx.adapters.swin.SwinAdapter.windows`)."""
+    adapter = batch.model.adapter
+    return [adapter.windows(b) for b in range(len(adapter.blocks()))]
+
+
+def mean_row_walk(batch: Batch, matrices: list[torch.Tensor], accumulate: bool) -> torch.Tensor:
+    """Swin: the mean row over the last block's queries carried back through the windowed ``matrices`` of the last
+    blocks and the patch mergings (:func:`vitx.windows.walk`), on the first stage's map (B, H_0, W_0)."""
+    shapes = geometries(batch)
+    return walk(mean_row(shapes[-1].num_tokens, matrices[-1]), matrices, shapes, accumulate)
+
+
 @register("raw-attention", family="attention", paper="Vaswani et al., NeurIPS 2017 (attention weights as explanation)",
-          needs={"attention", "cls_token"}, cost="1F")
+          needs={"attention", "cls_token"}, cost="1F", kinds=("vit", "swin"))
 def raw_attention(batch: Batch, block: int = -1) -> torch.Tensor:
     """The class token's attention to each patch in one block (default the last), heads averaged:
-    R = E_h A_b[c, patches]."""
+    R = E_h A_b[c, patches]. On Swin the mean over the block's queries of E_h A_b, on its stage's map."""
     with torch.no_grad():
         _, tr = batch.run(attentions=[block], tokens=False)
+    if on_swin(batch):
+        geometry = batch.model.adapter.windows(block)
+        fused = tr.attentions[0].mean(1)
+        return times_windows(mean_row(geometry.num_tokens, fused), fused, geometry).view(-1, *geometry.grid)
     return cls_row(batch, tr.attentions[0].mean(1))
 
 
@@ -89,13 +116,25 @@ def rollout_matrix(attentions: list[torch.Tensor], head_fusion: str = "mean", di
     return result
 
 
+def whole_matrices(config, params: dict) -> None:
+    """``requires`` for rollout: on Swin, ``discard_ratio`` would rank the dense matrix's entries, most of which
+    are the zeros between windows."""
+    if config.kind == "swin" and params["discard_ratio"] > 0:
+        raise VitxError("discard_ratio drops the lowest entries of each token-by-token attention matrix, and on Swin "
+                        "most of them are the zeros between windows: use discard_ratio=0 on Swin")
+
+
 @register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "cls_token"}, cost="1F",
-          memory=graphs(ATTENTION))
+          memory=graphs(ATTENTION), kinds=("vit", "swin"), requires=whole_matrices)
 def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0) -> torch.Tensor:
     """Attention rollout: the class token's row of R = Â_L ⋯ Â_s, Â_b = norm_rows(fuse_h(A_b) + I),
-    heads fused by mean, max or min, the lowest ``discard_ratio`` of each Â_b's entries dropped."""
+    heads fused by mean, max or min, the lowest ``discard_ratio`` of each Â_b's entries dropped. On Swin the
+    mean row over the last stage's queries of R = Â_L ⋯ P ⋯ Â_s (P the patch mergings), on the first stage's map;
+    ``discard_ratio`` 0 there."""
     with torch.no_grad():
         _, tr = batch.run(tokens=False)
+        if on_swin(batch):
+            return mean_row_walk(batch, residual_attentions(tr.attentions, head_fusion, 0.0, start_layer), False)
     return cls_row(batch, rollout_matrix(tr.attentions, head_fusion, discard_ratio, start_layer,
                                           keep=batch.layout.cls_index))
 
@@ -116,12 +155,16 @@ def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tens
 
 
 @register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "cls_token"},
-          cost="1F+1B", memory=graphs(1.25))
+          cost="1F+1B", memory=graphs(1.25), kinds=("vit", "swin"))
 def generic_attention(batch: Batch) -> torch.Tensor:
     """Chefer et al.'s self-attention rule: R = I, R += E_h[(∇A_b ⊙ A_b)⁺] R over the blocks;
-    the class token's row of R."""
+    the class token's row of R. On Swin the mean row over the last stage's queries of
+    R = (I + Ā_L) ⋯ P ⋯ (I + Ā_1), Ā_b = E_h[(∇A_b ⊙ A_b)⁺], P the patch mergings, on the first stage's map."""
     logits, tr = batch.run(tokens=False)
     gradients = tr.gradients(batch.score(logits))
+    if on_swin(batch):
+        return mean_row_walk(batch, [(g * a.detach()).clamp(min=0).mean(1) for a, g in zip(tr.attentions, gradients)],
+                             True)
     return cls_row(batch, generic_relevance([a.detach() for a in tr.attentions], gradients))
 
 

@@ -14,23 +14,36 @@ from ..memory import graphs
 from ..registry import ANY_MODEL, register
 
 
+def gradcam_block(model, params: dict) -> int:
+    """``fits`` for gradcam: the index of the block whose tokens it reads, once that block is known to exist (any
+    block's output on Swin, the input of blocks 1.. on a ViT)."""
+    block, depth = params["block"], len(model.adapter.blocks())
+    index = block + depth if block < 0 else block
+    swin = model.config.kind == "swin"
+    if not (0 if swin else 1) <= index < depth:
+        uses = "the output of" if swin else "the tokens entering"
+        raise VitxError(f"gradcam uses {uses} block {block}; choose a block in {0 if swin else 1}..{depth - 1} "
+                        f"(or -{depth if swin else depth - 1}..-1)")
+    return index
+
+
 @register("gradcam", family="gradient", paper="Selvaraju et al., ICCV 2017, Grad-CAM", needs={"gradients"},
-          cost="1F+1B")
+          cost="1F+1B", kinds=("vit", "swin"), fits=gradcam_block)
 def gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     """Grad-CAM on the patch tokens T entering block ``block`` (default: the last):
-    R = ReLU(Σ_d α_d T[:, d]), α_d = mean over patches of ∂y_t/∂T[:, d]."""
+    R = ReLU(Σ_d α_d T[:, d]), α_d = mean over patches of ∂y_t/∂T[:, d]. On Swin, T is the output of block
+    ``block`` (default: the last stage's feature map that the final norm and the mean-pooling head read), on its
+    stage's map."""
+    index = gradcam_block(batch.model, {"block": block})
     logits, tr = batch.run(attentions=False)
-    depth = len(tr.tokens)
-    index = block + depth if block < 0 else block
-    if not 1 <= index < depth:
-        raise VitxError(f"gradcam uses the tokens entering block {block}; choose a block in 1..{depth - 1} "
-                        f"(or -{depth - 1}..-1)")
-    tokens = tr.tokens[index - 1]
+    if batch.model.config.kind == "swin":
+        tokens, patches, grid = tr.tokens[index], slice(None), batch.model.adapter.windows(index).grid
+    else:
+        tokens, patches, grid = tr.tokens[index - 1], batch.layout.patches, batch.layout.grid
     gradient, = torch.autograd.grad(batch.score(logits), tokens)
-    patches = batch.layout.patches
     weights = gradient[:, patches].mean(1, keepdim=True)
     cam = (weights * tokens.detach()[:, patches]).sum(-1).clamp(min=0)
-    return batch.layout.to_grid(cam)
+    return cam.reshape(-1, *grid)
 
 
 def input_gradients(batch: Batch, inputs: torch.Tensor, internal_batch_size: int) -> torch.Tensor:

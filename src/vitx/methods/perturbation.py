@@ -109,6 +109,19 @@ def keep_pixels(start: torch.Tensor, x: torch.Tensor, masks: torch.Tensor) -> to
     return start + masks[:, :, None] * (x - start)
 
 
+def check_removal(removal: str, cls_index: int | None) -> None:
+    """``removal`` is one of REMOVALS, and "attention" only on a model with a class token."""
+    check_choice("removal", removal, REMOVALS)
+    if removal == "attention" and cls_index is None:
+        raise VitxError("removal='attention' keeps removed patches out of the class token, and this model has none "
+                        "(its output pools the patch tokens, removed ones included): use removal='baseline'")
+
+
+def removal_fits(config, params: dict) -> None:
+    """``requires`` for the methods that remove patches: :func:`check_removal` before any forward."""
+    check_removal(params["removal"], config.cls_index)
+
+
 def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline", baseline="zeros",
                      score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
     """(K, B) v(S_k) of each image: f_t with the patches outside coalition S_k removed. ``keep`` (K, P) bool
@@ -119,16 +132,13 @@ def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline"
     −∞ in every block and head; no token in S, nor the class token, then sees a removed patch (for the class
     token's output this equals dropping the removed tokens from the sequence). The K copies run
     ``internal_batch_size`` images a pass."""
-    check_choice("removal", removal, REMOVALS)
+    check_removal(removal, batch.layout.cls_index)
     check_choice("score", score, SCORES)
     layout, x = batch.layout, batch.x
     P, B = layout.num_patches, x.shape[0]
     if keep.dim() not in (2, 3) or keep.shape[-1] != P or keep.dim() == 3 and keep.shape[1] != B:
         raise VitxError(f"coalitions must be (K, {P}) or (K, {B}, {P}) for {B} images of {P} patches, "
                         f"got shape {tuple(keep.shape)}")
-    if removal == "attention" and layout.cls_index is None:
-        raise VitxError("removal='attention' keeps removed patches out of the class token, and this model has none "
-                        "(its output pools the patch tokens, removed ones included): use removal='baseline'")
     start = baseline_for(batch, baseline) if removal == "baseline" else None
     keep = keep.to(x.device).reshape(keep.shape[0], -1, P).expand(-1, B, -1)
     values = []
@@ -162,7 +172,7 @@ def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.
 
 
 @register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=ANY_MODEL,
-          memory=graphs(FORWARD, COPY))
+          memory=graphs(FORWARD, COPY), requires=removal_fits)
 def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
               score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
     """Occlusion: R_j = mean over the windows W ∋ j of v(N) − v(N ∖ W), windows of ``window``×``window``
@@ -239,7 +249,7 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
 
 
 @register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F",
-          kinds=ANY_MODEL, memory=graphs(FORWARD, COPY))
+          kinds=ANY_MODEL, memory=graphs(FORWARD, COPY), requires=removal_fits)
 def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
                 score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to

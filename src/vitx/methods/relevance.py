@@ -99,7 +99,7 @@ def in_graphs(per_image: float):
 
 
 @register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER))
+          requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER), kinds=("vit", "swin"))
 @in_precision
 def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """LRP from R = 1 at the target logit to the pixels with Chefer et al.'s rules: αβ (α=1, β=0) on linear
@@ -142,7 +142,7 @@ def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision, memory=in_graphs(2.5), fits=takes_rules(ATTNLRP))
+          requires=check_precision, memory=in_graphs(2.5), fits=takes_rules(ATTNLRP), kinds=("vit", "swin"))
 @in_precision
 def attnlrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """AttnLRP from R = y_t at the target logit to the pixels: ε-rule on linear layers, the softmax's own

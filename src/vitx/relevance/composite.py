@@ -92,7 +92,7 @@ class _Addition:
             return grad
         dims = tuple(range(1, grad.dim()))
         total = (self.total * grad).sum(dims, keepdim=True)
-        skip = (self.skip * grad).sum(dims, keepdim=True)
+        skip = (self.skip.reshape(grad.shape) * grad).sum(dims, keepdim=True)   # a block may reshape its stream
         branch = total - skip
         share = skip.abs() + branch.abs()
         to_skip = divide(divide(skip.abs(), share) * total, skip)
@@ -103,7 +103,7 @@ class _Addition:
     def skip_backward(self, grad: torch.Tensor) -> torch.Tensor:
         correction, self.correction = self.correction, None
         plain = self.switch is not None and self.switch.is_plain
-        return grad if correction is None or plain else grad + correction
+        return grad if correction is None or plain else grad + correction.reshape(grad.shape)
 
 
 class ResidualAdds:
