@@ -6,7 +6,13 @@ from torch import nn
 from ..errors import VitxError
 from .base import Adapter, Description
 
-HF_SWIN = ("swin", "swinv2")   # Hugging Face Swin: adapters/swin.py
+SUPPORTED = ("supported are vitx's ViT and NesT; timm's VisionTransformer (ViT, DeiT, DeiT III, DINOv2, registers, "
+             "hybrid), BEiT, EVA/EVA-02, rope ViTs, NesT and Swin v1/v2; torchvision's VisionTransformer (vit_*); "
+             "Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, Swin v1/v2 and the CLIP/SigLIP vision towers "
+             "(docs/models.md)")
+LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks` of one attention each and a "
+                      "`patch_embed` (timm's ViT layout)",
+              "torchvision": "torchvision.models.VisionTransformer (its encoder.layers of MultiheadAttention)"}
 
 
 def adapter_for(net: nn.Module) -> Adapter:
@@ -28,13 +34,11 @@ def adapter_for(net: nn.Module) -> Adapter:
     if package == "torchvision" and type(net).__name__ == "VisionTransformer":
         from .torchvision import TorchvisionViTAdapter
         return TorchvisionViTAdapter(net)
-    if package == "transformers" and getattr(getattr(net, "config", None), "model_type", "") not in HF_SWIN:
+    if package == "transformers":
         from .hf import hf_adapter
         return hf_adapter(net)
-    raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: supported are vitx's "
-                    "ViT and NesT, timm's VisionTransformer (DeiT, DeiT III, DINOv2, hybrid)/BEiT/EVA/NesT/Swin (v1, "
-                    "v2), torchvision's VisionTransformer and Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, "
-                    "Swin (v1, v2) and CLIP/SigLIP vision models")
+    raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: it looked for "
+                    f"{LOOKED_FOR.get(package, 'a model of vitx, timm, torchvision or transformers')}; {SUPPORTED}")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import VitxError
+from ..swin import HF_SWINS
 from .beit import HFBeitAdapter, HFData2VecVisionAdapter
 from .clip import HFClipAdapter, HFSiglipAdapter
 from .common import HFAdapter
@@ -29,7 +30,7 @@ def hf_adapter(net: nn.Module) -> HFAdapter:
     name = next((cls.__name__ for cls in type(net).__mro__ if cls.__name__ in ADAPTERS), None)
     if name is None:
         raise VitxError(f"Hugging Face model {type(net).__name__} is not one the tap can inspect: it reads "
-                        f"{', '.join(ADAPTERS)}")
+                        f"{', '.join((*ADAPTERS, *HF_SWINS))}")
     return ADAPTERS[name](net)
 
 
