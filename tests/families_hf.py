@@ -46,22 +46,24 @@ def output_attentions(net: nn.Module, x):
     return out.logits, list(out.attentions)
 
 
-def _family(name: str, cls_name: str, reads_cls: bool = False, **settings) -> Family:
+def _family(name: str, cls_name: str, head_row: bool = True, **settings) -> Family:
+    """A catalog entry; ``head_row``: the head reads the class token or the mean of the patch tokens, so the
+    attention methods' formulas apply (not DINOv2's concatenation of both)."""
     bias = {"use_relative_position_bias": True} if "Beit" in cls_name or "Data2Vec" in cls_name else {}
     return Family(name, jittered(partial(hf_model, cls_name, **settings)), (64, 64),
                   partial(hf_model, cls_name, small=False, **bias, **settings),
-                  output_attentions if reads_cls else None)
+                  output_attentions if head_row else None)
 
 
 FAMILIES = [
     _family("Hugging Face BEiT, mean-pooled head (BeitForImageClassification)", "BeitForImageClassification"),
     _family("Hugging Face BEiT, class-token head (BeitForImageClassification, use_mean_pooling=False)",
-            "BeitForImageClassification", reads_cls=True, use_mean_pooling=False),
+            "BeitForImageClassification", use_mean_pooling=False),
     _family("Hugging Face data2vec-vision (Data2VecVisionForImageClassification)",
             "Data2VecVisionForImageClassification"),
-    _family("Hugging Face DINOv2 (Dinov2ForImageClassification)", "Dinov2ForImageClassification"),
+    _family("Hugging Face DINOv2 (Dinov2ForImageClassification)", "Dinov2ForImageClassification", head_row=False),
     _family("Hugging Face DINOv2 with registers (Dinov2WithRegistersForImageClassification)",
-            "Dinov2WithRegistersForImageClassification"),
+            "Dinov2WithRegistersForImageClassification", head_row=False),
     _family("Hugging Face CLIP vision tower (CLIPForImageClassification)", "CLIPForImageClassification"),
     _family("Hugging Face SigLIP vision tower (SiglipForImageClassification)", "SiglipForImageClassification"),
 ]

@@ -20,19 +20,19 @@ def at_224(name, **kw):
 
 
 FAMILIES = [
-    # EVA-02's classifiers pool the average of the patch tokens: the class-token formulas do not apply
+    # EVA's, EVA-02's and BEiT's classifiers pool the average of the patch tokens
     Family("timm EVA-02 (eva02_*)",
            small("eva02_tiny_patch14_224", **SMALL_56, ref_feat_shape=(4, 4)), (56, 56),
-           at_224("eva02_small_patch14_224", num_classes=1000)),
+           at_224("eva02_small_patch14_224", num_classes=1000), timm_hooked_attentions),
     # timm has EVA v1 at giant size only (1B parameters): its architecture at ViT-B size for the benchmark
     Family("timm EVA (eva_giant_*)", small("eva_giant_patch14_224", **SMALL_56, mlp_ratio=4),
-           (56, 56), at_224("eva_giant_patch14_224", embed_dim=768, depth=12, num_heads=12, mlp_ratio=4)),
+           (56, 56), at_224("eva_giant_patch14_224", embed_dim=768, depth=12, num_heads=12, mlp_ratio=4),
+           timm_hooked_attentions),
     Family("timm DeiT III (deit3_*)", small("deit3_small_patch16_224", **SMALL_64), (64, 64),
            at_224("deit3_small_patch16_224"), timm_hooked_attentions),
     Family("timm DINOv2 with registers (vit_*_reg4_dinov2)",
            small("vit_small_patch14_reg4_dinov2", **SMALL_56), (56, 56),
            at_224("vit_small_patch14_reg4_dinov2", img_size=224, num_classes=1000), timm_hooked_attentions),
-    # BEiT's classifiers pool the average of the patch tokens, as EVA's
     Family("timm BEiT (beit_*)", small("beit_base_patch16_224", **SMALL_64), (64, 64),
-           at_224("beit_base_patch16_224")),
+           at_224("beit_base_patch16_224"), timm_hooked_attentions),
 ]

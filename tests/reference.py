@@ -119,9 +119,11 @@ def manual_forward(net, x, key_scale=None):
     return net.head(net.norm(tokens)[:, 0]), attentions, inputs, outputs
 
 
-def formula_maps(attentions, gradients, num_prefix, grid):
+def formula_maps(attentions, gradients, num_prefix, grid, pooling="cls"):
     """raw-attention, rollout, generic-attention and attention-gradcam computed by their formulas from
-    per-block attention probabilities A (B, heads, N, N) and dy/dA; {method: (B, gh, gw)}, class token 0."""
+    per-block attention probabilities A (B, heads, N, N) and dy/dA; {method: (B, gh, gw)}. Each map is the head's
+    row over the patch columns: the class token's (token 0), or for a mean-pooled head (``pooling="avg"``) the
+    mean of the patch tokens' rows."""
     B, _, N, _ = attentions[0].shape
     eye = torch.eye(N).expand(B, N, N)
     rollout = eye
@@ -131,15 +133,16 @@ def formula_maps(attentions, gradients, num_prefix, grid):
     generic = eye
     for a, g in zip(attentions, gradients):                 # R <- R + mean_h((dA * A)^+) R
         generic = generic + (g * a).clamp(min=0).mean(1) @ generic
-    a, g = attentions[-1][:, :, 0, num_prefix:], gradients[-1][:, :, 0, num_prefix:]
-    maps = {"raw-attention": attentions[-1].mean(1)[:, 0, num_prefix:],
-            "rollout": rollout[:, 0, num_prefix:],
-            "generic-attention": generic[:, 0, num_prefix:],
+
+    def row(matrix):                                        # (..., N, N) -> (..., patches)
+        return matrix[..., num_prefix:, num_prefix:].mean(-2) if pooling == "avg" else matrix[..., 0, num_prefix:]
+    a, g = row(attentions[-1]), row(gradients[-1])
+    maps = {"raw-attention": row(attentions[-1].mean(1)), "rollout": row(rollout), "generic-attention": row(generic),
             "attention-gradcam": (g.mean(-1, keepdim=True) * a).mean(1).clamp(min=0)}
     return {method: m.reshape(B, *grid) for method, m in maps.items()}
 
 
-def check_against_hooks(net, x, logits, attentions, num_prefix, grid):
+def check_against_hooks(net, x, logits, attentions, num_prefix, grid, pooling="cls"):
     """The tap on ``net`` gives ``logits`` and records ``attentions`` (both made by plain hooks on input ``x``) and
     their gradients, and raw-attention, rollout, generic-attention and attention-gradcam equal :func:`formula_maps`
     of them."""
@@ -150,7 +153,7 @@ def check_against_hooks(net, x, logits, attentions, num_prefix, grid):
     close(traced, logits.detach(), rtol=1e-5)
     for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
         close(ours.detach(), theirs.detach())
-    expected = formula_maps([a.detach() for a in attentions], gradients, num_prefix, grid)
+    expected = formula_maps([a.detach() for a in attentions], gradients, num_prefix, grid, pooling)
     for method, reference in expected.items():
         assert reference.abs().max() > 0
         close(vitx.explain(net, x, method=method, normalize=False).token_maps, reference)

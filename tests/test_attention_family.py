@@ -314,14 +314,15 @@ def test_atman_matches_a_per_token_loop(model, x, reference, threshold):
 # --- what each method needs ------------------------------------------------------------------------
 
 def test_methods_without_class_token(x):
-    """A mean-pooled model: grad-sam and atman apply; the methods reading the class token's row refuse first."""
+    """A mean-pooled model with no class token: the methods that read the head's row read the mean of the patch
+    rows, grad-sam and atman need no row; attention-flow, whose source is the class token, refuses first."""
     torch.manual_seed(0)
     pooled = vitx.load_model(jitter(VisionTransformer(ViTConfig(**TINY, class_token=False, global_pool="avg"))))
-    for name in ("grad-sam", "atman"):
-        assert torch.isfinite(token_map(pooled, x, name)).all()
-    for name in ("attention-flow", "beyond-intuition-head", "beyond-intuition-token"):
-        with pytest.raises(vitx.VitxError, match="class token"):
-            vitx.explain(pooled, x, name)
+    for name in ("grad-sam", "atman", "rollout", "generic-attention", "beyond-intuition-head",
+                 "beyond-intuition-token"):
+        assert torch.isfinite(token_map(pooled, x, name, **({"steps": 3} if "beyond" in name else {}))).all()
+    with pytest.raises(vitx.VitxError, match="needs a head that reads the class token, and this model's head has none"):
+        vitx.explain(pooled, x, "attention-flow")
 
 
 @pytest.mark.parametrize("name, params, match", [

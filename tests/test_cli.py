@@ -117,7 +117,7 @@ def test_explain_all_runs_every_registered_method(files, tmp_path, capsys):
 
 def test_all_skips_methods_that_do_not_apply(files, capsys):
     model = vitx.load_model(files / "nocls.safetensors")
-    usable = [m.name for m in applicable_methods(model.config, model.layout(torch.zeros(1, 3, 64, 64)))]
+    usable = [m.name for m in applicable_methods(model, model.layout(torch.zeros(1, 3, 64, 64)))]
     assert CLS_METHODS and not set(CLS_METHODS) & set(usable) and "gradcam" in usable
     other_kinds = [m for m in method_names() if "vit" not in get_method(m).kinds]   # NesT's own methods
     assert capsys.readouterr().err.count("vitx: skipped:") == len(CLS_METHODS) + len(other_kinds)
@@ -169,7 +169,8 @@ BAD = {  # what is wrong: (arguments after `explain` or a whole command line, a 
     "unknown model": (["--model", "no-such-model"], "unknown model"),
     "missing model file": (["--model", "{files}/absent.safetensors"], "does not exist"),
     "unknown method": (["--method", "rollout,no-such-method"], "unknown method 'no-such-method'"),
-    "method without a class token": (["--model", "{files}/nocls.safetensors"], "class token"),
+    "method without a class token": (["--model", "{files}/nocls.safetensors", "--method", "attention-flow"],
+                                     "class token"),
     "target out of range": (["--target", "8"], "out of range"),
     "negative target": (["--target", "-1"], "out of range"),
     "unknown target name": (["--target", "hexagon"], "unknown target class"),

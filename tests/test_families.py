@@ -47,13 +47,16 @@ def test_nothing_left_behind(family):
 
 @pytest.mark.parametrize("fam", [f for f in FAMILIES if f.attentions], ids=lambda f: f.name)
 def test_attention_methods_equal_their_formulas(fam):
-    """Where the head reads the class token (the families whose catalog entry captures attention)."""
+    """Where the head reads the class token or the mean of the patch tokens (the families whose catalog entry
+    captures attention)."""
     net, x = fam.build(), torch.randn(2, 3, *fam.size, generator=torch.Generator().manual_seed(1))
-    layout = vitx.load_model(net).layout(x)
+    model = vitx.load_model(net)
+    layout = model.layout(x)
     logits, attentions = fam.attentions(net, x)
     gradients = torch.autograd.grad(target_score(logits), attentions)
-    expected = formula_maps([a.detach() for a in attentions], gradients, layout.num_prefix, layout.grid)
-    for method in ("raw-attention", "rollout", "generic-attention"):
+    expected = formula_maps([a.detach() for a in attentions], gradients, layout.num_prefix, layout.grid,
+                            model.config.pooling)
+    for method in ("raw-attention", "rollout", "generic-attention", "attention-gradcam"):
         assert expected[method].abs().max() > 0
         close(vitx.explain(net, x, method=method, normalize=False).token_maps, expected[method])
 

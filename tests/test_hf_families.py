@@ -122,7 +122,8 @@ def test_maps_match_the_formulas(variant, x):
 @pytest.mark.parametrize("variant", CLASSIFIERS)
 def test_every_method_runs_batched_or_refuses_before_running(variant, x):
     """Each method gives finite maps on 2 images, or a one-line VitxError before any forward pass; the class-token
-    methods are refused where the head reads pooled tokens, saying what it reads."""
+    methods are refused where the head does not read the class token, saying what it reads; the head-row methods
+    read the mean of the patch rows of a mean-pooled head and refuse other poolings."""
     model = vitx.load_model(build(variant, "sdpa"))
     forwards = []
     model.net.register_forward_pre_hook(lambda *_: forwards.append(1))
@@ -138,14 +139,19 @@ def test_every_method_runs_batched_or_refuses_before_running(variant, x):
         assert exp.maps.shape == (2, 64, 64) and torch.isfinite(exp.maps).all(), name
         ran.append(name)
     class_token = {name for name in VIT_METHODS if "cls_token" in get_method(name).needs} - {"vit-shapley"}
+    head_row = {name for name in VIT_METHODS if "head_row" in get_method(name).needs}
     assert {"saliency", "gradcam", "occlusion", "lrp", "attnlrp"} <= set(ran)
-    if model.config.pooling == "cls":
-        assert class_token <= set(ran)
+    pooling = model.config.pooling
+    if pooling == "cls":
+        assert class_token | head_row <= set(ran)
         return
     assert class_token <= set(refused)
-    reason = "this model has none" if model.config.cls_index is None else \
-        f"head reads '{model.config.pooling}'-pooled tokens, not the class token"
+    reason = "this model's head has none" if model.config.cls_index is None else f"reads '{pooling}'-pooled tokens"
     assert all(reason in refused[name] for name in class_token)
+    if pooling == "avg":                 # the mean of the patch rows
+        assert head_row <= set(ran)
+    else:
+        assert all(f"head reads '{pooling}'-pooled tokens" in refused[name] for name in head_row)
 
 
 def test_swiglu_dinov2_refuses_relevance_rules(x):

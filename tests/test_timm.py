@@ -22,7 +22,8 @@ VARIANTS = {
 }
 PREFIX = {"vit": 1, "deit-distilled": 2, "registers": 5, "no-cls": 0}
 FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
-CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]
+CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]          # the class token itself
+ROW_METHODS = [m["name"] for m in vitx.methods() if "head_row" in m["needs"]]           # the row the head reads
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -118,7 +119,8 @@ def test_fixed_size_model_refuses_other_sizes(x):
 
 
 def test_no_class_token():
-    """CLS-row methods refuse before any forward pass; token and input gradients still work."""
+    """Class-token methods refuse before any forward pass; the head-row methods read the mean of the patch rows;
+    token and input gradients work."""
     net = tiny_timm(class_token=False, global_pool="avg")
     calls = []
     net.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -127,7 +129,7 @@ def test_no_class_token():
         with pytest.raises(vitx.VitxError, match="class token"):
             vitx.explain(net, x, method=method)
     assert calls == []
-    for method in ("gradcam", "saliency"):
+    for method in ("gradcam", "saliency", "rollout", "generic-attention"):
         maps = vitx.explain(net, x, method=method, normalize=False).maps
         assert maps.shape == (2, 64, 64) and torch.isfinite(maps).all() and maps.amax((1, 2)).gt(0).all()
 
@@ -170,23 +172,23 @@ def test_relevance_refused_where_rules_do_not_reach(name, kw, needs):
 
 @pytest.mark.parametrize("name, pool", [("vit_small_patch16_224", "avg"), ("vit_small_patch16_224", "map"),
                                         ("beit_base_patch16_224", "avg")])
-def test_class_token_methods_refused_where_the_head_pools(name, pool):
-    """A class token the head never reads: every method that explains through it refuses, naming the pooling and
-    the methods that apply, before any forward pass; those run."""
+def test_class_token_the_head_does_not_read(name, pool):
+    """A class token the head never reads: the methods that need it refuse, naming the pooling, before any forward
+    pass; the head-row methods read the mean of the patch rows of an 'avg' head and refuse the attention pooling of
+    a 'map' head."""
     net = tiny_timm(name, global_pool=pool)
     model = vitx.load_model(net)
     assert model.config.pooling == pool and model.config.cls_index == 0
     calls = []
     net.register_forward_pre_hook(lambda *_: calls.append(1))
     x = images(2, 3, 64, 64)
-    for method in CLS_METHODS:
-        with pytest.raises(vitx.VitxError, match=f"method '{method}' explains through the class token, but this "
-                           f"model's head reads '{pool}'-pooled tokens, not the class token; methods that apply: "
-                           "grad-sam, gradcam, saliency, "):
+    refused = CLS_METHODS + (ROW_METHODS if pool == "map" else [])
+    for method in refused:
+        with pytest.raises(vitx.VitxError, match=f"method '{method}' .*this model's head reads '{pool}'-pooled tokens"):
             vitx.explain(model, x, method=method)
     assert calls == []
-    maps = vitx.explain(model, x, method="grad-sam").maps
-    assert torch.isfinite(maps).all() and maps.amax((1, 2)).gt(0).all()
-    twin = vitx_twin(tiny_timm(global_pool="avg"), global_pool="avg")
-    with pytest.raises(vitx.VitxError, match="'avg'-pooled"):
-        vitx.explain(twin, x, method="rollout")
+    for method in ["grad-sam"] + (ROW_METHODS[:3] if pool == "avg" else []):
+        maps = vitx.explain(model, x, method=method).maps
+        assert torch.isfinite(maps).all() and maps.amax((1, 2)).gt(0).all()
+
+

@@ -46,8 +46,8 @@ class TokenLayout:
         return torch.cat([prefix, keep.bool()], -1)
 
     def to_grid(self, patch_values: torch.Tensor) -> torch.Tensor:
-        """(B, num_patches) -> (B, gh, gw)."""
-        return patch_values.reshape(patch_values.shape[0], *self.grid)
+        """(..., num_patches) -> (..., gh, gw)."""
+        return patch_values.reshape(*patch_values.shape[:-1], *self.grid)
 
     def require_cls(self, method: str) -> int:
         if self.cls_index is None:

@@ -19,17 +19,22 @@ from typing import Callable
 from .errors import VitxError
 from .memory import forward_only, one_graph
 
-NEEDS = {"attention", "gradients", "cls_token", "trained_module"}
+# what a method needs of the model: "head_row" the row of the token(s) the head reads (the class token's, or the
+# mean of the pooled tokens' rows where the head averages them), "cls_token" the class token itself
+NEEDS = {"attention", "gradients", "head_row", "cls_token", "trained_module"}
+HEAD_ROWS = ("cls", "avg")   # heads whose row a "head_row" method can read
 # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy, "swin" Swin's shifted windows
 ANY_MODEL = ("vit", "nest", "swin")
-# kinds whose head reads the mean of the last tokens: a method that names such a kind reads their mean row where
-# it reads the class token's row on a ViT
-MEAN_ROW_KINDS = ("swin",)
 # why a method that does not name a kind cannot apply to it: {kind: {method family (or "" for any other): why}}
-KIND_LIMITS = {"swin": {
-    "": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink stage by "
-        "stage, which this method's per-token formulas do not follow",
-    "nest": "it reads NesT's levels of image blocks, which Swin does not have"}}
+KIND_LIMITS = {
+    "vit": {"nest": "it reads NesT's levels of image blocks, which a flat ViT does not have"},
+    "swin": {"": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink "
+                 "stage by stage, which this method's per-token formulas do not follow",
+             "nest": "it reads NesT's levels of image blocks, which Swin does not have"},
+    "nest": {"": "NesT attends only within image blocks, level by level, and aggregates the blocks with convolution "
+                 "and pooling, so no token-by-token attention or token sequence spans the image",
+             "relevance": "its relevance rules know the pre-norm blocks of a flat ViT, not NesT's block aggregation "
+                          "(convolution, layer norm and max pooling between levels)"}}
 
 # The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with
 # ``register(..., ranges=...)``. Intervals are written as in mathematics: "[1, inf)" is 1 <= value.
@@ -104,15 +109,15 @@ class Method:
             why = f": {why}" if why else ""
             raise VitxError(f"method {self.name!r} does not apply to {config.kind!r} models{why} "
                             f"(it works on: {', '.join(self.kinds)})")
-        class_token = "cls_token" in self.needs and config.kind not in MEAN_ROW_KINDS
-        if class_token and layout.cls_index is None:
-            raise VitxError(f"method {self.name!r} reads the class token, and this model has none")
-        if class_token and config.pooling != "cls":
-            others = [m.name for m in _METHODS.values()
-                      if config.kind in m.kinds and not m.needs & {"cls_token", "trained_module"}]
-            raise VitxError(f"method {self.name!r} explains through the class token, but this model's head reads "
-                            f"{config.pooling!r}-pooled tokens, not the class token; methods that apply: "
-                            f"{', '.join(others)}")
+        if "cls_token" in self.needs and (layout.cls_index is None or config.pooling != "cls"):
+            has = "has none" if layout.cls_index is None else f"reads {config.pooling!r}-pooled tokens"
+            raise VitxError(f"method {self.name!r} needs a head that reads the class token, and this model's head "
+                            f"{has}")
+        if "head_row" in self.needs and (config.pooling not in HEAD_ROWS or
+                                         config.pooling == "cls" and layout.cls_index is None):
+            raise VitxError(f"method {self.name!r} reads the row of the token the head reads (the class token, or "
+                            f"the mean of the patch tokens' rows for a mean-pooled head), and this model's head reads "
+                            f"{config.pooling!r}-pooled tokens")
         if self.requires is not None:
             self.requires(config, {**self.defaults, **(params or {})})
 

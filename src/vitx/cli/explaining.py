@@ -36,7 +36,7 @@ def run_explain(args) -> int:
     x, frames = model.preprocess(pictures, resize=args.resize, frames=True)
     layout = model.layout(x)
     if wanted is None:
-        wanted = applicable_methods(model.config, layout)
+        wanted = applicable_methods(model, layout)
     params = method_params(args.param, [info.name for info in wanted], model, layout, "explained")
     for info in wanted:
         if info.name not in params:
@@ -111,13 +111,16 @@ def write_gradcat_trees(model, x, names, targets, first: Explanation, out: Path,
     return written
 
 
-def applicable_methods(config, layout) -> list[Method]:
-    """Every registered method that applies to the model; the others are named on stderr."""
+def applicable_methods(model, layout) -> list[Method]:
+    """Every registered method that applies to the model (its kind, its head, its layers), checked before anything
+    runs; the others are named on stderr."""
     usable = []
     for name in method_names():
         info = get_method(name)
         try:
-            info.check(config, layout)
+            info.check(model.config, layout)
+            if info.fits is not None:
+                info.fits(model, dict(info.defaults))
             usable.append(info)
         except VitxError as err:
             print(f"vitx: skipped: {one_line(err)}", file=sys.stderr)

@@ -1,8 +1,9 @@
 """Attention-based methods: what the attention maps themselves (and their gradients) say.
 
 Every method takes a :class:`~vitx.batch.Batch` and returns each patch's relevance, (B, gh, gw), read
-off the class token's row unless its docstring says otherwise. Notation: A_b is block b's attention
-(B, heads, N, N), ∇A_b = ∂y_t/∂A_b for the target logit y_t, E_h the mean over heads, row c the class token.
+off the head's row unless its docstring says otherwise: the class token's row c, or on a mean-pooled head the mean
+of the patch tokens' rows (:func:`head_row`; "row c" below stands for either). Notation: A_b is block b's attention
+(B, heads, N, N), ∇A_b = ∂y_t/∂A_b for the target logit y_t, E_h the mean over heads.
 
 On Swin (kind "swin") the head reads the mean of the last stage's tokens, so the class token's row becomes the
 mean row u = 1/N_L over the last stage's queries. The attention is windowed, (B, heads, nW, w², w²): the methods
@@ -25,10 +26,14 @@ BARKAN_2021 = "Barkan et al., CIKM 2021, Grad-SAM: Explaining Transformers via G
 CHEN_2023 = "Chen et al., TMLR 2023, Beyond Intuition: Rethinking Token Attributions inside Transformers"
 
 
-def cls_row(batch: Batch, matrix: torch.Tensor) -> torch.Tensor:
-    """Row of the class token over the patch columns of a (B, N, N) matrix -> (B, gh, gw)."""
+def head_row(batch: Batch, matrix: torch.Tensor) -> torch.Tensor:
+    """The row of the token the head reads over the patch columns of a (..., N, N) matrix -> (..., gh, gw): the
+    class token's row, or for a mean-pooled head (pooling "avg") the mean of the patch tokens' rows, the rows the
+    head averages."""
     layout = batch.layout
-    return layout.to_grid(matrix[:, layout.cls_index, layout.patches])
+    if batch.model.config.pooling == "avg":
+        return layout.to_grid(matrix[..., layout.patches, layout.patches].mean(-2))
+    return layout.to_grid(matrix[..., layout.cls_index, layout.patches])
 
 
 def on_swin(batch: Batch) -> bool:
@@ -49,9 +54,9 @@ def mean_row_walk(batch: Batch, matrices: list[torch.Tensor], accumulate: bool) 
 
 
 @register("raw-attention", family="attention", paper="Vaswani et al., NeurIPS 2017 (attention weights as explanation)",
-          needs={"attention", "cls_token"}, cost="1F", kinds=("vit", "swin"))
+          needs={"attention", "head_row"}, cost="1F", kinds=("vit", "swin"))
 def raw_attention(batch: Batch, block: int = -1) -> torch.Tensor:
-    """The class token's attention to each patch in one block (default the last), heads averaged:
+    """The head's row of attention over the patches in one block (default the last), heads averaged:
     R = E_h A_b[c, patches]. On Swin the mean over the block's queries of E_h A_b, on its stage's map."""
     with torch.no_grad():
         _, tr = batch.run(attentions=[block], tokens=False)
@@ -59,7 +64,7 @@ def raw_attention(batch: Batch, block: int = -1) -> torch.Tensor:
         geometry = batch.model.adapter.windows(block)
         fused = tr.attentions[0].mean(1)
         return times_windows(mean_row(geometry.num_tokens, fused), fused, geometry).view(-1, *geometry.grid)
-    return cls_row(batch, tr.attentions[0].mean(1))
+    return head_row(batch, tr.attentions[0].mean(1))
 
 
 def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
@@ -72,9 +77,9 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
     raise VitxError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
 
 
-def discard_lowest(attention: torch.Tensor, ratio: float, keep: int) -> torch.Tensor:
+def discard_lowest(attention: torch.Tensor, ratio: float, keep: int | None) -> torch.Tensor:
     """Zero the smallest ``ratio`` of each image's (N, N) entries (and any tied with the last of them),
-    never the class token's self-attention."""
+    never token ``keep``'s self-attention (the class token's; None: none kept)."""
     if not 0 <= ratio < 1:
         raise VitxError(f"discard_ratio must be in [0, 1), got {ratio}")
     count = int(attention[0].numel() * ratio)
@@ -82,7 +87,8 @@ def discard_lowest(attention: torch.Tensor, ratio: float, keep: int) -> torch.Te
         return attention
     flat = attention.flatten(1)
     ranked = flat.clone()
-    ranked[:, keep * attention.shape[-1] + keep] = float("inf")
+    if keep is not None:
+        ranked[:, keep * attention.shape[-1] + keep] = float("inf")
     cut = ranked.kthvalue(count, dim=1, keepdim=True).values  # a selection, several times cheaper than topk
     return flat.masked_fill(ranked <= cut, 0.0).view_as(attention)
 
@@ -95,7 +101,7 @@ def from_block(per_block: list, start_layer: int) -> list:
 
 
 def residual_attentions(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0,
-                        start_layer: int = 0, keep: int = 0) -> list[torch.Tensor]:
+                        start_layer: int = 0, keep: int | None = 0) -> list[torch.Tensor]:
     """Â_b = norm_rows(fuse_h(A_b) + I) for blocks s..L, (B, N, N) each: attention mixed with the residual
     connection as in Abnar & Zuidema's code, every row summing to one."""
     mixed = []
@@ -107,7 +113,7 @@ def residual_attentions(attentions: list[torch.Tensor], head_fusion: str = "mean
 
 
 def rollout_matrix(attentions: list[torch.Tensor], head_fusion: str = "mean", discard_ratio: float = 0.0,
-                   start_layer: int = 0, keep: int = 0) -> torch.Tensor:
+                   start_layer: int = 0, keep: int | None = 0) -> torch.Tensor:
     """R = Â_L ⋯ Â_s with Â_b = norm_rows(fuse_h(A_b) + I): attention rollout over blocks s..L."""
     mixed = residual_attentions(attentions, head_fusion, discard_ratio, start_layer, keep)
     result = mixed[0]
@@ -124,10 +130,10 @@ def whole_matrices(config, params: dict) -> None:
                         "most of them are the zeros between windows: use discard_ratio=0 on Swin")
 
 
-@register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "cls_token"}, cost="1F",
+@register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "head_row"}, cost="1F",
           memory=graphs(ATTENTION), kinds=("vit", "swin"), requires=whole_matrices)
 def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0) -> torch.Tensor:
-    """Attention rollout: the class token's row of R = Â_L ⋯ Â_s, Â_b = norm_rows(fuse_h(A_b) + I),
+    """Attention rollout: the head's row of R = Â_L ⋯ Â_s, Â_b = norm_rows(fuse_h(A_b) + I),
     heads fused by mean, max or min, the lowest ``discard_ratio`` of each Â_b's entries dropped. On Swin the
     mean row over the last stage's queries of R = Â_L ⋯ P ⋯ Â_s (P the patch mergings), on the first stage's map;
     ``discard_ratio`` 0 there."""
@@ -135,8 +141,8 @@ def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0,
         _, tr = batch.run(tokens=False)
         if on_swin(batch):
             return mean_row_walk(batch, residual_attentions(tr.attentions, head_fusion, 0.0, start_layer), False)
-    return cls_row(batch, rollout_matrix(tr.attentions, head_fusion, discard_ratio, start_layer,
-                                          keep=batch.layout.cls_index))
+    return head_row(batch, rollout_matrix(tr.attentions, head_fusion, discard_ratio, start_layer,
+                                           keep=batch.layout.cls_index))
 
 
 def accumulate(matrices: list[torch.Tensor]) -> torch.Tensor:
@@ -154,32 +160,31 @@ def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tens
                        for attention, gradient in zip(attentions, gradients)])
 
 
-@register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "cls_token"},
+@register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "head_row"},
           cost="1F+1B", memory=graphs(1.25), kinds=("vit", "swin"))
 def generic_attention(batch: Batch) -> torch.Tensor:
     """Chefer et al.'s self-attention rule: R = I, R += E_h[(∇A_b ⊙ A_b)⁺] R over the blocks;
-    the class token's row of R. On Swin the mean row over the last stage's queries of
+    the head's row of R. On Swin the mean row over the last stage's queries of
     R = (I + Ā_L) ⋯ P ⋯ (I + Ā_1), Ā_b = E_h[(∇A_b ⊙ A_b)⁺], P the patch mergings, on the first stage's map."""
     logits, tr = batch.run(tokens=False)
     gradients = tr.gradients(batch.score(logits))
     if on_swin(batch):
         return mean_row_walk(batch, [(g * a.detach()).clamp(min=0).mean(1) for a, g in zip(tr.attentions, gradients)],
                              True)
-    return cls_row(batch, generic_relevance([a.detach() for a in tr.attentions], gradients))
+    return head_row(batch, generic_relevance([a.detach() for a in tr.attentions], gradients))
 
 
 @register("attention-gradcam", family="attention", paper="Selvaraju et al., ICCV 2017 (Grad-CAM), on attention as in Chefer et al. 2021",
-          needs={"attention", "gradients", "cls_token"}, cost="1F+1B")
+          needs={"attention", "gradients", "head_row"}, cost="1F+1B")
 def attention_gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     """Grad-CAM on one block's attention: R = ReLU(E_h[w_h A_b[h, c, patches]]), where w_h is the mean
     over patches of ∇A_b[h, c, patches]."""
     logits, tr = batch.run(attentions=[block], tokens=False)
     attention, = tr.attentions
     gradient, = torch.autograd.grad(batch.score(logits), attention)
-    patches, c = batch.layout.patches, batch.layout.cls_index
-    cam, grad = attention.detach()[:, :, c, patches], gradient[:, :, c, patches]
-    weights = grad.mean(-1, keepdim=True)
-    return batch.layout.to_grid((weights * cam).mean(1).clamp(min=0))
+    cam, grad = head_row(batch, attention.detach()), head_row(batch, gradient)            # (B, heads, gh, gw)
+    weights = grad.mean((-2, -1), keepdim=True)
+    return (weights * cam).mean(1).clamp(min=0)
 
 
 def grad_sam_scores(attentions: list[torch.Tensor], gradients: list[torch.Tensor]) -> torch.Tensor:
@@ -229,7 +234,7 @@ def reasoning_feedback(batch: Batch, gradient: torch.Tensor, steps: int, interna
     return (total / steps).clamp(min=0).mean(1)
 
 
-@register("beyond-intuition-head", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
+@register("beyond-intuition-head", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "head_row"},
           cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"},
           memory=graphs(1.25, 2.0))
 def beyond_intuition_head(batch: Batch, steps: int = 20, start_layer: int = 0,
@@ -246,7 +251,7 @@ def beyond_intuition_head(batch: Batch, steps: int = 20, start_layer: int = 0,
     gradients = tr.gradients(batch.score(logits))
     perception = accumulate(head_weighted_attentions([a.detach() for a in tr.attentions], gradients, start_layer))
     feedback = reasoning_feedback(batch, gradients[-1], steps, internal_batch_size)
-    return cls_row(batch, feedback * perception)
+    return head_row(batch, feedback * perception)
 
 
 def token_weighted_attentions(attentions: list[torch.Tensor], values: list[torch.Tensor], inputs: list[torch.Tensor],
@@ -264,7 +269,7 @@ def token_weighted_attentions(attentions: list[torch.Tensor], values: list[torch
     return weighted
 
 
-@register("beyond-intuition-token", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "cls_token"},
+@register("beyond-intuition-token", family="attention", paper=CHEN_2023, needs={"attention", "gradients", "head_row"},
           cost="steps×(1F+1B)", ranges={"steps": "[2, inf)"},
           memory=graphs(1.25, 2.0))
 def beyond_intuition_token(batch: Batch, steps: int = 20, start_layer: int = 0,
@@ -282,4 +287,4 @@ def beyond_intuition_token(batch: Batch, steps: int = 20, start_layer: int = 0,
     with torch.no_grad():
         perception = accumulate(token_weighted_attentions(tr.attentions, tr.projected_values, tr.inputs, start_layer))
     gradient, = torch.autograd.grad(batch.score(logits), tr.attentions[-1])
-    return cls_row(batch, reasoning_feedback(batch, gradient, steps, internal_batch_size) * perception)
+    return head_row(batch, reasoning_feedback(batch, gradient, steps, internal_batch_size) * perception)

@@ -3,7 +3,8 @@ backward pass through the rules of :mod:`vitx.relevance` bound to the model by t
 attribution adds a plain backward through the same forward).
 
 Notation: R_A the LRP relevance of a block's attention A (B, heads, N, N), ∇A = ∂y_t/∂A the plain
-gradient, E_h the mean over heads, row c the class token, x the model input.
+gradient, E_h the mean over heads, row c the head's row (the class token's, or the mean of the patch rows of a mean-pooled
+head: :func:`~vitx.methods.attention.head_row`), x the model input.
 
 ``precision="float64"`` runs the rules on a float64 copy of the model and images (the user's model is not
 touched) after the float32 forward that fixes the targets: for images where float32 rounding in the rules'
@@ -21,7 +22,7 @@ from ..errors import VitxError
 from ..registry import register
 from ..relevance import ATTNLRP, CHEFER
 from ..relevance.rules import divide
-from .attention import cls_row, from_block, generic_relevance
+from .attention import head_row, from_block, generic_relevance
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
@@ -110,13 +111,13 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "cls_token"}, cost="1F+2B", requires=check_precision,
+          needs={"attention", "gradients", "head_row"}, cost="1F+2B", requires=check_precision,
           memory=in_graphs(3.0), fits=takes_attribution)
 @in_precision
 def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
     """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
     b = s..L (``start_layer`` s, 0-based; the authors' ViT scripts use 1), with R_A_b the LRP relevance of
-    block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the class token's row of R.
+    block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the head's row of R.
 
     One forward under the rules, then their backward for R_A and the plain backward for ∇A through the
     same graph (:meth:`Composite.selectable`)."""
@@ -128,17 +129,17 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
     with rules.switch.plain():
         gradients = torch.autograd.grad(batch.score(logits), attentions)
     relevances = [a.detach() * r for a, r in zip(attentions, relevances)]
-    return cls_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
+    return head_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
 
 
-@register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "cls_token"},
+@register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "head_row"},
           cost="1F+1B", requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER))
 @in_precision
 def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
-    averaged, the class token's row: R = E_h[(R_A_L)⁺][c, patches]."""
+    averaged, the head's row: R = E_h[(R_A_L)⁺][c, patches]."""
     relevance, = attention_relevance(batch, blocks=[-1])
-    return cls_row(batch, relevance.clamp(min=0).mean(1))
+    return head_row(batch, relevance.clamp(min=0).mean(1))
 
 
 @register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B",
