@@ -62,7 +62,7 @@ FAMILIES = [
            (64, 64), _timm("deit_base_distilled_patch16_224"), timm_hooked_attentions),
     Family("timm ViT with registers (reg_tokens)",
            jittered(_timm("vit_small_patch16_224", reg_tokens=4, no_embed_class=True, **TIMM_SMALL)), (64, 64),
-           _timm("vit_base_patch16_reg4_gap_256", img_size=224, global_pool="token"), timm_hooked_attentions),
+           _timm("vit_base_patch16_224", reg_tokens=4, no_embed_class=True), timm_hooked_attentions),
     Family("timm hybrid ViT (vit_*_r*, ResNet stem)", jittered(_timm("vit_tiny_r_s16_p8_224", **HYBRID)), (128, 128),
            _timm("vit_small_r26_s32_224"), timm_hooked_attentions),
     Family("vitx NesT", jittered(_vitx("nest_shapes", image_size=64, num_classes=5)), (64, 64), _vitx("nest_tiny")),

@@ -2,6 +2,7 @@
 same maps as the float32 model with the same (rounded) weights, one warning, and the user's model given back
 in its own dtype, the same parameter objects, on error too."""
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 import vitx
 from reference import images, tiny_timm
 from vitx.precision import in_float32
+from vitx import registry
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -37,3 +39,28 @@ def test_restored_on_error_and_silent_for_float32():
         warnings.simplefilter("error")
         with in_float32(tiny_timm()) as converted:
             assert converted == ()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_tf32_off_during_explain_and_restored(monkeypatch, fails):
+    """CUDA's TF32 (on by default for convolutions) is off while a method runs, and the user's settings come back
+    after the call, on error too."""
+    seen = []
+
+    def method(batch, **params):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        if fails:
+            raise vitx.VitxError("inside the method")
+        return torch.zeros(batch.x.shape[0], *batch.layout.grid)
+    monkeypatch.setitem(registry._METHODS, "raw-attention", replace(registry.get_method("raw-attention"), fn=method))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        try:
+            vitx.explain(tiny_timm(), images(2, 3, 64, 64), method="raw-attention")
+        except vitx.VitxError:
+            assert fails
+        assert seen == [(False, False)]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -11,7 +11,7 @@ from .explanation import Explanation
 from .images import check_model_input
 from .memory import plan
 from .model import Model, as_model, evaluating
-from .precision import in_float32
+from .precision import full_float32, in_float32
 from .registry import get_method
 from .scaling import minmax, screen
 from .targets import resolve_targets
@@ -33,7 +33,8 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
 
     Works on models with frozen parameters and inside ``torch.no_grad()`` or ``torch.inference_mode()``: the
     gradients a method takes are its own business, never the caller's mode's. A float16 or bfloat16 model is
-    explained in float32 (:func:`vitx.precision.in_float32`, with a warning) and given back in its own dtype.
+    explained in float32 (:func:`vitx.precision.in_float32`, with a warning) and given back in its own dtype; on CUDA
+    TF32 is off for the call (:func:`vitx.precision.full_float32`).
     """
     model = as_model(model)
     if device is not None:
@@ -68,7 +69,7 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
     method = info.name
     targets = resolve_targets(target, x.shape[0], model)
     out_maps, out_logits, out_targets, details = [], [], [], {}
-    with evaluating(model), in_float32(model.net), torch.enable_grad():
+    with evaluating(model), in_float32(model.net), full_float32(), torch.enable_grad():
         step, params = plan(info, params, model, x, batch_size, memory)
         chunks = range(0, x.shape[0], step)
         for start in tqdm(chunks, desc=method, disable=not progress or callable(progress), leave=False):

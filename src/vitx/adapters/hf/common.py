@@ -1,5 +1,5 @@
 """What Hugging Face's vision transformers share: a config (a vision sub-config for CLIP and SigLIP), an encoder
-of pre-norm layers, labels and an image processor; and, in transformers >= 5, attention modules that project
+of pre-norm layers, labels and an image processor; and, in transformers >= 5.18, attention modules that project
 q, k, v with ``q_proj``/``k_proj``/``v_proj``, call the configured attention implementation (eager, sdpa,
 flash...) and project back. A family's adapter names where its layers, attention and norms are.
 
@@ -34,8 +34,10 @@ class HFAdapter(Adapter):
         self.layers = list(self.encoder_layers())
         for i, attention in enumerate(self.attentions()):
             if not all(hasattr(attention, p) for p in self.projections):
+                import transformers
                 raise VitxError(f"Hugging Face model {name}: layer {i} attention has no q/k/v projections "
-                                "(transformers >= 5 is required)")
+                                f"(q_proj, k_proj, v_proj): transformers {transformers.__version__} lays it out "
+                                "otherwise; vitx reads the layout of transformers >= 5.18")
 
     # what a family says
     def encoder_layers(self) -> list[nn.Module]:
