@@ -253,7 +253,8 @@ def test_catalog_builds():
         assert logits.shape == (2, 5) and torch.isfinite(logits).all(), family.name
         if family.attentions is not None:
             _, attentions = family.attentions(net, images(2, 3, *family.size))
-            assert len(attentions) == 3 and attentions[0].shape == (2, 4, 65, 65)
+            tokens = model.layout(images(1, 3, *family.size)).num_tokens
+            assert len(attentions) == 3 and attentions[0].shape == (2, 4, tokens, tokens)
 
 
 DATA2VEC_KEYS = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",

@@ -57,8 +57,9 @@ def test_tap_changes_nothing(built, case):
 @pytest.mark.parametrize("case", WITH_ATTENTIONS)
 def test_attention_and_maps_match_hooks_and_formulas(built, case):
     net, x = built[case]
-    layout = vitx.load_model(net).layout(x)
-    check_against_hooks(net, x, *CASES[case][2](net, x), layout.num_prefix, layout.grid)
+    model = vitx.load_model(net)
+    layout = model.layout(x)
+    check_against_hooks(net, x, *CASES[case][2](net, x), layout.num_prefix, layout.grid, model.config.pooling)
 
 
 @pytest.mark.parametrize("name, kw", [("vit_small_patch16_rope_224", {}), ("vit_small_patch16_rope_mixed_224", {}),
