@@ -7,7 +7,9 @@ both still attached to the autograd graph so that gradients with respect to them
 On request it also keeps each block's input tokens (``inputs=True``) and its attention values after the
 output projection (``projected_values``), both (B, N, D), the latter with rows v_j W_oᵀ such that the
 attention output is Σ_j A_ij v_j W_oᵀ + b_o.
-Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
+On Swin (kind "swin") each block's attention is recorded windowed, (B, heads, windows, w², w²), and its tokens as
+(B, H·W, C) over its stage's map (:mod:`vitx.windows` maps windows back to the map); on NesT, (B, heads, T, N, N)
+for T image blocks. Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
 ``edit(block, scores)``. Relevance rules (``rules``, a :class:`vitx.relevance.Composite`) are bound to
 the model's layers while the block is open, and the attention product runs through their
 :class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
