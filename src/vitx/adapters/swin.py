@@ -46,7 +46,7 @@ class SwinAdapter(Adapter):
             return Description(pair(pe.img_size), pair(pe.patch_size), 0, None, classes, dynamic_size=False,
                                kind="swin", pooling={"": "none"}.get(net.global_pool, net.global_pool),
                                **preprocessing(getattr(net, "pretrained_cfg", None) or {}, classes))
-        from .hf import image_processing
+        from .hf.preprocessing import image_processing
         cfg = net.config
         id2label = cfg.id2label or {}
         names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels))
