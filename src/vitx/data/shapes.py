@@ -138,8 +138,11 @@ def _layout(rng, size, k, lo, hi):
         radii = radii * 0.95  # rare: crowded layout, shrink and retry
 
 
-def _draw_object(rng, img, name, centre, radius):
-    """Paint one solid object; return its full-size boolean mask."""
+def _draw_object(rng, img, name, centre, radius, colour=None):
+    """Paint one solid object; return its full-size boolean mask.
+
+    A given ``colour`` (3,) float32 is painted only where it keeps the contrast rule; otherwise nothing is painted
+    and None is returned (the caller redraws the image). Without one, a random colour that keeps it is drawn."""
     size = img.shape[-1]
     (cx, cy), theta = centre, rng.uniform(0, 2 * np.pi)
     y0, x0, ys, xs = _window(size, cx - radius, cx + radius, cy - radius, cy + radius)
@@ -148,12 +151,16 @@ def _draw_object(rng, img, name, centre, radius):
     v = (dy * np.cos(theta) - dx * np.sin(theta)) / radius
     inside = _SHAPES[name](u, v)
     around = img[:, y0:y0 + inside.shape[0], x0:x0 + inside.shape[1]][:, ~inside].mean(1)  # box minus shape
-    for _ in range(50):
-        colour = rng.uniform(0, 1, 3).astype(np.float32)
-        if np.abs(colour - around).mean() >= _MIN_CONTRAST:
-            break
-    else:  # the farthest RGB corner always differs by >= 0.5
-        colour = (around < 0.5).astype(np.float32)
+    if colour is not None:
+        if np.abs(colour - around).mean() < _MIN_CONTRAST:
+            return None
+    else:
+        for _ in range(50):
+            colour = rng.uniform(0, 1, 3).astype(np.float32)
+            if np.abs(colour - around).mean() >= _MIN_CONTRAST:
+                break
+        else:  # the farthest RGB corner always differs by >= 0.5
+            colour = (around < 0.5).astype(np.float32)
     _paint(img, y0, x0, inside, colour)
     mask = np.zeros((size, size), bool)
     mask[y0:y0 + inside.shape[0], x0:x0 + inside.shape[1]] = inside
