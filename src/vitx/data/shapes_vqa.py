@@ -241,3 +241,20 @@ def shapes_vqa(n=500, seed=0, image_size=64, objects=(2, 4)):
         torch.tensor([QUESTION_TYPES.index(s.kind) for s in specs]),
         torch.from_numpy(shapes_), torch.from_numpy(colours), torch.from_numpy(centres), torch.from_numpy(masks),
         torch.from_numpy(gt_objects), gt_words, seed)
+
+
+def text_only_baseline(train=5000, test=2000, seed=0):
+    """Accuracy per question type of the best text-only guess: the majority answer of each exact question string
+    in ``train`` questions of ``seed`` (ties to the first answer, unseen strings to the type's majority), tested
+    on ``test`` fresh questions of ``seed + 1``. Returns {type: (accuracy, chance, number of test questions)}."""
+    votes, by_type = {}, {}
+    for spec in _specs(train, seed):
+        votes.setdefault(spec.question, {}).setdefault(spec.answer, 0)
+        votes[spec.question][spec.answer] += 1
+        by_type.setdefault(spec.kind, {}).setdefault(spec.answer, 0)
+        by_type[spec.kind][spec.answer] += 1
+    hits = {kind: [] for kind in QUESTION_TYPES}
+    for spec in _specs(test, seed + 1):
+        counts = votes.get(spec.question, by_type[spec.kind])
+        hits[spec.kind].append(max(counts, key=counts.get) == spec.answer)
+    return {kind: (float(np.mean(h)), 1 / len(TYPE_ANSWERS[kind]), len(h)) for kind, h in hits.items()}
