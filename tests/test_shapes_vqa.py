@@ -112,7 +112,8 @@ def test_ground_truth_words(data):
             assert set(words) <= names, (data.questions[i], words)
         if kind == "spatial":
             gt = torch.nonzero(data.gt_objects[i]).flatten().tolist()
-            assert len(gt) == 2 and [scene[j][0] for j in gt].count(words[0]) == 1  # the anchor's shape only
+            assert gt == [0, 1] and [scene[j][0] for j in gt].count(words[0]) == 1  # the anchor's shape only
+            assert scene[0][0] == words[0]  # slot 0 is the anchor, slot 1 the object asked about
 
 
 def test_specs_are_the_data(data):
@@ -158,7 +159,7 @@ def test_tokenizer_unknown_words():
 
 @pytest.mark.parametrize("questions, max_length, match", [
     (["is there a red star?", "  ?"[:2]], 12, "question 1 is empty"),
-    (["what colour is the object left of the star?"], 11, "question 0 has 10 words, more than max_length=11"),
+    (["what colour is the object left of the star?"], 11, "question 0 has 10 tokens, more than max_length=11"),
     ([], 12, "non-empty list"),
     (["a"], 2, "max_length"),
 ])

@@ -172,7 +172,8 @@ class ShapesVQAData:
     ``TOKENIZER.encode(questions, MAX_LENGTH)``; answers (n,) int64 into ``ANSWERS``; types (n,) int64 into
     ``QUESTION_TYPES``; object_shapes, object_colours (n, 4) int64 into CLASS_NAMES and COLOUR_NAMES, -1 for an
     empty slot; object_centres (n, 4, 2) float (x, y) pixels; object_masks (n, 4, H, W) bool; gt_objects (n, 4)
-    bool; gt_words (n, L) bool over input_ids' columns.
+    bool (for a spatial question slot 0 is the anchor, slot 1 the object asked about); gt_words (n, L) bool over
+    input_ids' columns.
     """
 
     images: torch.Tensor

@@ -62,7 +62,7 @@ class WordTokenizer:
             if not w:
                 raise VitxError(f"question {i} is empty: {questions[i]!r}")
             if len(w) + 2 > max_length:
-                raise VitxError(f"question {i} has {len(w)} words, more than max_length={max_length} takes with "
+                raise VitxError(f"question {i} has {len(w)} tokens, more than max_length={max_length} takes with "
                                 f"[CLS] and [SEP]: {questions[i]!r}")
         missing = sorted({t for w in words for t in w if t not in self.ids})
         if missing and unknown == "error":
