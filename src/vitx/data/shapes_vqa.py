@@ -84,7 +84,10 @@ def _spec(rng):
     kind = QUESTION_TYPES[rng.integers(len(QUESTION_TYPES))]
     c, s, k = int(rng.integers(len(COLOURS))), int(rng.integers(len(CLASS_NAMES))), int(rng.integers(2, 5))
     shape, colour = CLASS_NAMES[s], COLOUR_NAMES[c]
-    rand_colour = lambda: int(rng.integers(len(COLOURS)))  # noqa: E731
+
+    def rand_colour():
+        return int(rng.integers(len(COLOURS)))
+
     if kind == "existence":
         yes = bool(rng.random() < 0.5)
         objects = [(s, c)] if yes else []
