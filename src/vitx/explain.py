@@ -46,7 +46,7 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
         x, frames = model.preprocess(x, frames=True)
     layout = model.layout(x)
     if frames is None:
-        check_model_input(x, model.config.mean, model.config.std)
+        check_model_input(x, model.config.input_range)
     info.check(model.config, layout, params)
     if info.fits is not None:
         info.fits(model, params)

@@ -191,10 +191,10 @@ def load_images(images, size: tuple[int, int], resize: str = "stretch",
     return torch.stack(batch), frames
 
 
-def check_model_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+def check_model_input(x: torch.Tensor, input_range: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
     """Refuse model input (B, 3, H, W) that is not float or has NaN or infinite values; warn when it looks like
     raw pixels rather than the model-normalised input :meth:`Model.preprocess` gives, which spans
-    [min (0 − mean)/std, max (1 − mean)/std] over the channels:
+    [min (0 − mean)/std, max (1 − mean)/std] over the channels (``input_range``, :attr:`ModelConfig.input_range`):
 
     - every value in [0, 1], not all equal, while the model's normalisation takes black below 0 (some mean > 0).
       Preprocessed images lie in [0, 1] only when every pixel of every image lies within [mean, mean + std] of
@@ -208,8 +208,7 @@ def check_model_input(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float
     if not finite.all():
         raise VitxError(f"model input image {int((~finite).nonzero()[0])} has NaN or infinite values")
     low, high = x.min().item(), x.max().item()
-    black = min(-m / s for m, s in zip(mean, std))
-    white = max((1 - m) / s for m, s in zip(mean, std))
+    black, white = min(input_range[0]), max(input_range[1])
     if 0 <= low < high <= 1 and black < 0 or high > 10 * white:
         warnings.warn(f"vitx.explain takes a (B, 3, H, W) tensor as model input, and this one spans "
                       f"[{low:.3g}, {high:.3g}] like raw pixels, while this model's input spans [{black:.2g}, "

@@ -48,6 +48,12 @@ class ModelConfig:
             raise VitxError(f"class_names has {len(self.class_names)} names for a model of {self.num_classes} "
                             "classes")
 
+    @property
+    def input_range(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per channel, the model inputs of pixel values 0 and 1: ((0 − mean) / std, (1 − mean) / std)."""
+        return (tuple(-m / s for m, s in zip(self.mean, self.std)),
+                tuple((1 - m) / s for m, s in zip(self.mean, self.std)))
+
 
 class Model(nn.Module):
     """``model(x)`` gives logits; ``model.preprocess(images)`` gives the input it expects."""

@@ -71,9 +71,9 @@ def _apply(rule, switch, module, inputs, output):
 
 
 def pixel_range(config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per channel, the model inputs of pixel values 0 and 1: (0 − mean) / std and (1 − mean) / std."""
-    mean, std = torch.tensor(config.mean), torch.tensor(config.std)
-    return -mean / std, (1 - mean) / std
+    """:attr:`ModelConfig.input_range` as tensors: per channel, the model inputs of pixel values 0 and 1."""
+    low, high = config.input_range
+    return torch.tensor(low), torch.tensor(high)
 
 
 class _Addition:
