@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import VitxError
 from ..windows import WindowGeometry
 from .base import Adapter, Attend, Description, pair
+from .timm import fused_qkv
 
 TIMM_SWINS = ("SwinTransformer", "SwinTransformerV2")
 HF_SWINS = ("SwinForImageClassification", "Swinv2ForImageClassification")
@@ -129,7 +130,7 @@ class SwinAdapter(Adapter):
 
         def forward(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
             heads = module.num_heads
-            q, k, v = (split(t, heads) for t in _timm_qkv(module, x).chunk(3, -1))
+            q, k, v = (split(t, heads) for t in fused_qkv(module, x).chunk(3, -1))
             dropout = module.attn_drop.p if module.training else 0.0
             if cosine:
                 q, k, scale, bias = _cosine(q, k, module.logit_scale, module.cpb_mlp, module.relative_coords_table,
@@ -185,16 +186,6 @@ def _cosine(q: torch.Tensor, k: torch.Tensor, logit_scale: torch.Tensor, mlp: nn
     table = mlp(coords).view(-1, heads)
     bias = 16 * torch.sigmoid(table[index.view(-1)].view(area, area, heads)).permute(2, 0, 1).unsqueeze(0)
     return F.normalize(q, dim=-1), F.normalize(k, dim=-1), scale, bias
-
-
-def _timm_qkv(module, x: torch.Tensor) -> torch.Tensor:
-    """timm's q, k, v projection, (B·nW, w², 3·heads·d): one linear layer, V2's separate q and v biases added."""
-    if getattr(module, "q_bias", None) is None:
-        return module.qkv(x)
-    bias = torch.cat((module.q_bias, module.k_bias, module.v_bias))
-    if module.qkv_bias_separate:
-        return module.qkv(x) + bias
-    return F.linear(x, module.qkv.weight, bias)
 
 
 def is_swin(net: nn.Module) -> str | None:

@@ -155,14 +155,19 @@ def _qkv(module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     if module.qkv is None:
         return tuple(proj(x).reshape(B, N, -1, module.head_dim).transpose(1, 2)
                      for proj in (module.q_proj, module.k_proj, module.v_proj))
+    return fused_qkv(module, x).reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+
+def fused_qkv(module, x: torch.Tensor) -> torch.Tensor:
+    """timm's one projection ``qkv`` of tokens x (..., D) -> (..., 3·heads·head_dim): with its own bias, or with
+    q and v biases beside it and a zero k bias between (BEiT, EVA, Swin V2)."""
     q_bias = getattr(module, "q_bias", None)
     if q_bias is None:
-        qkv = module.qkv(x)
-    else:
-        bias = torch.cat((q_bias, module.k_bias, module.v_bias))
-        separate = getattr(module, "qkv_bias_separate", False)   # EVA's option; BEiT's projection has no bias
-        qkv = module.qkv(x) + bias if separate else F.linear(x, module.qkv.weight, bias)
-    return qkv.reshape(B, N, 3, module.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        return module.qkv(x)
+    bias = torch.cat((q_bias, module.k_bias, module.v_bias))
+    if getattr(module, "qkv_bias_separate", False):       # EVA's and Swin V2's option; BEiT's projection has no bias
+        return module.qkv(x) + bias
+    return F.linear(x, module.qkv.weight, bias)
 
 
 def _beit_attention_forward(module, attend: Attend):
