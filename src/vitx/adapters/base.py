@@ -25,6 +25,10 @@ LAYER_KINDS = {
     nn.GELU: "activation", nn.ReLU: "activation", nn.Dropout: "pass", nn.Identity: "pass",
 }
 
+# Class names of the layers every framework names alike that are the identity (drop-path in eval mode) or a
+# per-channel scale (layer scale): timm's, Hugging Face's (BeitDropPath, Dinov2LayerScale...) and vitx's.
+PASS_SUFFIXES = ("DropPath", "LayerScale")
+
 
 @dataclass(frozen=True)
 class Description:
@@ -98,6 +102,10 @@ class Adapter:
         per-channel scale in eval mode: dropout, drop-path, layer scale), or else its class name."""
         if module is self.pixel_layer():
             return "pixels"
+        if type(module).__name__.endswith(PASS_SUFFIXES):
+            return "pass"
+        if type(module).__module__ == "transformers.activations":
+            return "activation"
         return next((kind for cls, kind in LAYER_KINDS.items() if isinstance(module, cls)), type(module).__name__)
 
 

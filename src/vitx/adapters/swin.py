@@ -169,10 +169,8 @@ class SwinAdapter(Adapter):
             return "Swin V2's continuous position bias"
         pooling = self.net.head.global_pool if self.framework == "timm" else self.backbone.pooler
         if module in pooling.modules() or isinstance(module, nn.Softmax) \
-                or type(module).__name__ in ("DropPath", "SwinDropPath", "Swinv2DropPath", "SwinRelativePositionBias"):
+                or type(module).__name__ == "SwinRelativePositionBias":
             return "pass"
-        if type(module).__module__ == "transformers.activations":
-            return "activation"
         return super().layer_kind(module)
 
 

@@ -31,12 +31,6 @@ def _timm_attention_types():
     return Attention, BeitAttention, (EvaAttention, AttentionRope)
 
 
-def _timm_pass_types():
-    """timm's layers that are the identity (drop-path in eval mode) or a per-channel scale."""
-    from timm.layers import DropPath, LayerScale
-    return DropPath, LayerScale
-
-
 def architecture(net: nn.Module) -> str:
     """timm's name for ``net``'s architecture (its class name where timm did not record one)."""
     return (getattr(net, "pretrained_cfg", None) or {}).get("architecture") or type(net).__name__
@@ -121,7 +115,7 @@ class TimmViTAdapter(Adapter):
             return "attention gate"
         if module is getattr(self.net, "rope", None):  # EVA: makes the rotary embedding from the grid alone; its
             return "pass"                              # rotation of q and k is linear, the gradient its rule
-        return "pass" if isinstance(module, _timm_pass_types()) else super().layer_kind(module)
+        return super().layer_kind(module)
 
 
 def _attention(module, attend: Attend, x: torch.Tensor, rope, attn_mask, is_causal: bool) -> torch.Tensor:

@@ -5,7 +5,7 @@ from functools import partial
 
 from torch import nn
 
-from ..models.vit import LayerScale, VisionTransformer
+from ..models.vit import VisionTransformer
 from .base import Adapter, Attend, Description, pair, project_values
 
 
@@ -41,5 +41,3 @@ class VitxViTAdapter(Adapter):
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
         return block.norm1, block.norm2
 
-    def layer_kind(self, module: nn.Module) -> str:
-        return "pass" if isinstance(module, LayerScale) else super().layer_kind(module)

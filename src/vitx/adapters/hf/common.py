@@ -84,10 +84,7 @@ class HFAdapter(Adapter):
         """transformers' activations are "activation"; "pass" are its drop-path and layer scale modules, a pooler
         with no layers of its own (it selects the class token), and tables read by position (position embeddings,
         relative position biases: constant in the image, so nothing reaches the pixels through them)."""
-        if type(module).__module__ == "transformers.activations":
-            return "activation"
-        if isinstance(module, nn.Embedding) or type(module).__name__.endswith(
-                ("DropPath", "LayerScale", "RelativePositionBias", "Pooler")):
+        if isinstance(module, nn.Embedding) or type(module).__name__.endswith(("RelativePositionBias", "Pooler")):
             return "pass"
         return super().layer_kind(module)
 
