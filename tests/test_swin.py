@@ -1,6 +1,7 @@
 """Swin through the tap (timm v1 and v2, Hugging Face): logits, cleanup, the recorded windowed attention against
 plain hooks, the window geometry against the frameworks' own partition, and raw-attention, rollout,
 generic-attention and gradcam against their dense-matrix formulas."""
+import json
 import sys
 
 import pytest
@@ -267,8 +268,12 @@ def test_load_hf_swin_directory(tmp_path):
     config = transformers.SwinConfig(**HF_SMALL, id2label={i: f"shape {i}" for i in range(5)})
     source = transformers.SwinForImageClassification(config).eval()
     source.save_pretrained(tmp_path)
+    # a processor that states its size and normalisation, as published checkpoints do
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(
+        {"do_resize": True, "size": {"height": 64, "width": 64}, "image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
     model = vitx.load_model(f"hf:{tmp_path}")
     assert model.config.kind == "swin" and model.config.class_names[4] == "shape 4"
+    assert model.config.image_size == (64, 64) and model.config.mean == (0.5,) * 3
     x = images()
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(pixel_values=x).logits, rtol=0, atol=1e-5)

@@ -47,13 +47,11 @@ class SwinAdapter(Adapter):
             return Description(pair(pe.img_size), pair(pe.patch_size), 0, None, classes, dynamic_size=False,
                                kind="swin", pooling={"": "none"}.get(net.global_pool, net.global_pool),
                                **preprocessing(getattr(net, "pretrained_cfg", None) or {}, classes))
-        from .hf.preprocessing import image_processing
+        from .hf.preprocessing import processor_facts
         cfg = net.config
-        id2label = cfg.id2label or {}
-        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(cfg.num_labels))
+        _, facts = processor_facts(cfg, int(cfg.num_labels))    # the model's windows are built for its own size
         return Description(pair(cfg.image_size), pair(cfg.patch_size), 0, None, int(cfg.num_labels),
-                           dynamic_size=False, kind="swin", pooling="avg", class_names=names,
-                           **image_processing(cfg))
+                           dynamic_size=False, kind="swin", pooling="avg", **facts)
 
     def blocks(self) -> list[nn.Module]:
         return list(self._blocks)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ...errors import VitxError
 from ..base import Adapter, Attend, Description, pair, project_values
-from .preprocessing import image_processing
+from .preprocessing import processor_facts
 
 
 class HFAdapter(Adapter):
@@ -55,15 +55,11 @@ class HFAdapter(Adapter):
 
     # shared
     def describe(self) -> Description:
-        cfg = self.net.config
-        classes = 0 if self.tower else int(cfg.num_labels)
-        id2label = cfg.id2label or {}
-        names = tuple(str(id2label.get(i, f"class {i}")) for i in range(classes))
-        processing = image_processing(cfg)
-        size = processing.pop("image_size", pair(self.vision.image_size))
+        classes = 0 if self.tower else int(self.net.config.num_labels)
+        size, facts = processor_facts(self.net.config, classes)
         prefix, cls_index = self.prefix()
-        return Description(size, pair(self.vision.patch_size), prefix, cls_index, classes, dynamic_size=True,
-                           pooling=self.pooling(), class_names=names, **processing)
+        return Description(size or pair(self.vision.image_size), pair(self.vision.patch_size), prefix, cls_index,
+                           classes, dynamic_size=True, pooling=self.pooling(), **facts)
 
     def blocks(self) -> list[nn.Module]:
         return self.layers

@@ -37,6 +37,15 @@ def image_processing(cfg) -> dict:
     return {**found, "mean": tuple(settings["image_mean"]), "std": tuple(settings["image_std"])}
 
 
+def processor_facts(cfg, classes: int) -> tuple[tuple[int, int] | None, dict]:
+    """The image size the processor feeds the model (None where it states none), and the Description fields
+    that it and the config give: the names of ``classes`` classes (``id2label``), mean and std."""
+    processing = image_processing(cfg)
+    size = processing.pop("image_size", None)
+    id2label = cfg.id2label or {}
+    return size, {"class_names": tuple(str(id2label.get(i, f"class {i}")) for i in range(classes)), **processing}
+
+
 def _input_size(settings: dict) -> tuple[int, int] | None:
     """(H, W) of the processor's output: its center crop where it crops, else the size it resizes to when that
     is a height and width (a shortest edge alone leaves the aspect ratio to the image: None)."""
