@@ -33,7 +33,7 @@ def traced_forward(model, x):
 def explained_method(model, x) -> str:
     """generic-attention where it applies to the model, else saliency."""
     try:
-        vitx.registry.get_method("generic-attention").check(model.config, model.layout(x))
+        vitx.registry.get_method("generic-attention").check_model(model, model.layout(x))
     except vitx.VitxError:
         return "saliency"
     return "generic-attention"

@@ -47,9 +47,7 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
     layout = model.layout(x)
     if frames is None:
         check_model_input(x, model.config.input_range)
-    info.check(model.config, layout, params)
-    if info.fits is not None:
-        info.fits(model, params)
+    info.check_model(model, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     with torch.inference_mode(False):

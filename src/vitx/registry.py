@@ -121,6 +121,13 @@ class Method:
         if self.requires is not None:
             self.requires(config, {**self.defaults, **(params or {})})
 
+    def check_model(self, model, layout, params: dict | None = None) -> None:
+        """:meth:`check` on ``model``'s configuration, then the ``fits`` hook on its layers: every refusal that
+        can be said before anything runs."""
+        self.check(model.config, layout, params)
+        if self.fits is not None:
+            self.fits(model, {**self.defaults, **(params or {})})
+
 
 NOT_ONE = object()   # what coerce returns for a value of none of the types
 INTERVAL = re.compile(r"([\[(])\s*(-?inf|[-+.\deE]+)\s*,\s*(-?inf|[-+.\deE]+)\s*([\])])")

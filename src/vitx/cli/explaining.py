@@ -40,7 +40,7 @@ def run_explain(args) -> int:
     params = method_params(args.param, [info.name for info in wanted], model, layout, "explained")
     for info in wanted:
         if info.name not in params:
-            info.check(model.config, layout)
+            info.check_model(model, layout)
     targets = resolve_targets(args.target, len(pictures), model)
     if args.method == "all":
         bound = [(info, info.bind(params.get(info.name, {}))) for info in wanted]
@@ -118,9 +118,7 @@ def applicable_methods(model, layout) -> list[Method]:
     for name in method_names():
         info = get_method(name)
         try:
-            info.check(model.config, layout)
-            if info.fits is not None:
-                info.fits(model, dict(info.defaults))
+            info.check_model(model, layout)
             usable.append(info)
         except VitxError as err:
             print(f"vitx: skipped: {one_line(err)}", file=sys.stderr)

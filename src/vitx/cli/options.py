@@ -97,7 +97,7 @@ def method_params(given: list[tuple[str, str, object]], names: list[str], model,
     for method, values in params.items():
         info = get_method(method)
         try:
-            info.check(model.config, layout, info.bind(values))
+            info.check_model(model, layout, info.bind(values))
         except VitxError as err:
             shown = " ".join(f"{method}.{name}={value!r}" for name, value in values.items())
             raise VitxError(f"--param {shown}: {one_line(err)}") from None
