@@ -11,6 +11,7 @@ patch merging halves the grid: :func:`spread` hands each merged token's value to
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -39,11 +40,18 @@ class WindowGeometry:
 
     def token_index(self, device=None) -> torch.Tensor:
         """(nW, w²) long: the row-major index in the stage's map of each window's tokens. Window (a, b), position
-        (p, q) holds token ((a·wh + p + sh) mod H, (b·ww + q + sw) mod W)."""
-        (H, W), (wh, ww), (sh, sw) = self.grid, self.window, self.shift
+        (p, q) holds token ((a·wh + p + sh) mod H, (b·ww + q + sw) mod W). Made once per geometry and device (the
+        walk asks for it per block and batch): read it, never write to it."""
+        return _token_index(self, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@lru_cache(maxsize=None)
+def _token_index(geometry: WindowGeometry, device: torch.device) -> torch.Tensor:
+    (H, W), (wh, ww), (sh, sw) = geometry.grid, geometry.window, geometry.shift
+    with torch.inference_mode(False):       # a cached index may later be saved for a backward pass
         rows = (torch.arange(H, device=device) + sh) % H
         cols = (torch.arange(W, device=device) + sw) % W
-        index = rows[:, None] * W + cols[None, :]                                   # the rolled map
+        index = rows[:, None] * W + cols[None, :]                               # the rolled map
         return index.view(H // wh, wh, W // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
 
 

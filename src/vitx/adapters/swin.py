@@ -13,6 +13,7 @@ end of stages ..L−1 in Hugging Face; the geometries of consecutive blocks show
 from __future__ import annotations
 
 import math
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +63,15 @@ class SwinAdapter(Adapter):
         return [getattr(block.attention, "self", block.attention) for block in self._blocks]   # V2: .self
 
     def windows(self, block: int) -> WindowGeometry:
-        """How block ``block``'s windows sit on its stage's token map, at the model's image size."""
-        index = block % len(self._blocks)
+        """How block ``block``'s windows sit on its stage's token map, at the model's image size (which is fixed:
+        read once)."""
+        return self._geometries[block % len(self._blocks)]
+
+    @cached_property
+    def _geometries(self) -> list[WindowGeometry]:
+        return [self._geometry(index) for index in range(len(self._blocks))]
+
+    def _geometry(self, index: int) -> WindowGeometry:
         if self.framework == "timm" or self.backbone is getattr(self.net, "swinv2", None):
             b = self._blocks[index]                     # sizes fixed when the model was built
             return WindowGeometry(pair(b.input_resolution), pair(b.window_size), pair(b.shift_size))
