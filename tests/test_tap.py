@@ -174,3 +174,20 @@ def test_image_not_a_multiple_of_the_patch_size():
     net = create_model("vit_small_patch16_224", **VITX_SMALL)
     with pytest.raises(vitx.VitxError, match="60x64 is not a multiple of the patch size 8x8"):
         vitx.explain(net, images(1, 3, 60, 64), method="rollout")
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_attention_masks_as_the_framework_takes_them(kind):
+    """A timm attention called with a mask (True: attend, or added to the scores) gives under the tap what it gives
+    on its own."""
+    net = tiny_timm()
+    attn = net.blocks[0].attn
+    tokens = images(2, 65, 64)
+    keep = torch.rand(2, 1, 65, 65, generator=torch.Generator().manual_seed(0)) > 0.3
+    keep |= torch.eye(65, dtype=torch.bool)                                   # every query keeps itself
+    mask = keep if kind == "bool" else torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
+    with torch.no_grad():
+        expected = attn(tokens, attn_mask=mask)
+        with vitx.trace(net):
+            traced = attn(tokens, attn_mask=mask)
+    torch.testing.assert_close(traced, expected, rtol=1e-5, atol=1e-5)

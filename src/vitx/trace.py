@@ -172,8 +172,8 @@ class Trace:
         if project is not None:
             self._values[index] = project(v)
         scores = self.product.scores(q, k) * scale
-        if mask is not None:
-            scores = scores + mask
+        if mask is not None:         # additive, or boolean (True: attend), as torch's scaled_dot_product_attention
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
         if self.key_scale is not None:
             scores = scores * _per_key(self.key_scale, scores)
         if self.key_mask is not None:

@@ -2,8 +2,8 @@
 
 An adapter is the only place that knows a framework's internals. The tap replaces each attention
 module's ``forward`` with :meth:`Adapter.attention_forward`, which computes q, k, v exactly as the
-framework does and hands them to the tap's ``attend(q, k, v, scale, dropout, mask)``; everything
-else about the model runs untouched. On request the tap also maps the values v through the attention's
+framework does and hands them to the tap's ``attend(q, k, v, scale, dropout, mask)`` (a mask additive or
+boolean); everything else about the model runs untouched. On request the tap also maps the values v through the attention's
 output projection, with the function :meth:`Adapter.value_projection` gives. For relevance rules
 (:mod:`vitx.relevance`) an adapter also names the layer that reads the pixels, the modules that open each
 block's residual branches, and the kind of every layer.

@@ -132,8 +132,6 @@ def _attention(module, attend: Attend, x: torch.Tensor, rope, attn_mask, is_caus
                 for t in (q, k))
     if getattr(module, "num_kv_groups", 1) > 1:          # AttentionRope's grouped-query attention
         k, v = (t.repeat_interleave(module.num_kv_groups, dim=1) for t in (k, v))
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        attn_mask = torch.zeros_like(attn_mask, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
     dropout = module.attn_drop.p if module.training else 0.0
     out = module.norm(attend(q, k, v, module.scale, dropout, attn_mask).transpose(1, 2).reshape(B, N, -1))
     if getattr(module, "gate", None) is not None:

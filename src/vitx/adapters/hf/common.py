@@ -106,8 +106,6 @@ def qkv_forward(module: nn.Module, attend: Attend, output: nn.Linear):
         shape = (*hidden_states.shape[:-1], -1, module.head_dim)
         q, k, v = (proj(hidden_states).view(shape).transpose(1, 2)
                    for proj in (module.q_proj, module.k_proj, module.v_proj))
-        if attention_mask is not None and attention_mask.dtype == torch.bool:
-            attention_mask = torch.zeros_like(attention_mask, dtype=q.dtype).masked_fill(~attention_mask, float("-inf"))
         out = attend(q, k, v, scale, dropout if module.training else 0.0, attention_mask)
         return output(out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)), None
     return forward
