@@ -107,9 +107,9 @@ def plan(method, params: dict, model, x: torch.Tensor, batch_size: int, memory) 
     unit = graph_bytes(model, x[:1].clone())
     per_image, per_pass = method.memory(params)
     copies = params.get("internal_batch_size")
-    if copies and (per_image + per_pass) * unit > budget:
+    if copies and per_pass and (per_image + per_pass) * unit > budget:
         per_copy = per_pass / copies
-        fitting = int((budget / unit - per_image) // per_copy) if per_copy else copies
+        fitting = int((budget / unit - per_image) // per_copy)
         if fitting >= 1:
             warnings.warn(f"vitx: {method.name}'s internal_batch_size lowered from {copies} to {fitting} to fit the "
                           f"memory budget of {megabytes(budget)}", stacklevel=3)

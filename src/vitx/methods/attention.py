@@ -140,7 +140,8 @@ def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0,
     with torch.no_grad():
         _, tr = batch.run(tokens=False)
         if on_swin(batch):
-            return mean_row_walk(batch, residual_attentions(tr.attentions, head_fusion, 0.0, start_layer), False)
+            return mean_row_walk(batch, residual_attentions(tr.attentions, head_fusion, discard_ratio, start_layer),
+                                 False)
     return head_row(batch, rollout_matrix(tr.attentions, head_fusion, discard_ratio, start_layer,
                                            keep=batch.layout.cls_index))
 

@@ -120,8 +120,7 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
     block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the head's row of R.
 
     One forward under the rules, then their backward for R_A and the plain backward for ∇A through the
-    same graph (:meth:`Composite.selectable`)."""
-    from_block(batch.model.adapter.attentions(), start_layer)
+    same graph (:meth:`Composite.selectable`); ``start_layer`` is checked before it (``fits``)."""
     rules = CHEFER.selectable()
     logits, tr = batch.run(rules=rules, tokens=False)
     attentions = from_block(tr.attentions, start_layer)
