@@ -10,6 +10,7 @@ from functools import partial
 from torch import nn
 
 from families import Family, jittered
+from families_builtin import hf_output_attentions
 from reference import HF_SMALL
 
 VISION = {k: v for k, v in HF_SMALL.items() if k != "num_labels"}   # the labels go on the classifier's config
@@ -40,19 +41,13 @@ def hf_model(cls_name: str, implementation: str = "eager", small: bool = True, *
     return getattr(transformers, cls_name)(config).eval()
 
 
-def output_attentions(net: nn.Module, x):
-    """The eager model's logits and its attention per layer, as transformers reports them."""
-    out = net(pixel_values=x, output_attentions=True)
-    return out.logits, list(out.attentions)
-
-
 def _family(name: str, cls_name: str, head_row: bool = True, **settings) -> Family:
     """A catalog entry; ``head_row``: the head reads the class token or the mean of the patch tokens, so the
     attention methods' formulas apply (not DINOv2's concatenation of both)."""
     bias = {"use_relative_position_bias": True} if "Beit" in cls_name or "Data2Vec" in cls_name else {}
     return Family(name, jittered(partial(hf_model, cls_name, **settings)), (64, 64),
                   partial(hf_model, cls_name, small=False, **bias, **settings),
-                  output_attentions if head_row else None)
+                  hf_output_attentions if head_row else None)
 
 
 FAMILIES = [

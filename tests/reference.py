@@ -147,12 +147,20 @@ def check_against_hooks(net, x, logits, attentions, num_prefix, grid, pooling="c
     their gradients, and raw-attention, rollout, generic-attention and attention-gradcam equal :func:`formula_maps`
     of them."""
     import vitx
-    gradients = torch.autograd.grad(target_score(logits), attentions)
+    gradients = torch.autograd.grad(target_score(logits), attentions, retain_graph=True)
     with vitx.trace(net) as tr:
         traced = net(x)
     close(traced, logits.detach(), rtol=1e-5)
     for ours, theirs in zip(tr.attentions + tr.gradients(target_score(traced)), attentions + list(gradients)):
         close(ours.detach(), theirs.detach())
+    check_formulas(net, x, logits, attentions, num_prefix, grid, pooling)
+
+
+def check_formulas(net, x, logits, attentions, num_prefix, grid, pooling="cls"):
+    """raw-attention, rollout, generic-attention and attention-gradcam of ``net`` on ``x`` equal
+    :func:`formula_maps` of ``attentions`` (made on ``x`` without vitx, with their ``logits``) and their gradients."""
+    import vitx
+    gradients = torch.autograd.grad(target_score(logits), attentions)
     expected = formula_maps([a.detach() for a in attentions], gradients, num_prefix, grid, pooling)
     for method, reference in expected.items():
         assert reference.abs().max() > 0
