@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .base import Adapter, Attend, Description, pair
-from .timm import preprocessing
+from .timm import recorded_preprocessing
 
 
 class NestAdapter(Adapter):
@@ -26,7 +26,7 @@ class NestAdapter(Adapter):
         classes = int(net.head.out_features)
         return Description(pair(side), pair(patch), 0, None, classes, dynamic_size=False, kind="nest",
                            levels=levels, pooling="avg",
-                           **preprocessing(getattr(net, "pretrained_cfg", None) or {}, classes))  # timm's NesT
+                           **recorded_preprocessing(net, classes))  # timm's NesT
 
     def blocks(self) -> list[nn.Module]:
         return [layer for level in self.net.levels for layer in level.transformer_encoder]

@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import VitxError
 from ..windows import WindowGeometry
 from .base import Adapter, Attend, Description, pair
-from .timm import fused_qkv
+from .timm import fused_qkv, head_pooling, recorded_preprocessing
 
 TIMM_SWINS = ("SwinTransformer", "SwinTransformerV2")
 HF_SWINS = ("SwinForImageClassification", "Swinv2ForImageClassification")
@@ -43,11 +43,9 @@ class SwinAdapter(Adapter):
     def describe(self) -> Description:
         net = self.net
         if self.framework == "timm":
-            from .timm import preprocessing
             pe, classes = net.patch_embed, int(net.num_classes)
             return Description(pair(pe.img_size), pair(pe.patch_size), 0, None, classes, dynamic_size=False,
-                               kind="swin", pooling={"": "none"}.get(net.global_pool, net.global_pool),
-                               **preprocessing(getattr(net, "pretrained_cfg", None) or {}, classes))
+                               kind="swin", pooling=head_pooling(net), **recorded_preprocessing(net, classes))
         from .hf.preprocessing import processor_facts
         cfg = net.config
         _, facts = processor_facts(cfg, int(cfg.num_labels))    # the model's windows are built for its own size

@@ -61,8 +61,8 @@ class TimmViTAdapter(Adapter):
         patch = tuple(r * p for r, p in zip(pair(getattr(pe, "feature_ratio", 1)), pair(pe.patch_size)))
         return Description(pair(pe.img_size), patch, int(net.num_prefix_tokens),
                            0 if getattr(net, "cls_token", None) is not None else None,
-                           int(net.num_classes), dynamic_size=dynamic, pooling=_pooling(net),
-                           **preprocessing(getattr(net, "pretrained_cfg", None) or {}, int(net.num_classes)))
+                           int(net.num_classes), dynamic_size=dynamic, pooling=head_pooling(net),
+                           **recorded_preprocessing(net, int(net.num_classes)))
 
     def blocks(self) -> list[nn.Module]:
         return list(self.net.blocks)
@@ -177,7 +177,12 @@ def _beit_attention_forward(module, attend: Attend):
     return forward
 
 
-def _pooling(net: nn.Module) -> str:
+def recorded_preprocessing(net: nn.Module, num_classes: int) -> dict:
+    """:func:`preprocessing` of the pretrained configuration timm recorded on ``net`` ({} where it has none)."""
+    return preprocessing(getattr(net, "pretrained_cfg", None) or {}, num_classes)
+
+
+def head_pooling(net: nn.Module) -> str:
     """What timm's head reads: "cls" (global_pool 'token'), "avg", "max", "avgmax", "map" (attention pooling)..."""
     pool = getattr(net, "global_pool", "token")
     return {"token": "cls", "": "none"}.get(pool, pool)
