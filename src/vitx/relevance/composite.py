@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from ..errors import VitxError
-from .rules import AlphaBeta, DetachedStd, Epsilon, Gradient, Identity, RelevanceProduct, Switch, ZBox, divide
+from .rules import AlphaBeta, DetachedStd, Epsilon, Gradient, Identity, RelevanceProduct, Switch, ZBox, divide, is_plain
 
 OnExit = Callable[[Callable[[], None]], None]
 
@@ -88,7 +88,7 @@ class _Addition:
         self.correction: torch.Tensor | None = None
 
     def total_backward(self, grad: torch.Tensor) -> torch.Tensor:
-        if self.switch is not None and self.switch.is_plain:
+        if is_plain(self.switch):
             return grad
         dims = tuple(range(1, grad.dim()))
         total = (self.total * grad).sum(dims, keepdim=True)
@@ -102,7 +102,7 @@ class _Addition:
 
     def skip_backward(self, grad: torch.Tensor) -> torch.Tensor:
         correction, self.correction = self.correction, None
-        plain = self.switch is not None and self.switch.is_plain
+        plain = is_plain(self.switch)
         return grad if correction is None or plain else grad + correction.reshape(grad.shape)
 
 

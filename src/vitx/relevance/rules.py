@@ -38,6 +38,11 @@ class Switch:
             self.is_plain = False
 
 
+def is_plain(switch: Switch | None) -> bool:
+    """Whether a binding with ``switch`` (None: a binding that cannot switch) gives plain gradients now."""
+    return switch is not None and switch.is_plain
+
+
 class _Either(torch.autograd.Function):
     """``value`` forward; backward into ``proxy`` (the rule) or, while ``switch`` is plain, into ``value``.
     The branch not taken gets no gradient (None): torch's own nodes then skip their arithmetic, and the
@@ -53,7 +58,7 @@ class _Either(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        plain = ctx.switch is not None and ctx.switch.is_plain
+        plain = is_plain(ctx.switch)
         return (grad, None, None) if plain else (None, grad, None)
 
 
@@ -89,7 +94,7 @@ class _Split(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        plain = ctx.switch is not None and ctx.switch.is_plain
+        plain = is_plain(ctx.switch)
         return (grad if plain else grad / ctx.parts), None, None
 
 
