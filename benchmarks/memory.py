@@ -17,7 +17,6 @@ means the budget underestimates the method).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import subprocess
 import sys
@@ -53,18 +52,16 @@ def measure(model_name: str, method: str, batch: int, device: str) -> dict:
     model = build(model_name, device)
     h, w = model.config.image_size
     x = torch.randn(batch, 3, h, w, device=model.device)
-    declared, params = None, {}
+    unit, declared, params = graph_bytes(model, x[:1].clone()), None, {}
     if method not in ("forward", "forward+backward"):
-        info, params = get_method(method), {**CHEAP.get(method, {}), "batch_size": batch, "memory": "1TB"}
-        per_image, per_pass = info.memory(info.bind(CHEAP.get(method, {})))
-        declared = (per_image * batch + per_pass) * graph_bytes(model, x[:1].clone()) / batch
+        info, cheap = get_method(method), CHEAP.get(method, {})
+        params = {**cheap, "batch_size": batch, "memory": "1TB"}
+        per_image, per_pass = info.memory(info.bind(cheap))
+        declared = (per_image * batch + per_pass) * unit / batch
     run = work(method, model, x, params)
     run()  # warm-up: first-call allocations, caches
-    if model.device.type == "cpu":
-        ctypes.CDLL("libc.so.6").malloc_trim(0)   # give back what the warm-up freed, so the peak counts every page
     peak = peak_bytes(run, model.device)
-    return {"method": method, "batch": batch, "per_image": peak / batch, "declared": declared,
-            "graph": graph_bytes(model, x[:1].clone())}
+    return {"method": method, "batch": batch, "per_image": peak / batch, "declared": declared, "graph": unit}
 
 
 def in_child(model: str, method: str, batch: int, device: str) -> dict | str:

@@ -93,7 +93,8 @@ def resident_kb(field: str) -> int:
 
 def peak_bytes(fn, device: torch.device) -> int:
     """Memory the call ``fn()`` adds at its peak: on CUDA from the allocator's statistics, on the CPU from
-    the peak resident set (reset first; meaningful in a process that runs nothing else)."""
+    the peak resident set (reset first, after handing the heap that earlier calls freed back to the system, so
+    that the peak counts every page the call touches; meaningful in a process that runs nothing else)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -101,6 +102,8 @@ def peak_bytes(fn, device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    if sys.platform == "linux":
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     before = resident_kb("VmRSS")
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")
