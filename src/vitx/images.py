@@ -19,6 +19,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import VitxError
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)   # the normalisation ImageNet-trained weights expect, per RGB channel
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 TOLERANCE = 0.1        # float pixels in [-0.1, 1.1] are clamped to [0, 1] (resampling overshoot); beyond is refused
 RESIZES = ("stretch", "crop", "pad")
 INTEGER_LEVELS = {torch.uint8: 255.0, torch.uint16: 65535.0}

@@ -11,11 +11,9 @@ from torch import nn
 
 from .adapters import Adapter, adapter_for
 from .errors import VitxError
-from .images import load_images
+from .images import IMAGENET_MEAN, IMAGENET_STD, load_images
 from .layout import TokenLayout
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)

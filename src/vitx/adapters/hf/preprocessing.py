@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...images import IMAGENET_MEAN, IMAGENET_STD
 from ..base import pair
 from ..hub import cached_file
 
@@ -14,7 +15,7 @@ PROCESSOR_FILE = "preprocessor_config.json"
 # Model types whose published checkpoints state other settings than their image processor's defaults: DINOv2's
 # (facebook/dinov2-*, with registers too) ship BitImageProcessor with ImageNet's mean and std, where
 # BitImageProcessor's defaults are CLIP's; the registers variant has no image processor of its own.
-IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}
+IMAGENET = {"image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD)}
 CHECKPOINT_DEFAULTS = {"dinov2": IMAGENET, "dinov2_with_registers": IMAGENET}
 
 
