@@ -5,9 +5,11 @@ from dataclasses import replace
 
 from torch import nn
 
+from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, TOKENIZER
 from ..errors import VitxError
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
+from .vqa import VQAConfig, VQATransformer
 
 _VIT = {
     "tiny": dict(embed_dim=192, depth=12, num_heads=3),
@@ -16,7 +18,7 @@ _VIT = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
-ARCHITECTURES: dict[str, ViTConfig | NestConfig] = {}
+ARCHITECTURES: dict[str, ViTConfig | NestConfig | VQAConfig] = {}
 for _size, _dims in _VIT.items():
     for _patch in (16, 32):
         ARCHITECTURES[f"vit_{_size}_patch{_patch}_224"] = ViTConfig(patch_size=_patch, **_dims)
@@ -37,6 +39,13 @@ ARCHITECTURES["nest_base"] = NestConfig(embed_dims=(128, 256, 512), num_heads=(4
 ARCHITECTURES["nest_shapes"] = NestConfig(image_size=64, patch_size=4, embed_dims=(64, 96, 128), num_heads=(2, 3, 4),
                                           depths=(2, 2, 2), num_classes=8)
 
+# vitx's VQA transformers for shapes_vqa: the image side is vitx_shapes' (so they can start from shapes-vit),
+# the vocabulary and answers are vitx.data.shapes_vqa's.
+_SHAPES_VQA = dict(vocabulary=TOKENIZER.tokens, answers=ANSWERS, max_length=MAX_LENGTH)
+ARCHITECTURES["vqa_shapes_single"] = VQAConfig(streams="single", depth=6, **_SHAPES_VQA)
+ARCHITECTURES["vqa_shapes_dual"] = VQAConfig(streams="dual", text_layers=2, image_layers=6, cross_layers=2,
+                                             **_SHAPES_VQA)
+
 
 def create_model(arch: str, **overrides) -> nn.Module:
     """Build architecture ``arch`` (a name from ARCHITECTURES), with config fields overridden."""
@@ -47,7 +56,9 @@ def create_model(arch: str, **overrides) -> nn.Module:
         cfg = replace(ARCHITECTURES[arch], **overrides)
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
-    return (Nest if isinstance(cfg, NestConfig) else VisionTransformer)(cfg)
+    builders = {NestConfig: Nest, VQAConfig: VQATransformer, ViTConfig: VisionTransformer}
+    return builders[type(cfg)](cfg)
 
 
-__all__ = ["ARCHITECTURES", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "create_model"]
+__all__ = ["ARCHITECTURES", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer",
+           "create_model"]
