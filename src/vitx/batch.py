@@ -7,29 +7,39 @@ import torch
 from .errors import VitxError
 from .layout import TokenLayout
 from .model import Model
+from .text import Text
 from .trace import Trace, trace
 
 
 class Batch:
-    """Images ``x`` (B, 3, H, W, model-normalised) with targets (B,) or None for "the predicted class".
+    """Images ``x`` (B, 3, H, W, model-normalised) with targets (B,) or None for "the predicted class", and for a
+    bi-modal model the questions beside them (``text``, one per image).
 
     The first :meth:`run` of the unmodified images fixes the default targets and the logits reported
     in the Explanation, so a method needs no extra forward pass to learn its targets.
     """
 
-    def __init__(self, model: Model, x: torch.Tensor, layout: TokenLayout, targets: torch.Tensor | None):
-        self.model, self.x, self.layout = model, x, layout
+    def __init__(self, model: Model, x: torch.Tensor, layout: TokenLayout, targets: torch.Tensor | None,
+                 text: Text | None = None):
+        self.model, self.x, self.layout, self.text = model, x, layout, text
         self._targets = targets
         self.logits: torch.Tensor | None = None
         self.details: dict[str, list] = {}   # per-image extras a method reports: {key: one entry per image}
 
-    def run(self, x: torch.Tensor | None = None, *, original: bool | None = None, **tap) -> tuple[torch.Tensor, Trace]:
+    def run(self, x: torch.Tensor | None = None, *, text: Text | None = None, keep: torch.Tensor | None = None,
+            original: bool | None = None, **tap) -> tuple[torch.Tensor, Trace]:
         """Forward ``x`` (default: the batch's own images) under the tap; ``tap`` goes to :func:`vitx.trace`.
+        A bi-modal model reads ``text`` (default: the batch's own; copies of the batch stacked in ``x`` get it
+        repeated) and keeps the image patches ``keep`` (B, k) (default: all).
         ``original=True`` says that ``x`` holds the batch's own images (e.g. a copy that requires grad).
         Returns (logits, trace)."""
+        own = x is None and text is None and keep is None
+        x = self.x if x is None else x
+        if self.text is not None and text is None:
+            text = self.text.repeat(x.shape[0] // len(self.text))
         with trace(self.model, **tap) as tr:
-            logits = self.model(self.x if x is None else x)
-        if (x is None if original is None else original) and self.logits is None:
+            logits = self.model(x) if text is None else self.model(x, text, keep)
+        if (own if original is None else original) and self.logits is None:
             self.logits = logits.detach()
             if self._targets is None:
                 self._targets = self.logits.argmax(-1)

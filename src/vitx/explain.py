@@ -13,17 +13,20 @@ from .memory import plan
 from .model import Model, as_model, evaluating
 from .precision import full_float32, in_float32
 from .registry import get_method
-from .scaling import minmax, screen
+from .scaling import minmax, minmax_tokens, screen
 from .targets import resolve_targets
+from .text import Text
 
 
-def explain(model, x, method: str = "generic-attention", target=None, *, batch_size: int = 32, memory=None,
-            normalize: bool = True, device=None, progress=False, **params) -> Explanation:
+def explain(model, x, method: str = "generic-attention", target=None, *, text=None, batch_size: int = 32,
+            memory=None, normalize: bool = True, device=None, progress=False, **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
     x: model input (B, 3, H, W) from ``model.preprocess`` (refused when not float or not finite; a warning when it
     looks like raw pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them).
     target: None (the predicted class), a class index or name for every image, or one per image.
+    text: a bi-modal model's questions, one string per image (words outside the model's vocabulary become its
+    unknown token, with a warning naming them); the Explanation then holds ``text_maps`` and ``text_tokens``.
     batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as
     "4GB"; default half of what the model's device has available): chunks shrink below ``batch_size`` to fit
     the method's declared memory (:mod:`vitx.memory`), and a budget that cannot hold one image is refused before
@@ -50,30 +53,54 @@ def explain(model, x, method: str = "generic-attention", target=None, *, batch_s
     info.check_model(model, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    encoded = questions(model, text, x.shape[0])
     with torch.inference_mode(False):
         x = x.to(model.device, torch.float32)
         exp = _explain(model, x.clone() if x.is_inference() else x, layout, info, params, target, batch_size,
-                       memory, normalize, progress)
+                       memory, normalize, progress, encoded)
     exp.frames = frames
     return exp
 
 
+def questions(model: Model, text, count: int) -> Text | None:
+    """``text`` encoded for ``model`` (None for an image-only model), or a VitxError naming what is wrong."""
+    if text is None:
+        if model.bimodal:
+            raise VitxError(f"this {model.config.kind!r} model answers questions about images: pass one question per "
+                            "image as text=[...] (--text on the command line)")
+        return None
+    if not model.bimodal:
+        raise VitxError(f"text was given, and this {model.config.kind!r} model reads images only")
+    if isinstance(text, str):
+        text = [text]
+    if not isinstance(text, (list, tuple)) or not all(isinstance(q, str) for q in text):
+        raise VitxError(f"text must be a string per image, got {type(text).__name__}")
+    if len(text) != count:
+        raise VitxError(f"got {len(text)} questions for {count} images: give one question per image")
+    return model.encode_text(text)
+
+
 def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, batch_size: int, memory,
-             normalize: bool, progress) -> Explanation:
+             normalize: bool, progress, text: Text | None = None) -> Explanation:
     if any(p.is_inference() for p in model.parameters()):
         raise VitxError("this model's weights were made under torch.inference_mode(), so autograd cannot run "
                         "through them (vitx sizes its chunks by a forward pass with gradients, and gradient "
                         "methods need them); load or build the model outside inference_mode")
     method = info.name
     targets = resolve_targets(target, x.shape[0], model)
-    out_maps, out_logits, out_targets, details = [], [], [], {}
+    out_maps, out_text, out_logits, out_targets, details = [], [], [], [], {}
     with evaluating(model), in_float32(model.net), full_float32(), torch.enable_grad():
-        step, params = plan(info, params, model, x, batch_size, memory)
+        step, params = plan(info, params, model, x, batch_size, memory, text)
         chunks = range(0, x.shape[0], step)
         for start in tqdm(chunks, desc=method, disable=not progress or callable(progress), leave=False):
             end = start + step
-            batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end])
-            out_maps.append(info.fn(batch, **params).detach())
+            batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end],
+                          None if text is None else text[start:end].to(model.device))
+            result = info.fn(batch, **params)
+            if isinstance(result, dict):      # a bi-modal method: {"image": map, "text": (B, L)}
+                out_text.append(result["text"].detach())
+                result = result["image"]
+            out_maps.append(result.detach())
             if batch.logits is None:
                 with torch.no_grad():
                     batch.run(attentions=False, tokens=False)
@@ -91,6 +118,11 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
     if normalize:
         maps = minmax(maps)
         token_maps = None if token_maps is None else minmax(token_maps)
+    text_maps = None
+    if out_text:
+        text_maps = torch.cat(out_text).float()
+        text_maps = minmax_tokens(text_maps, text.mask.to(text_maps.device)) if normalize else text_maps
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
                        method=method, params=params, images=model.denormalize(x).cpu(),
-                       class_names=model.config.class_names, details=details, degenerate=degenerate)
+                       class_names=model.config.class_names, details=details, degenerate=degenerate,
+                       text_maps=text_maps, text_tokens=None if text is None else text.tokens)

@@ -27,6 +27,9 @@ class Explanation:
     details: dict = field(default_factory=dict)
     degenerate: torch.Tensor | None = None  # (B,) bool: the method's map was constant or non-finite (then zeros)
     frames: list[Frame] | None = None     # per image: original size, placement, file stem (when explain read them)
+    text_maps: torch.Tensor | None = None  # bi-modal: (B, L) relevance of each text token (column j: text_tokens[i][j]),
+                                           # 0 beyond each question's tokens
+    text_tokens: tuple[tuple[str, ...], ...] | None = None  # bi-modal: per image its question's tokens, [CLS] first
 
     def __len__(self) -> int:
         return self.maps.shape[0]

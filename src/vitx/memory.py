@@ -37,11 +37,11 @@ def graphs(per_image: float, per_copy: float = 0.0):
 forward_only, one_graph = graphs(FORWARD), graphs(1.0)
 
 
-def graph_bytes(model, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for one image's forward under the tap (``x``: one (1, 3, H, W) model input).
-    Cached on the model per input size, dtype and device."""
+def graph_bytes(model, x: torch.Tensor, text=None) -> int:
+    """Bytes autograd keeps for one image's forward under the tap (``x``: one (1, 3, H, W) model input; ``text``: a
+    bi-modal model's question for it). Cached on the model per input size, text length, dtype and device."""
     from .trace import trace
-    key = (tuple(x.shape[1:]), x.dtype, str(x.device))
+    key = (tuple(x.shape[1:]), None if text is None else text.ids.shape[1], x.dtype, str(x.device))
     cache = model.__dict__.setdefault("_graph_bytes", {})
     if key not in cache:
         storages: dict[int, int] = {}
@@ -55,7 +55,7 @@ def graph_bytes(model, x: torch.Tensor) -> int:
 
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 trace(model, tokens=False):
-            model(x)
+            model(x) if text is None else model(x, text)
         cache[key] = sum(storages.values())
     return cache[key]
 
@@ -98,13 +98,13 @@ def megabytes(size: float) -> str:
     return f"{mb:,.0f} MB" if mb >= 10 else f"{mb:.2g} MB"
 
 
-def plan(method, params: dict, model, x: torch.Tensor, batch_size: int, memory) -> tuple[int, dict]:
+def plan(method, params: dict, model, x: torch.Tensor, batch_size: int, memory, text=None) -> tuple[int, dict]:
     """(images per chunk, params) within the budget ``memory`` (bytes, a size string, or None: :data:`HEAD_ROOM`
     of what is available on the model's device): at most ``batch_size`` images, and a method's
     ``internal_batch_size`` lowered, with a warning, when its stacked copies alone would not fit (the copies run
     in more passes; the result is the same). A VitxError before any work when one image does not fit."""
     budget = parse_size(memory) if memory is not None else int(HEAD_ROOM * available_bytes(x.device))
-    unit = graph_bytes(model, x[:1].clone())
+    unit = graph_bytes(model, x[:1].clone(), None if text is None else text[:1].to(x.device))
     per_image, per_pass = method.memory(params)
     copies = params.get("internal_batch_size")
     if copies and per_pass and (per_image + per_pass) * unit > budget:

@@ -13,6 +13,7 @@ from .adapters import Adapter, adapter_for
 from .errors import VitxError
 from .images import IMAGENET_MEAN, IMAGENET_STD, load_images
 from .layout import TokenLayout
+from .text import Text
 
 
 
@@ -34,6 +35,7 @@ class ModelConfig:
     name: str = ""
     levels: tuple[int, ...] = ()     # nest: transformer layers per level (the tap's blocks, level by level)
     pooling: str = "cls"             # what the head reads: "cls" (the class token), "avg", "max", "map"...
+    text_length: int = 0             # bi-modal: the most text tokens (special ones included) per question; 0: none
 
     def __post_init__(self):
         for name in ("mean", "std"):
@@ -62,8 +64,25 @@ class Model(nn.Module):
         self.adapter = adapter
         self.config = config
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter.forward(x)
+    def forward(self, x: torch.Tensor, text: Text | None = None, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for images x; a bi-modal model also takes its encoded ``text`` (:meth:`encode_text`) and, to delete
+        image tokens, ``keep`` (B, k) the indices of the patches it keeps."""
+        if not self.config.text_length:
+            return self.adapter.forward(x)
+        return self.adapter.forward(x, text, keep)
+
+    @property
+    def bimodal(self) -> bool:
+        return self.config.text_length > 0
+
+    def encode_text(self, questions, unknown: str = "warn") -> Text:
+        """Questions (one string, or one per image) -> the model's :class:`~vitx.text.Text`. Words outside the
+        vocabulary become the unknown token with a warning naming them (``unknown="error"``: refused)."""
+        if not self.bimodal:
+            raise VitxError(f"this model reads images only ({self.config.kind!r}); text is for bi-modal models")
+        if isinstance(questions, str):
+            questions = [questions]
+        return self.adapter.encode_text(list(questions), unknown=unknown)
 
     @property
     def device(self) -> torch.device:
@@ -123,7 +142,8 @@ def wrap(net: nn.Module, **config) -> Model:
     d = adapter.describe()
     described = ModelConfig(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
                             num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
-                            kind=d.kind, levels=d.levels, pooling=d.pooling, mean=d.mean or IMAGENET_MEAN,
+                            kind=d.kind, levels=d.levels, pooling=d.pooling, text_length=d.text_length,
+                            mean=d.mean or IMAGENET_MEAN,
                             std=d.std or IMAGENET_STD,
                             class_names=d.class_names or tuple(f"class {i}" for i in range(d.num_classes)))
     return Model(net, adapter, configured(described, config))

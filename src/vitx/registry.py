@@ -23,7 +23,8 @@ from .memory import forward_only, one_graph
 # mean of the pooled tokens' rows where the head averages them), "cls_token" the class token itself
 NEEDS = {"attention", "gradients", "head_row", "cls_token", "trained_module"}
 HEAD_ROWS = ("cls", "avg")   # heads whose row a "head_row" method can read
-# model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy, "swin" Swin's shifted windows
+# model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy, "swin" Swin's shifted windows, "vqa" a
+# bi-modal question answerer (its head reads the text's [CLS] token, which stands for the head's row)
 ANY_MODEL = ("vit", "nest", "swin")
 # why a method that does not name a kind cannot apply to it: {kind: {method family (or "" for any other): why}}
 KIND_LIMITS = {
@@ -31,6 +32,8 @@ KIND_LIMITS = {
     "swin": {"": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink "
                  "stage by stage, which this method's per-token formulas do not follow",
              "nest": "it reads NesT's levels of image blocks, which Swin does not have"},
+    "vqa": {"": "it explains an image-only token sequence, and a VQA model reads the question and the image through "
+                "attention sites of several streams, answering from the text's [CLS] token"},
     "nest": {"": "NesT attends only within image blocks, level by level, and aggregates the blocks with convolution "
                  "and pooling, so no token-by-token attention or token sequence spans the image",
              "relevance": "its relevance rules know the pre-norm blocks of a flat ViT, not NesT's block aggregation "
@@ -113,7 +116,7 @@ class Method:
             has = "has none" if layout.cls_index is None else f"reads {config.pooling!r}-pooled tokens"
             raise VitxError(f"method {self.name!r} needs a head that reads the class token, and this model's head "
                             f"{has}")
-        if "head_row" in self.needs and (config.pooling not in HEAD_ROWS or
+        if "head_row" in self.needs and not config.text_length and (config.pooling not in HEAD_ROWS or
                                          config.pooling == "cls" and layout.cls_index is None):
             raise VitxError(f"method {self.name!r} reads the row of the token the head reads (the class token, or "
                             f"the mean of the patch tokens' rows for a mean-pooled head), and this model's head reads "

@@ -14,6 +14,13 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     return ((flat - low) / (high - low).clamp(min=1e-12)).view_as(maps)
 
 
+def minmax_tokens(maps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scale each row of ``maps`` (B, L) to [0, 1] over its tokens (``mask`` True); padding gets 0."""
+    low = maps.masked_fill(~mask, float("inf")).amin(1, keepdim=True)
+    high = maps.masked_fill(~mask, float("-inf")).amax(1, keepdim=True)
+    return ((maps - low) / (high - low).clamp(min=1e-12)).masked_fill(~mask, 0.0)
+
+
 def screen(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(maps, degenerate): each map (dim 0 indexes the maps) holding NaN or infinite values replaced by zeros,
     and (B,) True for those maps and for constant ones, which say nothing about where relevance lies."""

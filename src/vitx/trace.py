@@ -9,7 +9,11 @@ output projection (``projected_values``), both (B, N, D), the latter with rows v
 attention output is Σ_j A_ij v_j W_oᵀ + b_o.
 On Swin (kind "swin") each block's attention is recorded windowed, (B, heads, windows, w², w²), and its tokens as
 (B, H·W, C) over its stage's map (:mod:`vitx.windows` maps windows back to the map); on NesT, (B, heads, T, N, N)
-for T image blocks. Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
+for T image blocks.
+A model is a set of attention sites (:class:`Site`, from :meth:`Adapter.sites`): each names the stream of its
+queries and of its keys ("image", "text", or "joint" for a single-stream bi-modal model's concatenated tokens) and
+its block within its stream. ``tr.sites`` lists the recorded sites in the order the forward ran them, each with its
+attention (B, heads, Nq, Nk); on a ViT they are its blocks, all "image" self-attention. Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
 ``edit(block, scores)``. Relevance rules (``rules``, a :class:`vitx.relevance.Composite`) are bound to
 the model's layers while the block is open, and the attention product runs through their
 :class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
@@ -22,6 +26,7 @@ more is computed.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Sequence
 
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .adapters.base import Site
 from .errors import VitxError
 
 Edit = Callable[[int, torch.Tensor], torch.Tensor]
@@ -51,6 +57,13 @@ class AttentionProduct:
 PLAIN = AttentionProduct()
 
 
+@dataclass(frozen=True)
+class Recorded:
+    """A site as the last forward ran it: its attention probabilities (B, heads, Nq, Nk), on the autograd graph."""
+    site: Site
+    attention: torch.Tensor
+
+
 class Trace:
     def __init__(self, model, *, attentions: bool | Sequence[int] = True, tokens: bool = True,
                  projected_values: bool | Sequence[int] = False, inputs: bool = False,
@@ -64,6 +77,8 @@ class Trace:
         self.rules = rules
         self.product: AttentionProduct = PLAIN if rules is None else rules.product
         self._attentions: dict[int, torch.Tensor] = {}
+        self._order: list[int] = []
+        self._sites: list[Site] = []
         self._recorded: frozenset[int] = frozenset()
         self._tokens: dict[int, torch.Tensor] = {}
         self._inputs: dict[int, torch.Tensor] = {}
@@ -76,6 +91,11 @@ class Trace:
         """Per recorded block (every block unless ``attentions`` named some), in block order, the attention
         probabilities (B, heads, N, N) of the last forward pass."""
         return [self._attentions[i] for i in sorted(self._attentions)]
+
+    @property
+    def sites(self) -> list[Recorded]:
+        """The recorded attention sites in the order the last forward ran them."""
+        return [Recorded(self._sites[i], self._attentions[i]) for i in self._order]
 
     @property
     def tokens(self) -> list[torch.Tensor]:
@@ -118,6 +138,7 @@ class Trace:
             if self.rules is not None:
                 self.rules.attach(self.model, self._undo.append)
             modules = adapter.attentions()
+            self._sites = adapter.sites()
             self._recorded = _blocks(self.record_attentions, len(modules))
             self._projected = _blocks(self.record_values, len(modules))
             for i, module in enumerate(modules):
@@ -154,7 +175,7 @@ class Trace:
         self._undo.append(undo)
 
     def _reset(self, _module, args):
-        for recorded in (self._attentions, self._tokens, self._inputs, self._values):
+        for recorded in (self._attentions, self._tokens, self._inputs, self._values, self._order):
             recorded.clear()
         if torch.is_grad_enabled():
             return tuple(_differentiable(arg) for arg in args)
@@ -183,6 +204,7 @@ class Trace:
         attn = self.product.softmax(scores)
         if index in self._recorded:
             self._attentions[index] = attn
+            self._order.append(index)
         if dropout:
             attn = F.dropout(attn, dropout, training=True)
         return self.product.mix(attn, v)
@@ -227,4 +249,4 @@ def trace(model, *, attentions: bool | Sequence[int] = True, tokens: bool = True
                  key_scale=key_scale, key_mask=key_mask, edit=edit, rules=rules)
 
 
-__all__ = ["AttentionProduct", "Trace", "trace"]
+__all__ = ["AttentionProduct", "Recorded", "Site", "Trace", "trace"]

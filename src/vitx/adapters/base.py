@@ -48,6 +48,22 @@ class Description:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] = ()
+    text_length: int = 0         # the most text tokens a bi-modal model takes with its special tokens; 0: no text
+
+
+@dataclass(frozen=True)
+class Site:
+    """An attention of the model: its name, the streams of its queries and keys (the same for self-attention), and
+    its block within the query stream. Co-attention sites of the same block read the same inputs (both directions of
+    a cross-modality layer)."""
+    name: str
+    query: str
+    key: str
+    block: int
+
+    @property
+    def is_self(self) -> bool:
+        return self.query == self.key
 
 
 class Adapter:
@@ -65,6 +81,11 @@ class Adapter:
 
     def attentions(self) -> list[nn.Module]:
         raise NotImplementedError
+
+    def sites(self) -> list:
+        """One :class:`vitx.trace.Site` per module of :meth:`attentions`, in that order; a flat ViT's blocks are
+        "image" self-attention sites."""
+        return [Site(f"blocks.{i}", "image", "image", i) for i in range(len(self.attentions()))]
 
     def attention_forward(self, module: nn.Module, attend: Attend) -> Callable:
         """A replacement for ``module.forward`` that routes the attention product through ``attend``."""

@@ -1,12 +1,14 @@
-"""Adapter for vitx's own architectures (:mod:`vitx.models`)."""
+"""Adapters for vitx's own architectures (:mod:`vitx.models`): its ViT and its VQA transformers."""
 from __future__ import annotations
 
 from functools import partial
 
 from torch import nn
 
+from ..data.vocabulary import SPECIAL_TOKENS, WordTokenizer
 from ..models.vit import VisionTransformer
-from .base import Adapter, Attend, Description, pair, project_values
+from ..text import Text
+from .base import Adapter, Attend, Description, Site, pair, project_values
 
 
 class VitxViTAdapter(Adapter):
@@ -41,3 +43,72 @@ class VitxViTAdapter(Adapter):
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
         return block.norm1, block.norm2
 
+
+
+class VitxVQAAdapter(Adapter):
+    """vitx's VQA transformers (:mod:`vitx.models.vqa`): image and question in, answer logits out. One stream: its
+    blocks are "joint" self-attention sites over [words; patches]. Two streams: "text" and "image" self-attention
+    blocks, then per cross-modality layer the co-attention sites text→image and image→text and a self-attention
+    site per stream."""
+    framework = "vitx"
+
+    def describe(self) -> Description:
+        cfg = self.net.cfg
+        return Description(pair(cfg.image_size), pair(cfg.patch_size), 0, None, len(cfg.answers),
+                           dynamic_size=False, kind="vqa", class_names=tuple(cfg.answers), text_length=cfg.max_length)
+
+    def _named_sites(self) -> list[tuple[nn.Module, Site]]:
+        net, cfg = self.net, self.net.cfg
+        if cfg.streams == "single":
+            return [(b.attn, Site(f"blocks.{i}", "joint", "joint", i)) for i, b in enumerate(net.blocks)]
+        found = [(b.attn, Site(f"text_blocks.{i}", "text", "text", i)) for i, b in enumerate(net.text_blocks)]
+        found += [(b.attn, Site(f"image_blocks.{i}", "image", "image", i)) for i, b in enumerate(net.image_blocks)]
+        for i, layer in enumerate(net.cross_layers):
+            name = f"cross_layers.{i}"
+            found += [(layer.text_cross.attn, Site(f"{name}.text_cross", "text", "image", i)),
+                      (layer.image_cross.attn, Site(f"{name}.image_cross", "image", "text", i)),
+                      (layer.text_self.attn, Site(f"{name}.text_self", "text", "text", cfg.text_layers + i)),
+                      (layer.image_self.attn, Site(f"{name}.image_self", "image", "image", cfg.image_layers + i))]
+        return found
+
+    def attentions(self) -> list[nn.Module]:
+        return [module for module, _ in self._named_sites()]
+
+    def sites(self) -> list[Site]:
+        return [site for _, site in self._named_sites()]
+
+    def blocks(self) -> list[nn.Module]:
+        return []
+
+    def attention_forward(self, module, attend: Attend):
+        def forward(x, context=None, key_padding=None):
+            mask = None if key_padding is None else key_padding[:, None, None, :]
+            return module.merge_heads(attend(*module.split_heads(x, context), module.scale, mask=mask))
+        return forward
+
+    def value_projection(self, module):
+        return partial(project_values, module.proj)
+
+    def pixel_layer(self) -> nn.Module:
+        stem = self.net.patch_embed.stem
+        return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
+
+    def tokenizer(self) -> WordTokenizer:
+        vocabulary = tuple(self.net.cfg.vocabulary)
+        return WordTokenizer(vocabulary[len(SPECIAL_TOKENS):])
+
+    def encode_text(self, questions: list[str], unknown: str = "warn") -> Text:
+        tokenizer = self.tokenizer()
+        ids, mask = tokenizer.encode(questions, self.net.cfg.max_length, unknown=unknown)
+        tokens = tuple(tuple(tokenizer.tokens[i] for i in row[row != 0].tolist()) for row in ids)
+        return Text(ids, mask, tokens)
+
+    def forward(self, x, text: Text | None = None, keep=None):
+        return self.net(x, text.ids, text.mask, keep)
+
+    def modalities(self, text_length: int) -> dict[str, tuple[str, slice]]:
+        """Where each modality's tokens sit: {"text" | "image": (stream, columns of that stream)}; the head reads
+        row 0 of the text's stream (the [CLS] token)."""
+        if self.net.cfg.streams == "single":
+            return {"text": ("joint", slice(0, text_length)), "image": ("joint", slice(text_length, None))}
+        return {"text": ("text", slice(0, None)), "image": ("image", slice(0, None))}
