@@ -112,7 +112,8 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = 
                          internal_batch_size: int = 64) -> torch.Tensor:
     """Integrated Gradients, IG_i = (x_i − x'_i) ∫₀¹ ∂y_t(x' + α(x − x'))/∂x_i dα (Gauss–Legendre
     quadrature, steps run as batches), summed over colour channels. On a bi-modal model the path also scales the
-    word embeddings from 0, and IG_j = Σ_d e_jd ∫ ∂y_t/∂e_jd dα per token (:mod:`vitx.methods.bimodal_baselines`)."""
+    word embeddings from 0, and IG_j = Σ_d e_jd ∫ ∂y_t/∂e_jd dα per token
+    (:mod:`vitx.methods.bimodal_baselines`)."""
     if batch.model.bimodal:
         return bimodal_baselines.integrated_gradients(batch, steps, baseline, internal_batch_size)
     return integrated_gradients_attributions(batch, steps, baseline, internal_batch_size).sum(1)
