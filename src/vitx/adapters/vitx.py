@@ -93,6 +93,11 @@ class VitxVQAAdapter(Adapter):
         stem = self.net.patch_embed.stem
         return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
 
+    def text_embedding(self) -> nn.Embedding:
+        """The word embedding layer (ids -> vectors, before the position embedding): where gradient methods read
+        and scale the text input."""
+        return self.net.word_embed
+
     def tokenizer(self) -> WordTokenizer:
         vocabulary = tuple(self.net.cfg.vocabulary)
         return WordTokenizer(vocabulary[len(SPECIAL_TOKENS):])

@@ -19,7 +19,7 @@ from ..errors import VitxError
 from ..memory import ATTENTION, graphs
 from ..registry import register
 from ..windows import mean_row, times_windows, walk
-from . import bimodal
+from . import bimodal, bimodal_baselines
 
 CHEFER_2021 = "Chefer, Gur & Wolf, ICCV 2021, Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"
 ABNAR_2020 = "Abnar & Zuidema, ACL 2020, Quantifying Attention Flow in Transformers"
@@ -55,10 +55,14 @@ def mean_row_walk(batch: Batch, matrices: list[torch.Tensor], accumulate: bool) 
 
 
 @register("raw-attention", family="attention", paper="Vaswani et al., NeurIPS 2017 (attention weights as explanation)",
-          needs={"attention", "head_row"}, cost="1F", kinds=("vit", "swin"))
+          needs={"attention", "head_row"}, cost="1F", kinds=("vit", "swin", "vqa"),
+          requires=bimodal_baselines.authors_form(block=-1))
 def raw_attention(batch: Batch, block: int = -1) -> torch.Tensor:
     """The head's row of attention over the patches in one block (default the last), heads averaged:
-    R = E_h A_b[c, patches]. On Swin the mean over the block's queries of E_h A_b, on its stage's map."""
+    R = E_h A_b[c, patches]. On Swin the mean over the block's queries of E_h A_b, on its stage's map.
+    On a bi-modal model, the [CLS] rows at the last layer (:mod:`vitx.methods.bimodal_baselines`)."""
+    if batch.model.bimodal:
+        return bimodal_baselines.raw_attention(batch)
     with torch.no_grad():
         _, tr = batch.run(attentions=[block], tokens=False)
     if on_swin(batch):
@@ -132,12 +136,16 @@ def whole_matrices(config, params: dict) -> None:
 
 
 @register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "head_row"}, cost="1F",
-          memory=graphs(ATTENTION), kinds=("vit", "swin"), requires=whole_matrices)
+          memory=graphs(ATTENTION), kinds=("vit", "swin", "vqa"),
+          requires=bimodal_baselines.authors_form(whole_matrices, head_fusion="mean", discard_ratio=0.0, start_layer=0))
 def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0) -> torch.Tensor:
     """Attention rollout: the head's row of R = Â_L ⋯ Â_s, Â_b = norm_rows(fuse_h(A_b) + I),
     heads fused by mean, max or min, the lowest ``discard_ratio`` of each Â_b's entries dropped. On Swin the
     mean row over the last stage's queries of R = Â_L ⋯ P ⋯ Â_s (P the patch mergings), on the first stage's map;
-    ``discard_ratio`` 0 there."""
+    ``discard_ratio`` 0 there. On a bi-modal model, Chefer et al.'s rollouts of the text and image sites
+    (:mod:`vitx.methods.bimodal_baselines`)."""
+    if batch.model.bimodal:
+        return bimodal_baselines.rollout(batch)
     with torch.no_grad():
         _, tr = batch.run(tokens=False)
         if on_swin(batch):
@@ -181,10 +189,14 @@ def generic_attention(batch: Batch) -> torch.Tensor:
 
 
 @register("attention-gradcam", family="attention", paper="Selvaraju et al., ICCV 2017 (Grad-CAM), on attention as in Chefer et al. 2021",
-          needs={"attention", "gradients", "head_row"}, cost="1F+1B")
+          needs={"attention", "gradients", "head_row"}, cost="1F+1B", kinds=("vit", "vqa"),
+          requires=bimodal_baselines.authors_form(block=-1))
 def attention_gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     """Grad-CAM on one block's attention: R = ReLU(E_h[w_h A_b[h, c, patches]]), where w_h is the mean
-    over patches of ∇A_b[h, c, patches]."""
+    over patches of ∇A_b[h, c, patches]. On a bi-modal model, the authors' form: w_h the mean of ∇A_h over the
+    whole matrix, at the last layer (:mod:`vitx.methods.bimodal_baselines`)."""
+    if batch.model.bimodal:
+        return bimodal_baselines.attention_gradcam(batch)
     logits, tr = batch.run(attentions=[block], tokens=False)
     attention, = tr.attentions
     gradient, = torch.autograd.grad(batch.score(logits), attention)

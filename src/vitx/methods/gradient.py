@@ -12,6 +12,7 @@ from ..batch import Batch
 from ..errors import VitxError
 from ..memory import graphs
 from ..registry import ANY_MODEL, register
+from . import bimodal_baselines
 
 
 def gradcam_block(model, params: dict) -> int:
@@ -65,9 +66,12 @@ def saliency_attributions(batch: Batch) -> torch.Tensor:
 
 
 @register("saliency", family="gradient", paper="Simonyan, Vedaldi & Zisserman, ICLR 2014 workshop, Deep Inside Convolutional Networks",
-          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=ANY_MODEL)
+          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa"))
 def saliency(batch: Batch) -> torch.Tensor:
-    """Gradient saliency: R(p) = max_c |∂y_t/∂x_c(p)|."""
+    """Gradient saliency: R(p) = max_c |∂y_t/∂x_c(p)|. On a bi-modal model also R_j = max_d |∂y_t/∂e_jd| on each
+    token's word embedding e_j (:mod:`vitx.methods.bimodal_baselines`)."""
+    if batch.model.bimodal:
+        return bimodal_baselines.saliency(batch)
     return saliency_attributions(batch).amax(1)
 
 
@@ -81,14 +85,19 @@ def baseline_for(batch: Batch, baseline) -> torch.Tensor:
     return batch.model.normalize(torch.full_like(batch.x, float(level)))
 
 
-def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: str | float = "black",
-                                      internal_batch_size: int = 64) -> torch.Tensor:
-    """(x − x') ⊙ Σ_k w_k ∇y_t(x' + α_k (x − x')) with Gauss–Legendre nodes α_k and weights w_k on [0, 1]."""
+def gauss_legendre(steps: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss–Legendre nodes α_k and weights w_k on [0, 1] (``steps`` of each), in ``like``'s dtype and device."""
     if steps < 1:
         raise VitxError(f"steps must be at least 1, got {steps}")
     nodes, weights = np.polynomial.legendre.leggauss(steps)
-    alphas = torch.tensor((nodes + 1) / 2, dtype=batch.x.dtype, device=batch.x.device)
-    weights = torch.tensor(weights / 2, dtype=batch.x.dtype, device=batch.x.device)
+    return (torch.tensor((nodes + 1) / 2, dtype=like.dtype, device=like.device),
+            torch.tensor(weights / 2, dtype=like.dtype, device=like.device))
+
+
+def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: str | float = "black",
+                                      internal_batch_size: int = 64) -> torch.Tensor:
+    """(x − x') ⊙ Σ_k w_k ∇y_t(x' + α_k (x − x')) with Gauss–Legendre nodes α_k and weights w_k on [0, 1]."""
+    alphas, weights = gauss_legendre(steps, batch.x)
     start = baseline_for(batch, baseline)
     delta = batch.x - start
     path = start[None] + alphas.view(-1, 1, 1, 1, 1) * delta[None]                # (steps, B, 3, H, W)
@@ -97,12 +106,16 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: s
 
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
-          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=ANY_MODEL,
+          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa"),
           memory=graphs(1.0, 1.0))
 def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = "black",
                          internal_batch_size: int = 64) -> torch.Tensor:
     """Integrated Gradients, IG_i = (x_i − x'_i) ∫₀¹ ∂y_t(x' + α(x − x'))/∂x_i dα (Gauss–Legendre
-    quadrature, steps run as batches), summed over colour channels."""
+    quadrature, steps run as batches), summed over colour channels. On a bi-modal model the path also scales the
+    word embeddings from 0, and IG_j = Σ_d e_jd ∫ ∂y_t/∂e_jd dα per token
+    (:mod:`vitx.methods.bimodal_baselines`)."""
+    if batch.model.bimodal:
+        return bimodal_baselines.integrated_gradients(batch, steps, baseline, internal_batch_size)
     return integrated_gradients_attributions(batch, steps, baseline, internal_batch_size).sum(1)
 
 

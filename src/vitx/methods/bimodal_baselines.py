@@ -1,0 +1,177 @@
+"""The baselines of Chefer, Gur & Wolf (ICCV 2021) on bi-modal models, each as the authors' code adapts it to a
+two-stream model (LXMERT: ``lxmert/lxmert/src/ExplanationGenerator.py``, GeneratorBaselines) and to a one-stream
+model (VisualBERT: ``VisualBERT/mmf/models/transformers/backends/ExplanationGenerator.py``).
+
+Notation: the head reads the [CLS] token (row 0) of the text stream t (the joint stream j in one stream); Ā = E_h A
+per image; A_tt a text self-attention site, A_ti the text queries' co-attention over the image, A_jj a joint block.
+Every method returns {"image": map, "text": (B, L)}, the text row's [CLS] entry and its padding set to 0.
+
+- raw-attention: two streams, the [CLS] rows of Ā_tt and Ā_ti at the last cross layer; one stream, of Ā_jj at the
+  last block.
+- rollout: two streams, R_tt = roll(A_tt of every text site), R_ti = roll(A_tt but the last)ᵀ Ā_ti roll(A_ii but
+  the last) at the last cross layer, roll(A_1..A_n) = Â_n ⋯ Â_1 with Â = rownorm(Ā + I); one stream,
+  R = (I + Ā_L) ⋯ (I + Ā_1), rows not normalised (the authors' VisualBERT code; 2^L times the normalised product).
+- attention-gradcam: on the sites raw-attention reads, ReLU(E_h[w_h A]), w_h the mean of ∇A_h over the whole
+  matrix (every query row and key column), not over the [CLS] row's patch columns as vitx's ViT form.
+- saliency, integrated-gradients: the gradient with respect to the pixels and to the word embeddings e_j (the
+  output of :meth:`VitxVQAAdapter.text_embedding`, before the position embedding), reduced per token as per pixel.
+
+Padding: the authors run one unpadded question at a time; here each pair's maps are what that run gives. Padded
+tokens are masked as keys, so they change no real token; where the formulas would still read them (the sum over
+text rows in R_ti, the mean of ∇A), only real tokens enter.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..batch import Batch
+from ..errors import VitxError
+from ..trace import Recorded
+from . import attention, gradient
+from .bimodal import head_rows
+
+
+def streams(batch: Batch) -> tuple[str, str]:
+    """The stream the head reads (its [CLS] token's) and the image's stream: ("text", "image") or twice "joint"."""
+    places = batch.model.adapter.modalities(batch.text.ids.shape[1])
+    return places["text"][0], places["image"][0]
+
+
+def last_site(sites: list[Recorded], query: str, key: str) -> Recorded:
+    return [r for r in sites if (r.site.query, r.site.key) == (query, key)][-1]
+
+
+def head_sites(batch: Batch, sites: list[Recorded]) -> dict[tuple[str, str], Recorded]:
+    """The last site of the head's stream over itself and over the image (one site in one stream)."""
+    head, image = streams(batch)
+    return {(head, head): last_site(sites, head, head), (head, image): last_site(sites, head, image)}
+
+
+def real_tokens(batch: Batch, stream: str, size: int) -> torch.Tensor:
+    """(B, size) bool: True at the tokens of ``stream`` that are not padding."""
+    real = batch.text.mask.new_ones(batch.text.mask.shape[0], size)
+    text_stream, columns = batch.model.adapter.modalities(batch.text.ids.shape[1])["text"]
+    if stream == text_stream:
+        real[:, columns] = batch.text.mask
+    return real
+
+
+def text_row(batch: Batch, values: torch.Tensor) -> torch.Tensor:
+    """Per-token values (B, L) as a text map: the [CLS] entry and the padding set to 0."""
+    values = values.clone()
+    values[:, 0] = 0
+    return values * batch.text.mask
+
+
+def raw_attention(batch: Batch) -> dict[str, torch.Tensor]:
+    """The [CLS] rows of E_h A at the head stream's last self-attention and its last attention over the image."""
+    with torch.no_grad():
+        _, tr = batch.run(tokens=False)
+    return head_rows(batch, {pair: r.attention.mean(1) for pair, r in head_sites(batch, tr.sites).items()})
+
+
+def rolled(attentions: list[torch.Tensor], size: int, like: torch.Tensor) -> torch.Tensor:
+    """Â_n ⋯ Â_1, Â = rownorm(E_h A + I) (:func:`~vitx.methods.attention.rollout_matrix`); I (size × size) for no
+    sites."""
+    if not attentions:
+        return torch.eye(size, device=like.device, dtype=like.dtype).expand(like.shape[0], -1, -1)
+    return attention.rollout_matrix(attentions)
+
+
+def rollout(batch: Batch) -> dict[str, torch.Tensor]:
+    """Two streams: R_tt = roll(text sites), R_ti = roll(text sites but the last)ᵀ Ā_ti roll(image sites but the
+    last), Ā_ti the last co-attention of text over image (its padded query rows 0). One stream: R = Π (I + Ā_b)."""
+    with torch.no_grad():
+        _, tr = batch.run(tokens=False)
+    head, image = streams(batch)
+    if head == image:
+        return head_rows(batch, {(head, head): attention.accumulate([r.attention.mean(1) for r in tr.sites])})
+    text = [r.attention for r in tr.sites if r.site.query == r.site.key == head]
+    pictures = [r.attention for r in tr.sites if r.site.query == r.site.key == image]
+    across = last_site(tr.sites, head, image).attention.mean(1) * batch.text.mask[:, :, None]
+    queries, keys = across.shape[-2:]
+    to_image = rolled(text[:-1], queries, across).transpose(-1, -2) @ across @ rolled(pictures[:-1], keys, across)
+    return head_rows(batch, {(head, head): attention.rollout_matrix(text), (head, image): to_image})
+
+
+def gradcam_site(batch: Batch, recorded: Recorded, grad: torch.Tensor) -> torch.Tensor:
+    """ReLU(E_h[w_h A]) (B, Nq, Nk), w_h the mean of ∇A_h over the entries between real tokens."""
+    _, _, queries, keys = grad.shape
+    site = recorded.site
+    real = real_tokens(batch, site.query, queries)[:, :, None] & real_tokens(batch, site.key, keys)[:, None]
+    real = real[:, None].to(grad.dtype)
+    weights = (grad * real).sum((-2, -1), keepdim=True) / real.sum((-2, -1), keepdim=True)
+    return (weights * recorded.attention.detach()).mean(1).clamp(min=0)
+
+
+def attention_gradcam(batch: Batch) -> dict[str, torch.Tensor]:
+    """Grad-CAM on the sites raw-attention reads, per head weighted by the mean of its gradient over the matrix."""
+    logits, tr = batch.run(tokens=False)
+    chosen = head_sites(batch, tr.sites)
+    gradients = torch.autograd.grad(batch.score(logits), [r.attention for r in chosen.values()])
+    return head_rows(batch, {pair: gradcam_site(batch, r, g) for (pair, r), g in zip(chosen.items(), gradients)})
+
+
+@contextmanager
+def word_embeddings(batch: Batch, scales: torch.Tensor | None = None):
+    """While open, each forward's word embeddings (times ``scales``, one per row, when given) are a leaf that
+    requires grad, appended to the list it yields; the hook is removed on leaving, by an exception too."""
+    leaves = []
+
+    def hook(_module, _inputs, output):
+        words = output.detach() if scales is None else scales[:, None, None] * output.detach()
+        leaves.append(words.requires_grad_(True))
+        return words
+
+    handle = batch.model.adapter.text_embedding().register_forward_hook(hook)
+    try:
+        yield leaves
+    finally:
+        handle.remove()
+
+
+def saliency(batch: Batch) -> dict[str, torch.Tensor]:
+    """R(p) = max_c |∂y_t/∂x_c(p)| on the pixels, R_j = max_d |∂y_t/∂e_jd| on the word embeddings."""
+    x = batch.input_with_grad()
+    with word_embeddings(batch) as words:
+        logits, _ = batch.run(x, original=True, attentions=False, tokens=False)
+    pixels, embedded = torch.autograd.grad(batch.score(logits), [x, words[0]])
+    return {"image": pixels.abs().amax(1), "text": text_row(batch, embedded.abs().amax(-1))}
+
+
+def integrated_gradients(batch: Batch, steps: int, baseline, internal_batch_size: int) -> dict[str, torch.Tensor]:
+    """Integrated Gradients along one path that moves both inputs, (x', 0) → (x, e): the image from its baseline
+    x', the word embeddings from 0. IG(p) = Σ_c (x − x')_c ∫ ∂y_t/∂x_c dα on the pixels and
+    IG_j = Σ_d e_jd ∫ ∂y_t/∂e_jd dα on the tokens (Gauss–Legendre quadrature), which together sum to
+    y_t(x, e) − y_t(x', 0)."""
+    alphas, weights = gradient.gauss_legendre(steps, batch.x)
+    start = gradient.baseline_for(batch, baseline)
+    delta, count = batch.x - start, batch.x.shape[0]
+    pixels, embedded = torch.zeros_like(batch.x), 0.0
+    copies = batch.copies_per_pass(internal_batch_size)
+    for chunk, weight in zip(alphas.split(copies), weights.split(copies)):
+        x = (start[None] + chunk.view(-1, 1, 1, 1, 1) * delta[None]).flatten(0, 1).requires_grad_(True)
+        with word_embeddings(batch, chunk.repeat_interleave(count)) as words:
+            logits, _ = batch.run(x, attentions=False, tokens=False)
+        dx, de = torch.autograd.grad(batch.score(logits), [x, words[0]])
+        pixels = pixels + (weight.view(-1, 1, 1, 1, 1) * dx.unflatten(0, (len(chunk), count))).sum(0)
+        embedded = embedded + (weight.view(-1, 1, 1, 1) * de.unflatten(0, (len(chunk), count))).sum(0)
+    with torch.no_grad():
+        words = batch.model.adapter.text_embedding()(batch.text.ids)
+    return {"image": (delta * pixels).sum(1), "text": text_row(batch, (words * embedded).sum(-1))}
+
+
+def authors_form(then=None, **defaults):
+    """``requires`` for a method whose bi-modal form is the authors' only: on a "vqa" model its parameters
+    ``defaults`` must keep their values; ``then`` (another ``requires``) runs after."""
+    def requires(config, params: dict) -> None:
+        if config.kind == "vqa":
+            for name, value in defaults.items():
+                if params[name] != value:
+                    raise VitxError(f"on a bi-modal model this method takes Chefer et al.'s form only, with "
+                                    f"{name}={value!r}; got {name}={params[name]!r}")
+        if then is not None:
+            then(config, params)
+    return requires
