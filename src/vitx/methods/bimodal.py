@@ -67,11 +67,17 @@ def head_rows(batch: Batch, relevance: dict[tuple[str, str], torch.Tensor]) -> d
     """The [CLS] token's rows: {"image": (B, gh, gw), "text": (B, L)}, the [CLS] entry of the text row set to 0."""
     places = batch.model.adapter.modalities(batch.text.ids.shape[1])
     head_stream = places["text"][0]
-    text = relevance[head_stream, head_stream][:, 0, places["text"][1]].clone()
-    text[:, 0] = 0
     image_stream, columns = places["image"]
     image = relevance[head_stream, image_stream][:, 0, columns]
-    return {"image": batch.layout.to_grid(image), "text": text * batch.text.mask}
+    return {"image": batch.layout.to_grid(image),
+            "text": text_row(batch, relevance[head_stream, head_stream][:, 0, places["text"][1]])}
+
+
+def text_row(batch: Batch, values: torch.Tensor) -> torch.Tensor:
+    """Per-token values (B, L) as a text map: the [CLS] entry and the padding set to 0."""
+    values = values.clone()
+    values[:, 0] = 0
+    return values * batch.text.mask
 
 
 def generic_attention(batch: Batch) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ from ..batch import Batch
 from ..errors import VitxError
 from ..trace import Recorded
 from . import attention, gradient
-from .bimodal import head_rows
+from .bimodal import head_rows, text_row
 
 
 def streams(batch: Batch) -> tuple[str, str]:
@@ -56,13 +56,6 @@ def real_tokens(batch: Batch, stream: str, size: int) -> torch.Tensor:
     if stream == text_stream:
         real[:, columns] = batch.text.mask
     return real
-
-
-def text_row(batch: Batch, values: torch.Tensor) -> torch.Tensor:
-    """Per-token values (B, L) as a text map: the [CLS] entry and the padding set to 0."""
-    values = values.clone()
-    values[:, 0] = 0
-    return values * batch.text.mask
 
 
 def raw_attention(batch: Batch) -> dict[str, torch.Tensor]:
