@@ -14,7 +14,7 @@ from matplotlib import colormaps
 import vitx
 import vitx.explanation
 from vitx.checkpoint import save_checkpoint
-from vitx.cli import main
+from vitx.cli import applicable_methods, main
 from vitx.data.shapes_vqa import ANSWERS
 from vitx.errors import VitxError
 from vitx.models import create_model
@@ -51,7 +51,8 @@ def expected_colours(tokens, relevance) -> list:
     """The test's own reading of the rule: words min-max scaled among themselves, jet, half over white."""
     words = [k for k, t in enumerate(tokens) if t not in ("[CLS]", "[SEP]", "[PAD]")]
     values = np.asarray(relevance, np.float64)[words]
-    levels = (values - values.min()) / (values.max() - values.min())
+    span = values.max() - values.min()
+    levels = (values - values.min()) / span if span > 0 else np.zeros_like(values)
     colours = [None] * len(tokens)
     for k, level in zip(words, levels):
         colours[k] = tuple(0.5 + 0.5 * np.asarray(colormaps["jet"](level)[:3]))
@@ -70,46 +71,52 @@ def test_a_vqa_checkpoint_loads_by_path_with_its_answers(files):
 
 @pytest.mark.parametrize("streams", ["single", "dual"])
 def test_explain_with_text_writes_overlays_maps_text_maps_grid_and_page(streams, files, tmp_path, capsys, monkeypatch):
-    drawn = []   # (tokens, colours, lines) of every overlay's caption
+    drawn = []   # (tokens, colours, lines) of every overlay's caption: per method, per image
     captioned = vitx.explanation.captioned
     monkeypatch.setattr(vitx.explanation, "captioned", lambda picture, tokens, colours, lines:
                         drawn.append((tokens, colours, lines)) or captioned(picture, tokens, colours, lines))
     out = tmp_path / "o"
     path = files / f"{streams}.safetensors"
+    model = vitx.load_model(path)
+    x = model.preprocess([STAR, CIRCLE])
+    methods = [info.name for info in applicable_methods(model, model.layout(x))]
+    assert METHOD in methods
     code, stdout, stderr = run(capsys, "explain", STAR, CIRCLE, "--model", path, "--method", "all",
                                "--text", QUESTIONS[0], "--text", QUESTIONS[1], "--out", out)
     assert code == 0, stderr
-    assert "wrote 2 overlays (<image>_<method>.png), 2 maps (.npy) and 2 text maps (_text.json)" in stdout
+    n = 2 * len(methods)
+    assert f"wrote {n} overlays (<image>_<method>.png), {n} maps (.npy) and {n} text maps (_text.json)" in stdout
 
-    model = vitx.load_model(path)
     exp = vitx.explain(model, [STAR, CIRCLE], text=QUESTIONS, method=METHOD)
     with torch.no_grad():
-        probs = model(model.preprocess([STAR, CIRCLE]), model.encode_text(QUESTIONS)).softmax(-1)
+        probs = model(x, model.encode_text(QUESTIONS)).softmax(-1)
+    names = ("18_star", "1_circle")
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{name}_{METHOD}{suffix}" for name in ("18_star", "1_circle") for suffix in (".png", ".npy", "_text.json")]
+        [f"{name}_{method}{end}" for method in methods for name in names for end in (".png", ".npy", "_text.json")]
         + ["grid.png", "index.html"])
     page = (out / "index.html").read_text()
-    for i, name in enumerate(("18_star", "1_circle")):
+    jet = colormaps["jet"](np.linspace(0, 1, 1001))[:, :3]
+    for i, name in enumerate(names):
         np.testing.assert_allclose(np.load(out / f"{name}_{METHOD}.npy"), exp.maps[i].numpy(), atol=1e-5)
         saved = json.loads((out / f"{name}_{METHOD}_text.json").read_text())
         assert saved["tokens"] == list(model.encode_text(QUESTIONS[i]).tokens[0])
         assert saved["tokens"][0] == "[CLS]" and saved["tokens"][-1] == "[SEP]"
         np.testing.assert_allclose(saved["relevance"], exp.text_maps[i, :len(saved["tokens"])].numpy(), atol=1e-5)
-
         k = int(probs[i].argmax())
         answer = f"answer: {ANSWERS[k]} ({probability(float(probs[i, k]))})"   # softmax of the model's own logits
-        tokens, colours, lines = drawn[i]
-        assert tokens == tuple(saved["tokens"]) and lines == [answer]
-        assert [c is None for c in colours] == [t in SPECIAL for t in tokens]
-        np.testing.assert_allclose([c for c in colours if c], [c for c in expected_colours(tokens, saved["relevance"])
-                                                               if c], atol=1e-4)
-        words = [k for k, t in enumerate(tokens) if t not in SPECIAL]
-        order = sorted(words, key=lambda k: saved["relevance"][k])    # the colours order the words as the text map
-        jet = colormaps["jet"](np.linspace(0, 1, 1001))[:, :3]
-        positions = [int(np.abs(0.5 + 0.5 * jet - np.asarray(colours[k])).sum(1).argmin()) for k in order]
-        assert positions == sorted(positions)
         assert f"<td>{QUESTIONS[i]}</td><td>{answer}</td>" in page   # the question and answer once per image
-        assert page.count(f"src=\"{name}_{METHOD}.png\"") == 1
+        for m, method in enumerate(methods):
+            saved = json.loads((out / f"{name}_{method}_text.json").read_text())
+            tokens, colours, lines = drawn[2 * m + i]
+            assert tokens == tuple(saved["tokens"]) and lines == [answer]
+            assert [c is None for c in colours] == [t in SPECIAL for t in tokens]
+            np.testing.assert_allclose([c for c in colours if c],
+                                       [c for c in expected_colours(tokens, saved["relevance"]) if c], atol=1e-4)
+            words = [k for k, t in enumerate(tokens) if t not in SPECIAL]
+            order = sorted(words, key=lambda k: saved["relevance"][k])   # the colours order the words as the text map
+            positions = [int(np.abs(0.5 + 0.5 * jet - np.asarray(colours[k])).sum(1).argmin()) for k in order]
+            assert positions == sorted(positions)
+            assert page.count(f"src=\"{name}_{method}.png\"") == 1
 
 
 def test_a_given_answer_is_explained_and_labelled_beside_the_predicted_one(files, tmp_path, capsys, monkeypatch):
