@@ -70,13 +70,14 @@ def questions(model: Model, text, count: int) -> Text | None:
                             "image as text=[...] (--text on the command line)")
         return None
     if not model.bimodal:
-        raise VitxError(f"text was given, and this {model.config.kind!r} model reads images only")
+        raise VitxError(f"text was given (--text), and this {model.config.kind!r} model reads images only")
     if isinstance(text, str):
         text = [text]
     if not isinstance(text, (list, tuple)) or not all(isinstance(q, str) for q in text):
         raise VitxError(f"text must be a string per image, got {type(text).__name__}")
     if len(text) != count:
-        raise VitxError(f"got {len(text)} questions for {count} images: give one question per image")
+        raise VitxError(f"got {len(text)} question{'s' * (len(text) != 1)} for {count} image{'s' * (count != 1)}: "
+                        "give one question per image")
     return model.encode_text(text)
 
 
