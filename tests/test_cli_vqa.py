@@ -178,7 +178,7 @@ BAD = {  # --model, images, more options, words of the one-line error
     "text for an image-only model": ("vit", [STAR], ["--text", "is there a star?"], "reads images only"),
     "no text for a bi-modal model": ("dual", [STAR], [], "answers questions about images"),
     "two images, one question": ("dual", [STAR, CIRCLE], ["--text", "is there a star?"],
-                                 "questions for 2 images: give one question per image"),
+                                 "question for 2 images: give one question per image"),
     "one image, two questions": ("dual", [STAR], ["--text", "is there a star?", "--text", "what colour is the star?"],
                                  "got 2 questions for 1 images"),
     "empty question": ("dual", [STAR], ["--text", ""], "is empty"),
