@@ -180,7 +180,7 @@ BAD = {  # --model, images, more options, words of the one-line error
     "two images, one question": ("dual", [STAR, CIRCLE], ["--text", "is there a star?"],
                                  "question for 2 images: give one question per image"),
     "one image, two questions": ("dual", [STAR], ["--text", "is there a star?", "--text", "what colour is the star?"],
-                                 "got 2 questions for 1 images"),
+                                 "got 2 questions for 1 image:"),
     "empty question": ("dual", [STAR], ["--text", ""], "is empty"),
     "blank question": ("dual", [STAR], ["--text", "  "], "is empty"),
     "question too long": ("dual", [STAR], ["--text", "what colour is the star left of the red circle right of the "
