@@ -115,6 +115,16 @@ def test_sites_are_the_models_own_attentions(vqa):
         assert torch.allclose(recorded[name], attention, atol=1e-6), name
 
 
+def test_projected_values_are_per_key(vqa):
+    """Each site's values after its output projection (LXMERT's two co-attention directions share one), (B, keys, D)."""
+    model, x, _ = vqa
+    with vitx.trace(model, projected_values=True) as tr:
+        model(x, model.encode_text(QUESTIONS))
+    assert len(tr.projected_values) == len(tr.sites)
+    for recorded, values in zip(tr.sites, tr.projected_values):
+        assert values.shape == (3, recorded.attention.shape[-1], 32)
+
+
 def captured_softmax(monkeypatch):
     """Keep every attention transformers computes (its softmax), in call order, with its gradient."""
     kept, softmax = [], torch.nn.functional.softmax

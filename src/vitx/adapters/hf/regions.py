@@ -10,6 +10,7 @@ class token, so every map of the image is per region. Their attention modules ar
 from __future__ import annotations
 
 import math
+import warnings
 from functools import partial
 
 import torch
@@ -85,6 +86,8 @@ class HFRegionAdapter(Adapter):
                             "tokenizer=...) or load_model('hf:DIR') with the tokenizer's files saved in DIR")
         if unknown not in ("warn", "error"):
             raise VitxError(f"unknown must be 'warn' or 'error', got {unknown!r}")
+        if not questions:
+            raise VitxError("questions must be a non-empty list of strings")
         for i, question in enumerate(questions):
             if not question.strip():
                 raise VitxError(f"question {i} is empty: {question!r}")
@@ -100,7 +103,6 @@ class HFRegionAdapter(Adapter):
         if missing:
             if unknown == "error":
                 raise VitxError(f"words outside the vocabulary: {missing}")
-            import warnings
             warnings.warn(f"words outside the vocabulary, encoded as {tokenizer.unk_token}: {missing}", stacklevel=3)
         tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row[kept].tolist())) for row, kept in zip(ids, mask))
         return Text(ids, mask, tokens)
@@ -120,7 +122,7 @@ class HFRegionAdapter(Adapter):
         if boxes.shape[:2] != features.shape[:2]:
             raise VitxError(f"boxes {tuple(boxes.shape)} do not match features {tuple(features.shape)}: give one box "
                             "per region")
-        return torch.cat([features, boxes.to(features.dtype)], -1)
+        return torch.cat([features, boxes.to(features)], -1)
 
     def region_layout(self, x) -> TokenLayout:
         """The token layout of input x (B, R, width): a grid (1, R), no prefix, no class token."""
