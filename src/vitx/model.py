@@ -45,6 +45,8 @@ class ModelConfig:
                 raise VitxError(f"{name} must be 3 finite numbers, one per RGB channel; got {value!r}")
         if not all(v > 0 for v in self.std):
             raise VitxError(f"std must be positive in every channel (the input is divided by it); got {self.std!r}")
+        if self.input not in ("pixels", "regions"):
+            raise VitxError(f"input must be 'pixels' or 'regions', got {self.input!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise VitxError(f"class_names has {len(self.class_names)} names for a model of {self.num_classes} "
                             "classes")
@@ -109,8 +111,8 @@ class Model(nn.Module):
         colour, 0 after normalisation).
         """
         if self.config.input == "regions":
-            raise VitxError("this model reads detector regions, not images: build its input with model.regions(features"
-                            ", boxes)")
+            raise VitxError("this model reads detector regions, not images: build its input with "
+                            "model.regions(features, boxes)")
         pixels, placed = load_images(images, self.config.image_size, resize, background=self.config.mean)
         x = self.normalize(pixels)
         return (x, placed) if frames else x
