@@ -1,6 +1,7 @@
 """Hugging Face VisualBERT and LXMERT question answerers through the tap (random weights, tiny configurations): region
 input, the tap leaves them as they were, its sites are the models' own attentions, generic-attention equals the
 authors' per-pair order, region deletion, and bad input."""
+import numpy as np
 import pytest
 import torch
 
@@ -164,6 +165,59 @@ def test_generic_attention_equals_the_authors_order(vqa, monkeypatch):
         assert not exp.text_maps[i, n:].any()
 
 
+def input_gradients(model, raw, x, text, targets, scale=1.0):
+    """(∂y_t/∂x, ∂y_t/∂e, e) of the raw net at regions x with its word embeddings e scaled by ``scale``."""
+    words, embedding = [], model.adapter.text_embedding()
+
+    def hook(_module, _inputs, out):
+        words.append((scale * out.detach()).requires_grad_(True))
+        return words[-1]
+    handle = embedding.register_forward_hook(hook)
+    try:
+        x = x.clone().requires_grad_(True)
+        logits = raw(x, text)
+    finally:
+        handle.remove()
+    return (*torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), [x, words[0]]),
+            embedding(text.ids).detach())
+
+
+def test_gradient_baselines_per_region(vqa):
+    """Saliency: the largest |∂y_t/∂x| over each region's values, and over each word embedding's dimensions;
+    integrated gradients along (0, 0) → (x, e), zero regions and zero word embeddings, by Gauss–Legendre
+    quadrature written out; each text map's [CLS] entry is 0."""
+    model, x, raw = vqa
+    text = model.encode_text(QUESTIONS)
+    exp = vitx.explain(model, x, text=QUESTIONS, method="saliency", normalize=False)
+    by_x, by_words, _ = input_gradients(model, raw, x, text, exp.targets)
+    assert exp.maps.shape == (3, 1, REGIONS) and exp.token_maps is None
+    assert torch.allclose(exp.maps[:, 0], by_x.abs().amax(-1), atol=1e-6)
+    assert torch.allclose(exp.text_maps[:, 1:], (by_words.abs().amax(-1) * text.mask)[:, 1:], atol=1e-6)
+    exp = vitx.explain(model, x, text=QUESTIONS, method="integrated-gradients", steps=4, normalize=False)
+    nodes, weights = np.polynomial.legendre.leggauss(4)
+    image, words = 0, 0
+    for node, weight in zip((nodes + 1) / 2, weights / 2):
+        by_x, by_words, embedded = input_gradients(model, raw, float(node) * x, text, exp.targets, float(node))
+        image, words = image + float(weight) * by_x, words + float(weight) * by_words
+    assert torch.allclose(exp.maps[:, 0], (x * image).sum(-1), atol=1e-6)
+    assert torch.allclose(exp.text_maps[:, 1:], ((embedded * words).sum(-1) * text.mask)[:, 1:], atol=1e-6)
+    assert not exp.text_maps[:, 0].any() and exp.maps.abs().amax() > 0 and exp.text_maps.abs().amax() > 0
+    with pytest.raises(vitx.VitxError, match="a region model's baseline is 'zeros'"):
+        vitx.explain(model, x, text=QUESTIONS, method="integrated-gradients", baseline=0.5)
+
+
+def test_raw_attention_reads_the_head_token(vqa):
+    model, x, _ = vqa
+    text = model.encode_text(QUESTIONS)
+    exp = vitx.explain(model, x, text=QUESTIONS, method="raw-attention", normalize=False)
+    with vitx.trace(model) as tr:
+        model(x, text)
+    last = [r for r in tr.sites if r.site.key in ("joint", "image") and r.site.query in ("joint", "text")][-1]
+    head = text.mask.sum(1) - 2 if "Bert" in type(model.net).__name__ else torch.zeros(3, dtype=torch.long)
+    row = last.attention.detach().mean(1)[torch.arange(3), head]
+    assert torch.allclose(exp.token_maps[:, 0], row[:, -REGIONS:], atol=1e-6)
+
+
 def test_deleting_regions_equals_the_subset(vqa):
     model, x, raw = vqa
     text = model.encode_text(QUESTIONS)
@@ -209,7 +263,7 @@ def test_bad_input_is_one_line(vqa, tokenizer):
               r"words outside the vocabulary: \['it', 'zebra'\]"),
              (lambda: wrap(model.net)(x, wrap(model.net).encode_text(["what"])), "needs the tokenizer of its questions"),
              (lambda: model.preprocess(torch.rand(1, 3, 8, 8)), "reads detector regions, not images"),
-             (lambda: vitx.explain(model, x, text=QUESTIONS, method="rollout"), "does not apply to 'vqa' models")]
+             (lambda: vitx.explain(model, x, text=QUESTIONS, method="attnlrp"), "does not apply to 'vqa' models")]
     if lxmert_model:
         cases.append((lambda: model.regions(torch.randn(2, REGIONS, FEATURES)), r"reads each region's box too"))
     else:

@@ -55,6 +55,11 @@ class HFRegionAdapter(Adapter):
     def num_classes(self) -> int:
         return int(self.net.config.num_labels)
 
+    def text_embedding(self) -> nn.Embedding:
+        """The word embedding (ids -> vectors, before the position and token type embeddings): where gradient
+        methods read and scale the text input."""
+        return self.net.base_model.embeddings.word_embeddings
+
     def width(self) -> int:
         """Values per region in the model input: its features, and its box where the model reads one."""
         return self.feature_size() + self.box_size()
