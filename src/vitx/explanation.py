@@ -18,13 +18,14 @@ from .viz.words import captioned, word_colours
 
 @dataclass
 class Explanation:
-    maps: torch.Tensor                    # (B, H, W) pixel space, higher = more relevant to the target
+    maps: torch.Tensor                    # (B, H, W) pixel space, higher = more relevant to the target;
+                                          # a region model's (input "regions"): its token_maps, (B, 1, R)
     token_maps: torch.Tensor | None       # (B, gh, gw) on the patch grid, for methods that work on tokens
     targets: torch.Tensor                 # (B,) explained class per image
     logits: torch.Tensor                  # (B, classes) of the unmodified images
     method: str
     params: dict
-    images: torch.Tensor                  # (B, 3, H, W) in [0, 1], for drawing
+    images: torch.Tensor | None           # (B, 3, H, W) in [0, 1], for drawing; None for a region model
     class_names: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
     degenerate: torch.Tensor | None = None  # (B,) bool: the method's map was constant or non-finite (then zeros)
