@@ -204,11 +204,13 @@ def test_bench_command_on_an_untrained_net_writes_its_table(tmp_path, monkeypatc
     model = untrained("vqa_shapes_single")
     monkeypatch.setattr(benching, "load_model", lambda *args, **kwargs: model)
     out = tmp_path / "bench"
-    code = main(["bench", "--model", "shapes-vqa-single", "--methods", "generic-attention,random,ground-truth",
-                 "--n", "8", "--seed", str(SEED), "--batch-size", "8", "--out", str(out)])
+    argv = ["bench", "--model", "shapes-vqa-single", "--methods", "generic-attention,random,ground-truth", "--n", "8",
+            "--seed", str(SEED), "--batch-size", "8", "--out", str(out)]
+    code = main(argv)
     assert code == 0, capsys.readouterr().err
     board = (out / "leaderboard.md").read_text()
-    assert board.startswith("`vitx bench --model shapes-vqa-single --methods generic-attention,random,ground-truth")
+    assert board.startswith(f"`vitx bench --model shapes-vqa-single --methods generic-attention,random,ground-truth "
+                            f"--n 8 --seed {SEED} --out {out}`")
     header = next(line for line in board.splitlines() if line.startswith("| method"))
     assert [cell.split()[0] for cell in header.strip("| ").split(" | ")][1:-1] == list(BIMODAL_METRICS)
     assert sum(line.startswith(("| generic-attention", "| random", "| ground-truth")) for line in board.splitlines()) == 3
@@ -217,6 +219,10 @@ def test_bench_command_on_an_untrained_net_writes_its_table(tmp_path, monkeypatc
     for name in ("gallery.png", "report.html", "curve_image_perturbation_positive.png",
                  "curve_text_perturbation_negative.png"):
         assert (out / name).stat().st_size > 0
+    argv += ["--resume"]
+    assert main(argv) == 0
+    again = json.loads((out / "results.json").read_text())
+    assert again["methods"] == results["methods"]   # rows reused, timings included: nothing was scored again
 
 
 @pytest.mark.xfail(strict=True, reason="vitx.loading cannot build a VQA architecture from a file yet (VQAConfig has no "

@@ -32,7 +32,8 @@ def run_bench(args) -> int:
     command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
                         "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
                         *(f"--param {m}.{k}={v!r}" for m, k, v in args.param),
-                        f"--n {args.n} --seed {args.seed} --sanity-images {args.sanity_images} --out {args.out}"])
+                        f"--n {args.n} --seed {args.seed}",
+                        *([] if model.bimodal else [f"--sanity-images {args.sanity_images}"]), f"--out {args.out}"])
     with output_dir(args.out) as out:
         previous = bench.read(out) if args.resume else None
         evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size,
