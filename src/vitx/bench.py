@@ -172,7 +172,8 @@ def report(results: dict, plots: dict[str, Image.Image], picture: Image.Image, c
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>vitx bench: "
              f"{escape(results['model'])}</title><style>{STYLE}{TABLE_STYLE}</style></head><body>",
              f"<h1>vitx bench: {escape(results['model'])}</h1>",
-             f"<p class=\"meta\">{escape(describe(results))}; mean ± standard error; best method per column in bold.<br>"
+             f"<p class=\"meta\">{escape(describe(results))}; mean ± standard error; best method per column in "
+             "bold.<br>"
              f"<code>{escape(command)}</code></p>",
              f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "<h2>Curves</h2><div class=\"row\">"]
     parts += [f"<figure><img alt=\"{escape(title)}\" src=\"{data_uri(image)}\"></figure>" for title, image in plots.items()]

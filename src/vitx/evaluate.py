@@ -98,19 +98,9 @@ def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=Non
     if len(data.class_names) != model.config.num_classes:
         raise VitxError(f"the data has {len(data.class_names)} classes and the model "
                         f"{model.config.num_classes}: evaluate a model trained on this data")
-    if tuple(data.images.shape[-2:]) != model.config.image_size:
-        raise VitxError(f"the data's {tuple(data.images.shape[-2:])} images do not fit the model's "
-                        f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
-    if batch_size < 1:
-        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     if sanity_images is not None and sanity_images < 1:
         raise VitxError(f"sanity_images must be at least 1 (or None for all), got {sanity_images}")
-    names = method_list(model, data, methods, params)
-    metric_names = metric_list(data, metrics)
-    params = params or {}
-    for name in params:
-        if name not in names:
-            raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
+    names, metric_names, params = checked_run(model, data, methods, metrics, params, batch_size)
 
     x, targets, masks, multi_masks = _explanations(model, data)
     sanity = len(targets) if sanity_images is None else min(sanity_images, len(targets))
@@ -180,6 +170,21 @@ def score_methods(evaluation: Evaluation, model, names: list[str], metric_names:
         evaluation.gallery[name] = minmax(maps["maps"][:gallery]).cpu()
         if scored is not None:
             scored(evaluation)
+
+
+def checked_run(model, data, methods, metrics, params: dict | None, batch_size: int) -> tuple[list, list, dict]:
+    """(method names, metric names, parameters) of a run of ``model`` on ``data``, each checked before any work."""
+    if tuple(data.images.shape[-2:]) != model.config.image_size:
+        raise VitxError(f"the data's {tuple(data.images.shape[-2:])} images do not fit the model's "
+                        f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
+    if batch_size < 1:
+        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    names = method_list(model, data, methods, params)
+    metric_names = metric_list(data, metrics)
+    for name in params or {}:
+        if name not in names:
+            raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
+    return names, metric_names, params or {}
 
 
 def method_list(model, data: ShapesData, methods, params: dict | None = None) -> list[str]:
@@ -286,5 +291,5 @@ def _curves(raw: dict) -> dict:
     return curves
 
 
-__all__ = ["CURVES", "Evaluation", "REFERENCES", "evaluate", "method_list", "metric_info", "metric_list",
+__all__ = ["CURVES", "Evaluation", "REFERENCES", "checked_run", "evaluate", "method_list", "metric_info", "metric_list",
            "score_methods"]

@@ -14,7 +14,7 @@ import torch
 
 from .data.shapes_vqa import ShapesVQAData
 from .errors import VitxError
-from .evaluate import Evaluation, method_list, metric_list, score_methods
+from .evaluate import Evaluation, checked_run, score_methods
 from .explain import explain
 from .metrics import compute_bimodal
 from .metrics.bimodal import answered
@@ -29,17 +29,7 @@ def evaluate_pairs(model, data: ShapesVQAData, methods="all", metrics=None, *, p
     if tuple(data.answer_names) != tuple(model.config.class_names):
         raise VitxError(f"the data's {len(data.answer_names)} answers are not the model's {model.config.num_classes}: "
                         "evaluate a model trained on vitx.data.shapes_vqa")
-    if tuple(data.images.shape[-2:]) != model.config.image_size:
-        raise VitxError(f"the data's {tuple(data.images.shape[-2:])} images do not fit the model's "
-                        f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
-    if batch_size < 1:
-        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
-    names = method_list(model, data, methods, params)
-    metric_names = metric_list(data, metrics)
-    params = params or {}
-    for name in params:
-        if name not in names:
-            raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
+    names, metric_names, params = checked_run(model, data, methods, metrics, params, batch_size)
 
     device = model.device
     questions = list(data.questions)
