@@ -27,8 +27,8 @@ def evaluate_pairs(model, data: ShapesVQAData, methods="all", metrics=None, *, p
     ``results`` also holds ``accuracy``, the model's answer accuracy on the pairs, and ``image_left_out``, how
     many pairs have no ground-truth object and so no image ground-truth scores."""
     if tuple(data.answer_names) != tuple(model.config.class_names):
-        raise VitxError(f"the data's {len(data.answer_names)} answers are not the model's {model.config.num_classes}: "
-                        "evaluate a model trained on vitx.data.shapes_vqa")
+        raise VitxError(f"the model's {model.config.num_classes} answers are not vitx.data.shapes_vqa's "
+                        f"{len(data.answer_names)}: evaluate a model trained on that data")
     names, metric_names, params = checked_run(model, data, methods, metrics, params, batch_size)
 
     device = model.device
