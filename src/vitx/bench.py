@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .errors import VitxError, one_line
-from .evaluate import CURVES, REFERENCES, Evaluation
-from .metrics import METRICS
+from .evaluate import CURVES, REFERENCES, Evaluation, metric_info
+from .metrics import BIMODAL_METRICS, METRICS
 from .report import STYLE, data_uri
 from .viz import grid
 
@@ -33,7 +33,8 @@ def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
              "gallery": out / "gallery.png", "report": out / "report.html"}
     save_rows(evaluation, out, command)
     _write_csv(results, files["csv"])
-    files["leaderboard"].write_text(f"`{command}`\n\n{leaderboard(results)}\n")
+    note = f"{describe(results)}.\n\n" if results["variant"] == "vqa" else ""
+    files["leaderboard"].write_text(f"`{command}`\n\n{note}{leaderboard(results)}\n")
     plots = {title: curve_plot(evaluation.curves, title) for title in CURVES}
     plots = {title: image for title, image in plots.items() if image is not None}
     for title, image in plots.items():
@@ -66,9 +67,9 @@ def read(out: Path) -> Evaluation | None:
 
 
 def metric_columns(results: dict) -> list[str]:
-    """The metrics present in any row, in the registry's order."""
+    """The metrics present in any row, in the registry's order (the image benchmark's, then the bi-modal one's)."""
     present = {key for row in results["methods"].values() for key in row}
-    return [name for name in METRICS if name in present]
+    return [name for name in (*METRICS, *BIMODAL_METRICS) if name in present]
 
 
 def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
@@ -81,8 +82,8 @@ def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     for column in columns:
         values = [row[column] for name, row in rows.items() if name not in REFERENCES and row.get(column) is not None]
         if values:
-            best[column] = (max if METRICS[column].higher_is_better else min)(values)
-    header = ["method"] + [f"{c} {'↑' if METRICS[c].higher_is_better else '↓'}" for c in columns] + ["images/s"]
+            best[column] = (max if metric_info(column).higher_is_better else min)(values)
+    header = ["method"] + [f"{c} {'↑' if metric_info(c).higher_is_better else '↓'}" for c in columns] + ["images/s"]
     lines = []
     for name, row in rows.items():
         cells = [(f"{name} (reference)" if name in REFERENCES else name, False)]
@@ -127,10 +128,13 @@ def curve_plot(curves: dict, title: str) -> Image.Image | None:
     for name, line in lines.items():
         ax.plot(line["x"], line["y"], label=name, linestyle="--" if name in REFERENCES else "-")
     metric = CURVES[title][0]
-    unit = "patch tokens" if "tokens" in title else "pixels"
+    unit = ("question words" if title.startswith("text") else
+            "patch tokens (deleted)" if title.startswith("image") or "tokens" in title else "pixels")
     ax.set_xlabel(f"fraction of {unit} " + ("inserted" if title == "insertion" else "removed"))
-    ax.set_ylabel("top-1 accuracy of the target" if "perturbation" in title else "target probability")
-    ax.set_title(f"{title} ({'higher' if METRICS[metric].higher_is_better else 'lower'} area is better)", fontsize=10)
+    ax.set_ylabel("answer accuracy" if title.startswith(("image", "text")) else
+                  "top-1 accuracy of the target" if "perturbation" in title else "target probability")
+    higher = metric_info(metric).higher_is_better
+    ax.set_title(f"{title} ({'higher' if higher else 'lower'} area is better)", fontsize=10)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -140,9 +144,23 @@ def curve_plot(curves: dict, title: str) -> Image.Image | None:
 
 
 def gallery(evaluation: Evaluation) -> Image.Image:
-    """The first explained images, each method's map beside them."""
+    """The first explained images, each method's map beside them (on VQA pairs: the question and its answer)."""
     labels = [f"target: {evaluation.class_names[t]}" for t in evaluation.targets.tolist()]
+    if evaluation.questions:
+        labels = [f"{q}\nanswer: {evaluation.class_names[t]}" for q, t in zip(evaluation.questions,
+                                                                             evaluation.targets.tolist())]
     return grid(evaluation.images, evaluation.gallery, labels)
+
+
+def describe(results: dict) -> str:
+    """What a run scored, in words: its data and, on VQA pairs, the model's accuracy and the pairs left out of
+    the image ground-truth scores."""
+    if results["variant"] != "vqa":
+        return (f"{results['n']} shapes images ({results['variant']}, seed {results['seed']}), "
+                f"{results['explanations']} explanations")
+    return (f"{results['n']} shapes_vqa pairs (seed {results['data_seed']}), answer accuracy "
+            f"{results['accuracy']:.3f}; {results['image_left_out']} pairs without a ground-truth object are left "
+            "out of the image pointing game and energy")
 
 
 def report(results: dict, plots: dict[str, Image.Image], picture: Image.Image, command: str) -> str:
@@ -154,8 +172,8 @@ def report(results: dict, plots: dict[str, Image.Image], picture: Image.Image, c
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>vitx bench: "
              f"{escape(results['model'])}</title><style>{STYLE}{TABLE_STYLE}</style></head><body>",
              f"<h1>vitx bench: {escape(results['model'])}</h1>",
-             f"<p class=\"meta\">{results['n']} shapes images ({escape(results['variant'])}, seed {results['seed']}), "
-             f"{results['explanations']} explanations; mean ± standard error; best method per column in bold.<br>"
+             f"<p class=\"meta\">{escape(describe(results))}; mean ± standard error; best method per column in "
+             "bold.<br>"
              f"<code>{escape(command)}</code></p>",
              f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>", "<h2>Curves</h2><div class=\"row\">"]
     parts += [f"<figure><img alt=\"{escape(title)}\" src=\"{data_uri(image)}\"></figure>" for title, image in plots.items()]

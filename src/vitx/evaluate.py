@@ -1,5 +1,6 @@
 """``vitx.evaluate``: every method on the same shapes images, scored by every metric that applies (the
-engine behind ``vitx bench``).
+engine behind ``vitx bench``). A bi-modal model is scored on ``vitx.data.shapes_vqa`` pairs instead
+(:mod:`vitx.evaluate_pairs`).
 
 The explained class is the true class of each object: on ``single`` data one explanation per image, on
 ``multi`` data one per present class, scored against that class's mask. Maps are scored as the methods
@@ -18,10 +19,11 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.shapes import ShapesData
+from .data.shapes_vqa import ShapesVQAData
 from .errors import VitxError, one_line
 from .explain import explain
 from .loading import load_model
-from .metrics import METRICS, compute
+from .metrics import BIMODAL_METRICS, METRICS, MetricInfo, compute
 from .registry import get_method, method_names
 from .scaling import minmax
 
@@ -33,7 +35,16 @@ CURVES = {  # plotted curve -> (metric whose run gives it, key of the curve, key
     "perturbation negative, tokens dropped": ("perturbation_negative_auc_tokens", "correct", "fractions"),
     "insertion": ("insertion_auc", "insertion", "fractions"),
     "deletion": ("deletion_auc", "deletion", "fractions"),
+    "image perturbation positive": ("image_positive_auc", "correct", "fractions"),
+    "image perturbation negative": ("image_negative_auc", "correct", "fractions"),
+    "text perturbation positive": ("text_positive_auc", "correct", "fractions"),
+    "text perturbation negative": ("text_negative_auc", "correct", "fractions"),
 }
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The registry row of a metric of either benchmark (:data:`METRICS`, :data:`BIMODAL_METRICS`)."""
+    return METRICS[name] if name in METRICS else BIMODAL_METRICS[name]
 
 
 @dataclass
@@ -43,16 +54,18 @@ class Evaluation:
     {"error": message}}}`` (``seconds``: the method's own time for all explanations);
     ``curves``: per method, the mean curves of :data:`CURVES` as ``{name: {"x": [...], "y": [...]}}``;
     ``gallery``: the first explanations' maps per method (min-max scaled), with ``images`` and
-    ``targets`` they explain, named by ``class_names``."""
+    ``targets`` they explain, named by ``class_names`` (on VQA pairs: the ground-truth answers, and ``questions``
+    the questions asked)."""
     results: dict
     curves: dict = field(default_factory=dict)
     gallery: dict = field(default_factory=dict)
     images: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     class_names: tuple = ()
+    questions: tuple = ()
 
 
-def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: dict | None = None,
+def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=None, *, params: dict | None = None,
              batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
              previous: Evaluation | None = None, progress: bool = False,
              scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
@@ -66,26 +79,28 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
     numbers, method by method: ``previous``, an earlier evaluation (``vitx.bench.read``), lends its row and
     curves to every method it scored on the same images, seed, parameters and metrics, which then only
     redraws its gallery maps (a long run can go on where it stopped, or gain a method). ``scored`` is called
-    with the evaluation so far after each method (``vitx bench`` saves its rows then)."""
+    with the evaluation so far after each method (``vitx bench`` saves its rows then).
+    A bi-modal model takes ``vitx.data.shapes_vqa`` pairs (:func:`vitx.evaluate_pairs.evaluate_pairs`; no
+    randomisation check there, so ``sanity_images`` does not apply)."""
     model = load_model(model, device=device)
+    if isinstance(data, ShapesVQAData) and not model.bimodal:
+        raise VitxError(f"vitx.data.shapes_vqa pairs are for bi-modal models, and this {model.config.kind!r} model "
+                        "reads images only: evaluate it on vitx.data.shapes(...) images")
+    if model.bimodal:
+        if not isinstance(data, ShapesVQAData):
+            raise VitxError(f"this {model.config.kind!r} model answers questions about images: evaluate it on "
+                            f"vitx.data.shapes_vqa(...) pairs, got {type(data).__name__}")
+        from .evaluate_pairs import evaluate_pairs  # it builds on this module's loop
+        return evaluate_pairs(model, data, methods, metrics, params=params, batch_size=batch_size, seed=seed,
+                              gallery=gallery, previous=previous, progress=progress, scored=scored)
     if not isinstance(data, ShapesData):
         raise VitxError(f"data must be vitx.data.shapes(...) data with masks, got {type(data).__name__}")
     if len(data.class_names) != model.config.num_classes:
         raise VitxError(f"the data has {len(data.class_names)} classes and the model "
                         f"{model.config.num_classes}: evaluate a model trained on this data")
-    if tuple(data.images.shape[-2:]) != model.config.image_size:
-        raise VitxError(f"the data's {tuple(data.images.shape[-2:])} images do not fit the model's "
-                        f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
-    if batch_size < 1:
-        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     if sanity_images is not None and sanity_images < 1:
         raise VitxError(f"sanity_images must be at least 1 (or None for all), got {sanity_images}")
-    names = method_list(model, data, methods, params)
-    metric_names = metric_list(data, metrics)
-    params = params or {}
-    for name in params:
-        if name not in names:
-            raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
+    names, metric_names, params = checked_run(model, data, methods, metrics, params, batch_size)
 
     x, targets, masks, multi_masks = _explanations(model, data)
     sanity = len(targets) if sanity_images is None else min(sanity_images, len(targets))
@@ -94,14 +109,36 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
                "sanity_explanations": sanity, "methods": {}}
     evaluation = Evaluation(results, images=model.denormalize(x[:gallery]).cpu(), targets=targets[:gallery].cpu(),
                             class_names=data.class_names)
+
+    def explained(name: str, settings: dict, count: int) -> dict:
+        return {"maps": _maps(model, x[:count], targets[:count], masks[:count], name, settings, batch_size, seed)}
+
+    def scored_maps(name: str, settings: dict, maps: dict, group: list[str]) -> tuple[dict, dict]:
+        raw = {}
+        count = sanity if "method" in METRICS[group[0]].needs else len(targets)
+        return compute(group, raw=raw, model=model, x=x[:count], targets=targets[:count], maps=maps["maps"],
+                       masks=masks, multi_masks=multi_masks, method=name, params=settings), raw
+
+    score_methods(evaluation, model, names, metric_names, params, len(targets), gallery, seed, explained, scored_maps,
+                  previous, progress, scored)
+    return evaluation
+
+
+def score_methods(evaluation: Evaluation, model, names: list[str], metric_names: list[str], params: dict, count: int,
+                  gallery: int, seed: int, explained: Callable, score: Callable, previous: Evaluation | None,
+                  progress: bool, scored: Callable | None) -> None:
+    """The loop both benchmarks share: per method, its maps (``explained(name, settings, count)`` -> a dict with at
+    least "maps", the pixel maps of the first ``count`` explanations), timed, then its scores group by group
+    (``score(name, settings, maps, group)`` -> (per-explanation scores, raw results)); a row reused from
+    ``previous`` only redraws its gallery; a failure is recorded and the run goes on; ``scored`` after each."""
+    results = evaluation.results
     for name in names:
-        wanted = [m for m in metric_names if not (name in REFERENCES and "method" in METRICS[m].needs)]
+        wanted = [m for m in metric_names if not (name in REFERENCES and "method" in metric_info(m).needs)]
         settings = params.get(name, {})
         earlier = _reusable(previous, results, name, settings, wanted)
         if earlier is not None:
             results["methods"][name], evaluation.curves[name] = earlier
-            maps = _maps(model, x[:gallery], targets[:gallery], masks[:gallery], name, settings, batch_size, seed)
-            evaluation.gallery[name] = minmax(maps).cpu()
+            evaluation.gallery[name] = minmax(explained(name, settings, gallery)["maps"]).cpu()
             if scored is not None:
                 scored(evaluation)
             continue
@@ -111,15 +148,14 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
                 with torch.random.fork_rng(devices=[model.device] if model.device.type == "cuda" else []):
                     torch.manual_seed(seed)
                     start = time.perf_counter()
-                    maps = _maps(model, x, targets, masks, name, settings, batch_size, seed)
+                    maps = explained(name, settings, count)
                     seconds = time.perf_counter() - start
                     bar.update()
                     scores, raw = {}, {}
                     for group in groups:
-                        count = sanity if "method" in METRICS[group[0]].needs else len(targets)
-                        scores.update(compute(group, raw=raw, model=model, x=x[:count], targets=targets[:count],
-                                              maps=maps, masks=masks, multi_masks=multi_masks, method=name,
-                                              params=settings))
+                        values, out = score(name, settings, maps, group)
+                        scores.update(values)
+                        raw.update(out)
                         bar.update()
             except Exception as err:  # a failing method is reported and the run goes on
                 results["methods"][name] = {"error": one_line(err)}
@@ -128,13 +164,27 @@ def evaluate(model, data: ShapesData, methods="all", metrics=None, *, params: di
         for metric, values in scores.items():
             row[metric], row[f"{metric}_sem"] = _mean_sem(values)
         row["seconds"] = round(seconds, 4)
-        row["images_per_second"] = round(len(targets) / seconds, 2) if seconds > 0 else None
+        row["images_per_second"] = round(count / seconds, 2) if seconds > 0 else None
         results["methods"][name] = row
         evaluation.curves[name] = _curves(raw)
-        evaluation.gallery[name] = minmax(maps[:gallery]).cpu()
+        evaluation.gallery[name] = minmax(maps["maps"][:gallery]).cpu()
         if scored is not None:
             scored(evaluation)
-    return evaluation
+
+
+def checked_run(model, data, methods, metrics, params: dict | None, batch_size: int) -> tuple[list, list, dict]:
+    """(method names, metric names, parameters) of a run of ``model`` on ``data``, each checked before any work."""
+    if tuple(data.images.shape[-2:]) != model.config.image_size:
+        raise VitxError(f"the data's {tuple(data.images.shape[-2:])} images do not fit the model's "
+                        f"{model.config.image_size} input: draw them with image_size={model.config.image_size[0]}")
+    if batch_size < 1:
+        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    names = method_list(model, data, methods, params)
+    metric_names = metric_list(data, metrics)
+    for name in params or {}:
+        if name not in names:
+            raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
+    return names, metric_names, params or {}
 
 
 def method_list(model, data: ShapesData, methods, params: dict | None = None) -> list[str]:
@@ -159,8 +209,15 @@ def method_list(model, data: ShapesData, methods, params: dict | None = None) ->
     return list(dict.fromkeys(names))
 
 
-def metric_list(data: ShapesData, metrics) -> list[str]:
+def metric_list(data: ShapesData | ShapesVQAData, metrics) -> list[str]:
     """The metric names to compute: None (every one that applies to ``data``) or the names given, checked."""
+    if isinstance(data, ShapesVQAData):
+        names = list(BIMODAL_METRICS) if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
+        for name in names:
+            if name not in BIMODAL_METRICS:
+                raise VitxError(f"unknown metric {name!r} for (image, question) pairs; metrics: "
+                                f"{', '.join(BIMODAL_METRICS)}")
+        return list(dict.fromkeys(names))
     if metrics is None:
         return [m for m, info in METRICS.items() if data.variant == "multi" or "multi_masks" not in info.needs]
     names = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -176,7 +233,7 @@ def _groups(names: list[str]) -> list[list[str]]:
     """Metrics grouped by the run that computes them (insertion and deletion share one, for example)."""
     groups: dict = {}
     for name in names:
-        info = METRICS[name]
+        info = metric_info(name)
         groups.setdefault((info.fn, tuple(sorted(info.params.items()))), []).append(name)
     return list(groups.values())
 
@@ -211,7 +268,7 @@ def _reusable(previous: Evaluation | None, results: dict, name: str, settings: d
     row = previous.results.get("methods", {}).get(name)
     if row is None or "error" in row or row.get("params") != settings or name not in previous.curves:
         return None
-    if set(metrics) != {key for key in row if key in METRICS}:
+    if set(metrics) != {key for key in row if key in METRICS or key in BIMODAL_METRICS}:
         return None
     return row, previous.curves[name]
 
@@ -234,4 +291,5 @@ def _curves(raw: dict) -> dict:
     return curves
 
 
-__all__ = ["CURVES", "Evaluation", "REFERENCES", "evaluate", "method_list", "metric_list"]
+__all__ = ["CURVES", "Evaluation", "REFERENCES", "checked_run", "evaluate", "method_list", "metric_info", "metric_list",
+           "score_methods"]

@@ -1,11 +1,12 @@
-"""``vitx bench``: every method on the same fresh shapes images, scored by every metric; every argument, each
-``--param`` value included, is checked before anything runs or is written."""
+"""``vitx bench``: every method on the same fresh shapes images, scored by every metric (a bi-modal model: on fresh
+``shapes_vqa`` (image, question) pairs, scored on both modalities); every argument, each ``--param`` value included,
+is checked before anything runs or is written."""
 from __future__ import annotations
 
 import sys
 
 from .. import bench
-from ..data import shapes
+from ..data import shapes, shapes_vqa
 from ..errors import VitxError
 from ..evaluate import evaluate, method_list, metric_list
 from ..loading import load_model
@@ -21,14 +22,18 @@ def run_bench(args) -> int:
     size = model.config.image_size
     if size[0] != size[1]:
         raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
-    data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
-                  image_size=size[0])
+    if model.bimodal:
+        data = shapes_vqa(n=args.n, seed=args.seed, image_size=size[0])
+    else:
+        data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
+                      image_size=size[0])
     methods, metrics = method_list(model, data, methods), metric_list(data, metrics)
     params = method_params(args.param, methods, model, model.layout(data.images[:1]), "benchmarked")
     command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
                         "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
                         *(f"--param {m}.{k}={v!r}" for m, k, v in args.param),
-                        f"--n {args.n} --seed {args.seed} --sanity-images {args.sanity_images} --out {args.out}"])
+                        f"--n {args.n} --seed {args.seed}",
+                        *([] if model.bimodal else [f"--sanity-images {args.sanity_images}"]), f"--out {args.out}"])
     with output_dir(args.out) as out:
         previous = bench.read(out) if args.resume else None
         evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size,

@@ -4,6 +4,8 @@ Every function returns per-image values (a (B,) float tensor, or a dict of them 
 so that a caller can take means and standard errors. :data:`METRICS` names the leaderboard scores, the
 function computing each and whether higher is better. See docs/metrics.md.
 """
+from .bimodal import (BIMODAL_METRICS, IMAGE_STEPS, TEXT_STEPS, compute_bimodal, image_grounding,
+                      perturbation_bimodal, text_grounding)
 from .localisation import (class_sensitivity, energy_pointing_game, pointing_game, pointing_game_tolerant,
                            relevance_rank_accuracy)
 from .perturbation import FRACTIONS, auc, dataset_auc, gaussian_blur, insertion_deletion, perturbation_test
@@ -13,7 +15,8 @@ from .segmentation import average_precision, segmentation
 from .similarity import spearman, ssim
 from .sparseness import sparseness
 
-__all__ = ["FRACTIONS", "METRICS", "MetricInfo", "auc", "average_precision", "cascade", "class_sensitivity",
+__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "METRICS", "TEXT_STEPS", "compute_bimodal",
+           "image_grounding", "perturbation_bimodal", "text_grounding", "MetricInfo", "auc", "average_precision", "cascade", "class_sensitivity",
            "compute", "dataset_auc", "energy_pointing_game", "gaussian_blur", "insertion_deletion", "metrics",
            "perturbation_test", "pointing_game", "pointing_game_tolerant", "randomization", "relevance_rank_accuracy", "segmentation",
            "sparseness", "spearman", "ssim"]

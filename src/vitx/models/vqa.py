@@ -76,8 +76,7 @@ class Attention(nn.Module):
         return (*self._heads(self.q(x), 1), *self._heads(self.kv(context), 2))
 
     def merge_heads(self, context: torch.Tensor) -> torch.Tensor:
-        B, _, N, _ = context.shape
-        return self.proj(context.transpose(1, 2).reshape(B, N, -1))
+        return self.proj(context.transpose(1, 2).flatten(2))  # also when every key or query was deleted (N = 0)
 
     def forward(self, x, context=None, key_padding=None):
         mask = None if key_padding is None else key_padding[:, None, None, :]
