@@ -226,8 +226,6 @@ def test_bench_command_on_an_untrained_net_writes_its_table(tmp_path, monkeypatc
     assert again["methods"] == results["methods"]   # rows reused, timings included: nothing was scored again
 
 
-@pytest.mark.xfail(strict=True, reason="vitx.loading cannot build a VQA architecture from a file yet (VQAConfig has no "
-                                        "num_classes): the lead's fix turns this on")
 def test_bench_command_on_a_checkpoint_file(tmp_path, capsys):
     from vitx.checkpoint import save_checkpoint
     path = save_checkpoint(untrained("vqa_shapes_dual").net, tmp_path / "dual.safetensors", {"arch": "vqa_shapes_dual"})
