@@ -82,40 +82,52 @@ def captured_attentions(monkeypatch):
     return kept
 
 
+def gradient_cams(kept):
+    """Ā = E_h[(∇A ⊙ A)⁺] of one pair per captured attention (None where no gradient reached it)."""
+    return [(a.grad * a).clamp(min=0)[0].mean(0).detach() if a.grad is not None else None for a in kept]
+
+
 def authors_maps(model, x, text, monkeypatch):
-    """One pair at a time, as Chefer et al.'s ExplanationGenerator: LXMERT's order for two streams (language
-    layers, vision layers, then per cross layer both co-attentions from the same state, language self, vision
-    self; the last layer's text side only), VisualBERT's R += Ā R for one stream. Returns (image, text) rows."""
+    """One pair at a time, as Chefer et al.'s ExplanationGenerator (:func:`authors_rows`). Returns (image, text) rows."""
     kept = captured_attentions(monkeypatch)
     logits = model.net(x, text.ids, text.mask)
     logits[0, logits[0].argmax()].backward()
-    cams = [(a.grad * a).clamp(min=0)[0].mean(0).detach() if a.grad is not None else None for a in kept]
     cfg = model.net.cfg
+    layers = None if cfg.streams == "single" else (cfg.text_layers, cfg.image_layers, cfg.cross_layers)
+    return authors_rows(gradient_cams(kept), text.ids.shape[1], layers)
 
+
+def authors_rows(cams, text_length, layers=None, head=0):
+    """Chefer et al.'s update order on one pair's Ā per attention, in forward order: LXMERT's for two streams
+    (``layers`` = text, image and cross-modality layer counts: language layers, vision layers, then per cross layer
+    both co-attentions from the same state, language self, vision self; the last layer's text side only),
+    VisualBERT's R += Ā R for one stream (``layers`` None, text then image tokens). Returns the (image, text) rows of
+    the token the head reads (``head``), its own text entry and [CLS]'s 0."""
     def eye(n):
         return torch.eye(n, dtype=cams[0].dtype)
 
     def bar(r):
         r = r - eye(r.shape[0])
         return r / r.sum(-1, keepdim=True) + eye(r.shape[0])
-    L = text.ids.shape[1]
-    if cfg.streams == "single":
+    L = text_length
+    if layers is None:
         r = eye(cams[0].shape[0])
         for cam in cams:
             r = r + cam @ r
-        row = r[0].clone()
-        row[0] = 0
+        row = r[head].clone()
+        row[[0, head]] = 0
         return row[L:], row[:L]
-    t, v = cfg.text_layers, cfg.image_layers
-    r_tt, r_ii, r_ti, r_it = eye(L), eye(64), torch.zeros(L, 64), torch.zeros(64, L)
+    t, v, x = layers
+    R = cams[t + v].shape[-1]
+    r_tt, r_ii, r_ti, r_it = eye(L), eye(R), torch.zeros(L, R), torch.zeros(R, L)
     for cam in cams[:t]:
         r_tt, r_ti = r_tt + cam @ r_tt, r_ti + cam @ r_ti
     for cam in cams[t:t + v]:
         r_ii, r_it = r_ii + cam @ r_ii, r_it + cam @ r_it
-    layers = [cams[t + v + 4 * j: t + v + 4 * j + 4] for j in range(cfg.cross_layers)]
-    for j, (ti, it, tt, ii) in enumerate(layers):
+    cross = [cams[t + v + 4 * j: t + v + 4 * j + 4] for j in range(x)]
+    for j, (ti, it, tt, ii) in enumerate(cross):
         add_ti, add_tt = bar(r_tt).T @ ti @ bar(r_ii), ti @ r_it
-        if j == len(layers) - 1:
+        if j == len(cross) - 1:
             r_ti, r_tt = r_ti + add_ti, r_tt + add_tt
             r_tt, r_ti = r_tt + tt @ r_tt, r_ti + tt @ r_ti
             break
@@ -123,8 +135,8 @@ def authors_maps(model, x, text, monkeypatch):
         r_ti, r_tt, r_it, r_ii = r_ti + add_ti, r_tt + add_tt, r_it + add_it, r_ii + add_ii
         r_tt, r_ti = r_tt + tt @ r_tt, r_ti + tt @ r_ti
         r_ii, r_it = r_ii + ii @ r_ii, r_it + ii @ r_it
-    r_tt[0, 0] = 0
-    return r_ti[0], r_tt[0]
+    r_tt[head, [0, head]] = 0
+    return r_ti[head], r_tt[head]
 
 
 def test_generic_attention_equals_the_authors_order(vqa, monkeypatch):

@@ -19,7 +19,7 @@ def vqa():
 
 @pytest.mark.parametrize("text, message", [
     (None, "answers questions about images: pass one question per image"),
-    (["is there a red star?"], "got 1 questions for 2 images"),
+    (["is there a red star?"], "got 1 question for 2 images"),
     (["is there a red star?", "   "], "question 1 is empty"),
     (["is there a red star?", "what colour is the small red star left of the big blue circle?"],
      "question 1 has 14 tokens, more than max_length=12"),
@@ -34,7 +34,7 @@ def test_bad_text_is_one_line(vqa, text, message):
 
 
 def test_text_for_an_image_only_model():
-    with pytest.raises(VitxError, match="text was given, and this 'vit' model reads images only"):
+    with pytest.raises(VitxError, match=r"text was given \(--text\), and this 'vit' model reads images only"):
         vitx.explain(vitx.load_model("shapes-vit"), torch.zeros(1, 3, 64, 64), text=["is there a star?"])
 
 

@@ -23,7 +23,9 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
     x: model input (B, 3, H, W) from ``model.preprocess`` (refused when not float or not finite; a warning when it
-    looks like raw pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them).
+    looks like raw pixels), or images in any form ``preprocess`` takes (then ``exp.frames`` knows them); a region
+    model's regions (B, R, width) from ``model.regions`` (then ``exp.maps`` is ``exp.token_maps``, (B, 1, R), one
+    value per region, and ``exp.images`` is None).
     target: None (the predicted class), a class index or name for every image, or one per image.
     text: a bi-modal model's questions, one string per image (words outside the model's vocabulary become its
     unknown token, with a warning naming them); the Explanation then holds ``text_maps`` and ``text_tokens``.
@@ -44,11 +46,11 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
         model = model.to(device)
     info = get_method(method)
     params = info.bind(params)
-    frames = None
-    if not (isinstance(x, torch.Tensor) and x.dim() == 4):
+    frames, pixels = None, model.config.input == "pixels"
+    if pixels and not (isinstance(x, torch.Tensor) and x.dim() == 4):
         x, frames = model.preprocess(x, frames=True)
     layout = model.layout(x)
-    if frames is None:
+    if frames is None and pixels:
         check_model_input(x, model.config.input_range)
     info.check_model(model, layout, params)
     if batch_size < 1:
@@ -70,13 +72,14 @@ def questions(model: Model, text, count: int) -> Text | None:
                             "image as text=[...] (--text on the command line)")
         return None
     if not model.bimodal:
-        raise VitxError(f"text was given, and this {model.config.kind!r} model reads images only")
+        raise VitxError(f"text was given (--text), and this {model.config.kind!r} model reads images only")
     if isinstance(text, str):
         text = [text]
     if not isinstance(text, (list, tuple)) or not all(isinstance(q, str) for q in text):
         raise VitxError(f"text must be a string per image, got {type(text).__name__}")
     if len(text) != count:
-        raise VitxError(f"got {len(text)} questions for {count} images: give one question per image")
+        raise VitxError(f"got {len(text)} question{'s' * (len(text) != 1)} for {count} image{'s' * (count != 1)}: "
+                        "give one question per image")
     return model.encode_text(text)
 
 
@@ -111,10 +114,11 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
             if callable(progress):
                 progress(batch.x.shape[0])
     maps, degenerate = screen(torch.cat(out_maps).float())   # flagged before scaling, which would hide them
-    token_maps = None
+    token_maps, pixels = None, model.config.input == "pixels"
     if info.output == "tokens":
         token_maps = maps
-        maps = F.interpolate(token_maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        if pixels:      # region models' maps stay per region, (B, 1, R)
+            maps = F.interpolate(token_maps[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     if normalize:
         maps = minmax(maps)
         token_maps = None if token_maps is None else minmax(token_maps)
@@ -123,6 +127,6 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
         text_maps = torch.cat(out_text).float()
         text_maps = minmax_tokens(text_maps, text.mask.to(text_maps.device)) if normalize else text_maps
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
-                       method=method, params=params, images=model.denormalize(x).cpu(),
+                       method=method, params=params, images=model.denormalize(x).cpu() if pixels else None,
                        class_names=model.config.class_names, details=details, degenerate=degenerate,
                        text_maps=text_maps, text_tokens=None if text is None else text.tokens)

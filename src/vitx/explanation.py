@@ -1,6 +1,7 @@
 """The result of :func:`vitx.explain`."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,18 +12,20 @@ from PIL import Image
 from .errors import VitxError
 from .images import Frame
 from .naming import explanation_file
-from .viz import overlay as draw_overlay
+from .viz import answer_lines, overlay as draw_overlay
+from .viz.words import captioned, word_colours
 
 
 @dataclass
 class Explanation:
-    maps: torch.Tensor                    # (B, H, W) pixel space, higher = more relevant to the target
+    maps: torch.Tensor                    # (B, H, W) pixel space, higher = more relevant to the target;
+                                          # a region model's (input "regions"): its token_maps, (B, 1, R)
     token_maps: torch.Tensor | None       # (B, gh, gw) on the patch grid, for methods that work on tokens
     targets: torch.Tensor                 # (B,) explained class per image
     logits: torch.Tensor                  # (B, classes) of the unmodified images
     method: str
     params: dict
-    images: torch.Tensor                  # (B, 3, H, W) in [0, 1], for drawing
+    images: torch.Tensor | None           # (B, 3, H, W) in [0, 1], for drawing; None for a region model
     class_names: tuple[str, ...] = ()
     details: dict = field(default_factory=dict)
     degenerate: torch.Tensor | None = None  # (B,) bool: the method's map was constant or non-finite (then zeros)
@@ -34,13 +37,43 @@ class Explanation:
     def __len__(self) -> int:
         return self.maps.shape[0]
 
-    def target_name(self, i: int) -> str:
-        t = int(self.targets[i])
-        return self.class_names[t] if t < len(self.class_names) else str(t)
+    @property
+    def bimodal(self) -> bool:
+        return self.text_maps is not None
 
-    def overlay(self, i: int, alpha: float = 0.5, cmap: str = "jet", scale: int = 1) -> Image.Image:
-        """Image ``i`` with this explanation's heatmap over it."""
-        return draw_overlay(self.images[i], self.maps[i], alpha=alpha, cmap=cmap, scale=scale)
+    def class_name(self, k: int) -> str:
+        return self.class_names[k] if k < len(self.class_names) else str(k)
+
+    def target_name(self, i: int) -> str:
+        return self.class_name(int(self.targets[i]))
+
+    def overlay(self, i: int, alpha: float = 0.5, cmap: str = "jet", scale: int = 1,
+                words: bool | None = None) -> Image.Image:
+        """Image ``i`` with this explanation's heatmap over it. ``words`` (default: for a bi-modal explanation):
+        below it, the question's tokens coloured by ``text_maps[i]`` (:func:`vitx.viz.words.word_colours`: the words
+        min-max scaled among themselves, [CLS], [SEP] and [PAD] in grey), then the predicted answer with its softmax
+        probability and, where the explained answer is another, that one with its own
+        (:func:`vitx.viz.answer_lines`); the picture is then at least 192 pixels wide. ``words=False``: the heatmap
+        alone, the image's size times ``scale``."""
+        picture = draw_overlay(self.images[i], self.maps[i], alpha=alpha, cmap=cmap, scale=scale)
+        if words is None:
+            words = self.bimodal
+        if not words:
+            return picture
+        if not self.bimodal:
+            raise VitxError(f"words=True needs a bi-modal explanation (text=...); this {self.method!r} explanation "
+                            "has no text map")
+        tokens = self.text_tokens[i]
+        return captioned(picture, tokens, word_colours(tokens, self.text_maps[i], cmap, alpha),
+                         answer_lines(self.logits[i], self.class_name, int(self.targets[i])))
+
+    def text_relevance(self, i: int) -> dict:
+        """Question ``i``'s tokens and their relevance (its text map without the padding), as saved in
+        ``<name>_<method>_text.json``: ``{"tokens": [...], "relevance": [...]}``."""
+        if not self.bimodal:
+            raise VitxError(f"this {self.method!r} explanation has no text map: it explains an image-only model")
+        tokens = list(self.text_tokens[i])
+        return {"tokens": tokens, "relevance": self.text_maps[i, :len(tokens)].tolist()}
 
     def original_map(self, i: int, fill: float = 0.0) -> torch.Tensor:
         """Map ``i`` at its image's original size (height, width), undoing ``model.preprocess``'s resize, stretch,
@@ -62,8 +95,10 @@ class Explanation:
 
     def save(self, directory: str | Path, names: list[str] | None = None, scale: int = 4,
              original_size: bool = False) -> list[Path]:
-        """Write ``<name>_<method>.png`` (overlay) and ``<name>_<method>.npy`` (map) per image into ``directory``,
-        as ``vitx explain`` does; ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...).
+        """Write ``<name>_<method>.png`` (:meth:`overlay`, with the coloured words and the answer for a bi-modal
+        explanation) and ``<name>_<method>.npy`` (map) per image into ``directory``, as ``vitx explain`` does, and for
+        a bi-modal explanation ``<name>_<method>_text.json`` (:meth:`text_relevance`); ``names`` defaults to
+        :meth:`names` (file stems, else 000, 001, ...).
         ``original_size``: the maps at each image's original size (:meth:`original_map`), not the model's."""
         names = self.names() if names is None else [str(name) for name in names]
         if len(names) != len(self):
@@ -81,4 +116,7 @@ class Explanation:
             self.overlay(i, scale=scale).save(picture)
             np.save(values, (self.original_map(i) if original_size else self.maps[i]).cpu().numpy())
             written += [picture, values]
+            if self.bimodal:
+                written.append(directory / explanation_file(name, self.method, "_text.json"))
+                written[-1].write_text(json.dumps(self.text_relevance(i)) + "\n", encoding="utf-8")
         return written

@@ -90,7 +90,7 @@ def _load_file(path: Path, arch: str | None, config: dict) -> tuple[nn.Module, d
     except RuntimeError as err:
         raise VitxError(f"{str(path)!r} does not fit architecture {arch!r}: {state_dict_error(err)}") from None
     # a file without vitx's metadata is taken for timm's weights of that name: timm's preprocessing for them
-    num_classes = overrides.get("num_classes", ARCHITECTURES[arch].num_classes)
+    num_classes = overrides.get("num_classes", getattr(ARCHITECTURES[arch], "num_classes", None))  # VQA: answers
     facts = {**preprocessing(pretrained_config(arch), num_classes),
              **{k: meta[k] for k in ("mean", "std", "class_names", "multi_label") if k in meta}}
     facts.setdefault("name", path.stem)

@@ -36,6 +36,7 @@ class ModelConfig:
     levels: tuple[int, ...] = ()     # nest: transformer layers per level (the tap's blocks, level by level)
     pooling: str = "cls"             # what the head reads: "cls" (the class token), "avg", "max", "map"...
     text_length: int = 0             # bi-modal: the most text tokens (special ones included) per question; 0: none
+    input: str = "pixels"            # "regions": detector regions (B, R, F) from :meth:`Model.regions`, maps per region
 
     def __post_init__(self):
         for name in ("mean", "std"):
@@ -44,6 +45,8 @@ class ModelConfig:
                 raise VitxError(f"{name} must be 3 finite numbers, one per RGB channel; got {value!r}")
         if not all(v > 0 for v in self.std):
             raise VitxError(f"std must be positive in every channel (the input is divided by it); got {self.std!r}")
+        if self.input not in ("pixels", "regions"):
+            raise VitxError(f"input must be 'pixels' or 'regions', got {self.input!r}")
         if self.class_names and len(self.class_names) != self.num_classes:
             raise VitxError(f"class_names has {len(self.class_names)} names for a model of {self.num_classes} "
                             "classes")
@@ -107,6 +110,9 @@ class Model(nn.Module):
         fitted, the centre cut out) or "pad" (the long side fitted, the rest filled with the model's mean
         colour, 0 after normalisation).
         """
+        if self.config.input == "regions":
+            raise VitxError("this model reads detector regions, not images: build its input with "
+                            "model.regions(features, boxes)")
         pixels, placed = load_images(images, self.config.image_size, resize, background=self.config.mean)
         x = self.normalize(pixels)
         return (x, placed) if frames else x
@@ -121,8 +127,18 @@ class Model(nn.Module):
         std = torch.tensor(self.config.std, device=x.device).view(1, -1, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
+    def regions(self, features: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """A region model's input (B, R, width) from its detector's region features (B, R, F) and, for a model that
+        reads boxes (LXMERT), the regions' boxes (B, R, 4): x1, y1, x2, y2 normalised to [0, 1]."""
+        if self.config.input != "regions":
+            raise VitxError("this model reads images (B, 3, H, W), not regions: use model.preprocess(images)")
+        return self.adapter.regions(features, boxes)
+
     def layout(self, x: torch.Tensor) -> TokenLayout:
-        """The token layout for input ``x`` (B, 3, H, W); a :class:`VitxError` if the model cannot take it."""
+        """The token layout for input ``x`` (B, 3, H, W); a :class:`VitxError` if the model cannot take it. A region
+        model's input (B, R, width) lies on a grid (1, R) with no prefix and no class token."""
+        if self.config.input == "regions":
+            return self.adapter.region_layout(x)
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise VitxError(f"model input must be a (B, 3, H, W) tensor, got {shape}")
@@ -134,15 +150,17 @@ class Model(nn.Module):
         return TokenLayout.for_image(height, width, cfg.patch_size, cfg.num_prefix_tokens, cfg.cls_index)
 
 
-def wrap(net: nn.Module, **config) -> Model:
+def wrap(net: nn.Module, tokenizer=None, **config) -> Model:
     """Wrap a network in a :class:`Model`, reading its layout and preprocessing from its adapter; ``config``
-    overrides."""
+    overrides. ``tokenizer``: the Hugging Face tokenizer of a region VQA model's questions (VisualBERT, LXMERT)."""
     _check_names(config)
     adapter = adapter_for(net)
+    if tokenizer is not None:
+        adapter.use_tokenizer(tokenizer)
     d = adapter.describe()
     described = ModelConfig(image_size=d.image_size, patch_size=d.patch_size, num_classes=d.num_classes,
                             num_prefix_tokens=d.num_prefix_tokens, cls_index=d.cls_index, dynamic_size=d.dynamic_size,
-                            kind=d.kind, levels=d.levels, pooling=d.pooling, text_length=d.text_length,
+                            kind=d.kind, levels=d.levels, pooling=d.pooling, text_length=d.text_length, input=d.input,
                             mean=d.mean or IMAGENET_MEAN,
                             std=d.std or IMAGENET_STD,
                             class_names=d.class_names or tuple(f"class {i}" for i in range(d.num_classes)))

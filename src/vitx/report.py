@@ -1,5 +1,6 @@
-"""HTML pages of a ``vitx explain`` run: per page of images, its grid, then every method's overlays with their
-target classes. The pages show the PNG files written beside them (so a page stays small however many images and
+"""HTML pages of a ``vitx explain`` run: per page of images, its grid, for a bi-modal model a table of each image's
+question and answer, then every method's overlays with their target classes (a bi-modal model's overlays show the
+question's words coloured by relevance). The pages show the PNG files written beside them (so a page stays small however many images and
 methods there are); ``data_uri`` embeds an image instead, for pages that travel alone (``vitx bench``'s report)."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from PIL import Image
 from .explanation import Explanation
 from .naming import explanation_file, numbered
 from .registry import get_method
+from .viz import answer_lines
 from .viz.text import plural
 
 STYLE = """
@@ -22,6 +24,8 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin: 1.6em 0 .2em; }
 .row { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; text-align: center; font-size: .85em; }
 nav a { margin-right: .5em; }
+table.questions { border-collapse: collapse; margin: 1em 0; font-size: .9em; }
+table.questions td, table.questions th { border: 1px solid #ddd; padding: .2em .6em; text-align: left; }
 figure img { min-width: 192px; max-width: 320px; height: auto; image-rendering: pixelated; display: block; }
 """
 
@@ -33,10 +37,11 @@ def data_uri(image: Image.Image) -> str:
 
 
 def explanation_pages(grids: list[str], names: list[str], explanations: list[Explanation], *, model: str,
-                      rows_per_page: int) -> dict[str, str]:
+                      rows_per_page: int, questions: list[str] | None = None) -> dict[str, str]:
     """HTML per page (index.html, index_002.html, ...) for ``explanations`` (one per method, all of the same
     images, called ``names``) of ``model``: page k shows the grid file ``grids[k]`` and the overlays of its
-    ``rows_per_page`` images, named by :func:`vitx.naming.explanation_file`."""
+    ``rows_per_page`` images, named by :func:`vitx.naming.explanation_file`; with a bi-modal model's
+    ``questions`` (one per image), each image's question and answer once, in a table under the grid."""
     files = ["index.html", *numbered("index", ".html", len(grids))[1:]]
     methods = ", ".join(exp.method for exp in explanations)
     nav = "" if len(files) == 1 else "<nav>pages: " + " ".join(
@@ -51,6 +56,8 @@ def explanation_pages(grids: list[str], names: list[str], explanations: list[Exp
                  f"<p class=\"meta\">{shown}; methods: {escape(methods)}. "
                  "Red = most relevant to the target class, blue = least.</p>",
                  f"<img class=\"grid\" alt=\"grid of the explanations\" src=\"{escape(picture)}\">"]
+        if questions is not None:
+            parts.append(_questions(names, questions, explanations[0], rows))
         for exp in explanations:
             info = get_method(exp.method)
             parts.append(f"<h2 id=\"{escape(exp.method)}\">{escape(exp.method)}</h2>")
@@ -65,3 +72,12 @@ def explanation_pages(grids: list[str], names: list[str], explanations: list[Exp
         parts += [nav, "</body></html>\n"]
         pages[file] = "\n".join(part for part in parts if part)
     return pages
+
+
+def _questions(names: list[str], questions: list[str], exp: Explanation, rows: range) -> str:
+    """A table row per image of ``rows``: its name, its question, and the answer (:func:`vitx.viz.answer_lines`)."""
+    cells = [f"<tr><td>{escape(names[i])}</td><td>{escape(questions[i])}</td><td>"
+             + "<br>".join(escape(line) for line in answer_lines(exp.logits[i], exp.class_name, int(exp.targets[i])))
+             + "</td></tr>" for i in rows]
+    return ("<table class=\"questions\"><tr><th>image</th><th>question</th><th>answer (probability)</th></tr>\n"
+            + "\n".join(cells) + "</table>")

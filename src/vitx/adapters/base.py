@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import VitxError
+
 Attend = Callable[..., torch.Tensor]
 
 # Layer kinds that relevance rules are bound to; anything else is described by its class name.
@@ -50,6 +52,7 @@ class Description:
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] = ()
     text_length: int = 0         # the most text tokens a bi-modal model takes with its special tokens; 0: no text
+    input: str = "pixels"        # "pixels": images (B, 3, H, W); "regions": detector regions (B, R, F), one token each
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,14 @@ class Adapter:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) for images x (B, 3, H, W)."""
         return self.net(x)
+
+    def use_tokenizer(self, tokenizer) -> None:
+        """Read questions with ``tokenizer`` (Hugging Face region VQA models, :mod:`vitx.adapters.hf.regions`)."""
+        raise VitxError(f"{type(self.net).__name__} takes no tokenizer: vitx reads its text, if any, by itself")
+
+    def head_token(self, text) -> torch.Tensor:
+        """Per question of a bi-modal model, the column of the text token whose row the head reads: [CLS] (0)."""
+        return torch.zeros(len(text), dtype=torch.long, device=text.ids.device)
 
     def pixel_layer(self) -> nn.Module:
         """The layer applied to the images themselves: the patch projection, or a convolutional stem's first

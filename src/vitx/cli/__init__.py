@@ -42,7 +42,10 @@ def build_parser() -> Parser:
     p = commands.add_parser("explain", parents=[common], help="explain images with one or more methods",
                             description="Explain every image with every method; write each method's overlays and "
                                         "maps (.npy) into --out as it finishes, then grid.png and index.html "
-                                        f"(paginated: grid_001.png, ... beyond {ROWS_PER_PAGE} images).")
+                                        f"(paginated: grid_001.png, ... beyond {ROWS_PER_PAGE} images). With a "
+                                        "bi-modal model and --text, the overlays also show the question's words "
+                                        "coloured by relevance and the answer, and each method writes the text "
+                                        "map (<image>_<method>_text.json).")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True,
                    help="zoo name (see `vitx models`), timm:<name>, torchvision:<name>, hf:<directory> or a "
@@ -50,8 +53,12 @@ def build_parser() -> Parser:
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys, e.g. vit_small_patch16_224")
     p.add_argument("--weights", help="local weights file for a timm:<name> or torchvision:<name> model")
     p.add_argument("--method", required=True, help="comma-separated method names (see `vitx methods`), or 'all'")
+    p.add_argument("--text", action="append", metavar="QUESTION",
+                   help="a bi-modal (VQA) model's question about an image: one --text per image, in the images' "
+                        "order; words outside the model's vocabulary are read as its unknown token, with a warning")
     p.add_argument("--target", help="class to explain: an index, or a name or any of its comma-separated synonyms, "
-                                    "in any case (default: each image's predicted class)")
+                                    "in any case; a VQA model's answer, e.g. yes (default: each image's predicted "
+                                    "class or answer)")
     p.add_argument("--param", action="append", default=[], type=method_param, metavar="METHOD.NAME=VALUE",
                    help="a parameter of one method, e.g. rise.masks=500 (repeatable; see `vitx methods --json`)")
     p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")

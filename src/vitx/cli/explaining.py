@@ -1,5 +1,7 @@
 """``vitx explain``: every image with every method; each method's overlays and maps written as it finishes, the
-paginated grid and pages at the end."""
+paginated grid and pages at the end. A bi-modal model takes one ``--text`` question per image: the questions are
+checked (and words outside the vocabulary named) before anything is written, and the pictures show each question's
+words coloured by relevance beside the answer."""
 from __future__ import annotations
 
 import sys
@@ -9,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import VitxError, one_line
-from ..explain import explain
+from ..explain import explain, questions
 from ..explanation import Explanation
 from ..images import read_image
 from ..loading import WITH_WEIGHTS_FILE, load_model
@@ -20,13 +22,18 @@ from ..targets import resolve_targets
 from ..viz import ROWS_PER_PAGE, gradcat_tree, grid_pages, prediction_label, probability
 from ..viz.text import plural
 from .cost import estimate
-from .options import comma_list, method_params, output_dir
+from .options import comma_list, method_params, one_line_warnings, output_dir
 
 OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
 TREE_CLASSES = 3
 
 
 def run_explain(args) -> int:
+    with one_line_warnings():
+        return _run_explain(args)
+
+
+def _run_explain(args) -> int:
     if args.weights and not args.model.startswith(WITH_WEIGHTS_FILE):
         raise VitxError("--weights is for timm:<name> and torchvision:<name> models only")
     wanted = None if args.method == "all" else [get_method(name) for name in comma_list(args.method)]
@@ -42,6 +49,7 @@ def run_explain(args) -> int:
         if info.name not in params:
             info.check_model(model, layout)
     targets = resolve_targets(args.target, len(pictures), model)
+    questions(model, args.text, len(pictures))  # refused here, before --out exists; unknown words warned once
     if args.method == "all":
         bound = [(info, info.bind(params.get(info.name, {}))) for info in wanted]
         print(f"vitx: {estimate(bound, len(pictures), layout)}", file=sys.stderr)
@@ -51,7 +59,7 @@ def run_explain(args) -> int:
         explanations, trees = [], []
         for k, info in enumerate(wanted, 1):
             with tqdm(total=len(pictures), unit="image", desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
-                exp = explain(model, x, method=info.name, target=targets, batch_size=args.batch_size,
+                exp = explain(model, x, method=info.name, target=targets, text=args.text, batch_size=args.batch_size,
                               memory=args.memory, progress=bar.update, **params.get(info.name, {}))
             exp.frames = frames
             exp.save(out, names=names, scale=scale, original_size=args.original_size)
@@ -62,30 +70,36 @@ def run_explain(args) -> int:
             if exp.method == "gradcat":
                 trees = write_gradcat_trees(model, x, names, targets, exp, out, args.batch_size)
             explanations.append(exp)
-        grids, pages = write_pages(model, names, explanations, targets, out, args.model)
+        grids, pages = write_pages(model, names, explanations, targets, out, args.model, args.text)
     count = len(names) * len(explanations)
     shown = "grid: " + (str(out / grids[0]) if len(grids) == 1 else f"{len(grids)} pages of {ROWS_PER_PAGE} "
                         f"images, {out / grids[0]} ... {grids[-1]}")
-    print(f"wrote {plural(count, 'overlay')} (<image>_<method>.png) and {plural(count, 'map')} (.npy) to {out}/\n"
+    maps = f"{plural(count, 'map')} (.npy)"
+    maps = f", {maps} and {plural(count, 'text map')} (_text.json)" if args.text else f" and {maps}"
+    print(f"wrote {plural(count, 'overlay')} (<image>_<method>.png){maps} to {out}/\n"
           f"{shown}\npage: {out / pages[0]}" + (f"\nGradCAT trees: {len(trees)}" if trees else ""))
     return 0
 
 
 def write_pages(model, names: list[str], explanations: list[Explanation], targets, out: Path,
-                model_name: str) -> tuple[list[str], list[str]]:
+                model_name: str, text: list[str] | None = None) -> tuple[list[str], list[str]]:
     """The grid (grid.png, or grid_001.png, ... of :data:`ROWS_PER_PAGE` images each) and its HTML pages
-    (index.html, index_002.html, ...); returns both lists of file names."""
+    (index.html, index_002.html, ...); returns both lists of file names. ``text``: a bi-modal model's questions,
+    shown once per image with the answer, the words coloured under every overlay."""
     first = explanations[0]
-    shown = targets is not None or model.config.multi_label  # which of several predicted classes is explained
+    shown = targets is not None or model.config.multi_label or text is not None  # which class is explained
     labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
-                               target=int(first.targets[i]) if shown else None) for i, name in enumerate(names)]
+                               target=int(first.targets[i]) if shown else None,
+                               question=None if text is None else text[i]) for i, name in enumerate(names)]
+    words = {} if text is None else {"text_tokens": first.text_tokens,
+                                     "text_maps": {exp.method: exp.text_maps for exp in explanations}}
     pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels,
-                          rows_per_page=ROWS_PER_PAGE)
+                          rows_per_page=ROWS_PER_PAGE, **words)
     grids = numbered("grid", ".png", len(pictures))
     for picture, file in zip(pictures, grids):
         picture.save(out / file)
     pages = explanation_pages(grids, names, explanations, model=model.config.name or model_name,
-                              rows_per_page=ROWS_PER_PAGE)
+                              rows_per_page=ROWS_PER_PAGE, questions=text)
     for file, page in pages.items():
         (out / file).write_text(page, encoding="utf-8")
     return grids, list(pages)

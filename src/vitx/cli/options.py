@@ -1,10 +1,13 @@
-"""What the commands share: argument types, the device and output checks, and the ``--param`` values of methods."""
+"""What the commands share: argument types, the device and output checks, the ``--param`` values of methods, and
+warnings in one line."""
 from __future__ import annotations
 
 import argparse
 import ast
 import re
+import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -125,3 +128,20 @@ def output_dir(path: Path):
             except OSError:
                 break
         raise
+
+
+@contextmanager
+def one_line_warnings():
+    """Warnings raised in the body printed as ``vitx: warning: <message>`` on one line of stderr, each distinct
+    message once (e.g. the words outside a model's vocabulary, met by every method's run)."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = one_line(message)
+        if text not in shown:
+            shown.add(text)
+            print(f"vitx: warning: {text}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield

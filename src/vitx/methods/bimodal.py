@@ -9,8 +9,9 @@ forward ran them, each with Ā = E_h[(∇A ⊙ A)⁺] (rule 5, per image: the he
   with R̄ = rownorm(R − I) + I (eqs. 8, 9). The co-attention sites of one cross-modality layer read the same
   inputs, so they read the same R: their additions are computed first and added together (the authors' order).
 
-The head reads the text stream's [CLS] token: the text map is its row of R^{tt} (its own entry set to 0), the image
-map its row of R^{ti} (in one stream, the row of R over the text and the image columns).
+The head reads the text stream's [CLS] token (Hugging Face's VisualBERT for VQA: the question's last word piece, the
+adapter's ``head_token``): the text map is its row of R^{tt} (its own entry and [CLS]'s set to 0), the image map its
+row of R^{ti} (in one stream, the row of R over the text and the image columns).
 Where the authors' code differs: it averages heads over the whole batch (their runs have one pair per batch), and a
 row of R − I that sums to zero gives NaN there; here such a row is left as it is (R̄ = R on it).
 """
@@ -64,13 +65,17 @@ def propagate(sites: list[Recorded], weights: list[torch.Tensor]) -> dict[tuple[
 
 
 def head_rows(batch: Batch, relevance: dict[tuple[str, str], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The [CLS] token's rows: {"image": (B, gh, gw), "text": (B, L)}, the [CLS] entry of the text row set to 0."""
+    """The rows of the token the head reads ([CLS], or the adapter's :meth:`head_token`): {"image": (B, gh, gw),
+    "text": (B, L)}, the text row's [CLS] entry and that token's own entry set to 0."""
     places = batch.model.adapter.modalities(batch.text.ids.shape[1])
     head_stream = places["text"][0]
+    head = batch.model.adapter.head_token(batch.text)
+    images = torch.arange(len(head), device=head.device)
     image_stream, columns = places["image"]
-    image = relevance[head_stream, image_stream][:, 0, columns]
-    return {"image": batch.layout.to_grid(image),
-            "text": text_row(batch, relevance[head_stream, head_stream][:, 0, places["text"][1]])}
+    image = relevance[head_stream, image_stream][images, head][:, columns]
+    text = relevance[head_stream, head_stream][images, head][:, places["text"][1]].clone()
+    text[images, head] = 0
+    return {"image": batch.layout.to_grid(image), "text": text_row(batch, text)}
 
 
 def text_row(batch: Batch, values: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,9 @@ Every method returns {"image": map, "text": (B, L)}, the text row's [CLS] entry 
 - attention-gradcam: on the sites raw-attention reads, ReLU(E_h[w_h A]), w_h the mean of ∇A_h over the whole
   matrix (every query row and key column), not over the [CLS] row's patch columns as vitx's ViT form.
 - saliency, integrated-gradients: the gradient with respect to the pixels and to the word embeddings e_j (the
-  output of :meth:`VitxVQAAdapter.text_embedding`, before the position embedding), reduced per token as per pixel.
+  output of :meth:`VitxVQAAdapter.text_embedding`, before the position embedding), reduced per token as per pixel;
+  on a region model (Hugging Face VisualBERT, LXMERT) per region over its features (and box), the IG path from
+  zero regions.
 - partial-lrp, transformer-attribution: with R_A the LRP relevance of A under Chefer et al.'s rules
   (:data:`vitx.relevance.CHEFER`, R = 1 at the answer), computed by :mod:`vitx.methods.relevance`. partial-lrp:
   E_h R_A at the sites raw-attention reads, each matrix min-max scaled (no positive part). transformer-attribution:
@@ -167,13 +169,22 @@ def word_embeddings(batch: Batch, scales: torch.Tensor | None = None):
         handle.remove()
 
 
+def per_position(batch: Batch, values: torch.Tensor, reduce) -> torch.Tensor:
+    """Values of the image input reduced per pixel over its channels, (B, H, W), or on a region model (input
+    "regions") per region over its features and box, (B, 1, R)."""
+    if batch.model.config.input == "regions":
+        return batch.layout.to_grid(reduce(values, -1))
+    return reduce(values, 1)
+
+
 def saliency(batch: Batch) -> dict[str, torch.Tensor]:
-    """R(p) = max_c |∂y_t/∂x_c(p)| on the pixels, R_j = max_d |∂y_t/∂e_jd| on the word embeddings."""
+    """R(p) = max_c |∂y_t/∂x_c(p)| on the pixels (regions: over each region's values), R_j = max_d |∂y_t/∂e_jd| on
+    the word embeddings."""
     x = batch.input_with_grad()
     with word_embeddings(batch) as words:
         logits, _ = batch.run(x, original=True, attentions=False, tokens=False)
     pixels, embedded = torch.autograd.grad(batch.score(logits), [x, words[0]])
-    return {"image": pixels.abs().amax(1), "text": text_row(batch, embedded.abs().amax(-1))}
+    return {"image": per_position(batch, pixels.abs(), torch.amax), "text": text_row(batch, embedded.abs().amax(-1))}
 
 
 def integrated_gradients(batch: Batch, steps: int, baseline, internal_batch_size: int) -> dict[str, torch.Tensor]:
@@ -186,16 +197,18 @@ def integrated_gradients(batch: Batch, steps: int, baseline, internal_batch_size
     delta, count = batch.x - start, batch.x.shape[0]
     pixels, embedded = torch.zeros_like(batch.x), 0.0
     copies = batch.copies_per_pass(internal_batch_size)
+    ones = (1,) * batch.x.dim()     # a step's scalar broadcast over a batch of images (or of regions)
     for chunk, weight in zip(alphas.split(copies), weights.split(copies)):
-        x = (start[None] + chunk.view(-1, 1, 1, 1, 1) * delta[None]).flatten(0, 1).requires_grad_(True)
+        x = (start[None] + chunk.view(-1, *ones) * delta[None]).flatten(0, 1).requires_grad_(True)
         with word_embeddings(batch, chunk.repeat_interleave(count)) as words:
             logits, _ = batch.run(x, attentions=False, tokens=False)
         dx, de = torch.autograd.grad(batch.score(logits), [x, words[0]])
-        pixels = pixels + (weight.view(-1, 1, 1, 1, 1) * dx.unflatten(0, (len(chunk), count))).sum(0)
+        pixels = pixels + (weight.view(-1, *ones) * dx.unflatten(0, (len(chunk), count))).sum(0)
         embedded = embedded + (weight.view(-1, 1, 1, 1) * de.unflatten(0, (len(chunk), count))).sum(0)
     with torch.no_grad():
         words = batch.model.adapter.text_embedding()(batch.text.ids)
-    return {"image": (delta * pixels).sum(1), "text": text_row(batch, (words * embedded).sum(-1))}
+    return {"image": per_position(batch, delta * pixels, torch.sum),
+            "text": text_row(batch, (words * embedded).sum(-1))}
 
 
 def authors_form(then=None, **defaults):

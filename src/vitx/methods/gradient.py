@@ -76,9 +76,12 @@ def saliency(batch: Batch) -> torch.Tensor:
 
 
 def baseline_for(batch: Batch, baseline) -> torch.Tensor:
-    """"black" (0 in image space), "zeros" (0 in model input space) or a float image-space grey level."""
-    if baseline == "zeros":
+    """"black" (0 in image space), "zeros" (0 in model input space) or a float image-space grey level; on a region
+    model "black" and "zeros" are zero regions (no features, no box)."""
+    if baseline == "zeros" or (baseline == "black" and batch.model.config.input == "regions"):
         return torch.zeros_like(batch.x)
+    if batch.model.config.input == "regions":
+        raise VitxError(f"a region model's baseline is 'zeros' (or 'black', the same), got {baseline!r}")
     level = 0.0 if baseline == "black" else baseline
     if not isinstance(level, (int, float)):
         raise VitxError(f"baseline must be 'black', 'zeros' or a number in [0, 1], got {baseline!r}")

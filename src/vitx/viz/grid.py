@@ -1,5 +1,6 @@
 """Side-by-side grids: one row per image (its label, the image, then one heatmap overlay per column) under the
-column titles, with a colour bar at the foot; long runs are split into pages of :data:`ROWS_PER_PAGE` rows.
+column titles, with a colour bar at the foot; long runs are split into pages of :data:`ROWS_PER_PAGE` rows. For a
+bi-modal model each overlay has the question's words under it, coloured by that column's text map (:mod:`.words`).
 
 Drawing is linear in the rows: the cells are pasted into one pixel array row by row and the text is placed
 at fixed pixel positions on a single figure (no layout solver: matplotlib's constrained layout over one axes per
@@ -9,13 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.transforms import IdentityTransform
 from PIL import Image
 
 from .overlay import overlay
-from .text import DPI, font, quiet_glyphs, text_width, wrap
+from .text import letter, text_width, wrap
+from .words import paint, place_words, word_colours
 
 ROWS_PER_PAGE = 32
 GAP = 4            # white pixels between cells
@@ -25,32 +24,43 @@ LINE = 13          # pixels per line of a label
 
 
 def grid_pages(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *,
-               rows_per_page: int = ROWS_PER_PAGE, **style) -> list[Image.Image]:
+               rows_per_page: int = ROWS_PER_PAGE, text_tokens=None, text_maps: dict[str, torch.Tensor] | None = None,
+               **style) -> list[Image.Image]:
     """:func:`grid` of ``rows_per_page`` images at a time: one PIL image per page."""
     if rows_per_page < 1:
         raise ValueError(f"rows_per_page must be at least 1, got {rows_per_page}")
     labels = list(row_labels)
-    return [grid(images[start:start + rows_per_page], {k: v[start:start + rows_per_page] for k, v in columns.items()},
-                 labels[start:start + rows_per_page], **style) for start in range(0, images.shape[0], rows_per_page)]
+    pages = [slice(start, start + rows_per_page) for start in range(0, images.shape[0], rows_per_page)]
+    return [grid(images[rows], {k: v[rows] for k, v in columns.items()}, labels[rows],
+                 text_tokens=None if text_tokens is None else text_tokens[rows],
+                 text_maps=None if text_maps is None else {k: v[rows] for k, v in text_maps.items()}, **style)
+            for rows in pages]
 
 
-def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *, first_title: str = "image",
-         cell: int = 180, alpha: float = 0.5, cmap: str = "jet", colorbar: bool = True) -> Image.Image:
+def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *, text_tokens=None,
+         text_maps: dict[str, torch.Tensor] | None = None, first_title: str = "image", cell: int = 180,
+         alpha: float = 0.5, cmap: str = "jet", colorbar: bool = True) -> Image.Image:
     """A PIL image of ``images`` (B, 3, H, W) in [0, 1], each followed by its maps (B, H, W) from every entry of
     ``columns`` (column title -> maps), drawn as overlays in cells ``cell`` pixels wide. ``row_labels`` (one per
-    image, lines split by newlines) are wrapped into a panel left of the image; a row grows to hold its label."""
+    image, lines split by newlines) are wrapped into a panel left of the image; a row grows to hold its label.
+    Bi-modal: ``text_tokens`` (per image, its question's tokens) and ``text_maps`` (column title -> (B, L) relevance
+    per token) put the words, coloured by :func:`~vitx.viz.words.word_colours`, under each overlay."""
     labels = [str(label) for label in row_labels]
+    rows = images.shape[0]
+    words = [[word_colours(text_tokens[r], text_maps[title][r], cmap, alpha) for title in columns]
+             if text_maps is not None else [] for r in range(rows)]
+    below = [max((place_words(text_tokens[r], colours, cell)[0] + GAP for colours in words[r]), default=0)
+             for r in range(rows)]
     label_width = cell if labels else 0
     wrapped = [wrap(label, label_width - 2 * GAP, LABEL_SIZE) for label in labels]
     titles = [wrap(title, cell, TITLE_SIZE, bold=True) for title in [first_title, *columns]]
     header = GAP + LINE * max(map(len, titles)) + GAP
-    rows = images.shape[0]
-    heights = [max(cell, LINE * len(wrapped[r]) + 2 * GAP) if r < len(wrapped) else cell for r in range(rows)]
+    heights = [max(cell + below[r], LINE * len(wrapped[r]) + 2 * GAP if r < len(wrapped) else 0) for r in range(rows)]
     left = label_width + GAP
     width = left + (1 + len(columns)) * (cell + GAP)
     height = header + sum(heights) + GAP * rows + (FOOTER if colorbar else 0)
     sheet = np.full((height, width, 3), 255, np.uint8)
-    texts = []  # (x, y from the top, text, font size, bold, horizontal alignment)
+    texts = []  # text.letter's (x, y, text, size, bold, align)
     for c, lines in enumerate(titles):
         for k, line in enumerate(lines):
             texts.append((left + c * (cell + GAP) + cell / 2, GAP + LINE * (k + 1) - 3, line, TITLE_SIZE, True,
@@ -59,12 +69,16 @@ def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), 
     for r in range(rows):
         for c, picture in enumerate(_row(images[r], [maps[r] for maps in columns.values()], alpha, cmap)):
             _paste(sheet, _fit(picture, cell), left + c * (cell + GAP), top)
+        for c, colours in enumerate(words[r], 1):
+            _, boxes, lettering = place_words(text_tokens[r], colours, cell, left + c * (cell + GAP), top + cell + GAP)
+            paint(sheet, boxes)
+            texts += lettering
         for k, line in enumerate(wrapped[r] if r < len(wrapped) else []):
             texts.append((GAP, top + GAP + LINE * (k + 1) - 3, line, LABEL_SIZE, False, "left"))
         top += heights[r] + GAP
     if colorbar:
         texts += _colorbar(sheet, cmap, left, top + 6, min(width - left - GAP, 3 * cell))
-    return _draw(sheet, texts)
+    return letter(sheet, texts)
 
 
 def _row(image: torch.Tensor, maps: list[torch.Tensor], alpha: float, cmap: str) -> list[Image.Image]:
@@ -95,21 +109,6 @@ def _colorbar(sheet: np.ndarray, cmap: str, x: int, y: int, width: int) -> list[
     if text_width(middle, LABEL_SIZE) + 2 * text_width("1: most relevant", LABEL_SIZE) + 40 < width:
         texts.append((x + width / 2, caption, middle, LABEL_SIZE, False, "center"))
     return texts
-
-
-def _draw(sheet: np.ndarray, texts: list[tuple]) -> Image.Image:
-    """``sheet`` with ``texts`` written at their pixel positions. The text is drawn alone on a white figure of the
-    same size (no layout engine, no image artists) and laid over the sheet: neither covers the other's pixels."""
-    height, width = sheet.shape[:2]
-    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
-    for x, y, text, size, bold, align in texts:
-        fig.text(x, height - y, text, fontproperties=font(size, bold), ha=align, va="baseline",
-                 transform=IdentityTransform())
-    canvas = FigureCanvasAgg(fig)
-    with quiet_glyphs():
-        canvas.draw()
-    lettering = np.asarray(canvas.buffer_rgba())[:height, :width, :3]
-    return Image.fromarray(np.minimum(sheet, lettering))
 
 
 def tile(images: torch.Tensor, columns: int = 8, gap: int = 2) -> Image.Image:

@@ -1,4 +1,5 @@
-"""Row labels of a grid: the image's name, what the model predicts with its probabilities, and the explained class."""
+"""Row labels of a grid: the image's name, what the model predicts with its probabilities, and the explained class;
+for a bi-modal model the question and the answer."""
 from __future__ import annotations
 
 from typing import Callable
@@ -14,10 +15,13 @@ def probability(p: float) -> str:
 
 
 def prediction_label(name: str, logits: torch.Tensor, class_name: Callable[[int], str], *, multi_label: bool = False,
-                     target: int | None = None) -> str:
+                     target: int | None = None, question: str | None = None) -> str:
     """``name``, then the predicted class with its softmax probability, or for a multi-label model every class
     whose sigmoid probability reaches :data:`THRESHOLD` (the most probable one when none does), then the explained
-    ``target`` class with its probability when one was chosen."""
+    ``target`` class with its probability when one was chosen. With a bi-modal model's ``question``: ``name``,
+    ``Q: <question>`` and :func:`answer_lines`."""
+    if question is not None:
+        return "\n".join([name, f"Q: {question}", *answer_lines(logits, class_name, target)])
     logits = logits.detach().float().cpu()
     probs = logits.sigmoid() if multi_label else logits.softmax(-1)
     lines = [name]
@@ -35,3 +39,14 @@ def prediction_label(name: str, logits: torch.Tensor, class_name: Callable[[int]
     if target is not None:
         lines.append(f"target: {class_name(target)} ({probability(float(probs[target]))})")
     return "\n".join(lines)
+
+
+def answer_lines(logits: torch.Tensor, class_name: Callable[[int], str], target: int | None = None) -> list[str]:
+    """A question's predicted answer with its softmax probability, ``answer: red (0.512)``; then, where ``target``
+    is another answer, the one explained: ``explained: yes (0.013)``."""
+    probs = logits.detach().float().cpu().softmax(-1)
+    k = int(probs.argmax())
+    lines = [f"answer: {class_name(k)} ({probability(float(probs[k]))})"]
+    if target is not None and int(target) != k:
+        lines.append(f"explained: {class_name(int(target))} ({probability(float(probs[int(target)]))})")
+    return lines

@@ -1,14 +1,19 @@
 """Text for drawings: fonts that cover the names users give their files (CJK included where such a font is
-installed; a missing glyph is drawn as a box without a warning), text widths in pixels, and wrapping to a width."""
+installed; a missing glyph is drawn as a box without a warning), text widths in pixels, wrapping to a width, and
+lettering a pixel sheet at fixed positions."""
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 
+import numpy as np
 from matplotlib import font_manager
-from matplotlib.backends.backend_agg import RendererAgg
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg
+from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
+from matplotlib.transforms import IdentityTransform
+from PIL import Image
 
 DPI = 100
 # Tried in this order for each character: DejaVu Sans (matplotlib's own), fonts with CJK glyphs where installed,
@@ -71,3 +76,20 @@ def wrap(text: str, width: float, size: float, bold: bool = False) -> list[str]:
                 line += char
         lines.append(line)
     return lines
+
+
+def letter(sheet: np.ndarray, texts: list[tuple]) -> Image.Image:
+    """``sheet`` (H, W, 3) uint8 with ``texts`` written at their pixel positions: each ``(x, y, text, size, bold,
+    align)`` with y the baseline from the top, optionally a seventh entry, its colour (black by default). The text
+    is drawn alone on a white figure of the same size (no layout engine, no image artists) and laid over the sheet
+    by the darker of the two: neither covers the other's pixels."""
+    height, width = sheet.shape[:2]
+    fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="white")
+    for x, y, text, size, bold, align, *colour in texts:
+        fig.text(x, height - y, text, fontproperties=font(size, bold), ha=align, va="baseline",
+                 color=colour[0] if colour else "black", transform=IdentityTransform())
+    canvas = FigureCanvasAgg(fig)
+    with quiet_glyphs():
+        canvas.draw()
+    lettering = np.asarray(canvas.buffer_rgba())[:height, :width, :3]
+    return Image.fromarray(np.minimum(sheet, lettering))

@@ -1,6 +1,6 @@
 """Adapters for Hugging Face vision transformers, one module per family: ViT and DeiT, BEiT and
 data2vec-vision, DINOv2 (with registers), and the vision towers of CLIP and SigLIP, as image classifiers or
-bare towers. Hugging Face Swin has its own adapter (:mod:`vitx.adapters.swin`)."""
+bare towers; and the region-feature VQA models VisualBERT and LXMERT (:mod:`.regions`). Hugging Face Swin has its own adapter (:mod:`vitx.adapters.swin`)."""
 from __future__ import annotations
 
 from torch import nn
@@ -12,7 +12,9 @@ from .clip import HFClipAdapter, HFSiglipAdapter
 from .common import HFAdapter
 from .dinov2 import HFDinov2Adapter
 from .loading import load
+from .lxmert import HFLxmertAdapter
 from .preprocessing import image_processing
+from .visualbert import HFVisualBertAdapter
 from .vit import HFViTAdapter
 
 ADAPTERS = {"ViTForImageClassification": HFViTAdapter, "DeiTForImageClassification": HFViTAdapter,
@@ -22,7 +24,8 @@ ADAPTERS = {"ViTForImageClassification": HFViTAdapter, "DeiTForImageClassificati
             **dict.fromkeys(("Dinov2ForImageClassification", "Dinov2WithRegistersForImageClassification",
                              *HFDinov2Adapter.towers), HFDinov2Adapter),
             **dict.fromkeys(("CLIPForImageClassification", *HFClipAdapter.towers), HFClipAdapter),
-            **dict.fromkeys(("SiglipForImageClassification", *HFSiglipAdapter.towers), HFSiglipAdapter)}
+            **dict.fromkeys(("SiglipForImageClassification", *HFSiglipAdapter.towers), HFSiglipAdapter),
+            "VisualBertForQuestionAnswering": HFVisualBertAdapter, "LxmertForQuestionAnswering": HFLxmertAdapter}
 
 
 def hf_adapter(net: nn.Module) -> HFAdapter:

@@ -1,5 +1,6 @@
 """``hf:<hub id or directory>``: a Hugging Face model loaded with the class its config records (an image
-classifier, or a vision tower vitx reads), the hub's cache alone where the hub cannot be reached."""
+classifier, a vision tower or a region VQA model vitx reads, the latter with the tokenizer saved beside it), the
+hub's cache alone where the hub cannot be reached."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -34,7 +35,19 @@ def load(source: str) -> tuple[nn.Module, dict]:
                             "a local directory saved with save_pretrained: load_model('hf:DIR') or vitx explain "
                             "--model hf:DIR") from None
         raise VitxError(f"could not load Hugging Face model {source!r}: {state_dict_error(err)}") from None
-    return net, {"name": f"hf:{source}"}
+    return net, {"name": f"hf:{source}", **_tokenizer(transformers, net, source, reason is not None)}
+
+
+def _tokenizer(transformers, net: nn.Module, source: str, local_files_only: bool) -> dict:
+    """{"tokenizer": the tokenizer saved with a VQA model (the only question answerers loaded here are the region
+    models vitx reads)}, or {} (then its questions ask for one)."""
+    if not type(net).__name__.endswith("ForQuestionAnswering"):
+        return {}
+    try:
+        with _quiet_loading():
+            return {"tokenizer": transformers.AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)}
+    except Exception:  # no tokenizer files: encode_text names what to pass
+        return {}
 
 
 def _model_class(transformers, source: str, local_files_only: bool):
@@ -53,7 +66,8 @@ def _model_class(transformers, source: str, local_files_only: bool):
     if architectures:
         raise VitxError(f"Hugging Face model {source!r} is a {architectures[0]}, which vitx does not read: it reads "
                         "image classifiers (...ForImageClassification) and the vision towers "
-                        f"{', '.join(name for name in ADAPTERS if 'ForImage' not in name)}")
+                        f"{', '.join(name for name in ADAPTERS if 'For' not in name)}, and the VQA models "
+                        f"{', '.join(name for name in ADAPTERS if 'ForQuestion' in name)}")
     return transformers.AutoModelForImageClassification
 
 
