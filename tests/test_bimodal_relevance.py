@@ -306,3 +306,14 @@ def test_refused(model, data, method, params, words):
     with pytest.raises(VitxError, match=words):
         vitx.explain(model, model.normalize(data.images[:2]), text=list(data.questions[:2]), method=method, **params)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.net.modules())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_region_models_refused(method, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from test_hf_vqa import FEATURES, QUESTIONS, REGIONS, WORDS, lxmert
+    (tmp_path / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    model = wrap(lxmert(), tokenizer=transformers.BertTokenizer(vocab=str(tmp_path / "vocab.txt")))
+    x = model.regions(torch.randn(3, REGIONS, FEATURES), torch.rand(3, REGIONS, 4))
+    with pytest.raises(VitxError, match="post-norm"):
+        vitx.explain(model, x, text=QUESTIONS, method=method)

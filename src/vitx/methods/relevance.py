@@ -57,6 +57,14 @@ def check_precision(_config, params: dict) -> None:
         raise VitxError(f"precision must be 'float32' or 'float64', got {params['precision']!r}")
 
 
+def check_pre_norm(config, params: dict) -> None:
+    """``requires`` for the relevance methods that apply to bi-modal models: the precision, and no region model."""
+    check_precision(config, params)
+    if config.input == "regions":
+        raise VitxError("the relevance rules know the residual additions of pre-norm blocks (vitx's own VQA models), "
+                        "and this region model's BERT layers (Hugging Face VisualBERT or LXMERT) are post-norm")
+
+
 def takes_rules(rules):
     """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite)."""
     def fits(model, params: dict) -> None:
@@ -135,7 +143,7 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
           needs={"attention", "gradients", "head_row"}, cost="1F+2B", kinds=("vit", "vqa"),
-          requires=bimodal_baselines.authors_form(check_precision, start_layer=0), memory=in_graphs(3.0),
+          requires=bimodal_baselines.authors_form(check_pre_norm, start_layer=0), memory=in_graphs(3.0),
           fits=takes_attribution)
 @in_precision
 def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
@@ -154,7 +162,7 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
 
 
 @register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "head_row"},
-          cost="1F+1B", kinds=("vit", "vqa"), requires=check_precision, memory=in_graphs(3.0),
+          cost="1F+1B", kinds=("vit", "vqa"), requires=check_pre_norm, memory=in_graphs(3.0),
           fits=takes_rules(CHEFER))
 @in_precision
 def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
