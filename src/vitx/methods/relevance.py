@@ -22,9 +22,9 @@ from ..errors import VitxError
 from ..registry import register
 from ..relevance import ATTNLRP, CHEFER
 from ..relevance.rules import divide
+from ..trace import Recorded
 from . import bimodal_baselines
 from .attention import head_row, from_block, generic_relevance
-from .bimodal_baselines import relevance_sites
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
 
@@ -103,7 +103,8 @@ def attention_relevance(batch: Batch, blocks=True) -> list[torch.Tensor]:
     return site_relevance(batch, blocks)[1]
 
 
-def site_relevance(batch: Batch, sites=True, gradients: bool = False):
+def site_relevance(batch: Batch, sites=True, gradients: bool = False
+                   ) -> tuple[list[Recorded], list[torch.Tensor], list[torch.Tensor] | None]:
     """One forward under Chefer et al.'s rules recording the attention of ``sites`` (the tap's ``attentions``):
     (the recorded sites in forward order, R_A = A ⊙ g_A of each by the rules' backward from R = 1 at the target,
     with ``gradients`` ∇A of each by the plain backward through the same graph (:meth:`Composite.selectable`),
@@ -155,7 +156,8 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
     One forward under the rules, then their backward for R_A and the plain backward for ∇A through the
     same graph (:meth:`Composite.selectable`); ``start_layer`` is checked before it (``fits``)."""
     if batch.model.bimodal:
-        return bimodal_baselines.transformer_attribution(batch, *site_relevance(batch, relevance_sites(batch), True))
+        found = site_relevance(batch, bimodal_baselines.relevance_sites(batch), gradients=True)
+        return bimodal_baselines.transformer_attribution(batch, *found)
     blocks = from_block(range(len(batch.model.adapter.attentions())), start_layer)
     _, relevances, gradients = site_relevance(batch, blocks, gradients=True)
     return head_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
@@ -170,7 +172,7 @@ def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     averaged, the head's row: R = E_h[(R_A_L)⁺][c, patches]. On a bi-modal model, the authors' form
     (:mod:`vitx.methods.bimodal_baselines`)."""
     if batch.model.bimodal:
-        sites, relevances, _ = site_relevance(batch, relevance_sites(batch, last=True))
+        sites, relevances, _ = site_relevance(batch, bimodal_baselines.relevance_sites(batch, last=True))
         return bimodal_baselines.partial_lrp(batch, sites, relevances)
     relevance, = attention_relevance(batch, blocks=[-1])
     return head_row(batch, relevance.clamp(min=0).mean(1))
