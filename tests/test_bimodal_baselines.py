@@ -185,8 +185,7 @@ def test_batch_equals_singles(model, data, method):
 @pytest.mark.parametrize("method, params, word", [
     ("saliency", {}, "reads images only"), ("raw-attention", {}, "question per image"),
     ("rollout", {"head_fusion": "max"}, "head_fusion='mean'"), ("attention-gradcam", {"block": 0}, "block=-1"),
-    ("partial-lrp", {}, "does not apply to 'vqa' models: vitx's relevance rules"),
-    ("transformer-attribution", {}, "not yet a VQA model's word embedding")])
+    ("lrp", {}, "does not apply to 'vqa' models: it returns the relevance of the pixels alone")])
 def test_refused(model, data, method, params, word):
     x = model.normalize(data.images[:2])
     if word == "reads images only":

@@ -34,8 +34,9 @@ KIND_LIMITS = {
              "nest": "it reads NesT's levels of image blocks, which Swin does not have"},
     "vqa": {"": "it explains an image-only token sequence, and a VQA model reads the question and the image through "
                 "attention sites of several streams, answering from the text's [CLS] token",
-            "relevance": "vitx's relevance rules know a flat ViT's blocks, not yet a VQA model's word embedding, joint "
-                         "sequence and co-attention layers"},
+            "relevance": "it returns the relevance of the pixels alone, and a VQA model's relevance also reaches "
+                         "the question's word embeddings, which it does not return (partial-lrp and "
+                         "transformer-attribution apply to VQA models)"},
     "nest": {"": "NesT attends only within image blocks, level by level, and aggregates the blocks with convolution "
                  "and pooling, so no token-by-token attention or token sequence spans the image",
              "relevance": "its relevance rules know the pre-norm blocks of a flat ViT, not NesT's block aggregation "

@@ -25,6 +25,7 @@ Attend = Callable[..., torch.Tensor]
 LAYER_KINDS = {
     nn.Linear: "linear", nn.Conv2d: "linear", nn.LayerNorm: "layernorm", nn.BatchNorm2d: "batchnorm",
     nn.GELU: "activation", nn.ReLU: "activation", nn.Dropout: "pass", nn.Identity: "pass",
+    nn.Embedding: "embedding",
 }
 
 # Class names of the layers every framework names alike that are the identity (drop-path in eval mode) or a
@@ -131,7 +132,8 @@ class Adapter:
     def layer_kind(self, module: nn.Module) -> str:
         """What relevance rules see in a leaf module: "pixels" (:meth:`pixel_layer`), "linear" (Linear,
         Conv2d), "layernorm", "batchnorm", "activation" (elementwise: GELU, ReLU), "pass" (identity or a
-        per-channel scale in eval mode: dropout, drop-path, layer scale), or else its class name."""
+        per-channel scale in eval mode: dropout, drop-path, layer scale), "embedding" (a lookup table read by
+        token ids), or else its class name."""
         if module is self.pixel_layer():
             return "pixels"
         if type(module).__name__.endswith(PASS_SUFFIXES):

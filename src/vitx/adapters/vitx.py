@@ -7,6 +7,7 @@ from torch import nn
 
 from ..data.vocabulary import SPECIAL_TOKENS, WordTokenizer
 from ..models.vit import VisionTransformer
+from ..models.vqa import CoAttention
 from ..text import Text
 from .base import Adapter, Attend, Description, Site, pair, project_values
 
@@ -78,7 +79,20 @@ class VitxVQAAdapter(Adapter):
         return [site for _, site in self._named_sites()]
 
     def blocks(self) -> list[nn.Module]:
-        return []
+        """The residual blocks in forward order: one stream's blocks; two streams' language and image blocks, then
+        per cross-modality layer its two co-attentions (text, image) and its two self-attention blocks."""
+        net = self.net
+        if net.cfg.streams == "single":
+            return list(net.blocks)
+        found = [*net.text_blocks, *net.image_blocks]
+        for layer in net.cross_layers:
+            found += [layer.text_cross, layer.image_cross, layer.text_self, layer.image_self]
+        return found
+
+    def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        """A block's norm1 and norm2; a co-attention's ``norm`` alone: the other stream enters through
+        ``norm_context`` as keys and values, not as a residual."""
+        return (block.norm,) if isinstance(block, CoAttention) else (block.norm1, block.norm2)
 
     def attention_forward(self, module, attend: Attend):
         def forward(x, context=None, key_padding=None):

@@ -17,6 +17,12 @@ Every method returns {"image": map, "text": (B, L)}, the text row's [CLS] entry 
   output of :meth:`VitxVQAAdapter.text_embedding`, before the position embedding), reduced per token as per pixel;
   on a region model (Hugging Face VisualBERT, LXMERT) per region over its features (and box), the IG path from
   zero regions.
+- partial-lrp, transformer-attribution: with R_A the LRP relevance of A under Chefer et al.'s rules
+  (:data:`vitx.relevance.CHEFER`, R = 1 at the answer), computed by :mod:`vitx.methods.relevance`. partial-lrp:
+  E_h R_A at the sites raw-attention reads, each matrix min-max scaled (no positive part). transformer-attribution:
+  two streams, R_tt = Π (I + Ā) over the text self-attention sites, R_ti = Ā at the last text→image co-attention,
+  Ā = E_h[(∇A ⊙ R_A)⁺]; one stream, R = Π (I + Ā) over the blocks. The authors' LXMERT code also rolls R_ii over
+  the image sites, which no output reads: left out.
 
 Padding: the authors run one unpadded question at a time; here each pair's maps are what that run gives. Padded
 tokens are masked as keys, so they change no real token; where the formulas would still read them (the sum over
@@ -30,6 +36,7 @@ import torch
 
 from ..batch import Batch
 from ..errors import VitxError
+from ..scaling import minmax_tokens
 from ..trace import Recorded
 from . import attention, gradient
 from .bimodal import head_rows, text_row
@@ -107,6 +114,41 @@ def attention_gradcam(batch: Batch) -> dict[str, torch.Tensor]:
     chosen = head_sites(batch, tr.sites)
     gradients = torch.autograd.grad(batch.score(logits), [r.attention for r in chosen.values()])
     return head_rows(batch, {pair: gradcam_site(batch, r, g) for (pair, r), g in zip(chosen.items(), gradients)})
+
+
+def relevance_sites(batch: Batch, last: bool = False) -> list[int]:
+    """Indices among the adapter's sites of what the relevance baselines read: the head stream's self-attention
+    sites (every one, or with ``last`` its last) and its last site over the image."""
+    head, image = streams(batch)
+    sites = batch.model.adapter.sites()
+    own = [i for i, s in enumerate(sites) if (s.query, s.key) == (head, head)]
+    across = [i for i, s in enumerate(sites) if (s.query, s.key) == (head, image)]
+    return sorted({*(own[-1:] if last else own), across[-1]})
+
+
+def partial_lrp(batch: Batch, sites: list[Recorded], relevances: list[torch.Tensor]) -> dict:
+    """The [CLS] rows of E_h R_A at ``sites`` (:func:`relevance_sites` with ``last``), each matrix min-max scaled
+    over its entries between real tokens, R_A the LRP relevance of A (no positive part: the authors' form)."""
+    scaled = {}
+    for recorded, relevance in zip(sites, relevances):
+        site, matrix = recorded.site, relevance.mean(1)
+        real = real_tokens(batch, site.query, matrix.shape[1])[:, :, None] & real_tokens(batch, site.key,
+                                                                                         matrix.shape[2])[:, None]
+        scaled[site.query, site.key] = minmax_tokens(matrix.flatten(1), real.flatten(1)).view_as(matrix)
+    return head_rows(batch, scaled)
+
+
+def transformer_attribution(batch: Batch, sites: list[Recorded], relevances: list[torch.Tensor],
+                            gradients: list[torch.Tensor]) -> dict:
+    """R_tt = I, R_tt += Ā R_tt over the text self-attention sites in order, R_ti = Ā at the last text→image
+    co-attention, Ā = E_h[(∇A ⊙ R_A)⁺] (one stream: R += Ā R over the blocks); their [CLS] rows."""
+    head, image = streams(batch)
+    weighted = [(gradient * relevance).clamp(min=0).mean(1) for relevance, gradient in zip(relevances, gradients)]
+    pairs = [(r.site.query, r.site.key) for r in sites]
+    own = attention.accumulate([w for pair, w in zip(pairs, weighted) if pair == (head, head)])
+    if head == image:
+        return head_rows(batch, {(head, head): own})
+    return head_rows(batch, {(head, head): own, (head, image): weighted[pairs.index((head, image))]})
 
 
 @contextmanager

@@ -22,6 +22,8 @@ from ..errors import VitxError
 from ..registry import register
 from ..relevance import ATTNLRP, CHEFER
 from ..relevance.rules import divide
+from ..trace import Recorded
+from . import bimodal_baselines
 from .attention import head_row, from_block, generic_relevance
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -55,6 +57,14 @@ def check_precision(_config, params: dict) -> None:
         raise VitxError(f"precision must be 'float32' or 'float64', got {params['precision']!r}")
 
 
+def check_pre_norm(config, params: dict) -> None:
+    """``requires`` for the relevance methods that apply to bi-modal models: the precision, and no region model."""
+    check_precision(config, params)
+    if config.input == "regions":
+        raise VitxError("the relevance rules know the residual additions of pre-norm blocks (vitx's own VQA models), "
+                        "and this region model's BERT layers (Hugging Face VisualBERT or LXMERT) are post-norm")
+
+
 def takes_rules(rules):
     """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite)."""
     def fits(model, params: dict) -> None:
@@ -72,23 +82,45 @@ def in_precision(method):
     """Run ``method(batch, ..., precision=...)`` on a twin of the batch in that precision: a copy of the model
     converted to it, the images and the targets (found by the float32 model); the maps come back in float32.
     The method declares ``precision`` in its signature, where the registry reads its parameters; this
-    wrapper consumes it."""
+    wrapper consumes it. A bi-modal batch's twin reads the same questions."""
     @wraps(method)
     def run(batch: Batch, *args, precision: str = "float32", **params) -> torch.Tensor:
         dtype = PRECISIONS[precision]
         if dtype == batch.x.dtype:
             return method(batch, *args, **params)
-        twin = Batch(copy.deepcopy(batch.model).to(dtype), batch.x.to(dtype), batch.layout, batch.targets)
-        return method(twin, *args, **params).to(batch.x.dtype)
+        twin = Batch(copy.deepcopy(batch.model).to(dtype), batch.x.to(dtype), batch.layout, batch.targets,
+                     batch.text)
+        maps = method(twin, *args, **params)
+        if isinstance(maps, dict):     # a bi-modal model's {"image": ..., "text": ...}
+            return {name: values.to(batch.x.dtype) for name, values in maps.items()}
+        return maps.to(batch.x.dtype)
     return run
 
 
 def attention_relevance(batch: Batch, blocks=True) -> list[torch.Tensor]:
     """R_A = A ⊙ g_A for the attention of each block in ``blocks`` (the tap's ``attentions``), by Chefer
     et al.'s rules from R = 1 at the target."""
-    logits, tr = batch.run(rules=CHEFER, attentions=blocks, tokens=False)
-    gradients = torch.autograd.grad(unit_relevance(batch, logits), tr.attentions)
-    return [a.detach() * g for a, g in zip(tr.attentions, gradients)]
+    return site_relevance(batch, blocks)[1]
+
+
+def site_relevance(batch: Batch, sites=True, gradients: bool = False
+                   ) -> tuple[list[Recorded], list[torch.Tensor], list[torch.Tensor] | None]:
+    """One forward under Chefer et al.'s rules recording the attention of ``sites`` (the tap's ``attentions``):
+    (the recorded sites in forward order, R_A = A ⊙ g_A of each by the rules' backward from R = 1 at the target,
+    with ``gradients`` ∇A of each by the plain backward through the same graph (:meth:`Composite.selectable`),
+    else None). A site that reaches no answer gets zeros."""
+    rules = CHEFER.selectable() if gradients else CHEFER
+    logits, tr = batch.run(rules=rules, attentions=sites, tokens=False)
+    recorded = tr.sites
+    attentions = [r.attention for r in recorded]
+    relevances = torch.autograd.grad(unit_relevance(batch, logits), attentions, retain_graph=gradients,
+                                     allow_unused=True, materialize_grads=True)
+    relevances = [a.detach() * r for a, r in zip(attentions, relevances)]
+    if not gradients:
+        return recorded, relevances, None
+    with rules.switch.plain():
+        plain = torch.autograd.grad(batch.score(logits), attentions, allow_unused=True, materialize_grads=True)
+    return recorded, relevances, list(plain)
 
 
 def in_graphs(per_image: float):
@@ -111,32 +143,37 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "head_row"}, cost="1F+2B", requires=check_precision,
-          memory=in_graphs(3.0), fits=takes_attribution)
+          needs={"attention", "gradients", "head_row"}, cost="1F+2B", kinds=("vit", "vqa"),
+          requires=bimodal_baselines.authors_form(check_pre_norm, start_layer=0), memory=in_graphs(3.0),
+          fits=takes_attribution)
 @in_precision
 def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str = "float32") -> torch.Tensor:
     """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
     b = s..L (``start_layer`` s, 0-based; the authors' ViT scripts use 1), with R_A_b the LRP relevance of
     block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the head's row of R.
+    On a bi-modal model, the authors' form (:mod:`vitx.methods.bimodal_baselines`).
 
     One forward under the rules, then their backward for R_A and the plain backward for ∇A through the
     same graph (:meth:`Composite.selectable`); ``start_layer`` is checked before it (``fits``)."""
-    rules = CHEFER.selectable()
-    logits, tr = batch.run(rules=rules, tokens=False)
-    attentions = from_block(tr.attentions, start_layer)
-    relevances = torch.autograd.grad(unit_relevance(batch, logits), attentions, retain_graph=True)
-    with rules.switch.plain():
-        gradients = torch.autograd.grad(batch.score(logits), attentions)
-    relevances = [a.detach() * r for a, r in zip(attentions, relevances)]
+    if batch.model.bimodal:
+        found = site_relevance(batch, bimodal_baselines.relevance_sites(batch), gradients=True)
+        return bimodal_baselines.transformer_attribution(batch, *found)
+    blocks = from_block(range(len(batch.model.adapter.attentions())), start_layer)
+    _, relevances, gradients = site_relevance(batch, blocks, gradients=True)
     return head_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
 
 
 @register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "head_row"},
-          cost="1F+1B", requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER))
+          cost="1F+1B", kinds=("vit", "vqa"), requires=check_pre_norm, memory=in_graphs(3.0),
+          fits=takes_rules(CHEFER))
 @in_precision
 def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
-    averaged, the head's row: R = E_h[(R_A_L)⁺][c, patches]."""
+    averaged, the head's row: R = E_h[(R_A_L)⁺][c, patches]. On a bi-modal model, the authors' form
+    (:mod:`vitx.methods.bimodal_baselines`)."""
+    if batch.model.bimodal:
+        sites, relevances, _ = site_relevance(batch, bimodal_baselines.relevance_sites(batch, last=True))
+        return bimodal_baselines.partial_lrp(batch, sites, relevances)
     relevance, = attention_relevance(batch, blocks=[-1])
     return head_row(batch, relevance.clamp(min=0).mean(1))
 

@@ -2,7 +2,9 @@
 
 ``vitx.trace(model, rules=CHEFER)`` binds the rules (see :mod:`vitx.relevance.rules` for the convention);
 :meth:`Adapter.layer_kind` says what each leaf module is, and a composite that has no rule for a kind
-refuses the model before anything runs, naming the layer.
+refuses the model before anything runs, naming the layer. An embedding table (a VQA model's word embedding)
+reads integer token ids, through which no relevance passes: it keeps its gradient, so that its output e carries
+R_e = e ⊙ g_e, each token's relevance, and the propagation ends there.
 """
 from __future__ import annotations
 
@@ -153,11 +155,11 @@ class ResidualAdds:
 CHEFER = Composite(
     "Chefer et al. 2021 LRP",
     layers={"linear": AlphaBeta(1.0, 0.0), "layernorm": Identity(), "batchnorm": Identity(),
-            "activation": Identity(), "pass": Gradient()},
+            "activation": Identity(), "pass": Gradient(), "embedding": Gradient()},
     softmax=Identity(), normalised_adds=True)
 
 ATTNLRP = Composite(
     "AttnLRP",
     layers={"linear": Epsilon(1e-6), "layernorm": DetachedStd(), "batchnorm": Gradient(),
-            "activation": Identity(), "pass": Gradient()},
+            "activation": Identity(), "pass": Gradient(), "embedding": Gradient()},
     softmax=Gradient(), normalised_adds=False)
