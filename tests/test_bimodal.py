@@ -167,3 +167,20 @@ def test_a_vit_is_the_one_stream_case():
     assert list(walked) == [("image", "image")]
     assert torch.allclose(walked["image", "image"], generic_relevance([r.attention.detach() for r in tr.sites],
                                                                       list(gradients)), atol=1e-6)
+
+
+def test_frozen_two_stream_model():
+    """With frozen parameters the text stream's first blocks see only the word embeddings, which the tap makes
+    differentiable as it does the images: the maps are those of the unfrozen model."""
+    torch.manual_seed(0)
+    net = create_model("vqa_shapes_dual").eval()
+    data = shapes_vqa(3, seed=2)
+    model = wrap(net)
+    x, questions = model.normalize(data.images), list(data.questions)
+    free = vitx.explain(model, x, text=questions, normalize=False)
+    net.requires_grad_(False)
+    for method in ("generic-attention", "transformer-attribution"):
+        frozen = vitx.explain(model, x, method, text=questions, normalize=False)
+        assert torch.isfinite(frozen.text_maps).all()
+    frozen = vitx.explain(model, x, text=questions, normalize=False)
+    assert torch.allclose(frozen.text_maps, free.text_maps) and torch.allclose(frozen.token_maps, free.token_maps)

@@ -19,10 +19,10 @@ the model's layers while the block is open, and the attention product runs throu
 :class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
 patched ``forward``: the model is exactly as it was. Taps do not nest: opening one on a model that has one
 open (``vitx.explain`` inside a ``vitx.trace`` block included) is a :class:`VitxError`, and changes nothing.
-While gradients are enabled, the tap hands the network a copy of its input that requires grad, so that the
-recorded tensors are differentiable on a model whose parameters are frozen (``requires_grad_(False)``, the
-usual way to serve one); the user's parameters are never touched, and with no gradient requested nothing
-more is computed.
+While gradients are enabled, the tap hands the network a copy of its input (and of a bi-modal model's word
+embeddings) that requires grad, so that the recorded tensors are differentiable on a model whose parameters are
+frozen (``requires_grad_(False)``, the usual way to serve one); the user's parameters are never touched, and with
+no gradient requested nothing more is computed.
 """
 from __future__ import annotations
 
@@ -135,6 +135,8 @@ class Trace:
                             "model attends within shifted windows: the tap cannot edit its scores")
         try:
             self._undo.append(adapter.net.register_forward_pre_hook(self._reset).remove)
+            if (words := adapter.text_embedding()) is not None:   # a text stream starts there, not at the input
+                self._undo.append(words.register_forward_hook(_differentiable_output).remove)
             if self.rules is not None:
                 self.rules.attach(self.model, self._undo.append)
             modules = adapter.attentions()
@@ -216,6 +218,11 @@ def _differentiable(value):
     if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.requires_grad:
         return value.detach().requires_grad_(True)
     return value
+
+
+def _differentiable_output(_module, _inputs, output):
+    if torch.is_grad_enabled():
+        return _differentiable(output)
 
 
 def _blocks(choice: bool | Sequence[int], depth: int) -> frozenset[int]:

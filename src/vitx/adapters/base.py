@@ -119,6 +119,10 @@ class Adapter:
         """Per question of a bi-modal model, the column of the text token whose row the head reads: [CLS] (0)."""
         return torch.zeros(len(text), dtype=torch.long, device=text.ids.device)
 
+    def text_embedding(self) -> nn.Module | None:
+        """A bi-modal model's word-embedding layer (None for an image-only model)."""
+        return None
+
     def pixel_layer(self) -> nn.Module:
         """The layer applied to the images themselves: the patch projection, or a convolutional stem's first
         convolution."""
