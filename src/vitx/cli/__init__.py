@@ -78,16 +78,19 @@ def build_parser() -> Parser:
         p.add_argument("--json", action="store_true", help="print JSON instead of a table")
         p.set_defaults(run=run_methods if name == "methods" else run_models)
 
-    p = commands.add_parser("bench", parents=[common], help="score methods on shapes images with known ground truth",
-                            description="Run every method on the same N fresh shapes images and compute every "
+    p = commands.add_parser("bench", parents=[common], help="score methods on shapes images (or shapes_vqa questions) "
+                                                            "with known ground truth",
+                            description="Run every method on the same N fresh shapes images (on a VQA model: N "
+                                        "shapes_vqa image-question pairs, scored on both modalities) and compute every "
                                         "metric; write results.json, results.csv, leaderboard.md, curve plots, "
                                         "gallery.png and report.html into --out.")
-    p.add_argument("--model", required=True, help="a model trained on shapes: zoo name, or a file as for explain")
+    p.add_argument("--model", required=True, help="a model trained on shapes or shapes_vqa: zoo name, or a file as for "
+                                                  "explain")
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default), which adds "
                                                     "the reference rows random and ground-truth")
     p.add_argument("--metrics", help="comma-separated metric names (default: every metric that applies)")
-    p.add_argument("--n", type=positive_int, default=500, help="number of shapes images (default: 500)")
+    p.add_argument("--n", type=positive_int, default=500, help="number of images or pairs (default: 500)")
     p.add_argument("--seed", type=int, default=0, help="data seed, also seeds stochastic methods (default: 0)")
     p.add_argument("--sanity-images", type=positive_int, default=100,
                    help="images for the randomisation check, which re-runs each method once per block "
