@@ -116,6 +116,16 @@ def test_workers_draw_the_same_batches_in_order():
                for a, b in zip(here, ahead))
 
 
+def test_workers_train_the_same_weights(zoo, trained, tmp_path, monkeypatch):
+    shutil.copy(zoo / "shapes-vit.safetensors", tmp_path)
+    monkeypatch.setattr(vqa_training, "TEST_QUESTIONS", QUESTIONS)
+    assert train("shapes-vqa-single", tmp_path, seed=2, steps=3, batch_size=4, progress=False, workers=2) == \
+        trained["single"]
+    here, _ = read_checkpoint(zoo / "shapes-vqa-single.safetensors")
+    ahead, _ = read_checkpoint(tmp_path / "shapes-vqa-single.safetensors")
+    assert all(torch.equal(here[k], ahead[k]) for k in here)
+
+
 def test_answer_metrics_count_confusions_per_type():
     index = {name: i for i, name in enumerate(ANSWERS)}
     kinds = [QUESTION_TYPES.index(k) for k in ("counting",) * 5 + ("existence",) * 2]
