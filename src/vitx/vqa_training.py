@@ -136,16 +136,16 @@ def type_words(kind: str, m: dict) -> str:
 def architecture_text(arch: str) -> str:
     cfg = ARCHITECTURES[arch]
     grid = cfg.image_size // cfg.patch_size
-    common = (f"{cfg.embed_dim} dimensions, {cfg.num_heads} heads, MLP ratio {cfg.mlp_ratio:g}; image: {cfg.image_size}x"
-              f"{cfg.image_size} input, {cfg.patch_size}x{cfg.patch_size} patches ({grid * grid} patch tokens) "
+    common = (f"{cfg.embed_dim} dimensions, {cfg.num_heads} heads, MLP ratio {cfg.mlp_ratio:g}; image: "
+              f"{cfg.image_size}x{cfg.image_size} input, {cfg.patch_size}x{cfg.patch_size} patches ({grid * grid} patch tokens) "
               f"embedded by `vitx_shapes`' convolutional stem; text: [CLS] words [SEP], at most {cfg.max_length} "
               f"tokens of a {len(cfg.vocabulary)}-token word vocabulary")
     if cfg.streams == "single":
-        layers = (f"one stream (VisualBERT-like, Li et al. 2019): word tokens and patch tokens, each with its position "
-                  f"and a type embedding, concatenated and read by {cfg.depth} pre-norm self-attention blocks")
+        layers = (f"one stream (VisualBERT-like, Li et al. 2019): word tokens and patch tokens, each with its "
+                  f"position and a type embedding, concatenated and read by {cfg.depth} pre-norm self-attention blocks")
     else:
-        layers = (f"two streams (LXMERT-like, Tan & Bansal, EMNLP 2019): {cfg.text_layers} self-attention blocks on the "
-                  f"words, {cfg.image_layers} on the patches, then {cfg.cross_layers} cross-modality layers (each "
+        layers = (f"two streams (LXMERT-like, Tan & Bansal, EMNLP 2019): {cfg.text_layers} self-attention blocks on "
+                  f"the words, {cfg.image_layers} on the patches, then {cfg.cross_layers} cross-modality layers (each "
                   "stream attends to the other, then to itself)")
     params = sum(p.numel() for p in create_model(arch).parameters())
     return (f"`{arch}` (vitx.models.vqa): {layers}; {common}. The answer is read from the final [CLS] token: "
@@ -161,7 +161,9 @@ def vqa_card(name: str, recipe: Recipe, meta: dict, loaded: list[str]) -> str:
     curve = "\n".join(f"| {p['step']} | {p['loss']:.3f} | {p['accuracy']:.3f} | "
                       + " | ".join(f"{p['types'][t]:.3f}" for t in QUESTION_TYPES) + " |" for p in meta["train_curve"])
     verdict = ("meets" if meets_bar(m) else "does **not** meet")
-    blocks = "blocks" if ARCHITECTURES[recipe.arch].streams == "single" else "image_blocks"
+    cfg = ARCHITECTURES[recipe.arch]
+    blocks, count, fresh = (("blocks", cfg.depth, "the type embeddings") if cfg.streams == "single" else
+                            ("image_blocks", cfg.image_layers, "the language blocks, the cross-modality layers"))
     return f"""# {name}
 
 A small visual-question-answering transformer trained on vitx's `shapes_vqa` data, whose generator knows which
@@ -188,9 +190,9 @@ for training). No augmentation.
 - Steps: {meta['steps']} at batch size {meta['batch_size']} ({meta['steps'] * meta['batch_size']:,} questions)
 - Loss: cross-entropy over the {len(ANSWERS)} answers
 - Start: the image side of `{recipe.start}` (train it first; the zoo ships it): its patch embedding,
-  its patch position embeddings (`pos_embed` without the class token) as `image_pos`, its 6 blocks as `{blocks}`;
-  everything else ({'the type embeddings, ' if blocks == 'blocks' else 'the language blocks, the cross-modality layers, '}word and text position embeddings, final norm, answer head)
-  as the architecture initialises it (truncated normal, std 0.02)
+  its patch position embeddings (`pos_embed` without the class token) as `image_pos`, its {count} blocks as
+  `{blocks}`; everything else ({fresh}, word and text position embeddings, final norm, answer head) as the
+  architecture initialises it (truncated normal, std 0.02)
 - Optimiser: AdamW, learning rate {recipe.lr:g}, weight decay {recipe.weight_decay:g}, gradient norm clipped
   at {recipe.clip:g}; linear warm-up over {recipe.warmup:.0%} of the steps, then cosine decay to zero
 - Training time: {meta['train_seconds'] / 60:.1f} minutes on {meta['train_device']}
@@ -203,8 +205,8 @@ Training-batch accuracy over the run (each row a window of steps, up to the step
 
 ## Results
 
-On {m['questions']:,} fresh questions (data seed {meta['test_seed']}): answer accuracy **{m['accuracy']:.3f}**. The model
-{verdict} issue 13's bar (at least {BAR['overall']:.0%} overall and {BAR['per type']:.0%} per question type).
+On {m['questions']:,} fresh questions (data seed {meta['test_seed']}): answer accuracy **{m['accuracy']:.3f}**.
+The model {verdict} issue 13's bar (at least {BAR['overall']:.0%} overall and {BAR['per type']:.0%} per question type).
 
 | question type | accuracy | questions | commonest confusions (true → predicted (count)) |
 |---|---:|---:|---|
