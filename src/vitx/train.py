@@ -1,18 +1,21 @@
 """``vitx train``: the recipes behind the zoo's checkpoints, reproducible from a seed.
 
-Data is drawn fresh at every step from :func:`vitx.data.shapes`: step ``k`` of a run with seed ``s``
-uses the images of data seed ``1_000_000 * (s + 1) + k``, so training never sees a data seed below
-1,000,000 and every smaller seed (such as the test seed ``10_000 + s``) holds fresh images.
+Data is drawn fresh at every step from :func:`vitx.data.shapes` (:func:`vitx.data.shapes_vqa` for the VQA
+recipes): step ``k`` of a run with seed ``s`` uses the images of data seed ``1_000_000 * (s + 1) + k``, so
+training never sees a data seed below 1,000,000 and every smaller seed (such as the test seed ``10_000 + s``)
+holds fresh images. The step batches can be drawn ahead by worker processes; the data are the same either way.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
@@ -25,6 +28,7 @@ from .zoo import ZOO_DIR
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 TEST_IMAGES = 1000
 _TRAIN_SEED_STRIDE = 1_000_000  # data seeds of training runs start here; smaller seeds are for testing
+_TEST_SEED = 10_000             # + the run's seed: the data seed of its test set
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Recipe:
     clip: float = 1.0      # gradient-norm clipping
     start: str | None = None  # a recipe whose trained weights start this one
     kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``),
-                              # "generator" (a GAN generator; ``arch`` "nest" or "conv")
+                              # "generator" (a GAN generator; ``arch`` "nest" or "conv"), "vqa" (on shapes_vqa)
     batch_size: int = 128
     coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
@@ -62,15 +66,22 @@ RECIPES = {
                                    kind="surrogate", batch_size=64),
     "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
                                  kind="shapley-explainer", batch_size=32, coalitions=8),
+    "shapes-vqa-single": Recipe("vqa_shapes_single", "vqa", steps=3000, lr=1e-3, start="shapes-vit", kind="vqa",
+                                batch_size=64),
+    "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=3000, lr=1e-3, start="shapes-vit", kind="vqa",
+                              batch_size=64),
 }
 
 
 def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
-          progress: bool = True, recipe: Recipe | None = None, config: dict | None = None) -> dict:
+          progress: bool = True, recipe: Recipe | None = None, config: dict | None = None, workers: int = 0,
+          device: str | None = None) -> dict:
     """Train recipe ``name`` (a key of RECIPES), save ``<out_dir>/<name>.safetensors`` and its model
     card ``<name>.md``, and return the test metrics. A study passes its own variant of the recipe as
     ``recipe`` (for instance ``dataclasses.replace(RECIPES[name], fd_every=100)``); ``name`` still names
-    the files. ``config`` overrides fields of a classifier's architecture (e.g. ``{"patch_size": 2}``)."""
+    the files. ``config`` overrides fields of a classifier's architecture (e.g. ``{"patch_size": 2}``).
+    ``workers`` processes draw the step batches ahead (0: in this process); ``device`` (VQA recipes; default
+    cpu) is where the model trains, the data being drawn on the CPU."""
     if name not in RECIPES:
         raise VitxError(f"no training recipe named {name!r}; recipes: {', '.join(RECIPES)}")
     recipe = RECIPES[name] if recipe is None else recipe
@@ -80,15 +91,22 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
         recipe = replace(recipe, config={**recipe.config, **config})
     steps = recipe.steps if steps is None else steps
     batch_size = recipe.batch_size if batch_size is None else batch_size
-    for label, value in (("seed", seed), ("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if label == "seed" else 1):
-            raise VitxError(f"{label} must be an integer >= {0 if label == 'seed' else 1}, got {value!r}")
+    for label, value, low in (("seed", seed, 0), ("steps", steps, 1), ("batch_size", batch_size, 1),
+                              ("workers", workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise VitxError(f"{label} must be an integer >= {low}, got {value!r}")
     if steps >= _TRAIN_SEED_STRIDE:
         raise VitxError(f"steps must be below {_TRAIN_SEED_STRIDE:,}, got {steps}")
+    device = training_device(device, name, recipe.kind)
     out_dir = Path(out_dir)
+    test_seed = _TEST_SEED + seed
     torch.manual_seed(seed)
     if recipe.kind == "classifier":
         job = Classifier(recipe, out_dir)
+    elif recipe.kind == "vqa":
+        from .vqa_training import QuestionAnswerer, answer_batch
+        job = QuestionAnswerer(recipe, out_dir, seed, test_seed, workers)
+        job.to(device)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)
@@ -102,9 +120,10 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _warmup_cosine(steps, recipe.warmup))
                  for o in (optimizer, getattr(job, "d_optimizer", None)) if o is not None]
     start = time.perf_counter()
+    draw = answer_batch if recipe.kind == "vqa" else partial(shapes, variant=recipe.variant)
+    seeds = [_TRAIN_SEED_STRIDE * (seed + 1) + step for step in range(steps)]
     bar = tqdm(range(steps), desc=f"train {name}", disable=not progress)
-    for step in bar:
-        data = shapes(n=batch_size, seed=_TRAIN_SEED_STRIDE * (seed + 1) + step, variant=recipe.variant)
+    for step, data in zip(bar, step_batches(draw, seeds, batch_size, workers)):
         loss = job.loss(data)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,19 +136,60 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     seconds = time.perf_counter() - start
     job.net.eval()
 
-    test_seed = 10_000 + seed
     metrics = job.score(test_seed)
     command = f"vitx train {name} --seed {seed} --steps {steps} --batch-size {batch_size}"
     command += "".join(f' --config "{key}={value}"' for key, value in recipe.config.items())
+    command += (f" --device {device}" if device.type != "cpu" else "") + (f" --workers {workers}" if workers else "")
     if out_dir.resolve() != ZOO_DIR.resolve():
         command += f" --out {out_dir}"
     meta = {"arch": recipe.arch, "config": dict(recipe.config), "mean": MEAN, "std": STD, "class_names": CLASS_NAMES,
             "multi_label": recipe.multi_label, "dataset": f"shapes/{recipe.variant} 64px", "metrics": metrics,
             "seed": seed, "test_seed": test_seed, "steps": steps, "batch_size": batch_size, "command": command,
-            "train_seconds": round(seconds, 1), "start": recipe.start, **job.meta}
+            "train_seconds": round(seconds, 1), "train_device": device_name(device), "start": recipe.start,
+            **job.meta}
     save_checkpoint(job.net, out_dir / f"{name}.safetensors", meta)
     (out_dir / f"{name}.md").write_text(job.card(name, recipe, meta))
     return metrics
+
+
+def training_device(device: str | None, name: str, kind: str) -> torch.device:
+    """The torch device ``device`` names (default cpu); only the VQA recipes train off the CPU."""
+    try:
+        parsed = torch.device(device or "cpu")
+    except (RuntimeError, ValueError):
+        raise VitxError(f"unknown device {device!r} (expected e.g. cpu or cuda)") from None
+    if parsed.type != "cpu" and kind != "vqa":
+        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA recipes")
+    return parsed
+
+
+def device_name(device: torch.device) -> str:
+    """What ran a training, for its model card."""
+    if device.type == "cuda":
+        return f"one {torch.cuda.get_device_name(device)} (data drawn on the CPU)"
+    return f"{device.type.upper()} ({torch.get_num_threads()} torch threads)"
+
+
+def step_batches(draw, seeds: list[int], batch_size: int, workers: int):
+    """``draw(n=batch_size, seed=s)`` for each seed in order: in this process, or ``workers`` processes ahead."""
+    if not workers:
+        return (draw(n=batch_size, seed=s) for s in seeds)
+    return DataLoader(_Draws(draw, seeds, batch_size), batch_size=None, num_workers=workers, collate_fn=_as_drawn)
+
+
+class _Draws(Dataset):
+    def __init__(self, draw, seeds: list[int], batch_size: int):
+        self.draw, self.seeds, self.batch_size = draw, seeds, batch_size
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def __getitem__(self, k: int):
+        return self.draw(n=self.batch_size, seed=self.seeds[k])
+
+
+def _as_drawn(data):
+    return data
 
 
 class Classifier:

@@ -124,6 +124,10 @@ def build_parser() -> Parser:
     p.add_argument("--config", action="append", default=[], type=config_override, metavar="NAME=VALUE",
                    help="override a field of the architecture's configuration, e.g. patch_size=2 or "
                         "\"depths=(1, 2, 8)\" (repeatable; classifiers)")
+    p.add_argument("--workers", type=int, help="processes that draw the training batches ahead (default: 0, in "
+                                               "this process; the data are the same either way)")
+    p.add_argument("--device", type=device, help="torch device the model trains on, e.g. cpu or cuda (VQA recipes; "
+                                                 "default: cpu)")
     p.set_defaults(run=run_train)
     return parser
 

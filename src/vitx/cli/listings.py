@@ -58,8 +58,10 @@ def run_generate(args) -> int:
 def run_train(args) -> int:
     from ..train import train
     options = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
-               "config": dict(args.config) or None}
+               "config": dict(args.config) or None, "workers": args.workers, "device": args.device}
     metrics = train(args.name, out_dir=args.out, **{key: value for key, value in options.items() if value is not None})
+    shown = {key: value for key, value in metrics.items() if key != "types"}  # a VQA model's: accuracy per type
+    shown.update({f"{kind} accuracy": m["accuracy"] for kind, m in metrics.get("types", {}).items()})
     print(f"wrote {args.out / args.name}.safetensors and its model card {args.name}.md\n"
-          f"test metrics: {', '.join(f'{key} {value}' for key, value in metrics.items())}")
+          f"test metrics: {', '.join(f'{key} {value}' for key, value in shown.items())}")
     return 0

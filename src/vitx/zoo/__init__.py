@@ -8,7 +8,7 @@ from ..errors import VitxError
 
 ZOO_DIR = Path(__file__).parent
 NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-shapley", "shapes-nest",
-         "shapes-nest-gan")
+         "shapes-nest-gan", "shapes-vqa-single", "shapes-vqa-dual")
 
 
 def zoo_path(name: str) -> Path:
@@ -21,8 +21,9 @@ def zoo_path(name: str) -> Path:
 
 
 def models() -> list[dict]:
-    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator), architecture,
-    dataset, accuracy (of a classifier or surrogate), file (and its model card)."""
+    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator, vqa), architecture,
+    dataset, accuracy (of a classifier or surrogate; a VQA model's overall answer accuracy), file (and its model
+    card)."""
     rows = []
     for name in NAMES:
         path = ZOO_DIR / f"{name}.safetensors"
