@@ -4,6 +4,9 @@ Data is drawn fresh at every step from :func:`vitx.data.shapes` (:func:`vitx.dat
 recipes): step ``k`` of a run with seed ``s`` uses the images of data seed ``1_000_000 * (s + 1) + k``, so
 training never sees a data seed below 1,000,000 and every smaller seed (such as the test seed ``10_000 + s``)
 holds fresh images. The step batches can be drawn ahead by worker processes; the data are the same either way.
+A recipe with a ``pool`` (the VQA recipes, whose generator is ten times slower) draws that many items once instead,
+chunk ``j`` of 1,000 from data seed ``1_000_000 * (s + 1) + j``, and samples its batches from them in shuffled
+epochs (:mod:`vitx.vqa_training`).
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
     fd_every: int = 0      # generator: steps between Fréchet distances recorded
     config: dict = field(default_factory=dict)  # classifier: overrides of the architecture's configuration
+    pool: int = 0          # vqa: items drawn once and sampled in shuffled epochs (0: a fresh batch every step)
 
     @property
     def multi_label(self) -> bool:
@@ -66,10 +70,10 @@ RECIPES = {
                                    kind="surrogate", batch_size=64),
     "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
                                  kind="shapley-explainer", batch_size=32, coalitions=8),
-    "shapes-vqa-single": Recipe("vqa_shapes_single", "vqa", steps=3000, lr=1e-3, start="shapes-vit", kind="vqa",
-                                batch_size=64),
-    "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=3000, lr=1e-3, start="shapes-vit", kind="vqa",
-                              batch_size=64),
+    "shapes-vqa-single": Recipe("vqa_shapes_single", "vqa", steps=8000, lr=1e-3, start="shapes-vit", kind="vqa",
+                                batch_size=256, pool=200_000),
+    "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=8000, lr=1e-3, start="shapes-vit", kind="vqa",
+                              batch_size=256, pool=200_000),
 }
 
 
@@ -122,8 +126,14 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     start = time.perf_counter()
     draw = answer_batch if recipe.kind == "vqa" else partial(shapes, variant=recipe.variant)
     seeds = [_TRAIN_SEED_STRIDE * (seed + 1) + step for step in range(steps)]
+    if recipe.pool:
+        from .vqa_training import pool_batches, question_pool
+        batches = pool_batches(question_pool(recipe.pool, seed, workers, out_dir / ".cache"), batch_size, steps, seed,
+                               device)
+    else:
+        batches = step_batches(draw, seeds, batch_size, workers)
     bar = tqdm(range(steps), desc=f"train {name}", disable=not progress)
-    for step, data in zip(bar, step_batches(draw, seeds, batch_size, workers)):
+    for step, data in zip(bar, batches):
         loss = job.loss(data)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from .checkpoint import read_checkpoint
 from .data.shapes_vqa import ANSWERS, MAX_LENGTH, QUESTION_TYPES, TOKENIZER, TYPE_ANSWERS, shapes_vqa
 from .models import ARCHITECTURES, create_model
-from .train import MEAN, STD, Recipe, require_start, step_batches
+from .train import _TRAIN_SEED_STRIDE, MEAN, STD, Recipe, require_start, step_batches
 
 TEST_QUESTIONS = 2000
 CONFUSIONS = 3                 # the commonest confusions recorded per question type
@@ -40,6 +41,47 @@ def answer_batch(n: int, seed: int):
     return shapes_vqa(n=n, seed=seed)
 
 
+POOL_CHUNK = 1000
+POOLED = ("images", "input_ids", "attention_mask", "answers", "types")
+
+
+def question_pool(n: int, seed: int, workers: int, cache: Path | None = None) -> dict[str, torch.Tensor]:
+    """``n`` items of :func:`shapes_vqa` drawn once for a run of ``seed``: chunk j of POOL_CHUNK from data seed
+    1,000,000 (seed + 1) + j, by ``workers`` processes; images kept in float16. With ``cache`` (a directory) the pool
+    is saved there and read back by later runs of the same seed and size."""
+    path = None if cache is None else Path(cache) / f"shapes_vqa-pool-{seed}-{n}.pt"
+    if path is not None and path.exists():
+        return torch.load(path)
+    seeds = [_TRAIN_SEED_STRIDE * (seed + 1) + j for j in range(-(-n // POOL_CHUNK))]
+    parts = [{k: getattr(d, k) for k in POOLED} for d in step_batches(answer_batch, seeds, POOL_CHUNK, workers)]
+    pool = {k: torch.cat([p[k] for p in parts])[:n] for k in POOLED}
+    pool["images"] = pool["images"].half()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(pool, path.with_suffix(".tmp"))
+        path.with_suffix(".tmp").replace(path)     # whole, or not there: another run may read it meanwhile
+    return pool
+
+
+def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, steps: int, seed: int, device):
+    """``steps`` batches from ``pool``, on ``device``: shuffled epochs (a torch generator seeded with ``seed``), the
+    last incomplete batch of each epoch left out."""
+    pool = {k: v.to(device) for k, v in pool.items()}
+    n = len(pool["answers"])
+    if batch_size > n:
+        raise ValueError(f"batch size {batch_size} is larger than the pool of {n} items")
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    while True:
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            if step == steps:
+                return
+            rows = order[start:start + batch_size]
+            yield SimpleNamespace(**{k: v[rows] for k, v in pool.items()})
+            step += 1
+
+
 class QuestionAnswerer:
     """A VQA transformer trained on cross-entropy over ANSWERS, its image side started from ``recipe.start``.
     The 2,000 test questions are drawn by a background worker while it trains when ``workers`` > 0."""
@@ -57,7 +99,7 @@ class QuestionAnswerer:
 
     def logits(self, images, input_ids, attention_mask) -> torch.Tensor:
         device = self.mean.device
-        images = (images.to(device) - self.mean) / self.std
+        images = (images.to(device, torch.float32) - self.mean) / self.std
         return self.net(images, input_ids.to(device), attention_mask.to(device))
 
     def to(self, device) -> None:
