@@ -3,6 +3,7 @@ shapes-vit, batches drawn by workers, the per-type scores, and bad input."""
 import shutil
 import sys
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,11 +14,14 @@ from vitx.checkpoint import read_checkpoint
 from vitx.cli import main
 from vitx.data import ANSWERS, QUESTION_TYPES, shapes_vqa
 from vitx.models import create_model
-from vitx.train import step_batches, train
-from vitx.vqa_training import answer_batch, answer_metrics, image_side_from, type_words
+from vitx.train import RECIPES, step_batches, train
+from vitx.vqa_training import (answer_batch, answer_metrics, image_side_from, pool_batches, question_pool,
+                               type_words)
 from vitx.zoo import ZOO_DIR
 
 QUESTIONS = 100  # test questions of the tiny runs (the recipes' 2,000 take ~20 s to draw)
+FRESH = replace(RECIPES["shapes-vqa-single"], pool=0)   # a fresh batch every step
+POOLED = replace(RECIPES["shapes-vqa-dual"], pool=24)   # a pool of 3 chunks of 8 (POOL_CHUNK patched)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +36,10 @@ def zoo(tmp_path_factory):
 def trained(zoo):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(vqa_training, "TEST_QUESTIONS", QUESTIONS)
-        single = train("shapes-vqa-single", zoo, seed=2, steps=3, batch_size=4, progress=False)
-        dual = train("shapes-vqa-dual", zoo, seed=1, steps=2, batch_size=6, progress=False, workers=2)
+        patch.setattr(vqa_training, "POOL_CHUNK", 8)
+        single = train("shapes-vqa-single", zoo, seed=2, steps=3, batch_size=4, progress=False, recipe=FRESH)
+        dual = train("shapes-vqa-dual", zoo, seed=1, steps=5, batch_size=6, progress=False, workers=2,
+                     recipe=POOLED)
     return {"single": single, "dual": dual}
 
 
@@ -72,14 +78,16 @@ def test_zoo_rows_show_a_vqa_model_with_its_overall_accuracy(zoo, trained, monke
 def test_card_states_command_start_and_results_per_type(zoo, trained):
     card = (zoo / "shapes-vqa-dual.md").read_text()
     metrics = trained["dual"]
-    for fact in (f"vitx train shapes-vqa-dual --seed 1 --steps 2 --batch-size 6 --workers 2 --out {zoo}",
+    for fact in (f"vitx train shapes-vqa-dual --seed 1 --steps 5 --batch-size 6 --workers 2 --out {zoo}",
+                 "A pool of 24 questions drawn once (chunk j of 8", "(1.2 passes)",
                  "Start: the image side of `shapes-vit`", "its 6 blocks as\n  `image_blocks`", "2 cross-modality layers",
                  f"{sum(p.numel() for p in create_model('vqa_shapes_dual').parameters()):,} parameters",
                  f"answer accuracy **{metrics['accuracy']:.3f}**", "does **not** meet issue 13's bar",
                  *(type_words(kind, m) for kind, m in metrics["types"].items()),
                  *(f"| {kind} | {m['accuracy']:.3f} | {m['n']} |" for kind, m in metrics["types"].items())):
         assert fact in card, fact
-    assert "its 6 blocks as\n  `blocks`" in (zoo / "shapes-vqa-single.md").read_text()
+    single = (zoo / "shapes-vqa-single.md").read_text()
+    assert "its 6 blocks as\n  `blocks`" in single and "A fresh batch of 4 questions at every step" in single
 
 
 @pytest.mark.parametrize("streams, blocks", [("single", "blocks"), ("dual", "image_blocks")])
@@ -102,7 +110,7 @@ def test_trained_image_side_stays_near_shapes_vit(zoo, trained):
     vit, _ = read_checkpoint(ZOO_DIR / "shapes-vit.safetensors")
     dual, _ = read_checkpoint(zoo / "shapes-vqa-dual.safetensors")
     weights = [k for k in vit if k.startswith("blocks.")]
-    # two small AdamW steps move a weight by ~1e-3; a fresh start differs from shapes-vit's by ~0.1
+    # five small AdamW steps move a weight by ~5e-3; a fresh start differs from shapes-vit's by ~0.1
     assert all(torch.allclose(dual["image_" + k], vit[k], atol=1e-2) for k in weights)
     fresh = create_model("vqa_shapes_dual").state_dict()
     assert not all(torch.allclose(fresh["image_" + k], vit[k], atol=1e-2) for k in weights)
@@ -120,11 +128,32 @@ def test_workers_draw_the_same_batches_in_order():
 def test_workers_train_the_same_weights(zoo, trained, tmp_path, monkeypatch):
     shutil.copy(zoo / "shapes-vit.safetensors", tmp_path)
     monkeypatch.setattr(vqa_training, "TEST_QUESTIONS", QUESTIONS)
-    assert train("shapes-vqa-single", tmp_path, seed=2, steps=3, batch_size=4, progress=False, workers=2) == \
-        trained["single"]
+    assert train("shapes-vqa-single", tmp_path, seed=2, steps=3, batch_size=4, progress=False, workers=2,
+                 recipe=FRESH) == trained["single"]
     here, _ = read_checkpoint(zoo / "shapes-vqa-single.safetensors")
     ahead, _ = read_checkpoint(tmp_path / "shapes-vqa-single.safetensors")
     assert all(torch.equal(here[k], ahead[k]) for k in here)
+
+
+def test_pool_is_the_training_chunks_cached_and_sampled_in_epochs(tmp_path, monkeypatch):
+    monkeypatch.setattr(vqa_training, "POOL_CHUNK", 4)
+    pool = question_pool(10, seed=3, workers=2, cache=tmp_path)
+    chunks = [shapes_vqa(4, 4_000_000 + j) for j in range(3)]
+    assert torch.equal(pool["answers"], torch.cat([c.answers for c in chunks])[:10])
+    assert torch.equal(pool["images"], torch.cat([c.images for c in chunks])[:10].half())
+    cached = list(tmp_path.iterdir())
+    assert [p.name for p in cached] == ["shapes_vqa-pool-3-10.pt"]
+    monkeypatch.setattr(vqa_training, "step_batches", None)  # a second run reads the cache and draws nothing
+    again = question_pool(10, seed=3, workers=0, cache=tmp_path)
+    assert all(torch.equal(again[k], pool[k]) for k in pool)
+
+    batches = list(pool_batches(pool, batch_size=3, steps=7, seed=0, device="cpu"))
+    assert len(batches) == 7 and all(len(b.answers) == 3 for b in batches)
+    for epoch in range(2):  # 3 batches an epoch, the 10th item left out: no item twice within an epoch
+        seen = torch.cat([b.images for b in batches[epoch * 3:epoch * 3 + 3]]).flatten(1)
+        assert len({tuple(row.tolist()) for row in seen}) == 9
+    assert not torch.equal(batches[0].answers, batches[3].answers) or not torch.equal(batches[0].images,
+                                                                                      batches[3].images)
 
 
 def test_answer_metrics_count_confusions_per_type():

@@ -95,7 +95,7 @@ class QuestionAnswerer:
         self.curve: list[dict] = []
         self.meta = {"kind": "vqa", "class_names": ANSWERS, "question_types": QUESTION_TYPES,
                      "vocabulary": TOKENIZER.tokens, "max_length": MAX_LENGTH, "multi_label": False,
-                     "dataset": "shapes_vqa 64px", "train_curve": self.curve}
+                     "dataset": "shapes_vqa 64px", "pool": recipe.pool, "train_curve": self.curve}
 
     def logits(self, images, input_ids, attention_mask) -> torch.Tensor:
         device = self.mean.device
@@ -194,6 +194,17 @@ def architecture_text(arch: str) -> str:
             f"LayerNorm, Linear-GELU-Linear to {len(cfg.answers)} answers. {params:,} parameters.")
 
 
+def data_text(recipe: Recipe, meta: dict) -> str:
+    """Where a run's training questions came from, for its card."""
+    if not recipe.pool:
+        return (f"A fresh batch of {meta['batch_size']} questions at every step (step k draws data seed\n"
+                "1,000,000 x (seed + 1) + k).")
+    passes = meta["steps"] * meta["batch_size"] / recipe.pool
+    return (f"A pool of {recipe.pool:,} questions drawn once (chunk j of {POOL_CHUNK:,} from data seed\n"
+            f"1,000,000 x (seed + 1) + j), batches of {meta['batch_size']} sampled from it in shuffled epochs "
+            f"({passes:.1f} passes).")
+
+
 def vqa_card(name: str, recipe: Recipe, meta: dict, loaded: list[str]) -> str:
     """The Markdown model card of a VQA recipe."""
     m = meta["metrics"]
@@ -221,15 +232,14 @@ Input normalisation of the image: mean {meta['mean']}, std {meta['std']} (as `sh
 
 `vitx.data.shapes_vqa`: 64x64 images of 2 to 4 coloured shapes (8 shapes, 6 colours) on a textured, cluttered
 background, each with one templated question of 5 types ({', '.join(QUESTION_TYPES)}) and its answer among
-{len(ANSWERS)} ({', '.join(ANSWERS)}); answers are balanced within each type. A fresh batch of {meta['batch_size']}
-questions at every step (step k draws data seed 1,000,000 x (seed + 1) + k; no data seed below 1,000,000 is used
-for training). No augmentation.
+{len(ANSWERS)} ({', '.join(ANSWERS)}); answers are balanced within each type. {data_text(recipe, meta)}
+No data seed below 1,000,000 is used for training. No augmentation.
 
 ## Training
 
 - Command: `{meta['command']}`
 - Seed: {meta['seed']} (`torch.manual_seed`; the data seeds follow from it)
-- Steps: {meta['steps']} at batch size {meta['batch_size']} ({meta['steps'] * meta['batch_size']:,} questions)
+- Steps: {meta['steps']} at batch size {meta['batch_size']} ({meta['steps'] * meta['batch_size']:,} questions seen)
 - Loss: cross-entropy over the {len(ANSWERS)} answers
 - Start: the image side of `{recipe.start}` (train it first; the zoo ships it): its patch embedding,
   its patch position embeddings (`pos_embed` without the class token) as `image_pos`, its {count} blocks as
