@@ -45,6 +45,13 @@ POOL_CHUNK = 1000
 POOLED = ("images", "input_ids", "attention_mask", "answers", "types")
 
 
+def pool_chunk(n: int, seed: int) -> dict[str, torch.Tensor]:
+    """What training reads of ``shapes_vqa(n, seed)``, images in float16: half the memory (and the shared memory
+    between worker processes) of the float32 images, and no object masks."""
+    data = shapes_vqa(n=n, seed=seed)
+    return {k: getattr(data, k).half() if k == "images" else getattr(data, k) for k in POOLED}
+
+
 def question_pool(n: int, seed: int, workers: int, cache: Path | None = None) -> dict[str, torch.Tensor]:
     """``n`` items of :func:`shapes_vqa` drawn once for a run of ``seed``: chunk j of POOL_CHUNK from data seed
     1,000,000 (seed + 1) + j, by ``workers`` processes; images kept in float16. With ``cache`` (a directory) the pool
@@ -53,9 +60,8 @@ def question_pool(n: int, seed: int, workers: int, cache: Path | None = None) ->
     if path is not None and path.exists():
         return torch.load(path)
     seeds = [_TRAIN_SEED_STRIDE * (seed + 1) + j for j in range(-(-n // POOL_CHUNK))]
-    parts = [{k: getattr(d, k) for k in POOLED} for d in step_batches(answer_batch, seeds, POOL_CHUNK, workers)]
+    parts = list(step_batches(pool_chunk, seeds, POOL_CHUNK, workers))
     pool = {k: torch.cat([p[k] for p in parts])[:n] for k in POOLED}
-    pool["images"] = pool["images"].half()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(pool, path.with_suffix(".tmp"))
