@@ -70,9 +70,9 @@ RECIPES = {
                                    kind="surrogate", batch_size=64),
     "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
                                  kind="shapley-explainer", batch_size=32, coalitions=8),
-    "shapes-vqa-single": Recipe("vqa_shapes_single", "vqa", steps=8000, lr=1e-3, start="shapes-vit", kind="vqa",
+    "shapes-vqa-single": Recipe("vqa_shapes_single", "vqa", steps=7500, lr=1e-3, start="shapes-vit", kind="vqa",
                                 batch_size=256, pool=200_000),
-    "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=8000, lr=1e-3, start="shapes-vit", kind="vqa",
+    "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=7500, lr=1e-3, start="shapes-vit", kind="vqa",
                               batch_size=256, pool=200_000),
 }
 
