@@ -9,6 +9,10 @@ STAMP := $(VENV)/.vitx-installed
 
 demo: $(STAMP)
 	$(BIN)/vitx explain src/vitx/data/samples/*.png --model shapes-vit --method all --out out/demo
+	$(BIN)/vitx explain src/vitx/data/samples/vqa/0_triangle.png src/vitx/data/samples/vqa/12_cross.png \
+		src/vitx/data/samples/vqa/4_star.png --model shapes-vqa-dual --method all --out out/demo-vqa \
+		--text "what colour is the object left of the triangle?" --text "is there a red cross?" \
+		--text "what colour is the star?"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
