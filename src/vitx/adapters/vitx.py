@@ -12,8 +12,20 @@ from ..text import Text
 from .base import Adapter, Attend, Description, Site, pair, project_values
 
 
-class VitxViTAdapter(Adapter):
+class VitxAdapter(Adapter):
+    """What vitx's architectures share: attention modules with an output projection ``proj``, and the ViT patch
+    embedding (:class:`vitx.models.vit.PatchEmbed`)."""
     framework = "vitx"
+
+    def value_projection(self, module):
+        return partial(project_values, module.proj)
+
+    def pixel_layer(self) -> nn.Module:
+        stem = self.net.patch_embed.stem
+        return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
+
+
+class VitxViTAdapter(VitxAdapter):
 
     def describe(self) -> Description:
         net: VisionTransformer = self.net
@@ -34,24 +46,17 @@ class VitxViTAdapter(Adapter):
             return module.merge_heads(attend(q, k, v, module.scale))
         return forward
 
-    def value_projection(self, module):
-        return partial(project_values, module.proj)
-
-    def pixel_layer(self) -> nn.Module:
-        stem = self.net.patch_embed.stem
-        return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
 
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
         return block.norm1, block.norm2
 
 
 
-class VitxVQAAdapter(Adapter):
+class VitxVQAAdapter(VitxAdapter):
     """vitx's VQA transformers (:mod:`vitx.models.vqa`): image and question in, answer logits out. One stream: its
     blocks are "joint" self-attention sites over [words; patches]. Two streams: "text" and "image" self-attention
     blocks, then per cross-modality layer the co-attention sites text→image and image→text and a self-attention
     site per stream."""
-    framework = "vitx"
 
     def describe(self) -> Description:
         cfg = self.net.cfg
@@ -100,12 +105,6 @@ class VitxVQAAdapter(Adapter):
             return module.merge_heads(attend(*module.split_heads(x, context), module.scale, mask=mask))
         return forward
 
-    def value_projection(self, module):
-        return partial(project_values, module.proj)
-
-    def pixel_layer(self) -> nn.Module:
-        stem = self.net.patch_embed.stem
-        return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
 
     def text_embedding(self) -> nn.Embedding:
         """The word embedding layer (ids -> vectors, before the position embedding): where gradient methods read
