@@ -38,7 +38,7 @@ from ..batch import Batch
 from ..errors import VitxError
 from ..scaling import minmax_tokens
 from ..trace import Recorded
-from . import attention, gradient
+from . import attention
 from .bimodal import head_rows, text_row
 
 
@@ -192,8 +192,11 @@ def integrated_gradients(batch: Batch, steps: int, baseline, internal_batch_size
     x', the word embeddings from 0. IG(p) = Σ_c (x − x')_c ∫ ∂y_t/∂x_c dα on the pixels and
     IG_j = Σ_d e_jd ∫ ∂y_t/∂e_jd dα on the tokens (Gauss–Legendre quadrature), which together sum to
     y_t(x, e) − y_t(x', 0)."""
-    alphas, weights = gradient.gauss_legendre(steps, batch.x)
-    start = gradient.baseline_for(batch, baseline)
+    # imported here: at the top, importing gradient (through attention) would register its methods before
+    # attention's, reordering vitx.methods() and every table drawn from it
+    from .gradient import baseline_for, gauss_legendre
+    alphas, weights = gauss_legendre(steps, batch.x)
+    start = baseline_for(batch, baseline)
     delta, count = batch.x - start, batch.x.shape[0]
     pixels, embedded = torch.zeros_like(batch.x), 0.0
     copies = batch.copies_per_pass(internal_batch_size)
