@@ -14,7 +14,8 @@ from vitx.checkpoint import read_checkpoint
 from vitx.cli import main
 from vitx.data import ANSWERS, QUESTION_TYPES, shapes_vqa
 from vitx.models import create_model
-from vitx.train import RECIPES, step_batches, train
+from vitx.draws import step_batches
+from vitx.train import RECIPES, train
 from vitx.vqa_training import (answer_batch, answer_metrics, image_side_from, pool_batches, question_pool,
                                type_words)
 from vitx.zoo import ZOO_DIR

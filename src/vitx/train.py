@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
+from .draws import step_batches
 from .data import CLASS_NAMES, shapes
 from .errors import VitxError
 from .model import Model, evaluating, wrap
@@ -178,28 +178,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"one {torch.cuda.get_device_name(device)} (data drawn on the CPU)"
     return f"{device.type.upper()} ({torch.get_num_threads()} torch threads)"
-
-
-def step_batches(draw, seeds: list[int], batch_size: int, workers: int):
-    """``draw(n=batch_size, seed=s)`` for each seed in order: in this process, or ``workers`` processes ahead."""
-    if not workers:
-        return (draw(n=batch_size, seed=s) for s in seeds)
-    return DataLoader(_Draws(draw, seeds, batch_size), batch_size=None, num_workers=workers, collate_fn=_as_drawn)
-
-
-class _Draws(Dataset):
-    def __init__(self, draw, seeds: list[int], batch_size: int):
-        self.draw, self.seeds, self.batch_size = draw, seeds, batch_size
-
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def __getitem__(self, k: int):
-        return self.draw(n=self.batch_size, seed=self.seeds[k])
-
-
-def _as_drawn(data):
-    return data
 
 
 class Classifier:

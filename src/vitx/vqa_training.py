@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from .checkpoint import read_checkpoint
 from .data.shapes_vqa import ANSWERS, MAX_LENGTH, QUESTION_TYPES, TOKENIZER, TYPE_ANSWERS, shapes_vqa
+from .draws import step_batches
 from .models import ARCHITECTURES, create_model
-from .train import _TRAIN_SEED_STRIDE, MEAN, STD, Recipe, require_start, step_batches
+from .train import _TRAIN_SEED_STRIDE, MEAN, STD, Recipe, require_start
 
 TEST_QUESTIONS = 2000
 CONFUSIONS = 3                 # the commonest confusions recorded per question type
