@@ -74,6 +74,15 @@ class Model(nn.Module):
             return self.adapter.forward(x)
         return self.adapter.forward(x, text, keep)
 
+    def detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A detector's class logits (B, queries, classes + 1), "no object" last, and boxes (B, queries, 4) as (cx, cy,
+        w, h) fractions of the image."""
+        return self.adapter.detect(x)
+
+    @property
+    def detector(self) -> bool:
+        return self.config.kind == "detr"
+
     @property
     def bimodal(self) -> bool:
         return self.config.text_length > 0

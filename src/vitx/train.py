@@ -74,6 +74,8 @@ RECIPES = {
                                 batch_size=256, pool=200_000),
     "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=7500, lr=1e-3, start="shapes-vit", kind="vqa",
                               batch_size=256, pool=200_000),
+    "shapes-detr": Recipe("detr_shapes", "multi", steps=6000, lr=5e-4, start="shapes-vit-multi", kind="detr",
+                          batch_size=32),
 }
 
 
@@ -110,6 +112,10 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "vqa":
         from .vqa_training import QuestionAnswerer, answer_batch
         job = QuestionAnswerer(recipe, out_dir, seed, test_seed, workers)
+        job.to(device)
+    elif recipe.kind == "detr":
+        from .detr_training import Detector
+        job = Detector(recipe, out_dir)
         job.to(device)
     elif recipe.kind == "generator":
         from .gan import Generator
@@ -168,8 +174,8 @@ def training_device(device: str | None, name: str, kind: str) -> torch.device:
         parsed = torch.device(device or "cpu")
     except (RuntimeError, ValueError):
         raise VitxError(f"unknown device {device!r} (expected e.g. cpu or cuda)") from None
-    if parsed.type != "cpu" and kind != "vqa":
-        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA recipes")
+    if parsed.type != "cpu" and kind not in ("vqa", "detr"):
+        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA and detector recipes")
     return parsed
 
 

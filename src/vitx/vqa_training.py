@@ -25,9 +25,10 @@ CURVE_POINTS = 10              # windows of the training-batch accuracy curve ke
 def image_side_from(net, path: Path) -> list[str]:
     """Load a ``vitx_shapes`` classifier's image side into a VQA transformer: ``patch_embed.*``, the patch
     position embeddings (``pos_embed`` without its class token) as ``image_pos``, and its blocks as the
-    single stream's ``blocks`` or the dual stream's ``image_blocks``. Returns the keys loaded."""
+    single stream's ``blocks`` (a detector's encoder ``blocks``) or the dual stream's ``image_blocks``. Returns the
+    keys loaded."""
     state, _ = read_checkpoint(require_start(path))
-    blocks = "blocks" if net.cfg.streams == "single" else "image_blocks"
+    blocks = "image_blocks" if hasattr(net, "image_blocks") else "blocks"
     moved = {k: v for k, v in state.items() if k.startswith("patch_embed.")}
     moved["image_pos"] = state["pos_embed"][:, -net.image_pos.shape[1]:]
     moved.update({blocks + k[len("blocks"):]: v for k, v in state.items() if k.startswith("blocks.")})

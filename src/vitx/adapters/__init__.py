@@ -18,6 +18,7 @@ LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks
 def adapter_for(net: nn.Module) -> Adapter:
     from ..models.nest import Nest
     from ..models.vit import VisionTransformer
+    from ..models.detr import DETR
     from ..models.vqa import VQATransformer
     from .swin import SwinAdapter, is_swin
     package = type(net).__module__.split(".")[0]
@@ -29,6 +30,9 @@ def adapter_for(net: nn.Module) -> Adapter:
     if isinstance(net, VQATransformer):
         from .vitx import VitxVQAAdapter
         return VitxVQAAdapter(net)
+    if isinstance(net, DETR):
+        from .vitx import VitxDETRAdapter
+        return VitxDETRAdapter(net)
     if isinstance(net, Nest) or package == "timm" and type(net).__name__ == "Nest":
         from .nest import NestAdapter
         return NestAdapter(net, "vitx" if isinstance(net, Nest) else "timm")

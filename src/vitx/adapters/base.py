@@ -45,7 +45,8 @@ class Description:
     num_classes: int
     dynamic_size: bool           # accepts other image sizes (position embeddings are resampled)
     kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention;
-                                 # "swin": shifted windows over maps that merge stage by stage
+                                 # "swin": shifted windows over maps that merge stage by stage; "vqa": a bi-modal
+                                 # question answerer; "detr": a detector, class logits and a box per object query
     levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order
     pooling: str = "cls"         # what the head reads: "cls" (the class token), "avg", "max", "map"...
     mean: tuple[float, ...] | None = None
@@ -110,6 +111,11 @@ class Adapter:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, classes) for images x (B, 3, H, W)."""
         return self.net(x)
+
+    def detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A detector's (class logits (B, queries, classes + 1), "no object" last; boxes (B, queries, 4) as (cx, cy, w,
+        h) fractions of the image)."""
+        raise VitxError(f"{type(self.net).__name__} is not a detector")
 
     def use_tokenizer(self, tokenizer) -> None:
         """Read questions with ``tokenizer`` (Hugging Face region VQA models, :mod:`vitx.adapters.hf.regions`)."""

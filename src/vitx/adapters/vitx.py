@@ -1,4 +1,4 @@
-"""Adapters for vitx's own architectures (:mod:`vitx.models`): its ViT and its VQA transformers."""
+"""Adapters for vitx's own architectures (:mod:`vitx.models`): its ViT, its VQA transformers and its detector."""
 from __future__ import annotations
 
 from functools import partial
@@ -6,6 +6,7 @@ from functools import partial
 from torch import nn
 
 from ..data.vocabulary import SPECIAL_TOKENS, WordTokenizer
+from ..models.detr import DecoderLayer
 from ..models.vit import VisionTransformer
 from ..models.vqa import CoAttention
 from ..text import Text
@@ -100,11 +101,7 @@ class VitxVQAAdapter(VitxAdapter):
         return (block.norm,) if isinstance(block, CoAttention) else (block.norm1, block.norm2)
 
     def attention_forward(self, module, attend: Attend):
-        def forward(x, context=None, key_padding=None):
-            mask = None if key_padding is None else key_padding[:, None, None, :]
-            return module.merge_heads(attend(*module.split_heads(x, context), module.scale, mask=mask))
-        return forward
-
+        return context_attention_forward(module, attend)
 
     def text_embedding(self) -> nn.Embedding:
         """The word embedding layer (ids -> vectors, before the position embedding): where gradient methods read
@@ -130,3 +127,57 @@ class VitxVQAAdapter(VitxAdapter):
         if self.net.cfg.streams == "single":
             return {"text": ("joint", slice(0, text_length)), "image": ("joint", slice(text_length, None))}
         return {"text": ("text", slice(0, None)), "image": ("image", slice(0, None))}
+
+
+def context_attention_forward(module, attend: Attend):
+    """The forward of a :class:`vitx.models.vqa.Attention` (self- or cross-attention, keys masked by
+    ``key_padding``) with its product routed through ``attend``."""
+    def forward(x, context=None, key_padding=None):
+        mask = None if key_padding is None else key_padding[:, None, None, :]
+        return module.merge_heads(attend(*module.split_heads(x, context), module.scale, mask=mask))
+    return forward
+
+
+class VitxDETRAdapter(VitxAdapter):
+    """vitx's DETR-like detector (:mod:`vitx.models.detr`): images in, per object query class logits (the last
+    class "no object") and boxes out. Its encoder blocks are "image" self-attention sites; per decoder layer, the
+    queries' self-attention ("queries" over "queries") and their cross-attention over the image ("queries" over
+    "image"), in that order."""
+
+    def describe(self) -> Description:
+        cfg = self.net.cfg
+        return Description(pair(cfg.image_size), pair(cfg.patch_size), 0, None, len(cfg.classes), dynamic_size=False,
+                           kind="detr", class_names=tuple(cfg.classes))
+
+    def _named_sites(self) -> list[tuple[nn.Module, Site]]:
+        found = [(b.attn, Site(f"blocks.{i}", "image", "image", i)) for i, b in enumerate(self.net.blocks)]
+        for i, layer in enumerate(self.net.decoder):
+            found += [(layer.self_attn, Site(f"decoder.{i}.self_attn", "queries", "queries", i)),
+                      (layer.cross_attn, Site(f"decoder.{i}.cross_attn", "queries", "image", i))]
+        return found
+
+    def attentions(self) -> list[nn.Module]:
+        return [module for module, _ in self._named_sites()]
+
+    def sites(self) -> list[Site]:
+        return [site for _, site in self._named_sites()]
+
+    def blocks(self) -> list[nn.Module]:
+        """The encoder blocks, then the decoder layers."""
+        return [*self.net.blocks, *self.net.decoder]
+
+    def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        """A decoder layer's norm1, norm2 and norm3 (the image enters its cross-attention through ``norm_memory`` as
+        keys and values, not as a residual); an encoder block's norm1 and norm2."""
+        return (block.norm1, block.norm2, block.norm3) if isinstance(block, DecoderLayer) else (block.norm1, block.norm2)
+
+    def attention_forward(self, module, attend: Attend):
+        return context_attention_forward(module, attend)
+
+    def forward(self, x):
+        """Class logits (B, queries, classes + 1), "no object" last."""
+        return self.net(x)[0]
+
+    def detect(self, x):
+        """(class logits (B, queries, classes + 1), boxes (B, queries, 4) as (cx, cy, w, h) fractions of the image)."""
+        return self.net(x)

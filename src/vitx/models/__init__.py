@@ -5,8 +5,10 @@ from dataclasses import replace
 
 from torch import nn
 
+from ..data.shapes import CLASS_NAMES
 from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, TOKENIZER
 from ..errors import VitxError
+from .detr import DETR, DETRConfig
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
 from .vqa import VQAConfig, VQATransformer
@@ -18,7 +20,7 @@ _VIT = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
-ARCHITECTURES: dict[str, ViTConfig | NestConfig | VQAConfig] = {}
+ARCHITECTURES: dict[str, ViTConfig | NestConfig | VQAConfig | DETRConfig] = {}
 for _size, _dims in _VIT.items():
     for _patch in (16, 32):
         ARCHITECTURES[f"vit_{_size}_patch{_patch}_224"] = ViTConfig(patch_size=_patch, **_dims)
@@ -46,6 +48,10 @@ ARCHITECTURES["vqa_shapes_single"] = VQAConfig(streams="single", depth=6, **_SHA
 ARCHITECTURES["vqa_shapes_dual"] = VQAConfig(streams="dual", text_layers=2, image_layers=6, cross_layers=2,
                                              **_SHAPES_VQA)
 
+# vitx's DETR-like detector for the multi-object shapes data: vitx_shapes' image side as its encoder (so it can
+# start from shapes-vit-multi), 3 decoder layers and 8 object queries (the images hold 2 or 3 objects).
+ARCHITECTURES["detr_shapes"] = DETRConfig(classes=CLASS_NAMES, encoder_layers=6, decoder_layers=3, queries=8)
+
 
 def create_model(arch: str, **overrides) -> nn.Module:
     """Build architecture ``arch`` (a name from ARCHITECTURES), with config fields overridden."""
@@ -56,7 +62,7 @@ def create_model(arch: str, **overrides) -> nn.Module:
         cfg = replace(ARCHITECTURES[arch], **overrides)
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
-    builders = {NestConfig: Nest, VQAConfig: VQATransformer, ViTConfig: VisionTransformer}
+    builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, ViTConfig: VisionTransformer}
     return builders[type(cfg)](cfg)
 
 

@@ -1,0 +1,100 @@
+"""The ``shapes-detr`` recipe of ``vitx train``: DETR's set-prediction loss (Carion et al., ECCV 2020) on the
+multi-object shapes images, the encoder started from ``shapes-vit-multi``; scored by COCO's AP on fresh images.
+
+Per image, the Hungarian matching σ (scipy's ``linear_sum_assignment``) pairs each object j with the query of least
+cost C(q, j) = -λ_c p_q(c_j) + λ_L1 ‖b_q - b_j‖₁ - λ_giou GIoU(b_q, b_j); the loss is then
+L = CE(logits, matched classes, every unmatched query "no object", weighted ``NO_OBJECT_WEIGHT``)
+    + λ_L1 ‖b_σ(j) - b_j‖₁ + λ_giou (1 - GIoU(b_σ(j), b_j)), the box terms averaged over the objects,
+summed over the outputs of every decoder layer (DETR's auxiliary losses). λ_c = 1, λ_L1 = 5, λ_giou = 2 (DETR's).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torchvision.ops import box_convert, generalized_box_iou
+
+from .data import CLASS_NAMES, shapes
+from .data.detection import coco_ground_truth, object_boxes
+from .metrics.detection import coco_ap, coco_detections
+from .models import create_model
+from .train import MEAN, STD, TEST_IMAGES, Recipe
+from .vqa_training import image_side_from
+
+CLASS_COST, L1_COST, GIOU_COST = 1.0, 5.0, 2.0
+NO_OBJECT_WEIGHT = 0.1
+
+
+def normalised_targets(data, size: int, device) -> list[dict[str, torch.Tensor]]:
+    """Per image: its classes and boxes as (cx, cy, w, h) fractions of the image, on ``device``."""
+    return [{"labels": t["labels"].to(device),
+             "boxes": box_convert(t["boxes"] / size, "xyxy", "cxcywh").to(device)} for t in object_boxes(data)]
+
+
+@torch.no_grad()
+def match(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per image (queries, objects): the Hungarian matching of least total cost C (the module's formula)."""
+    probs = logits.softmax(-1)
+    found = []
+    for p, b, t in zip(probs, boxes, targets):
+        cost = (-CLASS_COST * p[:, t["labels"]] + L1_COST * torch.cdist(b, t["boxes"], p=1)
+                - GIOU_COST * generalized_box_iou(box_convert(b, "cxcywh", "xyxy"), box_convert(t["boxes"], "cxcywh", "xyxy")))
+        rows, cols = linear_sum_assignment(cost.cpu().numpy())
+        found.append((torch.as_tensor(rows, device=logits.device), torch.as_tensor(cols, device=logits.device)))
+    return found
+
+
+def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+    """DETR's loss for one decoder layer's outputs (B, Q, C + 1) and (B, Q, 4) against ``targets``."""
+    matched = match(logits, boxes, targets)
+    classes = torch.full(logits.shape[:2], logits.shape[-1] - 1, dtype=torch.long, device=logits.device)
+    for i, (queries, objects) in enumerate(matched):
+        classes[i, queries] = targets[i]["labels"][objects]
+    weight = torch.ones(logits.shape[-1], device=logits.device)
+    weight[-1] = NO_OBJECT_WEIGHT
+    loss = F.cross_entropy(logits.flatten(0, 1), classes.flatten(), weight)
+    predicted = torch.cat([boxes[i, q] for i, (q, _) in enumerate(matched)])
+    true = torch.cat([targets[i]["boxes"][o] for i, (_, o) in enumerate(matched)])
+    count = max(len(true), 1)
+    giou = torch.diag(generalized_box_iou(box_convert(predicted, "cxcywh", "xyxy"), box_convert(true, "cxcywh", "xyxy")))
+    return loss + L1_COST * F.l1_loss(predicted, true, reduction="sum") / count + GIOU_COST * (1 - giou).sum() / count
+
+
+def detections(logits: torch.Tensor, boxes: torch.Tensor, size: int):
+    """Per query: score (the highest probability of an object class), class index and pixel box (x0, y0, x1, y1)."""
+    scores, labels = logits.softmax(-1)[..., :-1].max(-1)
+    return scores, labels, box_convert(boxes, "cxcywh", "xyxy") * size
+
+
+class Detector:
+    """A DETR-like detector trained with the set-prediction loss, its encoder started from ``recipe.start``."""
+
+    def __init__(self, recipe: Recipe, out_dir: Path):
+        self.net = create_model(recipe.arch)
+        self.loaded = image_side_from(self.net, out_dir / f"{recipe.start}.safetensors")
+        self.mean, self.std = (torch.tensor(v).view(1, -1, 1, 1) for v in (MEAN, STD))
+        self.meta = {"kind": "detr", "class_names": CLASS_NAMES, "multi_label": False, "dataset": "shapes/multi 64px"}
+
+    def to(self, device) -> None:
+        self.net.to(device)
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+
+    def loss(self, data) -> torch.Tensor:
+        size = data.images.shape[-1]
+        logits, boxes = self.net((data.images.to(self.mean.device) - self.mean) / self.std, every_layer=True)
+        targets = normalised_targets(data, size, logits.device)
+        return sum(set_loss(l, b, targets) for l, b in zip(logits, boxes))
+
+    @torch.no_grad()
+    def score(self, test_seed: int, n: int = TEST_IMAGES) -> dict:
+        """COCO AP of every query's detection on ``n`` fresh multi images of data seed ``test_seed``."""
+        data = shapes(n=n, seed=test_seed, variant="multi")
+        size = data.images.shape[-1]
+        outputs = [self.net((data.images[i:i + 250].to(self.mean.device) - self.mean) / self.std) for i in range(0, n, 250)]
+        found = detections(torch.cat([o[0] for o in outputs]).cpu(), torch.cat([o[1] for o in outputs]).cpu(), size)
+        return coco_ap(coco_ground_truth(data), coco_detections(*found))
+
+    def card(self, name: str, recipe: Recipe, meta: dict) -> str:
+        return f"# {name}\n\n(card to come)\n\n{meta['metrics']}\n"
