@@ -13,15 +13,17 @@ from .trace import Trace, trace
 
 class Batch:
     """Images ``x`` (B, 3, H, W, model-normalised) with targets (B,) or None for "the predicted class", and for a
-    bi-modal model the questions beside them (``text``, one per image).
+    bi-modal model the questions beside them (``text``, one per image). For a detector each row is one object: its
+    image, its class as the target, and its object query (``queries`` (B,)); :meth:`run` then gives the logits of
+    each row's query, (B, classes + 1), so that methods see a detector's object as a classifier's image.
 
     The first :meth:`run` of the unmodified images fixes the default targets and the logits reported
     in the Explanation, so a method needs no extra forward pass to learn its targets.
     """
 
     def __init__(self, model: Model, x: torch.Tensor, layout: TokenLayout, targets: torch.Tensor | None,
-                 text: Text | None = None):
-        self.model, self.x, self.layout, self.text = model, x, layout, text
+                 text: Text | None = None, queries: torch.Tensor | None = None):
+        self.model, self.x, self.layout, self.text, self.queries = model, x, layout, text, queries
         self._targets = targets
         self.logits: torch.Tensor | None = None
         self.details: dict[str, list] = {}   # per-image extras a method reports: {key: one entry per image}
@@ -39,6 +41,9 @@ class Batch:
             text = self.text.repeat(x.shape[0] // len(self.text))
         with trace(self.model, **tap) as tr:
             logits = self.model(x) if text is None else self.model(x, text, keep)
+        if self.queries is not None:
+            queries = self.queries.repeat(x.shape[0] // len(self.queries))
+            logits = logits[torch.arange(len(logits), device=logits.device), queries]
         if (own if original is None else original) and self.logits is None:
             self.logits = logits.detach()
             if self._targets is None:

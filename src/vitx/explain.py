@@ -11,6 +11,7 @@ from .explanation import Explanation
 from .images import check_model_input
 from .memory import plan
 from .model import Model, as_model, evaluating
+from .objects import Objects, find_objects
 from .precision import full_float32, in_float32
 from .registry import get_method
 from .scaling import minmax, minmax_tokens, screen
@@ -18,8 +19,9 @@ from .targets import resolve_targets
 from .text import Text
 
 
-def explain(model, x, method: str = "generic-attention", target=None, *, text=None, batch_size: int = 32,
-            memory=None, normalize: bool = True, device=None, progress=False, **params) -> Explanation:
+def explain(model, x, method: str = "generic-attention", target=None, *, text=None, score_threshold=None,
+            batch_size: int = 32, memory=None, normalize: bool = True, device=None, progress=False,
+            **params) -> Explanation:
     """Explain ``model``'s predictions on ``x`` with ``method``.
 
     x: model input (B, 3, H, W) from ``model.preprocess`` (refused when not float or not finite; a warning when it
@@ -27,6 +29,10 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     model's regions (B, R, width) from ``model.regions`` (then ``exp.maps`` is ``exp.token_maps``, (B, 1, R), one
     value per region, and ``exp.images`` is None).
     target: None (the predicted class), a class index or name for every image, or one per image.
+    A detector's (DETR-like) explanation has a map per object (:mod:`vitx.objects`), listed in ``exp.objects``:
+    target None explains every detection whose score (its likeliest class's probability) is above
+    ``score_threshold`` (default 0.5); query indices explain those queries of every image, class names the
+    detections of those classes. No detection gives an empty explanation with a warning.
     text: a bi-modal model's questions, one string per image (words outside the model's vocabulary become its
     unknown token, with a warning naming them); the Explanation then holds ``text_maps`` and ``text_tokens``.
     batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as
@@ -56,10 +62,19 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     encoded = questions(model, text, x.shape[0])
+    objects = None
+    if model.detector:
+        objects = find_objects(model, x, target, score_threshold, batch_size)
+        x, frames = x[objects.image.to(x.device)], frames and [frames[i] for i in objects.image.tolist()]
+        targets = objects.label.to(model.device)
+    elif score_threshold is not None:
+        raise VitxError(f"score_threshold picks a detector's objects, and this {model.config.kind!r} model is not one")
+    else:
+        targets = resolve_targets(target, x.shape[0], model)
     with torch.inference_mode(False):
         x = x.to(model.device, torch.float32)
-        exp = _explain(model, x.clone() if x.is_inference() else x, layout, info, params, target, batch_size,
-                       memory, normalize, progress, encoded)
+        exp = _explain(model, x.clone() if x.is_inference() else x, layout, info, params, targets, batch_size,
+                       memory, normalize, progress, encoded, objects)
     exp.frames = frames
     return exp
 
@@ -83,14 +98,16 @@ def questions(model: Model, text, count: int) -> Text | None:
     return model.encode_text(text)
 
 
-def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, batch_size: int, memory,
-             normalize: bool, progress, text: Text | None = None) -> Explanation:
+def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, targets: torch.Tensor | None,
+             batch_size: int, memory, normalize: bool, progress, text: Text | None = None,
+             objects: Objects | None = None) -> Explanation:
     if any(p.is_inference() for p in model.parameters()):
         raise VitxError("this model's weights were made under torch.inference_mode(), so autograd cannot run "
                         "through them (vitx sizes its chunks by a forward pass with gradients, and gradient "
                         "methods need them); load or build the model outside inference_mode")
     method = info.name
-    targets = resolve_targets(target, x.shape[0], model)
+    if objects is not None and not len(objects):
+        return empty_explanation(model, x, layout, info, params, objects)
     out_maps, out_text, out_logits, out_targets, details = [], [], [], [], {}
     with evaluating(model), in_float32(model.net), full_float32(), torch.enable_grad():
         step, params = plan(info, params, model, x, batch_size, memory, text)
@@ -98,7 +115,8 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
         for start in tqdm(chunks, desc=method, disable=not progress or callable(progress), leave=False):
             end = start + step
             batch = Batch(model, x[start:end], layout, None if targets is None else targets[start:end],
-                          None if text is None else text[start:end].to(model.device))
+                          None if text is None else text[start:end].to(model.device),
+                          None if objects is None else objects.query[start:end].to(model.device))
             result = info.fn(batch, **params)
             if isinstance(result, dict):      # a bi-modal method: {"image": map, "text": (B, L)}
                 out_text.append(result["text"].detach())
@@ -129,4 +147,14 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, target, 
     return Explanation(maps=maps, token_maps=token_maps, targets=torch.cat(out_targets), logits=torch.cat(out_logits),
                        method=method, params=params, images=model.denormalize(x).cpu() if pixels else None,
                        class_names=model.config.class_names, details=details, degenerate=degenerate,
-                       text_maps=text_maps, text_tokens=None if text is None else text.tokens)
+                       text_maps=text_maps, text_tokens=None if text is None else text.tokens,
+                       objects=None if objects is None else objects.rows(model.config.class_names))
+
+
+def empty_explanation(model: Model, x: torch.Tensor, layout, info, params: dict, objects: Objects) -> Explanation:
+    """The explanation of no object: maps (0, H, W) (and token maps (0, gh, gw) for a token method)."""
+    tokens = x.new_zeros(0, *layout.grid) if info.output == "tokens" else None
+    return Explanation(maps=x.new_zeros(0, *x.shape[-2:]), token_maps=tokens, targets=objects.label,
+                       logits=x.new_zeros(0, model.config.num_classes + 1), method=info.name, params=params,
+                       images=x.new_zeros(0, *x.shape[1:]).cpu(), class_names=model.config.class_names,
+                       degenerate=torch.zeros(0, dtype=torch.bool), objects=[])

@@ -33,6 +33,7 @@ class Explanation:
     text_maps: torch.Tensor | None = None  # bi-modal: (B, L) relevance of each text token (column j: text_tokens[i][j]),
                                            # 0 beyond each question's tokens
     text_tokens: tuple[tuple[str, ...], ...] | None = None  # bi-modal: per image its question's tokens, [CLS] first
+    objects: list[dict] | None = None     # a detector's: per map, its object (image, query, class, label, score, box)
 
     def __len__(self) -> int:
         return self.maps.shape[0]

@@ -19,7 +19,7 @@ from ..errors import VitxError
 from ..memory import ATTENTION, graphs
 from ..registry import register
 from ..windows import mean_row, times_windows, walk
-from . import bimodal, bimodal_baselines
+from . import bimodal, bimodal_baselines, detection
 
 CHEFER_2021 = "Chefer, Gur & Wolf, ICCV 2021, Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder Transformers"
 ABNAR_2020 = "Abnar & Zuidema, ACL 2020, Quantifying Attention Flow in Transformers"
@@ -171,15 +171,18 @@ def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tens
 
 
 @register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "head_row"},
-          cost="1F+1B", memory=graphs(1.25), kinds=("vit", "swin", "vqa"))
+          cost="1F+1B", memory=graphs(1.25), kinds=("vit", "swin", "vqa", "detr"))
 def generic_attention(batch: Batch) -> torch.Tensor:
     """Chefer et al.'s self-attention rule: R = I, R += E_h[(∇A_b ⊙ A_b)⁺] R over the blocks;
     the head's row of R. On Swin the mean row over the last stage's queries of
     R = (I + Ā_L) ⋯ P ⋯ (I + Ā_1), Ā_b = E_h[(∇A_b ⊙ A_b)⁺], P the patch mergings, on the first stage's map.
     On a bi-modal model, the self- and co-attention rules over its attention sites (:mod:`vitx.methods.bimodal`):
-    the image map and the text map of the [CLS] token's row."""
+    the image map and the text map of the [CLS] token's row. On a detector, the encoder-decoder rules, per object
+    the row of its query (:mod:`vitx.methods.detection`)."""
     if batch.model.bimodal:
         return bimodal.generic_attention(batch)
+    if batch.model.detector:
+        return detection.generic_attention(batch)
     logits, tr = batch.run(tokens=False)
     gradients = tr.gradients(batch.score(logits))
     if on_swin(batch):
