@@ -8,6 +8,7 @@ every method registered for detectors gives an object the same map in a batch as
 before running, with the reason.
 """
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -20,7 +21,7 @@ from vitx.model import wrap
 from vitx.models import create_model
 from vitx.registry import KIND_LIMITS, get_method, method_names
 from vitx.trace import Recorded
-from test_bimodal_relevance import add_rel, attention, block, linear_rel
+from test_bimodal_relevance import block, coattention, linear_rel, residual_mlp
 
 DETR_METHODS = [name for name in method_names() if "detr" in get_method(name).kinds]
 LIGHT = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 16},
@@ -58,23 +59,17 @@ def x():
 
 def decoder_layer(layer, q, memory, tape):
     """q += SelfAttn(LN(q)); q += CrossAttn(LN(q), LN(memory)); q += MLP(LN(q)); back(R) -> R_q (the memory's
-    relevance is not needed: the baselines read the last layer)."""
-    attended, back_self = attention(layer.self_attn, layer.norm1(q), None, tape)
-    q1 = q + attended
-    read, back_cross = attention(layer.cross_attn, layer.norm2(q1), layer.norm_memory(memory), tape)
-    q2 = q1 + read
-    n3 = layer.norm3(q2)
-    hidden = layer.mlp.act(layer.mlp.fc1(n3))
-    out = layer.mlp.fc2(hidden)
+    relevance is not needed: the baselines read the last layer). The two attention steps are residual attentions as
+    a VQA model's co-attention (``coattention``), the self-attention's keys its own queries."""
+    q1, back_self = coattention(SimpleNamespace(attn=layer.self_attn, norm=layer.norm1, norm_context=lambda c: c),
+                                q, None, tape)
+    q2, back_cross = coattention(SimpleNamespace(attn=layer.cross_attn, norm=layer.norm2,
+                                                 norm_context=layer.norm_memory), q1, memory, tape)
+    out, back_mlp = residual_mlp(layer.norm3, layer.mlp, q2)
 
     def back(relevance):
-        r_q2, r_out = add_rel(q2, out, relevance)
-        r_q2 = r_q2 + linear_rel(n3, layer.mlp.fc1.weight, linear_rel(hidden, layer.mlp.fc2.weight, r_out))
-        r_q1, r_read = add_rel(q1, read, r_q2)
-        r_q1 = r_q1 + back_cross(r_read)[0]
-        r_q, r_attended = add_rel(q, attended, r_q1)
-        return r_q + back_self(r_attended)[0]
-    return q2 + out, back
+        return back_self(back_cross(back_mlp(relevance))[0])[0]
+    return out, back
 
 
 def by_hand(net, image, query, label):
