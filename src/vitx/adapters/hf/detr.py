@@ -21,14 +21,14 @@ import torch
 from torch import nn
 
 from ...errors import VitxError
-from ..base import Adapter, Attend, Description, Site, project_values
+from ..base import Adapter, Attend, Description, ListedSites, Site, project_values
 from .preprocessing import processor_facts
 
 PROBE = 256         # side of the blank image whose feature map gives the backbone's stride
 DETR_SIZE = 800     # DetrImageProcessor's shortest edge: the image size where the saved processor states none
 
 
-class HFDetrAdapter(Adapter):
+class HFDetrAdapter(ListedSites, Adapter):
     framework = "hf"
 
     def __init__(self, net: nn.Module):
@@ -69,12 +69,6 @@ class HFDetrAdapter(Adapter):
             found += [(layer.self_attn, Site(f"{name}.self_attn", "queries", "queries", i)),
                       (layer.encoder_attn, Site(f"{name}.encoder_attn", "queries", "image", i))]
         return found
-
-    def attentions(self) -> list[nn.Module]:
-        return [module for module, _ in self._named_sites()]
-
-    def sites(self) -> list[Site]:
-        return [site for _, site in self._named_sites()]
 
     def blocks(self) -> list[nn.Module]:
         """The encoder layers, then the decoder layers."""
