@@ -1,7 +1,7 @@
-"""Hugging Face DetrForObjectDetection through the tap (random weights, a tiny configuration with a ResNet backbone built
-locally): its description and token grid, the tap's sites are transformers' own attentions and leave the model as it
-was, generic-attention equals Chefer et al.'s encoder-decoder rules written out here on transformers' attentions, a
-batch of objects equals one image at a time, and saving and loading a local directory."""
+"""Hugging Face DetrForObjectDetection through the tap (random weights, a tiny configuration with a ResNet backbone
+built locally): its description and token grid, the tap's sites are transformers' own attentions and leave the model
+as it was, generic-attention equals Chefer et al.'s encoder-decoder rules written out here on transformers'
+attentions, a batch of objects equals one image at a time, and saving and loading a local directory."""
 import pytest
 import torch
 
