@@ -21,12 +21,14 @@ from vitx.model import wrap
 from vitx.models import create_model
 from vitx.registry import KIND_LIMITS, get_method, method_names
 from vitx.trace import Recorded
+from reference import snapshot
 from test_bimodal_relevance import block, coattention, linear_rel, residual_mlp
 
 DETR_METHODS = [name for name in method_names() if "detr" in get_method(name).kinds]
 LIGHT = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "rise": {"masks": 16},
          "kernel-shap": {"samples": 24}}
 QUERIES = [1, 6]       # the objects explained: these queries of every image, each for its likeliest object class
+HF_QUERIES = [1, 4]    # of Hugging Face's tiny DETR, which has 6
 
 
 def tiny(encoder_layers=1, decoder_layers=1, scale=0.3):
@@ -156,26 +158,30 @@ def rollout(matrices):
     return joint
 
 
+def authors_matrix(method, sites, attentions, gradient=None, relevance=None):
+    """The authors' Generator on one image: ``attentions`` (heads, Nq, Nk) of every site in forward order, the last
+    one the last decoder layer's cross-attention A, ``gradient`` ∇A and ``relevance`` R_A its own."""
+    assert (sites[-1].query, sites[-1].key) == ("queries", "image")
+    A = attentions[-1]
+    if method == "raw-attention":                                          # generate_raw_attn
+        return A.mean(0)
+    if method == "rollout":                                                # generate_rollout
+        r_ii = rollout([a.mean(0) for a, s in zip(attentions, sites) if s.query == s.key == "image"])
+        r_qq = rollout([a.mean(0) for a, s in zip(attentions, sites) if s.query == s.key == "queries"])
+        return r_qq.T @ A.mean(0) @ r_ii
+    if method == "attention-gradcam":                                      # gradcam
+        return (A * gradient.mean(dim=[1, 2], keepdim=True)).mean(0).clamp(min=0)
+    if method == "partial-lrp":                                            # generate_partial_lrp
+        cam = relevance.mean(0)
+        return (cam - cam.min()) / (cam.max() - cam.min())
+    return (gradient * relevance).clamp(min=0).mean(0)                     # generate_transformer_att
+
+
 def authors_map(net, sites, method, image, query, label):
     """The object's map by the authors' Generator, from the forward written out above (float64)."""
     _, modules, tape, grads = by_hand(net, image, query, label)
-    last = modules[-1]                                                     # the last decoder layer's cross-attention
-    assert (sites[-1].query, sites[-1].key) == ("queries", "image")
-    A, R_A, grad = tape[last][0].detach()[0], tape[last][1][0], grads[last]
-    if method == "raw-attention":
-        matrix = A.mean(0)
-    elif method == "rollout":
-        averaged = [(tape[m][0].detach()[0].mean(0), s) for m, s in zip(modules, sites)]
-        r_ii = rollout([a for a, s in averaged if s.query == s.key == "image"])       # the encoder's
-        r_qq = rollout([a for a, s in averaged if s.query == s.key == "queries"])     # the decoder's
-        matrix = r_qq.T @ A.mean(0) @ r_ii
-    elif method == "attention-gradcam":
-        matrix = (A * grad.mean(dim=[1, 2], keepdim=True)).mean(0).clamp(min=0)
-    elif method == "partial-lrp":
-        cam = R_A.mean(0)
-        matrix = (cam - cam.min()) / (cam.max() - cam.min())
-    else:                                                                  # generate_transformer_att
-        matrix = (grad * R_A).clamp(min=0).mean(0)
+    last = modules[-1]
+    matrix = authors_matrix(method, sites, [tape[m][0].detach()[0] for m in modules], grads[last], tape[last][1][0])
     return matrix[query].view(net.grid_size)
 
 
@@ -288,3 +294,48 @@ def test_other_forms_are_refused(model, x, method, params, words):
     with pytest.raises(VitxError, match=words):
         vitx.explain(model, x[:1], method=method, **params)
     assert no_hooks(model.net)
+
+
+# ---- Hugging Face DETR: the same methods on transformers' detector ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def hf_detr():
+    pytest.importorskip("transformers")
+    from test_hf_detr import tiny_detr
+    return wrap(tiny_detr(), image_size=(64, 64))
+
+
+@pytest.mark.parametrize("method", ["raw-attention", "rollout", "attention-gradcam"])
+def test_baselines_on_hugging_face_detr_equal_the_authors_formulas(hf_detr, method):
+    from test_hf_detr import their_attentions
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    exp = vitx.explain(hf_detr, x, method=method, target=HF_QUERIES, normalize=False)
+    expected = []
+    for image, query, label in objects_of(exp):
+        attentions, out = their_attentions(hf_detr.net, x[image:image + 1])
+        gradient, = torch.autograd.grad(out.logits[0, query, label], attentions[-1])
+        matrix = authors_matrix(method, hf_detr.adapter.sites(), [a.detach()[0] for a in attentions], gradient[0])
+        expected.append(matrix[query].view(4, 4))
+    expected = torch.stack(expected)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(exp.token_maps, expected, rtol=1e-4, atol=1e-6 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("method", DETR_METHODS)
+def test_hugging_face_detr_batches_or_refuses(hf_detr, method):
+    """Every detr method gives an object of Hugging Face's DETR its map alone, or (the relevance rules, which know
+    pre-norm blocks) is refused before running."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    params = LIGHT.get(method, {})
+    if get_method(method).family == "relevance":
+        before = snapshot(hf_detr.net)
+        with pytest.raises(VitxError, match="do not bind to this DetrForObjectDetection: its adapter does not name"):
+            vitx.explain(hf_detr, x, method=method, target=HF_QUERIES)
+        assert snapshot(hf_detr.net) == before
+        return
+    together = vitx.explain(hf_detr, x, method=method, target=HF_QUERIES, normalize=False, **params)
+    singles = torch.cat([vitx.explain(hf_detr, x[i:i + 1], method=method, target=HF_QUERIES, normalize=False,
+                                      **params).maps for i in range(len(x))])
+    assert singles.abs().max() > 0
+    # its ResNet's convolutions round differently by batch size (measured: 2e-5 of the largest entry, in float32)
+    torch.testing.assert_close(together.maps, singles, rtol=1e-4, atol=1e-4 * float(singles.abs().max()))

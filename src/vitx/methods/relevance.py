@@ -66,9 +66,15 @@ def check_pre_norm(config, params: dict) -> None:
 
 
 def takes_rules(rules):
-    """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite)."""
+    """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite), and its adapter
+    names what the rules bind to (the layer that reads the pixels, where each block's residual branches open)."""
     def fits(model, params: dict) -> None:
-        rules.rules_for(model)
+        try:
+            rules.rules_for(model)
+        except NotImplementedError:
+            raise VitxError(f"the {rules.name} rules do not bind to this {type(model.net).__name__}: its adapter "
+                            "does not name the layer that reads the pixels or where each block's residual branches "
+                            "open (pre-norm blocks x + f(norm(x)); a post-norm block has no such place)") from None
     return fits
 
 
