@@ -46,7 +46,7 @@ def generic_attention(batch: Batch) -> torch.Tensor:
     sites = tr.sites
     gradients = torch.autograd.grad(batch.score(logits), [r.attention for r in sites], allow_unused=True,
                                     materialize_grads=True)
-    return query_rows(batch, propagate(sites, gradient_weighted(sites, gradients))["queries", "image"])
+    return query_rows(batch, propagate(sites, gradient_weighted(sites, gradients))[QUERIES, IMAGE])
 
 
 def last_cross(model) -> int:
