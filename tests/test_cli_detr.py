@@ -150,3 +150,17 @@ def test_bad_input_is_one_line_and_writes_nothing(case, files, tmp_path, capsys)
     assert code == 2 and stdout == ""
     assert stderr.count("\n") == 1 and stderr.startswith("vitx: error: ") and message in stderr, stderr
     assert not (tmp_path / "new").exists()
+
+
+def test_original_size_maps_follow_each_objects_image(files, tmp_path, capsys):
+    from PIL import Image
+    wide = tmp_path / "wide.png"
+    Image.open(CIRCLE).resize((100, 80)).save(wide)
+    out = tmp_path / "o"
+    code, _, stderr = run(capsys, "explain", wide, STAR, "--model", files / "detr.safetensors", "--method", METHOD,
+                          "--target", "1,4", "--original-size", "--out", out)
+    assert code == 0, stderr
+    shapes = {row["name"]: np.load(out / row["files"][1]).shape
+              for row in json.loads((out / "objects.json").read_text())}
+    assert len(shapes) == 4
+    assert all(shape == ((80, 100) if name.startswith("wide_") else (64, 64)) for name, shape in shapes.items())

@@ -92,7 +92,7 @@ def _run_explain(args) -> int:
         grids, pages = write_pages(model, stems, explanations, targets, out, args.model, args.text)
     count = rows * len(explanations)
     shown = "grid: " + (str(out / grids[0]) if len(grids) == 1 else f"{len(grids)} pages of {ROWS_PER_PAGE} "
-                        f"images, {out / grids[0]} ... {grids[-1]}")
+                        f"{unit}s, {out / grids[0]} ... {grids[-1]}")
     maps = f"{plural(count, 'map')} (.npy)"
     maps = f", {maps} and {plural(count, 'text map')} (_text.json)" if args.text else f" and {maps}"
     if objects is not None:
