@@ -47,7 +47,8 @@ def expected_objects(files, target=None, threshold=0.0) -> tuple[list[dict], lis
 
 def test_explain_writes_each_objects_overlay_map_and_objects_json(files, tmp_path, capsys):
     out = tmp_path / "o"
-    code, stdout, stderr = run(capsys, "explain", CIRCLE, STAR, "--model", files / "detr.safetensors", "--method", METHOD,
+    code, stdout, stderr = run(capsys, "explain", CIRCLE, STAR, "--model", files / "detr.safetensors",
+                               "--method", METHOD,
                                *THRESHOLD, "--out", out)
     assert code == 0, stderr
     objects, stems = expected_objects(files)
@@ -114,7 +115,8 @@ def test_method_all_runs_the_methods_for_detectors_and_names_the_others(files, t
 
 def test_no_detection_warns_and_writes_nothing(files, tmp_path, capsys):
     out = tmp_path / "none" / "o"
-    code, stdout, stderr = run(capsys, "explain", CIRCLE, STAR, "--model", files / "detr.safetensors", "--method", METHOD,
+    code, stdout, stderr = run(capsys, "explain", CIRCLE, STAR, "--model", files / "detr.safetensors",
+                               "--method", METHOD,
                                "--score-threshold", "1", "--out", out)
     assert code == 0 and stdout == ""
     assert stderr == "vitx: warning: no detection with a score above 1 in 2 image(s): nothing to explain\n"

@@ -111,7 +111,7 @@ def test_names_are_one_per_object(detr_file, exp):
     assert exp.names() == stems and len(set(stems)) == len(stems)
     assert exp.image_indices() == [o["image"] for o in exp.objects] == [0] * 8 + [1] * 8
     twice = vitx.explain(vitx.load_model(detr_file), [CIRCLE, CIRCLE], METHOD, target=[2])  # the same stem twice
-    assert twice.names() == ["000_1_circle_q2_" + twice.objects[0]["class"], "001_1_circle_q2_" + twice.objects[1]["class"]]
+    assert twice.names() == [f"{k:03d}_1_circle_q2_{o['class']}" for k, o in enumerate(twice.objects)]
     no_frames = dataclasses.replace(exp, frames=None)
     assert no_frames.names()[0] == f"000_q0_{exp.objects[0]['class']}" and no_frames.names()[8].startswith("001_q0_")
     assert object_stem("scene", 3, "traffic light") == "scene_q3_traffic-light"

@@ -39,8 +39,9 @@ def object_stem(image: str, query: int, class_name: str) -> str:
 
 def update_object_index(path: Path, rows: list[dict]) -> Path:
     """Write ``rows`` (one per object, each with its file ``name`` stem and ``files``) to the JSON list at ``path``,
-    one row a line, merged with the rows already there: a row of the same ``name`` takes the new facts and the files of both (another
-    method's overlays of the same object); the others are kept, first. A file that is not such a list is replaced."""
+    one row a line, merged with the rows already there: a row of the same ``name`` takes the new facts and the files
+    of both (another method's overlays of the same object); the others are kept, first. A file that is not such a
+    list is replaced."""
     try:
         kept = json.loads(path.read_text(encoding="utf-8"))
         kept = {row["name"]: row for row in kept if isinstance(row.get("files"), list)}

@@ -77,7 +77,8 @@ def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), 
                 fitted = np.asarray(boxed(Image.fromarray(fitted), boxes[r], None, images.shape[-2:]))
             _paste(sheet, fitted, left + c * (cell + GAP), top)
         for c, colours in enumerate(words[r], 1):
-            _, patches, lettering = place_words(text_tokens[r], colours, cell, left + c * (cell + GAP), top + cell + GAP)
+            _, patches, lettering = place_words(text_tokens[r], colours, cell, left + c * (cell + GAP),
+                                                top + cell + GAP)
             paint(sheet, patches)
             texts += lettering
         for k, line in enumerate(wrapped[r] if r < len(wrapped) else []):
