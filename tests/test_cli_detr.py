@@ -131,7 +131,7 @@ BAD = {
     "a threshold above 1": (("--score-threshold", "1.5"), "argument --score-threshold: expected a number in [0, 1]"),
     "a negative threshold": (("--score-threshold", "-0.1"), "expected a number in [0, 1], got '-0.1'"),
     "a threshold that is no number": (("--score-threshold", "nan"), "expected a number in [0, 1], got 'nan'"),
-    "a method for classifiers": (("--method", "rollout"), "method 'rollout' does not apply to 'detr' models"),
+    "a method for NesT alone": (("--method", "nest-cam"), "method 'nest-cam' does not apply to 'detr' models"),
     "a question": (("--text", "what is it?"), "text was given (--text), and this 'detr' model reads images only"),
     "a threshold on a classifier": (("--model", "vit", "--score-threshold", "0.5"),
                                     "--score-threshold picks a detector's objects, and this 'vit' model is not a "
