@@ -13,6 +13,8 @@ demo: $(STAMP)
 		src/vitx/data/samples/vqa/4_star.png --model shapes-vqa-dual --method all --out out/demo-vqa \
 		--text "what colour is the object left of the triangle?" --text "is there a red cross?" \
 		--text "what colour is the star?"
+	$(BIN)/vitx explain src/vitx/data/samples/vqa/*.png --model shapes-detr --out out/demo-detr \
+		--method generic-attention,raw-attention,rollout,attention-gradcam,partial-lrp,transformer-attribution,saliency
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
