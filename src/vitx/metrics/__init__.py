@@ -6,6 +6,7 @@ function computing each and whether higher is better. See docs/metrics.md.
 """
 from .bimodal import (BIMODAL_METRICS, IMAGE_STEPS, TEXT_STEPS, compute_bimodal, image_grounding,
                       perturbation_bimodal, text_grounding)
+from .objects import OBJECT_METRICS, compute_objects, match_objects, object_scores, otsu_masks, segmentation_ap
 from .localisation import (class_sensitivity, energy_pointing_game, pointing_game, pointing_game_tolerant,
                            relevance_rank_accuracy)
 from .perturbation import FRACTIONS, auc, dataset_auc, gaussian_blur, insertion_deletion, perturbation_test
@@ -15,7 +16,8 @@ from .segmentation import average_precision, segmentation
 from .similarity import spearman, ssim
 from .sparseness import sparseness
 
-__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "METRICS", "TEXT_STEPS", "compute_bimodal",
+__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "METRICS", "OBJECT_METRICS", "TEXT_STEPS", "compute_bimodal",
+           "compute_objects", "match_objects", "object_scores", "otsu_masks", "segmentation_ap",
            "image_grounding", "perturbation_bimodal", "text_grounding", "MetricInfo", "auc", "average_precision", "cascade", "class_sensitivity",
            "compute", "dataset_auc", "energy_pointing_game", "gaussian_blur", "insertion_deletion", "metrics",
            "perturbation_test", "pointing_game", "pointing_game_tolerant", "randomization", "relevance_rank_accuracy", "segmentation",
