@@ -3,16 +3,16 @@ object", its last class) and a box per object query; :func:`find_objects` picks 
 and the class to explain each for, and :func:`vitx.explain` then explains every object as one row of a batch."""
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 
-import numbers
 import torch
 
 from .errors import VitxError
 from .model import Model
 from .registry import within
-from .targets import _Names
+from .targets import ClassNames
 
 DEFAULT_THRESHOLD = 0.5   # Chefer et al.'s DETR segmentation keeps the queries whose best class has p > 0.5
 
@@ -69,7 +69,7 @@ def find_objects(model: Model, x: torch.Tensor, target, threshold: float | None,
     if target is not None and not values:
         raise VitxError("target is an empty list: give query indices or class names, or None for every detection")
     if all(isinstance(v, str) for v in values) and values:
-        names = _Names(model.config.class_names)
+        names = ClassNames(model.config.class_names)
         wanted = torch.tensor(sorted({names.lookup(v) for v in values}), device=label.device)
         chosen &= torch.isin(label, wanted)
     elif values:

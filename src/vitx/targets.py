@@ -24,7 +24,7 @@ def resolve_targets(target, count: int, model) -> torch.Tensor | None:
     values = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(values) != count:
         raise VitxError(f"got {len(values)} targets for {count} images")
-    names = _Names(model.config.class_names)
+    names = ClassNames(model.config.class_names)
     num_classes = model.config.num_classes
     indices = [_index(value, names) for value in values]
     for index in indices:
@@ -34,7 +34,7 @@ def resolve_targets(target, count: int, model) -> torch.Tensor | None:
     return torch.tensor(indices, device=model.device)
 
 
-def _index(value, names: "_Names") -> int:
+def _index(value, names: "ClassNames") -> int:
     if isinstance(value, str):
         return names.lookup(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -44,7 +44,7 @@ def _index(value, names: "_Names") -> int:
     return int(value)
 
 
-class _Names:
+class ClassNames:
     """A model's class names, looked up by whole name or synonym, case-insensitively."""
 
     def __init__(self, class_names):
