@@ -28,7 +28,7 @@ from .registry import MetricInfo
 SMALL_MAX, MEDIUM_MAX = 0.044, 0.062
 SIZES = ("small", "medium", "large")
 IOU_THRESHOLDS = np.round(np.linspace(0.2, 0.95, 16), 2)   # segmentation AP averaged over IoU 0.2, 0.25, ..., 0.95
-MATCH_IOU = 0.5                               # a detection explains the object of its class whose box it hits so
+MATCH_IOU = 0.5   # the least box IoU of a detection with the object it explains (COCO's AP50 criterion)
 CHEFER_ICCV = "Chefer, Gur & Wolf, ICCV 2021"
 
 
@@ -48,10 +48,10 @@ def otsu_masks(token_maps, size: tuple[int, int], upsample: str = "authors") -> 
     from skimage.filters import threshold_otsu
 
     choice(upsample, ("authors", "nearest"), "upsampling")
-    maps = as_maps(token_maps, "token maps").detach().double()
-    flat = maps.flatten(1)
+    maps = as_maps(token_maps, "token maps").detach()
+    flat = maps.flatten(1).cpu().double()
     low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    scaled = ((flat - low) / (high - low).clamp(min=1e-300) * 255).to(torch.uint8).cpu().numpy()
+    scaled = ((flat - low) / (high - low).clamp(min=1e-300) * 255).to(torch.uint8).numpy()
     grid = np.zeros(scaled.shape, bool)
     for row, (values, constant) in enumerate(zip(scaled, (high == low).flatten().tolist())):
         if not constant:
@@ -122,7 +122,9 @@ def segmentation_ap(masks: torch.Tensor, truth: ObjectTruth) -> dict[str, float]
     thresholds 0.2, 0.25, ..., 0.95 (:data:`IOU_THRESHOLDS`) and object-size ranges on the ground-truth mask area
     (:data:`SMALL_MAX`, :data:`MEDIUM_MAX`); otherwise COCO's defaults (per class, up to 100 detections per image, the
     101-point interpolated precision). {"ap", "ap_small", "ap_medium", "ap_large"}: the mean precision over IoU
-    thresholds, recall points and classes present, as COCO's AP; NaN where no object has that size."""
+    thresholds, recall points and classes present, as COCO's AP; NaN where no object has that size. The range
+    0.2:0.95 is issue 14's account of the authors' paper; their ``engine.evaluate`` runs the same COCOeval, with
+    COCO's 0.5:0.95 in the code as published (its override of ``iouThrs`` is commented out)."""
     from pycocotools import mask as rle
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
