@@ -27,8 +27,8 @@ from .objects import DEFAULT_THRESHOLD, find_objects
 
 def evaluate_objects(model, data: ShapesData, methods="all", metrics=None, *, params: dict | None = None,
                      batch_size: int = 32, seed: int = 0, gallery: int = 4, score_threshold: float | None = None,
-                     match_iou: float = MATCH_IOU, upsample: str = "authors", previous: Evaluation | None = None, progress: bool = False,
-                     scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
+                     match_iou: float = MATCH_IOU, upsample: str = "authors", previous: Evaluation | None = None,
+                     progress: bool = False, scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
     """:func:`vitx.evaluate` for a loaded detector on multi-object ``data`` (its arguments, bar ``sanity_images``).
     ``score_threshold`` picks the detections (default 0.5); ``match_iou`` is the least box IoU at which a detection
     explains the ground-truth object of its class (:func:`vitx.metrics.objects.match_objects`); ``upsample`` how the
@@ -60,7 +60,8 @@ def evaluate_objects(model, data: ShapesData, methods="all", metrics=None, *, pa
                "data_seed": data.seed, "variant": "detr", "explanations": len(found), "sanity_explanations": 0,
                "objects": len(found), "unmatched": int((~truth.matched).sum()),
                "ground_truth_objects": sum(len(b["labels"]) for b in boxes), "score_threshold": threshold,
-               "match_iou": match_iou, "upsample": upsample, "size_thresholds": [SMALL_MAX, MEDIUM_MAX], "methods": {}}
+               "match_iou": match_iou, "upsample": upsample, "size_thresholds": [SMALL_MAX, MEDIUM_MAX],
+               "methods": {}}
     evaluation = Evaluation(results, images=data.images[found.image[:gallery]].clone(),
                             targets=found.label[:gallery].clone(), class_names=tuple(model.config.class_names))
     size = x.shape[-2:]

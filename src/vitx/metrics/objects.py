@@ -159,8 +159,8 @@ def segmentation_ap(masks: torch.Tensor, truth: ObjectTruth) -> dict[str, float]
 def object_scores(maps, token_maps, truth: ObjectTruth, upsample: str = "authors") -> dict[str, torch.Tensor]:
     """Every detector score of one method's maps: ``maps`` (N, H, W) pixel maps and ``token_maps`` (N, gh, gw) the
     same on the token grid, one per detection of ``truth``. Per matched detection (M,): ``iou`` and
-    ``pixel_accuracy`` of its :func:`otsu_masks` mask (``upsample``) against its object's mask, and ``pointing``, the tolerant
-    pointing game (:func:`pointing_game_tolerant`) of its pixel map in that mask; per pair (P,) of a matched
+    ``pixel_accuracy`` of its :func:`otsu_masks` mask (``upsample``) against its object's mask, and ``pointing``, the
+    tolerant pointing game (:func:`pointing_game_tolerant`) of its pixel map in that mask; per pair (P,) of a matched
     detection A and another object B of its image: ``class_sensitivity``, 1 when A's map has a higher mean value
     per pixel inside A's mask than inside B's (:func:`class_sensitivity` on the two masks), else 0; and the
     :func:`segmentation_ap` scores as (1,) tensors."""
