@@ -106,20 +106,27 @@ def attention(m, x, context, tape):
     return m.proj(merged), back
 
 
-def block(b, x, tape):
-    normed = b.norm1(x)
-    attended, back_attention = attention(b.attn, normed, None, tape)
-    x1 = x + attended
-    n2 = b.norm2(x1)
-    hidden = b.mlp.act(b.mlp.fc1(n2))
-    out = b.mlp.fc2(hidden)
+def residual_mlp(norm, mlp, x):
+    """x + MLP(norm(x)) and back(R) -> R_x."""
+    normed = norm(x)
+    hidden = mlp.act(mlp.fc1(normed))
+    out = mlp.fc2(hidden)
 
     def back(relevance):
-        r_x1, r_out = add_rel(x1, out, relevance)
-        r_x1 = r_x1 + linear_rel(n2, b.mlp.fc1.weight, linear_rel(hidden, b.mlp.fc2.weight, r_out))
-        r_x, r_attended = add_rel(x, attended, r_x1)
+        r_x, r_out = add_rel(x, out, relevance)
+        return r_x + linear_rel(normed, mlp.fc1.weight, linear_rel(hidden, mlp.fc2.weight, r_out))
+    return x + out, back
+
+
+def block(b, x, tape):
+    attended, back_attention = attention(b.attn, b.norm1(x), None, tape)
+    x1 = x + attended
+    out, back_mlp = residual_mlp(b.norm2, b.mlp, x1)
+
+    def back(relevance):
+        r_x, r_attended = add_rel(x, attended, back_mlp(relevance))
         return r_x + back_attention(r_attended)[0]
-    return x1 + out, back
+    return out, back
 
 
 def coattention(c, x, context, tape):

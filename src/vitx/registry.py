@@ -24,7 +24,8 @@ from .memory import forward_only, one_graph
 NEEDS = {"attention", "gradients", "head_row", "cls_token", "trained_module"}
 HEAD_ROWS = ("cls", "avg")   # heads whose row a "head_row" method can read
 # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy, "swin" Swin's shifted windows, "vqa" a
-# bi-modal question answerer (its head reads the text's [CLS] token, which stands for the head's row)
+# bi-modal question answerer (its head reads the text's [CLS] token, which stands for the head's row), "detr" a
+# DETR-like detector (each object is one of its decoder's queries; its query's row stands for the head's row)
 ANY_MODEL = ("vit", "nest", "swin")
 # why a method that does not name a kind cannot apply to it: {kind: {method family (or "" for any other): why}}
 KIND_LIMITS = {
@@ -40,7 +41,18 @@ KIND_LIMITS = {
     "nest": {"": "NesT attends only within image blocks, level by level, and aggregates the blocks with convolution "
                  "and pooling, so no token-by-token attention or token sequence spans the image",
              "relevance": "its relevance rules know the pre-norm blocks of a flat ViT, not NesT's block aggregation "
-                          "(convolution, layer norm and max pooling between levels)"}}
+                          "(convolution, layer norm and max pooling between levels)"},
+    "detr": {"attention": "it reads one self-attention sequence from a class token or pooled patches, and a "
+                          "detector's object is a decoder query that reads the image through cross-attention "
+                          "(raw-attention, rollout, generic-attention and attention-gradcam follow that graph)",
+             "gradient": "Grad-CAM reads the patch tokens entering a block, and a detector's last blocks are decoder "
+                         "layers whose tokens are its object queries, not the image's patches",
+             "nest": "it reads NesT's levels of image blocks, which a detector does not have",
+             "perturbation": "it is made for a classifier's token sequence: AtMan scales each patch as a key in "
+                             "every attention layer (a detector's decoder self-attention has object queries as "
+                             "keys), ViT-CX clusters the last block's patch tokens (a detector's last block holds "
+                             "its object queries), ViT Shapley's explainer is trained for a classifier "
+                             "(occlusion, rise and kernel-shap apply)"}}
 
 # The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with
 # ``register(..., ranges=...)``. Intervals are written as in mathematics: "[1, inf)" is 1 <= value.

@@ -9,7 +9,7 @@ from .base import Adapter, Description
 SUPPORTED = ("supported are vitx's ViT and NesT; timm's VisionTransformer (ViT, DeiT, DeiT III, DINOv2, registers, "
              "hybrid), BEiT, EVA/EVA-02, rope ViTs, NesT and Swin v1/v2; torchvision's VisionTransformer (vit_*); "
              "Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, Swin v1/v2, the CLIP/SigLIP vision towers and "
-             "the VisualBERT/LXMERT question answerers (docs/models.md)")
+             "the VisualBERT/LXMERT question answerers, the DETR detector (docs/models.md)")
 LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks` of one attention each and a "
                       "`patch_embed` (timm's ViT layout)",
               "torchvision": "torchvision.models.VisionTransformer (its encoder.layers of MultiheadAttention)"}

@@ -153,6 +153,20 @@ class Adapter:
         return next((kind for cls, kind in LAYER_KINDS.items() if isinstance(module, cls)), type(module).__name__)
 
 
+class ListedSites:
+    """For an adapter that lists its attentions with their sites in forward order, in :meth:`_named_sites` (tuples
+    that start (module, site)): :meth:`attentions` and :meth:`sites` read that list. Put it before Adapter."""
+
+    def _named_sites(self) -> list[tuple]:
+        raise NotImplementedError
+
+    def attentions(self) -> list[nn.Module]:
+        return [entry[0] for entry in self._named_sites()]
+
+    def sites(self) -> list[Site]:
+        return [entry[1] for entry in self._named_sites()]
+
+
 def project_values(projection: nn.Linear, v: torch.Tensor) -> torch.Tensor:
     """Values v (B, heads, N, head_dim) through the output projection's weight W_o, heads merged:
     (B, N, D) with row j = concat_h(v_jh) W_oᵀ = Σ_h v_jh W_o,hᵀ; the bias is left out."""

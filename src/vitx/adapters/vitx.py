@@ -10,7 +10,7 @@ from ..models.detr import DecoderLayer
 from ..models.vit import VisionTransformer
 from ..models.vqa import CoAttention
 from ..text import Text
-from .base import Adapter, Attend, Description, Site, pair, project_values
+from .base import Adapter, Attend, Description, ListedSites, Site, pair, project_values
 
 
 class VitxAdapter(Adapter):
@@ -53,7 +53,7 @@ class VitxViTAdapter(VitxAdapter):
 
 
 
-class VitxVQAAdapter(VitxAdapter):
+class VitxVQAAdapter(ListedSites, VitxAdapter):
     """vitx's VQA transformers (:mod:`vitx.models.vqa`): image and question in, answer logits out. One stream: its
     blocks are "joint" self-attention sites over [words; patches]. Two streams: "text" and "image" self-attention
     blocks, then per cross-modality layer the co-attention sites text→image and image→text and a self-attention
@@ -77,12 +77,6 @@ class VitxVQAAdapter(VitxAdapter):
                       (layer.text_self.attn, Site(f"{name}.text_self", "text", "text", cfg.text_layers + i)),
                       (layer.image_self.attn, Site(f"{name}.image_self", "image", "image", cfg.image_layers + i))]
         return found
-
-    def attentions(self) -> list[nn.Module]:
-        return [module for module, _ in self._named_sites()]
-
-    def sites(self) -> list[Site]:
-        return [site for _, site in self._named_sites()]
 
     def blocks(self) -> list[nn.Module]:
         """The residual blocks in forward order: one stream's blocks; two streams' language and image blocks, then
@@ -138,7 +132,7 @@ def context_attention_forward(module, attend: Attend):
     return forward
 
 
-class VitxDETRAdapter(VitxAdapter):
+class VitxDETRAdapter(ListedSites, VitxAdapter):
     """vitx's DETR-like detector (:mod:`vitx.models.detr`): images in, per object query class logits (the last
     class "no object") and boxes out. Its encoder blocks are "image" self-attention sites; per decoder layer, the
     queries' self-attention ("queries" over "queries") and their cross-attention over the image ("queries" over
@@ -155,12 +149,6 @@ class VitxDETRAdapter(VitxAdapter):
             found += [(layer.self_attn, Site(f"decoder.{i}.self_attn", "queries", "queries", i)),
                       (layer.cross_attn, Site(f"decoder.{i}.cross_attn", "queries", "image", i))]
         return found
-
-    def attentions(self) -> list[nn.Module]:
-        return [module for module, _ in self._named_sites()]
-
-    def sites(self) -> list[Site]:
-        return [site for _, site in self._named_sites()]
 
     def blocks(self) -> list[nn.Module]:
         """The encoder blocks, then the decoder layers."""

@@ -55,14 +55,17 @@ def mean_row_walk(batch: Batch, matrices: list[torch.Tensor], accumulate: bool) 
 
 
 @register("raw-attention", family="attention", paper="Vaswani et al., NeurIPS 2017 (attention weights as explanation)",
-          needs={"attention", "head_row"}, cost="1F", kinds=("vit", "swin", "vqa"),
+          needs={"attention", "head_row"}, cost="1F", kinds=("vit", "swin", "vqa", "detr"),
           requires=bimodal_baselines.authors_form(block=-1))
 def raw_attention(batch: Batch, block: int = -1) -> torch.Tensor:
     """The head's row of attention over the patches in one block (default the last), heads averaged:
     R = E_h A_b[c, patches]. On Swin the mean over the block's queries of E_h A_b, on its stage's map.
-    On a bi-modal model, the [CLS] rows at the last layer (:mod:`vitx.methods.bimodal_baselines`)."""
+    On a bi-modal model, the [CLS] rows at the last layer (:mod:`vitx.methods.bimodal_baselines`); on a detector,
+    the object's query row of the last cross-attention (:mod:`vitx.methods.detection`)."""
     if batch.model.bimodal:
         return bimodal_baselines.raw_attention(batch)
+    if batch.model.detector:
+        return detection.raw_attention(batch)
     with torch.no_grad():
         _, tr = batch.run(attentions=[block], tokens=False)
     if on_swin(batch):
@@ -136,16 +139,19 @@ def whole_matrices(config, params: dict) -> None:
 
 
 @register("rollout", family="attention", paper=ABNAR_2020, needs={"attention", "head_row"}, cost="1F",
-          memory=graphs(ATTENTION), kinds=("vit", "swin", "vqa"),
+          memory=graphs(ATTENTION), kinds=("vit", "swin", "vqa", "detr"),
           requires=bimodal_baselines.authors_form(whole_matrices, head_fusion="mean", discard_ratio=0.0, start_layer=0))
 def rollout(batch: Batch, head_fusion: str = "mean", discard_ratio: float = 0.0, start_layer: int = 0) -> torch.Tensor:
     """Attention rollout: the head's row of R = Â_L ⋯ Â_s, Â_b = norm_rows(fuse_h(A_b) + I),
     heads fused by mean, max or min, the lowest ``discard_ratio`` of each Â_b's entries dropped. On Swin the
     mean row over the last stage's queries of R = Â_L ⋯ P ⋯ Â_s (P the patch mergings), on the first stage's map;
     ``discard_ratio`` 0 there. On a bi-modal model, Chefer et al.'s rollouts of the text and image sites
-    (:mod:`vitx.methods.bimodal_baselines`)."""
+    (:mod:`vitx.methods.bimodal_baselines`); on a detector, the encoder's and the decoder's rollouts around the last
+    cross-attention (:mod:`vitx.methods.detection`)."""
     if batch.model.bimodal:
         return bimodal_baselines.rollout(batch)
+    if batch.model.detector:
+        return detection.rollout(batch)
     with torch.no_grad():
         _, tr = batch.run(tokens=False)
         if on_swin(batch):
@@ -192,14 +198,17 @@ def generic_attention(batch: Batch) -> torch.Tensor:
 
 
 @register("attention-gradcam", family="attention", paper="Selvaraju et al., ICCV 2017 (Grad-CAM), on attention as in Chefer et al. 2021",
-          needs={"attention", "gradients", "head_row"}, cost="1F+1B", kinds=("vit", "vqa"),
+          needs={"attention", "gradients", "head_row"}, cost="1F+1B", kinds=("vit", "vqa", "detr"),
           requires=bimodal_baselines.authors_form(block=-1))
 def attention_gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     """Grad-CAM on one block's attention: R = ReLU(E_h[w_h A_b[h, c, patches]]), where w_h is the mean
     over patches of ∇A_b[h, c, patches]. On a bi-modal model, the authors' form: w_h the mean of ∇A_h over the
-    whole matrix, at the last layer (:mod:`vitx.methods.bimodal_baselines`)."""
+    whole matrix, at the last layer (:mod:`vitx.methods.bimodal_baselines`); on a detector likewise at the last
+    cross-attention (:mod:`vitx.methods.detection`)."""
     if batch.model.bimodal:
         return bimodal_baselines.attention_gradcam(batch)
+    if batch.model.detector:
+        return detection.attention_gradcam(batch)
     logits, tr = batch.run(attentions=[block], tokens=False)
     attention, = tr.attentions
     gradient, = torch.autograd.grad(batch.score(logits), attention)

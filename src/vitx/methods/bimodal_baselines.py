@@ -59,7 +59,9 @@ def head_sites(batch: Batch, sites: list[Recorded]) -> dict[tuple[str, str], Rec
 
 
 def real_tokens(batch: Batch, stream: str, size: int) -> torch.Tensor:
-    """(B, size) bool: True at the tokens of ``stream`` that are not padding."""
+    """(B, size) bool: True at the tokens of ``stream`` that are not padding (every token of an image-only model)."""
+    if batch.text is None:
+        return torch.ones(batch.x.shape[0], size, dtype=torch.bool, device=batch.x.device)
     real = batch.text.mask.new_ones(batch.text.mask.shape[0], size)
     text_stream, columns = batch.model.adapter.modalities(batch.text.ids.shape[1])["text"]
     if stream == text_stream:
@@ -214,15 +216,18 @@ def integrated_gradients(batch: Batch, steps: int, baseline, internal_batch_size
             "text": text_row(batch, (words * embedded).sum(-1))}
 
 
+AUTHORS_FORMS = {"vqa": "a bi-modal model", "detr": "a detector"}   # the kinds where a baseline is the authors' form
+
+
 def authors_form(then=None, **defaults):
-    """``requires`` for a method whose bi-modal form is the authors' only: on a "vqa" model its parameters
-    ``defaults`` must keep their values; ``then`` (another ``requires``) runs after."""
+    """``requires`` for a method whose bi-modal and detector forms are the authors' only: on a "vqa" or "detr" model
+    its parameters ``defaults`` must keep their values; ``then`` (another ``requires``) runs after."""
     def requires(config, params: dict) -> None:
-        if config.kind == "vqa":
+        if config.kind in AUTHORS_FORMS:
             for name, value in defaults.items():
                 if params[name] != value:
-                    raise VitxError(f"on a bi-modal model this method takes Chefer et al.'s form only, with "
-                                    f"{name}={value!r}; got {name}={params[name]!r}")
+                    raise VitxError(f"on {AUTHORS_FORMS[config.kind]} this method takes Chefer et al.'s form only, "
+                                    f"with {name}={value!r}; got {name}={params[name]!r}")
         if then is not None:
             then(config, params)
     return requires

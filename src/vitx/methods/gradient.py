@@ -66,7 +66,7 @@ def saliency_attributions(batch: Batch) -> torch.Tensor:
 
 
 @register("saliency", family="gradient", paper="Simonyan, Vedaldi & Zisserman, ICLR 2014 workshop, Deep Inside Convolutional Networks",
-          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa"))
+          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa", "detr"))
 def saliency(batch: Batch) -> torch.Tensor:
     """Gradient saliency: R(p) = max_c |∂y_t/∂x_c(p)|. On a bi-modal model also R_j = max_d |∂y_t/∂e_jd| on each
     token's word embedding e_j (:mod:`vitx.methods.bimodal_baselines`)."""
@@ -109,7 +109,7 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: s
 
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
-          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa"),
+          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa", "detr"),
           memory=graphs(1.0, 1.0))
 def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = "black",
                          internal_batch_size: int = 64) -> torch.Tensor:
@@ -123,7 +123,7 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = 
 
 
 @register("smoothgrad", family="gradient", paper="Smilkov et al., 2017, SmoothGrad: removing noise by adding noise",
-          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=ANY_MODEL,
+          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=(*ANY_MODEL, "detr"),
           memory=graphs(1.0, 1.0))
 def smoothgrad(batch: Batch, samples: int = 25, noise_level: float = 0.15, seed: int = 0,
                internal_batch_size: int = 64) -> torch.Tensor:

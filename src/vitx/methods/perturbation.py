@@ -119,6 +119,9 @@ def check_removal(removal: str, cls_index: int | None) -> None:
 
 def removal_fits(config, params: dict) -> None:
     """``requires`` for the methods that remove patches: :func:`check_removal` before any forward."""
+    if config.kind == "detr" and params["removal"] == "attention":
+        raise VitxError("removal='attention' keeps removed patches out of the class token, and a detector's objects "
+                        "are its queries, which read the image through cross-attention: use removal='baseline'")
     check_removal(params["removal"], config.cls_index)
 
 
@@ -171,7 +174,7 @@ def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.
     return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(0, 1)
 
 
-@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=ANY_MODEL,
+@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=(*ANY_MODEL, "detr"),
           memory=graphs(FORWARD, COPY), requires=removal_fits)
 def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
               score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
@@ -219,7 +222,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int],
     return up[torch.arange(len(up), device=up.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F", kinds=ANY_MODEL,
+@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F", kinds=(*ANY_MODEL, "detr"),
           memory=graphs(FORWARD, COPY))
 def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, baseline="zeros",
          score: str = "probability", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
@@ -249,7 +252,7 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
 
 
 @register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F",
-          kinds=ANY_MODEL, memory=graphs(FORWARD, COPY), requires=removal_fits)
+          kinds=(*ANY_MODEL, "detr"), memory=graphs(FORWARD, COPY), requires=removal_fits)
 def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
                 score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to

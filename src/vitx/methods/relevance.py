@@ -23,7 +23,7 @@ from ..registry import register
 from ..relevance import ATTNLRP, CHEFER
 from ..relevance.rules import divide
 from ..trace import Recorded
-from . import bimodal_baselines
+from . import bimodal_baselines, detection
 from .attention import head_row, from_block, generic_relevance
 
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -66,9 +66,15 @@ def check_pre_norm(config, params: dict) -> None:
 
 
 def takes_rules(rules):
-    """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite)."""
+    """``fits`` for the registry: the model's every layer has a rule in ``rules`` (a Composite), and its adapter
+    names what the rules bind to (the layer that reads the pixels, where each block's residual branches open)."""
     def fits(model, params: dict) -> None:
-        rules.rules_for(model)
+        try:
+            rules.rules_for(model)
+        except NotImplementedError:
+            raise VitxError(f"the {rules.name} rules do not bind to this {type(model.net).__name__}: its adapter "
+                            "does not name the layer that reads the pixels or where each block's residual branches "
+                            "open (pre-norm blocks x + f(norm(x)); a post-norm block has no such place)") from None
     return fits
 
 
@@ -82,14 +88,14 @@ def in_precision(method):
     """Run ``method(batch, ..., precision=...)`` on a twin of the batch in that precision: a copy of the model
     converted to it, the images and the targets (found by the float32 model); the maps come back in float32.
     The method declares ``precision`` in its signature, where the registry reads its parameters; this
-    wrapper consumes it. A bi-modal batch's twin reads the same questions."""
+    wrapper consumes it. A bi-modal batch's twin reads the same questions, a detector's the same object queries."""
     @wraps(method)
     def run(batch: Batch, *args, precision: str = "float32", **params) -> torch.Tensor:
         dtype = PRECISIONS[precision]
         if dtype == batch.x.dtype:
             return method(batch, *args, **params)
         twin = Batch(copy.deepcopy(batch.model).to(dtype), batch.x.to(dtype), batch.layout, batch.targets,
-                     batch.text)
+                     batch.text, batch.queries)
         maps = method(twin, *args, **params)
         if isinstance(maps, dict):     # a bi-modal model's {"image": ..., "text": ...}
             return {name: values.to(batch.x.dtype) for name, values in maps.items()}
@@ -132,7 +138,7 @@ def in_graphs(per_image: float):
 
 
 @register("lrp", family="relevance", paper=BACH_2015, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER), kinds=("vit", "swin"))
+          requires=check_precision, memory=in_graphs(3.0), fits=takes_rules(CHEFER), kinds=("vit", "swin", "detr"))
 @in_precision
 def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """LRP from R = 1 at the target logit to the pixels with Chefer et al.'s rules: αβ (α=1, β=0) on linear
@@ -143,7 +149,7 @@ def lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
 
 
 @register("transformer-attribution", family="relevance", paper=CHEFER_2021,
-          needs={"attention", "gradients", "head_row"}, cost="1F+2B", kinds=("vit", "vqa"),
+          needs={"attention", "gradients", "head_row"}, cost="1F+2B", kinds=("vit", "vqa", "detr"),
           requires=bimodal_baselines.authors_form(check_pre_norm, start_layer=0), memory=in_graphs(3.0),
           fits=takes_attribution)
 @in_precision
@@ -151,35 +157,43 @@ def transformer_attribution(batch: Batch, start_layer: int = 0, precision: str =
     """Chefer et al.'s Transformer Attribution: R = I; R ← R + E_h[(∇A_b ⊙ R_A_b)⁺] R for blocks
     b = s..L (``start_layer`` s, 0-based; the authors' ViT scripts use 1), with R_A_b the LRP relevance of
     block b's attention (rules of ``lrp``) and ∇A_b its plain gradient; the head's row of R.
-    On a bi-modal model, the authors' form (:mod:`vitx.methods.bimodal_baselines`).
+    On a bi-modal model, the authors' form (:mod:`vitx.methods.bimodal_baselines`); on a detector, theirs:
+    E_h[(∇A ⊙ R_A)⁺] of the last cross-attention, the object's query row (:mod:`vitx.methods.detection`).
 
     One forward under the rules, then their backward for R_A and the plain backward for ∇A through the
     same graph (:meth:`Composite.selectable`); ``start_layer`` is checked before it (``fits``)."""
     if batch.model.bimodal:
         found = site_relevance(batch, bimodal_baselines.relevance_sites(batch), gradients=True)
         return bimodal_baselines.transformer_attribution(batch, *found)
+    if batch.model.detector:
+        _, (relevance,), (gradient,) = site_relevance(batch, [detection.last_cross(batch.model)], gradients=True)
+        return detection.transformer_attribution(batch, relevance, gradient)
     blocks = from_block(range(len(batch.model.adapter.attentions())), start_layer)
     _, relevances, gradients = site_relevance(batch, blocks, gradients=True)
     return head_row(batch, generic_relevance(relevances, gradients))  # E_h[(∇A ⊙ R_A)⁺]: R_A in A's place
 
 
 @register("partial-lrp", family="relevance", paper=VOITA_2019, needs={"attention", "gradients", "head_row"},
-          cost="1F+1B", kinds=("vit", "vqa"), requires=check_pre_norm, memory=in_graphs(3.0),
+          cost="1F+1B", kinds=("vit", "vqa", "detr"), requires=check_pre_norm, memory=in_graphs(3.0),
           fits=takes_rules(CHEFER))
 @in_precision
 def partial_lrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """Partial LRP: the LRP relevance of the last block's attention (rules of ``lrp``), positive part, heads
     averaged, the head's row: R = E_h[(R_A_L)⁺][c, patches]. On a bi-modal model, the authors' form
-    (:mod:`vitx.methods.bimodal_baselines`)."""
+    (:mod:`vitx.methods.bimodal_baselines`); on a detector, theirs: E_h R_A of the last cross-attention, min-max
+    scaled over its matrix, the object's query row (:mod:`vitx.methods.detection`)."""
     if batch.model.bimodal:
         sites, relevances, _ = site_relevance(batch, bimodal_baselines.relevance_sites(batch, last=True))
         return bimodal_baselines.partial_lrp(batch, sites, relevances)
+    if batch.model.detector:
+        relevance, = attention_relevance(batch, blocks=[detection.last_cross(batch.model)])
+        return detection.partial_lrp(batch, relevance)
     relevance, = attention_relevance(batch, blocks=[-1])
     return head_row(batch, relevance.clamp(min=0).mean(1))
 
 
 @register("attnlrp", family="relevance", paper=ACHTIBAT_2024, needs={"gradients"}, output="pixels", cost="1F+1B",
-          requires=check_precision, memory=in_graphs(2.5), fits=takes_rules(ATTNLRP), kinds=("vit", "swin"))
+          requires=check_precision, memory=in_graphs(2.5), fits=takes_rules(ATTNLRP), kinds=("vit", "swin", "detr"))
 @in_precision
 def attnlrp(batch: Batch, precision: str = "float32") -> torch.Tensor:
     """AttnLRP from R = y_t at the target logit to the pixels: ε-rule on linear layers, the softmax's own

@@ -6,10 +6,12 @@ from __future__ import annotations
 from torch import nn
 
 from ...errors import VitxError
+from ..base import Adapter
 from ..swin import HF_SWINS
 from .beit import HFBeitAdapter, HFData2VecVisionAdapter
 from .clip import HFClipAdapter, HFSiglipAdapter
 from .common import HFAdapter
+from .detr import HFDetrAdapter
 from .dinov2 import HFDinov2Adapter
 from .loading import load
 from .lxmert import HFLxmertAdapter
@@ -25,10 +27,11 @@ ADAPTERS = {"ViTForImageClassification": HFViTAdapter, "DeiTForImageClassificati
                              *HFDinov2Adapter.towers), HFDinov2Adapter),
             **dict.fromkeys(("CLIPForImageClassification", *HFClipAdapter.towers), HFClipAdapter),
             **dict.fromkeys(("SiglipForImageClassification", *HFSiglipAdapter.towers), HFSiglipAdapter),
-            "VisualBertForQuestionAnswering": HFVisualBertAdapter, "LxmertForQuestionAnswering": HFLxmertAdapter}
+            "VisualBertForQuestionAnswering": HFVisualBertAdapter, "LxmertForQuestionAnswering": HFLxmertAdapter,
+            "DetrForObjectDetection": HFDetrAdapter}
 
 
-def hf_adapter(net: nn.Module) -> HFAdapter:
+def hf_adapter(net: nn.Module) -> Adapter:
     """The adapter of a Hugging Face model class (or a subclass of one) that vitx reads."""
     name = next((cls.__name__ for cls in type(net).__mro__ if cls.__name__ in ADAPTERS), None)
     if name is None:

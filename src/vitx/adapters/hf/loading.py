@@ -1,6 +1,6 @@
 """``hf:<hub id or directory>``: a Hugging Face model loaded with the class its config records (an image
-classifier, a vision tower or a region VQA model vitx reads, the latter with the tokenizer saved beside it), the
-hub's cache alone where the hub cannot be reached."""
+classifier, a vision tower, a detector or a region VQA model vitx reads, the latter with the tokenizer saved beside
+it), the hub's cache alone where the hub cannot be reached."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -15,8 +15,8 @@ from ..hub import offline_reason
 
 def load(source: str) -> tuple[nn.Module, dict]:
     """``from_pretrained`` on a hub id or a local directory with the class named by the config's
-    ``architectures`` where that is an image classifier or a vision tower vitx reads (a bare ``Dinov2Model``
-    stays bare: no random classifier is put on it), else ``AutoModelForImageClassification``."""
+    ``architectures`` where that is an image classifier, or a vision tower, VQA model or detector vitx reads (a
+    bare ``Dinov2Model`` stays bare: no random classifier is put on it), else ``AutoModelForImageClassification``."""
     try:
         import transformers
     except ImportError as err:
@@ -66,8 +66,9 @@ def _model_class(transformers, source: str, local_files_only: bool):
     if architectures:
         raise VitxError(f"Hugging Face model {source!r} is a {architectures[0]}, which vitx does not read: it reads "
                         "image classifiers (...ForImageClassification) and the vision towers "
-                        f"{', '.join(name for name in ADAPTERS if 'For' not in name)}, and the VQA models "
-                        f"{', '.join(name for name in ADAPTERS if 'ForQuestion' in name)}")
+                        f"{', '.join(name for name in ADAPTERS if 'For' not in name)}, the VQA models "
+                        f"{', '.join(name for name in ADAPTERS if 'ForQuestion' in name)} and the detectors "
+                        f"{', '.join(name for name in ADAPTERS if 'ForObjectDetection' in name)}")
     return transformers.AutoModelForImageClassification
 
 

@@ -19,10 +19,10 @@ from torch import nn
 from ...errors import VitxError
 from ...layout import TokenLayout
 from ...text import Text
-from ..base import Adapter, Attend, Description, Site, project_values
+from ..base import Adapter, Attend, Description, ListedSites, Site, project_values
 
 
-class HFRegionAdapter(Adapter):
+class HFRegionAdapter(ListedSites, Adapter):
     framework = "hf"
 
     def __init__(self, net: nn.Module):
@@ -63,12 +63,6 @@ class HFRegionAdapter(Adapter):
     def width(self) -> int:
         """Values per region in the model input: its features, and its box where the model reads one."""
         return self.feature_size() + self.box_size()
-
-    def attentions(self) -> list[nn.Module]:
-        return [module for module, _, _ in self._named_sites()]
-
-    def sites(self) -> list[Site]:
-        return [site for _, site, _ in self._named_sites()]
 
     def blocks(self) -> list[nn.Module]:
         return []
