@@ -141,9 +141,10 @@ def test_methods_and_models_listings(capsys):
     assert "attention,cls_token" in table and "Abnar & Zuidema" in table
     assert json.loads(run(capsys, "methods", "--json")[1]) == vitx.methods()
     code, table, _ = run(capsys, "models")
-    columns = ["name", "kind", "architecture", "dataset", "accuracy", "file"]
+    columns = ["name", "kind", "architecture", "dataset", "quality", "file"]
     assert code == 0 and table.splitlines()[0].split() == columns
     assert [line.split()[0] for line in table.splitlines()[2:]] == [row["name"] for row in vitx.models()]
+    assert "AP50 0.993" in table and "accuracy 0.998" in table
     assert json.loads(run(capsys, "models", "--json")[1]) == vitx.models()
 
 

@@ -17,7 +17,7 @@ def run_methods(args) -> int:
 
 
 def run_models(args) -> int:
-    return print_rows(models(), ["name", "kind", "architecture", "dataset", "accuracy", "file"], args.json)
+    return print_rows(models(), ["name", "kind", "architecture", "dataset", "quality", "file"], args.json)
 
 
 def print_rows(rows: list[dict], columns: list[str], as_json: bool) -> int:

@@ -8,7 +8,7 @@ from ..errors import VitxError
 
 ZOO_DIR = Path(__file__).parent
 NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-shapley", "shapes-nest",
-         "shapes-nest-gan", "shapes-vqa-single", "shapes-vqa-dual")
+         "shapes-nest-gan", "shapes-vqa-single", "shapes-vqa-dual", "shapes-detr")
 
 
 def zoo_path(name: str) -> Path:
@@ -21,15 +21,23 @@ def zoo_path(name: str) -> Path:
 
 
 def models() -> list[dict]:
-    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator, vqa), architecture,
-    dataset, accuracy (of a classifier or surrogate; a VQA model's overall answer accuracy), file (and its model
-    card)."""
+    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator, vqa, detr),
+    architecture, dataset, accuracy (of a classifier or surrogate; a VQA model's overall answer accuracy), quality (in
+    words: its accuracy, or a detector's AP50), file (and its model card)."""
     rows = []
     for name in NAMES:
         path = ZOO_DIR / f"{name}.safetensors"
         meta = read_metadata(path) if path.exists() else {}
         rows.append({"name": name, "kind": meta.get("kind", "classifier") if meta else "",
                      "architecture": meta.get("arch", ""), "dataset": meta.get("dataset", ""),
-                     "accuracy": meta.get("metrics", {}).get("accuracy"), "file": str(path),
+                     "accuracy": meta.get("metrics", {}).get("accuracy"), "quality": quality(meta.get("metrics", {})),
+                     "file": str(path),
                      "card": str(ZOO_DIR / f"{name}.md")})
     return rows
+
+
+def quality(metrics: dict) -> str:
+    """A checkpoint's headline score in words: "accuracy 0.992", a detector's "AP50 0.993", or ""."""
+    if "accuracy" in metrics:
+        return f"accuracy {metrics['accuracy']:.3f}"
+    return f"AP50 {metrics['ap50']:.3f}" if "ap50" in metrics else ""
