@@ -11,8 +11,9 @@ from PIL import Image
 
 from .errors import VitxError
 from .images import Frame
-from .naming import explanation_file
-from .viz import answer_lines, overlay as draw_overlay
+from .naming import OBJECTS_FILE, explanation_file, object_stem, update_object_index
+from .viz import answer_lines, overlay as draw_overlay, probability
+from .viz.boxes import boxed
 from .viz.words import captioned, word_colours
 
 
@@ -48,15 +49,30 @@ class Explanation:
     def target_name(self, i: int) -> str:
         return self.class_name(int(self.targets[i]))
 
+    @property
+    def detection(self) -> bool:
+        return self.objects is not None
+
+    def object_label(self, i: int) -> str:
+        """A detector's object ``i`` as its overlay labels it: its class and score, ``circle 0.873``."""
+        return f"{self.objects[i]['class']} {probability(self.objects[i]['score'])}"
+
     def overlay(self, i: int, alpha: float = 0.5, cmap: str = "jet", scale: int = 1,
-                words: bool | None = None) -> Image.Image:
-        """Image ``i`` with this explanation's heatmap over it. ``words`` (default: for a bi-modal explanation):
+                words: bool | None = None, box: bool | None = None) -> Image.Image:
+        """Image ``i`` with this explanation's heatmap over it. ``box`` (default: for a detector's explanation): the
+        explained object's box framed and labelled with :meth:`object_label` (:func:`vitx.viz.boxes.boxed`).
+        ``words`` (default: for a bi-modal explanation):
         below it, the question's tokens coloured by ``text_maps[i]`` (:func:`vitx.viz.words.word_colours`: the words
         min-max scaled among themselves, [CLS], [SEP] and [PAD] in grey), then the predicted answer with its softmax
         probability and, where the explained answer is another, that one with its own
         (:func:`vitx.viz.answer_lines`); the picture is then at least 192 pixels wide. ``words=False``: the heatmap
         alone, the image's size times ``scale``."""
         picture = draw_overlay(self.images[i], self.maps[i], alpha=alpha, cmap=cmap, scale=scale)
+        if box or box is None and self.detection:
+            if not self.detection:
+                raise VitxError(f"box=True needs a detector's explanation; this {self.method!r} explanation has no "
+                                "objects")
+            picture = boxed(picture, self.objects[i]["box"], self.object_label(i), self.images.shape[-2:])
         if words is None:
             words = self.bimodal
         if not words:
@@ -85,30 +101,45 @@ class Explanation:
                             "vitx.explain, or set exp.frames from model.preprocess(images, frames=True)")
         return self.frames[i].to_original(self.maps[i], fill)
 
+    def image_indices(self) -> list[int]:
+        """Per map, the index of its image among those explained: a detector's object's ``image``, else its own."""
+        return [o["image"] for o in self.objects] if self.detection else list(range(len(self)))
+
     def names(self) -> list[str]:
-        """A file name stem per image: its file's stem where known (``frames``), else 000, 001, ...; an index is
-        put before every stem when two stems are the same."""
+        """A file name stem per map: its image's file stem where known (``frames``), else 000, 001, ... (the image's
+        index); for a detector's object ``<image stem>_q<query>_<class>`` (:func:`vitx.naming.object_stem`). The
+        image's index is put before every stem when two stems are the same."""
         stems = [frame.name for frame in self.frames] if self.frames is not None else [None] * len(self)
-        names = [stem or f"{i:03d}" for i, stem in enumerate(stems)]
+        images = self.image_indices()
+        names = [stem or f"{k:03d}" for k, stem in zip(images, stems)]
+        if self.detection:
+            names = [object_stem(name, o["query"], o["class"]) for name, o in zip(names, self.objects)]
         if len(set(names)) < len(names):
-            names = [f"{i:03d}_{stem}" if stem else name for i, (stem, name) in enumerate(zip(stems, names))]
+            names = [f"{k:03d}_{name}" if stem else name for k, stem, name in zip(images, stems, names)]
         return names
 
     def save(self, directory: str | Path, names: list[str] | None = None, scale: int = 4,
              original_size: bool = False) -> list[Path]:
         """Write ``<name>_<method>.png`` (:meth:`overlay`, with the coloured words and the answer for a bi-modal
-        explanation) and ``<name>_<method>.npy`` (map) per image into ``directory``, as ``vitx explain`` does, and for
-        a bi-modal explanation ``<name>_<method>_text.json`` (:meth:`text_relevance`); ``names`` defaults to
-        :meth:`names` (file stems, else 000, 001, ...).
+        explanation, the box and label of the object for a detector's) and ``<name>_<method>.npy`` (map) per map into
+        ``directory``, as ``vitx explain`` does, and for a bi-modal explanation ``<name>_<method>_text.json``
+        (:meth:`text_relevance`); ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...; per object for
+        a detector). A detector's explanation also writes ``objects.json``: a row per object (``exp.objects``' entry,
+        its ``image_name`` (the image's file stem, or null), its ``name`` and the ``files`` written for it), merged
+        with the rows an earlier save (another method's) left there (:func:`vitx.naming.update_object_index`). An
+        explanation of no object writes nothing, not even the directory.
         ``original_size``: the maps at each image's original size (:meth:`original_map`), not the model's."""
         names = self.names() if names is None else [str(name) for name in names]
+        what = "object" if self.detection else "image"
         if len(names) != len(self):
-            raise VitxError(f"got {len(names)} names for {len(self)} images")
+            raise VitxError(f"got {len(names)} names for {len(self)} {what}s")
         for name in names:
             if not name or Path(name).name != name or name in (".", ".."):
-                raise VitxError(f"an image name must be a plain file name, got {name!r}")
+                raise VitxError(f"an {what} name must be a plain file name, got {name!r}")
         if len(set(names)) < len(names):
-            raise VitxError("two images have the same name, and their files would overwrite each other")
+            raise VitxError(f"two {what}s have the same name, and their files would overwrite each other")
+        if not len(self):
+            return []
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         written = []
@@ -120,4 +151,10 @@ class Explanation:
             if self.bimodal:
                 written.append(directory / explanation_file(name, self.method, "_text.json"))
                 written[-1].write_text(json.dumps(self.text_relevance(i)) + "\n", encoding="utf-8")
+        if self.detection:
+            images = [frame.name for frame in self.frames] if self.frames is not None else [None] * len(self)
+            rows = [{**o, "image_name": image, "name": name,
+                     "files": [explanation_file(name, self.method, suffix) for suffix in (".png", ".npy")]}
+                    for o, image, name in zip(self.objects, images, names)]
+            written.append(update_object_index(directory / OBJECTS_FILE, rows))
         return written

@@ -20,7 +20,7 @@ from ..zoo import ZOO_DIR
 from .benching import run_bench
 from .explaining import applicable_methods, run_explain
 from .listings import run_generate, run_methods, run_models, run_train
-from .options import config_override, device, literal, memory_size, method_param, positive_int
+from .options import config_override, device, fraction, literal, memory_size, method_param, positive_int
 
 __all__ = ["applicable_methods", "build_parser", "literal", "main"]
 
@@ -45,7 +45,11 @@ def build_parser() -> Parser:
                                         f"(paginated: grid_001.png, ... beyond {ROWS_PER_PAGE} images). With a "
                                         "bi-modal model and --text, the overlays also show the question's words "
                                         "coloured by relevance and the answer, and each method writes the text "
-                                        "map (<image>_<method>_text.json).")
+                                        "map (<image>_<method>_text.json). With a detector, each object over "
+                                        "--score-threshold (or each --target query or class) gets its overlay, "
+                                        "box and label drawn, and map (<image>_q<query>_<class>_<method>), listed "
+                                        "with its class, score and box in objects.json; no detection: a warning "
+                                        "and nothing written.")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
     p.add_argument("--model", required=True,
                    help="zoo name (see `vitx models`), timm:<name>, torchvision:<name>, hf:<directory> or a "
@@ -58,7 +62,12 @@ def build_parser() -> Parser:
                         "order; words outside the model's vocabulary are read as its unknown token, with a warning")
     p.add_argument("--target", help="class to explain: an index, or a name or any of its comma-separated synonyms, "
                                     "in any case; a VQA model's answer, e.g. yes (default: each image's predicted "
-                                    "class or answer)")
+                                    "class or answer); a detector's comma-separated query indices (3,5: those "
+                                    "queries of every image, whatever their score) or class names (circle,star: the "
+                                    "detections of those classes)")
+    p.add_argument("--score-threshold", type=fraction, metavar="P",
+                   help="a detector's objects to explain: every detection whose class probability is above P "
+                        "(default: 0.5); detectors only")
     p.add_argument("--param", action="append", default=[], type=method_param, metavar="METHOD.NAME=VALUE",
                    help="a parameter of one method, e.g. rise.masks=500 (repeatable; see `vitx methods --json`)")
     p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")

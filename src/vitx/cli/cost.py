@@ -81,9 +81,10 @@ def _evaluate(node, names: dict):
     raise ValueError(f"cannot count {ast.dump(node)}")
 
 
-def estimate(methods: list[tuple[Method, dict]], images: int, layout: TokenLayout) -> str:
+def estimate(methods: list[tuple[Method, dict]], images: int, layout: TokenLayout, unit: str = "image") -> str:
     """One line: the forward and backward passes of ``methods`` (each with its bound parameters) on ``images``
-    images, the costliest methods' shares, and the terms not counted."""
+    images (``unit="object"``: a detector's objects, each explained as one row), the costliest methods' shares, and
+    the terms not counted."""
     costs = {info.name: method_cost(info, params, layout) for info, params in methods}
     total = sum((passes for passes, _ in costs.values()), Passes())
     work = {name: passes.forward + 2 * passes.backward for name, (passes, _) in costs.items()}  # B ≈ 2 F
@@ -91,7 +92,7 @@ def estimate(methods: list[tuple[Method, dict]], images: int, layout: TokenLayou
     top = sorted(work, key=work.get, reverse=True)[:3]
     shares = ", ".join(f"{name} {work[name] / whole:.0%}" for name in top if work[name] / whole >= 0.05)
     skipped = "; ".join(f"{name}: {' + '.join(terms)}" for name, (_, terms) in costs.items() if terms)
-    return (f"estimated cost of {plural(len(methods), 'method')} on {plural(images, 'image')}: "
+    return (f"estimated cost of {plural(len(methods), 'method')} on {plural(images, unit)}: "
             f"{_count(total.forward * images)} forward and "
             f"{_count(total.backward * images)} backward passes" + (f" (most in {shares})" if shares else "")
             + (f"; not counted: {skipped}" if skipped else ""))

@@ -1,10 +1,13 @@
 """``vitx explain``: every image with every method; each method's overlays and maps written as it finishes, the
 paginated grid and pages at the end. A bi-modal model takes one ``--text`` question per image: the questions are
 checked (and words outside the vocabulary named) before anything is written, and the pictures show each question's
-words coloured by relevance beside the answer."""
+words coloured by relevance beside the answer. A detector's run explains each object (:mod:`.detecting`): one
+overlay and map per object and method, named ``<image>_q<query>_<class>_<method>``, listed in ``objects.json``;
+without any detection it warns and writes nothing."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,6 +18,7 @@ from ..explain import explain, questions
 from ..explanation import Explanation
 from ..images import read_image
 from ..loading import WITH_WEIGHTS_FILE, load_model
+from ..objects import find_objects
 from ..naming import explanation_file, image_stems, numbered
 from ..registry import Method, get_method, method_names
 from ..report import explanation_pages
@@ -22,6 +26,7 @@ from ..targets import resolve_targets
 from ..viz import ROWS_PER_PAGE, gradcat_tree, grid_pages, prediction_label, probability
 from ..viz.text import plural
 from .cost import estimate
+from .detecting import detector_target, object_label, object_table
 from .options import comma_list, method_params, one_line_warnings, output_dir
 
 OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
@@ -40,7 +45,11 @@ def _run_explain(args) -> int:
     names = image_stems(args.images)
     pictures = [read_image(path) for path in args.images]
     model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
+    if args.score_threshold is not None and not model.detector:
+        raise VitxError(f"--score-threshold picks a detector's objects, and this {model.config.kind!r} model is not "
+                        "a detector")
     x, frames = model.preprocess(pictures, resize=args.resize, frames=True)
+    frames = [replace(frame, name=name) for frame, name in zip(frames, names)]
     layout = model.layout(x)
     if wanted is None:
         wanted = applicable_methods(model, layout)
@@ -48,35 +57,49 @@ def _run_explain(args) -> int:
     for info in wanted:
         if info.name not in params:
             info.check_model(model, layout)
-    targets = resolve_targets(args.target, len(pictures), model)
     questions(model, args.text, len(pictures))  # refused here, before --out exists; unknown words warned once
+    objects = None
+    if model.detector:
+        targets = detector_target(args.target)
+        objects = find_objects(model, x, targets, args.score_threshold, args.batch_size).rows(model.config.class_names)
+        if not objects:   # found before --out exists; find_objects has warned: no detection over the threshold
+            return 0
+    else:
+        targets = resolve_targets(args.target, len(pictures), model)
+    rows, unit = (len(pictures), "image") if objects is None else (len(objects), "object")
     if args.method == "all":
         bound = [(info, info.bind(params.get(info.name, {}))) for info in wanted]
-        print(f"vitx: {estimate(bound, len(pictures), layout)}", file=sys.stderr)
+        print(f"vitx: {estimate(bound, rows, layout, unit)}", file=sys.stderr)
 
     with output_dir(args.out) as out:
         scale = -(-OVERLAY_SIZE // max(x.shape[-2:]))
         explanations, trees = [], []
         for k, info in enumerate(wanted, 1):
-            with tqdm(total=len(pictures), unit="image", desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
+            with tqdm(total=rows, unit=unit, desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:
                 exp = explain(model, x, method=info.name, target=targets, text=args.text, batch_size=args.batch_size,
-                              memory=args.memory, progress=bar.update, **params.get(info.name, {}))
-            exp.frames = frames
-            exp.save(out, names=names, scale=scale, original_size=args.original_size)
-            flat = [name for name, bad in zip(names, exp.degenerate.tolist()) if bad]
+                              memory=args.memory, progress=bar.update, score_threshold=args.score_threshold,
+                              **params.get(info.name, {}))
+            exp.frames = [frames[i] for i in exp.image_indices()]
+            exp.save(out, scale=scale, original_size=args.original_size)
+            stems = exp.names()   # the image stems; per object for a detector
+            flat = [name for name, bad in zip(stems, exp.degenerate.tolist()) if bad]
             if flat:
-                print(f"vitx: warning: {info.name} gave a constant or non-finite map for {plural(len(flat), 'image')} "
+                print(f"vitx: warning: {info.name} gave a constant or non-finite map for {plural(len(flat), unit)} "
                       f"({', '.join(flat[:5])}{', ...' if len(flat) > 5 else ''}); written as zeros", file=sys.stderr)
             if exp.method == "gradcat":
                 trees = write_gradcat_trees(model, x, names, targets, exp, out, args.batch_size)
             explanations.append(exp)
-        grids, pages = write_pages(model, names, explanations, targets, out, args.model, args.text)
-    count = len(names) * len(explanations)
+        grids, pages = write_pages(model, stems, explanations, targets, out, args.model, args.text)
+    count = rows * len(explanations)
     shown = "grid: " + (str(out / grids[0]) if len(grids) == 1 else f"{len(grids)} pages of {ROWS_PER_PAGE} "
-                        f"images, {out / grids[0]} ... {grids[-1]}")
+                        f"{unit}s, {out / grids[0]} ... {grids[-1]}")
     maps = f"{plural(count, 'map')} (.npy)"
     maps = f", {maps} and {plural(count, 'text map')} (_text.json)" if args.text else f" and {maps}"
-    print(f"wrote {plural(count, 'overlay')} (<image>_<method>.png){maps} to {out}/\n"
+    if objects is not None:
+        print(f"{plural(len(objects), 'object')} explained:\n{object_table(names, objects)}")
+    files = "<image>_<method>" if objects is None else "<image>_q<query>_<class>_<method>"
+    listed = "" if objects is None else f"; which file shows which object: {out / 'objects.json'}"
+    print(f"wrote {plural(count, 'overlay')} ({files}.png){maps} to {out}/{listed}\n"
           f"{shown}\npage: {out / pages[0]}" + (f"\nGradCAT trees: {len(trees)}" if trees else ""))
     return 0
 
@@ -84,17 +107,23 @@ def _run_explain(args) -> int:
 def write_pages(model, names: list[str], explanations: list[Explanation], targets, out: Path,
                 model_name: str, text: list[str] | None = None) -> tuple[list[str], list[str]]:
     """The grid (grid.png, or grid_001.png, ... of :data:`ROWS_PER_PAGE` images each) and its HTML pages
-    (index.html, index_002.html, ...); returns both lists of file names. ``text``: a bi-modal model's questions,
+    (index.html, index_002.html, ...); returns both lists of file names. ``names``: per row (image, or a detector's
+    object) its file stem. ``text``: a bi-modal model's questions,
     shown once per image with the answer, the words coloured under every overlay."""
     first = explanations[0]
     shown = targets is not None or model.config.multi_label or text is not None  # which class is explained
-    labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
-                               target=int(first.targets[i]) if shown else None,
-                               question=None if text is None else text[i]) for i, name in enumerate(names)]
+    boxes = None
+    if first.detection:   # a row per object: its box drawn in every cell
+        labels = [object_label(name, row) for name, row in zip(names, first.objects)]
+        boxes = [row["box"] for row in first.objects]
+    else:
+        labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
+                                   target=int(first.targets[i]) if shown else None,
+                                   question=None if text is None else text[i]) for i, name in enumerate(names)]
     words = {} if text is None else {"text_tokens": first.text_tokens,
                                      "text_maps": {exp.method: exp.text_maps for exp in explanations}}
     pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels,
-                          rows_per_page=ROWS_PER_PAGE, **words)
+                          rows_per_page=ROWS_PER_PAGE, boxes=boxes, **words)
     grids = numbered("grid", ".png", len(pictures))
     for picture, file in zip(pictures, grids):
         picture.save(out / file)

@@ -27,6 +27,17 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def fraction(text: str) -> float:
+    """A number in [0, 1], e.g. a score threshold."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def literal(value: str):
     """``value`` read as a Python literal where it is one, else the string itself."""
     try:

@@ -12,6 +12,7 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
+from .boxes import boxed
 from .overlay import overlay
 from .text import letter, text_width, wrap
 from .words import paint, place_words, word_colours
@@ -25,7 +26,7 @@ LINE = 13          # pixels per line of a label
 
 def grid_pages(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *,
                rows_per_page: int = ROWS_PER_PAGE, text_tokens=None, text_maps: dict[str, torch.Tensor] | None = None,
-               **style) -> list[Image.Image]:
+               boxes=None, **style) -> list[Image.Image]:
     """:func:`grid` of ``rows_per_page`` images at a time: one PIL image per page."""
     if rows_per_page < 1:
         raise ValueError(f"rows_per_page must be at least 1, got {rows_per_page}")
@@ -33,18 +34,21 @@ def grid_pages(images: torch.Tensor, columns: dict[str, torch.Tensor], row_label
     pages = [slice(start, start + rows_per_page) for start in range(0, images.shape[0], rows_per_page)]
     return [grid(images[rows], {k: v[rows] for k, v in columns.items()}, labels[rows],
                  text_tokens=None if text_tokens is None else text_tokens[rows],
-                 text_maps=None if text_maps is None else {k: v[rows] for k, v in text_maps.items()}, **style)
+                 text_maps=None if text_maps is None else {k: v[rows] for k, v in text_maps.items()},
+                 boxes=None if boxes is None else boxes[rows], **style)
             for rows in pages]
 
 
 def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), *, text_tokens=None,
-         text_maps: dict[str, torch.Tensor] | None = None, first_title: str = "image", cell: int = 180,
+         text_maps: dict[str, torch.Tensor] | None = None, boxes=None, first_title: str = "image", cell: int = 180,
          alpha: float = 0.5, cmap: str = "jet", colorbar: bool = True) -> Image.Image:
     """A PIL image of ``images`` (B, 3, H, W) in [0, 1], each followed by its maps (B, H, W) from every entry of
     ``columns`` (column title -> maps), drawn as overlays in cells ``cell`` pixels wide. ``row_labels`` (one per
     image, lines split by newlines) are wrapped into a panel left of the image; a row grows to hold its label.
     Bi-modal: ``text_tokens`` (per image, its question's tokens) and ``text_maps`` (column title -> (B, L) relevance
-    per token) put the words, coloured by :func:`~vitx.viz.words.word_colours`, under each overlay."""
+    per token) put the words, coloured by :func:`~vitx.viz.words.word_colours`, under each overlay. Detector:
+    ``boxes`` (one (x0, y0, x1, y1) per image, in its pixels) framed in the image and every overlay
+    (:func:`~vitx.viz.boxes.boxed`, without a tag: the label panel names the object)."""
     labels = [str(label) for label in row_labels]
     rows = images.shape[0]
     words = [[word_colours(text_tokens[r], text_maps[title][r], cmap, alpha) for title in columns]
@@ -68,10 +72,14 @@ def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), 
     top = header
     for r in range(rows):
         for c, picture in enumerate(_row(images[r], [maps[r] for maps in columns.values()], alpha, cmap)):
-            _paste(sheet, _fit(picture, cell), left + c * (cell + GAP), top)
+            fitted = _fit(picture, cell)
+            if boxes is not None:
+                fitted = np.asarray(boxed(Image.fromarray(fitted), boxes[r], None, images.shape[-2:]))
+            _paste(sheet, fitted, left + c * (cell + GAP), top)
         for c, colours in enumerate(words[r], 1):
-            _, boxes, lettering = place_words(text_tokens[r], colours, cell, left + c * (cell + GAP), top + cell + GAP)
-            paint(sheet, boxes)
+            _, patches, lettering = place_words(text_tokens[r], colours, cell, left + c * (cell + GAP),
+                                                top + cell + GAP)
+            paint(sheet, patches)
             texts += lettering
         for k, line in enumerate(wrapped[r] if r < len(wrapped) else []):
             texts.append((GAP, top + GAP + LINE * (k + 1) - 3, line, LABEL_SIZE, False, "left"))
