@@ -15,10 +15,11 @@ from PIL import Image
 
 from .errors import VitxError, one_line
 from .evaluate import CURVES, REFERENCES, Evaluation, metric_info
-from .metrics import BIMODAL_METRICS, METRICS
+from .metrics import BIMODAL_METRICS, METRICS, OBJECT_METRICS
 from .report import STYLE, data_uri
 from .viz import grid
 
+UPSAMPLING = {"authors": "as the authors' evaluation does (bilinear, foreground above 0)", "nearest": "nearest"}
 TABLE_STYLE = """
 table { border-collapse: collapse; font-size: .85em; }
 td, th { border: 1px solid #ddd; padding: 3px 6px; text-align: right; }
@@ -33,7 +34,7 @@ def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
              "gallery": out / "gallery.png", "report": out / "report.html"}
     save_rows(evaluation, out, command)
     _write_csv(results, files["csv"])
-    note = f"{describe(results)}.\n\n" if results["variant"] == "vqa" else ""
+    note = f"{describe(results)}.\n\n" if results["variant"] in ("vqa", "detr") else ""
     files["leaderboard"].write_text(f"`{command}`\n\n{note}{leaderboard(results)}\n")
     plots = {title: curve_plot(evaluation.curves, title) for title in CURVES}
     plots = {title: image for title, image in plots.items() if image is not None}
@@ -67,9 +68,10 @@ def read(out: Path) -> Evaluation | None:
 
 
 def metric_columns(results: dict) -> list[str]:
-    """The metrics present in any row, in the registry's order (the image benchmark's, then the bi-modal one's)."""
+    """The metrics present in any row, in the registries' order (the image benchmark's, the bi-modal one's, the
+    detector's)."""
     present = {key for row in results["methods"].values() for key in row}
-    return [name for name in (*METRICS, *BIMODAL_METRICS) if name in present]
+    return [name for name in (*METRICS, *BIMODAL_METRICS, *OBJECT_METRICS) if name in present]
 
 
 def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
@@ -83,7 +85,8 @@ def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
         values = [row[column] for name, row in rows.items() if name not in REFERENCES and row.get(column) is not None]
         if values:
             best[column] = (max if metric_info(column).higher_is_better else min)(values)
-    header = ["method"] + [f"{c} {'↑' if metric_info(c).higher_is_better else '↓'}" for c in columns] + ["images/s"]
+    unit = "objects/s" if results["variant"] == "detr" else "images/s"
+    header = ["method"] + [f"{c} {'↑' if metric_info(c).higher_is_better else '↓'}" for c in columns] + [unit]
     lines = []
     for name, row in rows.items():
         cells = [(f"{name} (reference)" if name in REFERENCES else name, False)]
@@ -154,7 +157,16 @@ def gallery(evaluation: Evaluation) -> Image.Image:
 
 def describe(results: dict) -> str:
     """What a run scored, in words: its data and, on VQA pairs, the model's accuracy and the pairs left out of
-    the image ground-truth scores."""
+    the image ground-truth scores; on a detector, its detections and how many match no object."""
+    if results["variant"] == "detr":
+        small, medium = (f"{share:.1%}" for share in results["size_thresholds"])
+        return (f"{results['n']} multi-object shapes images (seed {results['data_seed']}), "
+                f"{results['ground_truth_objects']} objects; {results['objects']} detections with a score above "
+                f"{results['score_threshold']:g} explained, {results['unmatched']} of them matched to no object (box "
+                f"IoU below {results['match_iou']:g} with the object of their class): left out of the per-object "
+                f"scores, false positives in the segmentation AP. Masks: Otsu on the token grid, upsampled "
+                f"{UPSAMPLING[results['upsample']]}. Sizes by mask area: small up to {small} of the image, medium up "
+                f"to {medium}, large above")
     if results["variant"] != "vqa":
         return (f"{results['n']} shapes images ({results['variant']}, seed {results['seed']}), "
                 f"{results['explanations']} explanations")

@@ -23,7 +23,7 @@ from .data.shapes_vqa import ShapesVQAData
 from .errors import VitxError, one_line
 from .explain import explain
 from .loading import load_model
-from .metrics import BIMODAL_METRICS, METRICS, MetricInfo, compute
+from .metrics import BIMODAL_METRICS, METRICS, OBJECT_METRICS, MetricInfo, compute
 from .registry import get_method, method_names
 from .scaling import minmax
 
@@ -43,8 +43,9 @@ CURVES = {  # plotted curve -> (metric whose run gives it, key of the curve, key
 
 
 def metric_info(name: str) -> MetricInfo:
-    """The registry row of a metric of either benchmark (:data:`METRICS`, :data:`BIMODAL_METRICS`)."""
-    return METRICS[name] if name in METRICS else BIMODAL_METRICS[name]
+    """The registry row of a metric of any benchmark (:data:`METRICS`, :data:`BIMODAL_METRICS`,
+    :data:`OBJECT_METRICS`)."""
+    return METRICS.get(name) or BIMODAL_METRICS.get(name) or OBJECT_METRICS[name]
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Evaluation:
 
 def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=None, *, params: dict | None = None,
              batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
-             previous: Evaluation | None = None, progress: bool = False,
+             score_threshold: float | None = None, previous: Evaluation | None = None, progress: bool = False,
              scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
     """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
     or a list of names) on ``data`` and score each with ``metrics`` (None: every metric that applies to
@@ -81,8 +82,17 @@ def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=Non
     redraws its gallery maps (a long run can go on where it stopped, or gain a method). ``scored`` is called
     with the evaluation so far after each method (``vitx bench`` saves its rows then).
     A bi-modal model takes ``vitx.data.shapes_vqa`` pairs (:func:`vitx.evaluate_pairs.evaluate_pairs`; no
-    randomisation check there, so ``sanity_images`` does not apply)."""
+    randomisation check there, so ``sanity_images`` does not apply). A detector explains each detection with a score
+    above ``score_threshold`` (default 0.5) on ``multi`` images, scored as weak segmentation of its object
+    (:func:`vitx.evaluate_objects.evaluate_objects`; no randomisation check either)."""
     model = load_model(model, device=device)
+    if model.detector:
+        from .evaluate_objects import evaluate_objects  # it builds on this module's loop
+        return evaluate_objects(model, data, methods, metrics, params=params, batch_size=batch_size, seed=seed,
+                                gallery=gallery, score_threshold=score_threshold, previous=previous,
+                                progress=progress, scored=scored)
+    if score_threshold is not None:
+        raise VitxError(f"score_threshold picks a detector's objects, and this {model.config.kind!r} model is not one")
     if isinstance(data, ShapesVQAData) and not model.bimodal:
         raise VitxError(f"vitx.data.shapes_vqa pairs are for bi-modal models, and this {model.config.kind!r} model "
                         "reads images only: evaluate it on vitx.data.shapes(...) images")
@@ -180,7 +190,7 @@ def checked_run(model, data, methods, metrics, params: dict | None, batch_size: 
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     names = method_list(model, data, methods, params)
-    metric_names = metric_list(data, metrics)
+    metric_names = metric_list(data, metrics, model.detector)
     for name in params or {}:
         if name not in names:
             raise VitxError(f"parameters given for {name!r}, which is not among the methods evaluated")
@@ -209,14 +219,15 @@ def method_list(model, data: ShapesData, methods, params: dict | None = None) ->
     return list(dict.fromkeys(names))
 
 
-def metric_list(data: ShapesData | ShapesVQAData, metrics) -> list[str]:
-    """The metric names to compute: None (every one that applies to ``data``) or the names given, checked."""
-    if isinstance(data, ShapesVQAData):
-        names = list(BIMODAL_METRICS) if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
+def metric_list(data: ShapesData | ShapesVQAData, metrics, detector: bool = False) -> list[str]:
+    """The metric names to compute: None (every one that applies to ``data``, or to a ``detector``'s objects) or the
+    names given, checked."""
+    if isinstance(data, ShapesVQAData) or detector:
+        registry, what = (BIMODAL_METRICS, "(image, question) pairs") if not detector else (OBJECT_METRICS, "detectors")
+        names = list(registry) if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
         for name in names:
-            if name not in BIMODAL_METRICS:
-                raise VitxError(f"unknown metric {name!r} for (image, question) pairs; metrics: "
-                                f"{', '.join(BIMODAL_METRICS)}")
+            if name not in registry:
+                raise VitxError(f"unknown metric {name!r} for {what}; metrics: {', '.join(registry)}")
         return list(dict.fromkeys(names))
     if metrics is None:
         return [m for m, info in METRICS.items() if data.variant == "multi" or "multi_masks" not in info.needs]
@@ -257,18 +268,19 @@ def _maps(model, x, targets, masks, name: str, params: dict, batch_size: int, se
     return explain(model, x, name, target=targets, batch_size=batch_size, normalize=False, **params).maps
 
 
-_SAME_RUN = ("model", "n", "seed", "data_seed", "variant", "explanations", "sanity_explanations")
+_SAME_RUN = ("model", "n", "seed", "data_seed", "variant", "explanations", "sanity_explanations", "score_threshold",
+             "match_iou", "upsample")
 
 
 def _reusable(previous: Evaluation | None, results: dict, name: str, settings: dict, metrics: list[str]):
     """(row, curves) of ``name`` from ``previous`` when it scored the same images with the same seed,
     parameters and metrics without failing; else None."""
-    if previous is None or any(previous.results.get(key) != results[key] for key in _SAME_RUN):
+    if previous is None or any(previous.results.get(key) != results.get(key) for key in _SAME_RUN):
         return None
     row = previous.results.get("methods", {}).get(name)
     if row is None or "error" in row or row.get("params") != settings or name not in previous.curves:
         return None
-    if set(metrics) != {key for key in row if key in METRICS or key in BIMODAL_METRICS}:
+    if set(metrics) != {key for key in row if key in METRICS or key in BIMODAL_METRICS or key in OBJECT_METRICS}:
         return None
     return row, previous.curves[name]
 

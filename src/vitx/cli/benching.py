@@ -1,6 +1,7 @@
 """``vitx bench``: every method on the same fresh shapes images, scored by every metric (a bi-modal model: on fresh
-``shapes_vqa`` (image, question) pairs, scored on both modalities); every argument, each ``--param`` value included,
-is checked before anything runs or is written."""
+``shapes_vqa`` (image, question) pairs, scored on both modalities; a detector: every detection of fresh multi-object
+images, its map scored as a weak segmentation of its object); every argument, each ``--param`` value included, is
+checked before anything runs or is written."""
 from __future__ import annotations
 
 import sys
@@ -19,25 +20,29 @@ def run_bench(args) -> int:
     methods = "all" if args.methods == "all" else comma_list(args.methods)
     metrics = None if args.metrics is None else comma_list(args.metrics)
     model = load_model(args.model, arch=args.arch, device=args.device)
+    threshold = getattr(args, "score_threshold", None)   # the detector's option
     size = model.config.image_size
     if size[0] != size[1]:
         raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
     if model.bimodal:
         data = shapes_vqa(n=args.n, seed=args.seed, image_size=size[0])
     else:
-        data = shapes(n=args.n, seed=args.seed, variant="multi" if model.config.multi_label else "single",
-                      image_size=size[0])
-    methods, metrics = method_list(model, data, methods), metric_list(data, metrics)
+        multi = model.config.multi_label or model.detector
+        data = shapes(n=args.n, seed=args.seed, variant="multi" if multi else "single", image_size=size[0])
+    methods, metrics = method_list(model, data, methods), metric_list(data, metrics, model.detector)
     params = method_params(args.param, methods, model, model.layout(data.images[:1]), "benchmarked")
     command = " ".join(["vitx bench --model", args.model, *(["--arch", args.arch] if args.arch else []),
                         "--methods", args.methods, *(["--metrics", args.metrics] if args.metrics else []),
                         *(f"--param {m}.{k}={v!r}" for m, k, v in args.param),
                         f"--n {args.n} --seed {args.seed}",
-                        *([] if model.bimodal else [f"--sanity-images {args.sanity_images}"]), f"--out {args.out}"])
+                        *([] if threshold is None else [f"--score-threshold {threshold:g}"]),
+                        *([] if model.bimodal or model.detector else [f"--sanity-images {args.sanity_images}"]),
+                        f"--out {args.out}"])
     with output_dir(args.out) as out:
         previous = bench.read(out) if args.resume else None
         evaluation = evaluate(model, data, methods, metrics, params=params, batch_size=args.batch_size,
-                              seed=args.seed, sanity_images=args.sanity_images, previous=previous, progress=True,
+                              seed=args.seed, sanity_images=args.sanity_images, score_threshold=threshold,
+                              previous=previous, progress=True,
                               scored=lambda so_far: bench.save_rows(so_far, out, command))
         files = bench.write(evaluation, out, command)
     print(bench.leaderboard(evaluation.results))

@@ -2,12 +2,14 @@
 
 Every function returns per-image values (a (B,) float tensor, or a dict of them and of per-image curves)
 so that a caller can take means and standard errors. :data:`METRICS` names the leaderboard scores, the
-function computing each and whether higher is better. See docs/metrics.md.
+function computing each and whether higher is better; :data:`OBJECT_METRICS` the detector's weak-segmentation
+scores of per-object maps (:mod:`vitx.metrics.objects`). See docs/metrics.md.
 """
 from .bimodal import (BIMODAL_METRICS, IMAGE_STEPS, TEXT_STEPS, compute_bimodal, image_grounding,
                       perturbation_bimodal, text_grounding)
 from .localisation import (class_sensitivity, energy_pointing_game, pointing_game, pointing_game_tolerant,
                            relevance_rank_accuracy)
+from .objects import OBJECT_METRICS, compute_objects, match_objects, object_scores, otsu_masks, segmentation_ap
 from .perturbation import FRACTIONS, auc, dataset_auc, gaussian_blur, insertion_deletion, perturbation_test
 from .registry import METRICS, MetricInfo, compute, metrics
 from .sanity import cascade, randomization
@@ -15,8 +17,9 @@ from .segmentation import average_precision, segmentation
 from .similarity import spearman, ssim
 from .sparseness import sparseness
 
-__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "METRICS", "TEXT_STEPS", "compute_bimodal",
-           "image_grounding", "perturbation_bimodal", "text_grounding", "MetricInfo", "auc", "average_precision", "cascade", "class_sensitivity",
-           "compute", "dataset_auc", "energy_pointing_game", "gaussian_blur", "insertion_deletion", "metrics",
-           "perturbation_test", "pointing_game", "pointing_game_tolerant", "randomization", "relevance_rank_accuracy", "segmentation",
-           "sparseness", "spearman", "ssim"]
+__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "METRICS", "OBJECT_METRICS", "TEXT_STEPS", "MetricInfo", "auc",
+           "average_precision", "cascade", "class_sensitivity", "compute", "compute_bimodal", "compute_objects",
+           "dataset_auc", "energy_pointing_game", "gaussian_blur", "image_grounding", "insertion_deletion",
+           "match_objects", "metrics", "object_scores", "otsu_masks", "perturbation_bimodal", "perturbation_test",
+           "pointing_game", "pointing_game_tolerant", "randomization", "relevance_rank_accuracy", "segmentation",
+           "segmentation_ap", "sparseness", "spearman", "ssim", "text_grounding"]
