@@ -189,6 +189,10 @@ def test_bench_command_on_an_untrained_detector(tmp_path, monkeypatch, capsys):
                                                "report.html"}
     assert main([*argv, "--resume"]) == 0        # every row comes back from the previous run
     assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+    lower = tmp_path / "lower"
+    assert main([*argv[:-1], str(lower), "--score-threshold", "0.25"]) == 0
+    assert "--score-threshold 0.25" in (lower / "leaderboard.md").read_text()
+    assert json.loads((lower / "results.json").read_text())["score_threshold"] == 0.25
 
 
 def one_line_error(call) -> str:
@@ -208,6 +212,9 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch):
     assert "no object with a score above 1" in one_line_error(lambda: evaluate(model, data, score_threshold=1.0))
     classifier = vitx.model.wrap(create_model("vitx_shapes", depth=1).eval())
     assert "not one" in one_line_error(lambda: evaluate(classifier, data, score_threshold=0.5))
+    refused = tmp_path / "classifier"
+    assert main(["bench", "--model", "shapes-vit", "--score-threshold", "0.5", "--out", str(refused)]) == 2
+    assert not refused.exists()
     monkeypatch.setattr(benching, "load_model", lambda *args, **kwargs: model)
     out = tmp_path / "none"
     assert main(["bench", "--model", "shapes-detr", "--n", "2", "--out", str(out)]) == 2   # nothing detected

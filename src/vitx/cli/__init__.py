@@ -100,6 +100,9 @@ def build_parser() -> Parser:
                                                     "the reference rows random and ground-truth")
     p.add_argument("--metrics", help="comma-separated metric names (default: every metric that applies)")
     p.add_argument("--n", type=positive_int, default=500, help="number of images or pairs (default: 500)")
+    p.add_argument("--score-threshold", type=fraction, metavar="P",
+                   help="a detector's objects to score: its detections with a class probability above P (default: "
+                        "0.5); detectors only")
     p.add_argument("--seed", type=int, default=0, help="data seed, also seeds stochastic methods (default: 0)")
     p.add_argument("--sanity-images", type=positive_int, default=100,
                    help="images for the randomisation check, which re-runs each method once per block "

@@ -20,7 +20,9 @@ def run_bench(args) -> int:
     methods = "all" if args.methods == "all" else comma_list(args.methods)
     metrics = None if args.metrics is None else comma_list(args.metrics)
     model = load_model(args.model, arch=args.arch, device=args.device)
-    threshold = getattr(args, "score_threshold", None)   # the detector's option
+    threshold = args.score_threshold
+    if threshold is not None and not model.detector:
+        raise VitxError(f"--score-threshold picks a detector's objects, and this {model.config.kind!r} model is not one")
     size = model.config.image_size
     if size[0] != size[1]:
         raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
