@@ -123,3 +123,20 @@ def test_score_threshold_is_refused_on_a_classifier():
     model = vitx.load_model("shapes-vit")
     with pytest.raises(vitx.VitxError, match="score_threshold picks a detector's objects"):
         vitx.explain(model, torch.zeros(1, 3, 64, 64), "generic-attention", score_threshold=0.5)
+
+
+def test_a_half_precision_detector_finds_and_explains_its_objects_in_float32():
+    """find_objects ran the bfloat16 net on a float32 input (a dtype error); now it converts the weights as explain
+    does, finds the objects of the same net in float32, and gives the weights back in bfloat16."""
+    torch.manual_seed(0)
+    net = create_model("detr_shapes", encoder_layers=1, decoder_layers=1).eval().to(torch.bfloat16)
+    half = wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3)
+    full = wrap(create_model("detr_shapes", encoder_layers=1, decoder_layers=1).eval(), mean=(0.5,) * 3,
+                std=(0.25,) * 3)
+    full.net.load_state_dict({k: v.float() for k, v in net.state_dict().items()})
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with pytest.warns(UserWarning, match="the model is bfloat16") as caught:
+        exp = vitx.explain(half, x, "raw-attention", score_threshold=0.0)
+    assert len([w for w in caught if "bfloat16" in str(w.message)]) == 1     # once, from the explanation
+    assert exp.objects == vitx.explain(full, x, "raw-attention", score_threshold=0.0).objects
+    assert all(p.dtype == torch.bfloat16 for p in net.parameters())

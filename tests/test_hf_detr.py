@@ -164,3 +164,18 @@ def test_a_saved_detr_loads_as_a_detector(detr, tmp_path):
     assert type(loaded.net).__name__ == "DetrForObjectDetection" and loaded.detector
     assert loaded.config.class_names == CLASSES
     torch.testing.assert_close(loaded(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_objects_of_a_model_in_training_mode_are_found_without_dropout():
+    """transformers' DETR has dropout 0.1: find_objects ran a net left in training mode with it, so the detections
+    (and scores) differed from call to call and from the ones the explanation (in eval mode) explains."""
+    from vitx.objects import find_objects
+
+    net = tiny_detr()
+    model = wrap(net, image_size=(64, 64))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    expected = find_objects(model, x, [0, 1], 0, 8)
+    net.train()
+    found = find_objects(model, x, [0, 1], 0, 8)
+    assert torch.equal(found.score, expected.score) and torch.equal(found.box, expected.box)
+    assert net.training and all(m.training for m in net.modules())

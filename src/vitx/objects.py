@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import VitxError
-from .model import Model
+from .model import Model, evaluating
+from .precision import full_float32, in_float32
 from .registry import within
 from .targets import ClassNames
 
@@ -40,14 +41,17 @@ class Objects:
 
 @torch.no_grad()
 def detect(model: Model, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities (N, queries, classes + 1) and pixel boxes (N, queries, 4) (x0, y0, x1, y1) of images x."""
+    """Class probabilities (N, queries, classes + 1) and pixel boxes (N, queries, 4) (x0, y0, x1, y1) of images x,
+    found as :func:`vitx.explain` runs the model: in eval mode and in full float32 (a half-precision model's weights
+    converted for the call, without a warning: the explanation gives it), so the objects are the ones explained."""
     probs, boxes = [], []
-    for start in range(0, x.shape[0], batch_size):
-        logits, cxcywh = model.detect(x[start:start + batch_size].to(model.device, torch.float32))
-        probs.append(logits.float().softmax(-1))
-        centre, size = cxcywh[..., :2], cxcywh[..., 2:]
-        scale = torch.tensor([x.shape[-1], x.shape[-2]] * 2, device=cxcywh.device, dtype=torch.float32)
-        boxes.append(torch.cat([centre - size / 2, centre + size / 2], -1).float() * scale)
+    with evaluating(model), in_float32(model.net, warn=False), full_float32():
+        for start in range(0, x.shape[0], batch_size):
+            logits, cxcywh = model.detect(x[start:start + batch_size].to(model.device, torch.float32))
+            probs.append(logits.float().softmax(-1))
+            centre, size = cxcywh[..., :2], cxcywh[..., 2:]
+            scale = torch.tensor([x.shape[-1], x.shape[-2]] * 2, device=cxcywh.device, dtype=torch.float32)
+            boxes.append(torch.cat([centre - size / 2, centre + size / 2], -1).float() * scale)
     return torch.cat(probs), torch.cat(boxes)
 
 

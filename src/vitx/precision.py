@@ -21,15 +21,15 @@ from torch import nn
 
 
 @contextlib.contextmanager
-def in_float32(net: nn.Module):
+def in_float32(net: nn.Module, warn: bool = True):
     """Run the block with ``net``'s floating parameters and buffers in float32, then restore each one's dtype
     (the same tensors: only their data is swapped). Yields the dtypes it converted from (empty when the model
-    was float32 already) and warns once, in one line, when there were any."""
+    was float32 already) and, with ``warn``, warns once, in one line, when there were any."""
     tensors = [t for t in chain(net.parameters(), net.buffers())
                if t.is_floating_point() and t.dtype != torch.float32]
     dtypes = [t.dtype for t in tensors]
     names = sorted({str(d).removeprefix("torch.") for d in dtypes})
-    if names:
+    if names and warn:
         warnings.warn(f"vitx: the model is {'/'.join(names)}; the explanation is computed in float32 (the weights "
                       "are converted for the call and restored after it)", stacklevel=3)
     try:
