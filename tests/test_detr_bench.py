@@ -211,7 +211,7 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch):
     assert "score_threshold" in one_line_error(lambda: evaluate(model, data, score_threshold=2))
     assert "no object with a score above 1" in one_line_error(lambda: evaluate(model, data, score_threshold=1.0))
     classifier = vitx.model.wrap(create_model("vitx_shapes", depth=1).eval())
-    assert "not one" in one_line_error(lambda: evaluate(classifier, data, score_threshold=0.5))
+    assert "model is not a detector" in one_line_error(lambda: evaluate(classifier, data, score_threshold=0.5))
     refused = tmp_path / "classifier"
     assert main(["bench", "--model", "shapes-vit", "--score-threshold", "0.5", "--out", str(refused)]) == 2
     assert not refused.exists()

@@ -23,6 +23,7 @@ from .data.shapes_vqa import ShapesVQAData
 from .errors import VitxError, one_line
 from .explain import explain
 from .loading import load_model
+from .objects import refuse_threshold
 from .metrics import BIMODAL_METRICS, METRICS, OBJECT_METRICS, MetricInfo, compute
 from .registry import get_method, method_names
 from .scaling import minmax
@@ -91,8 +92,7 @@ def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=Non
         return evaluate_objects(model, data, methods, metrics, params=params, batch_size=batch_size, seed=seed,
                                 gallery=gallery, score_threshold=score_threshold, previous=previous,
                                 progress=progress, scored=scored)
-    if score_threshold is not None:
-        raise VitxError(f"score_threshold picks a detector's objects, and this {model.config.kind!r} model is not one")
+    refuse_threshold(model, score_threshold)
     if isinstance(data, ShapesVQAData) and not model.bimodal:
         raise VitxError(f"vitx.data.shapes_vqa pairs are for bi-modal models, and this {model.config.kind!r} model "
                         "reads images only: evaluate it on vitx.data.shapes(...) images")

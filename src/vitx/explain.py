@@ -11,7 +11,7 @@ from .explanation import Explanation
 from .images import check_model_input
 from .memory import plan
 from .model import Model, as_model, evaluating
-from .objects import Objects, find_objects
+from .objects import Objects, find_objects, refuse_threshold
 from .precision import full_float32, in_float32
 from .registry import get_method
 from .scaling import minmax, minmax_tokens, screen
@@ -62,13 +62,12 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
     encoded = questions(model, text, x.shape[0])
+    refuse_threshold(model, score_threshold)
     objects = None
     if model.detector:
         objects = find_objects(model, x, target, score_threshold, batch_size)
         x, frames = x[objects.image.to(x.device)], frames and [frames[i] for i in objects.image.tolist()]
         targets = objects.label.to(model.device)
-    elif score_threshold is not None:
-        raise VitxError(f"score_threshold picks a detector's objects, and this {model.config.kind!r} model is not one")
     else:
         targets = resolve_targets(target, x.shape[0], model)
     with torch.inference_mode(False):

@@ -55,6 +55,12 @@ def detect(model: Model, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor
     return torch.cat(probs), torch.cat(boxes)
 
 
+def refuse_threshold(model: Model, score_threshold, option: str = "score_threshold") -> None:
+    """Refuse a score threshold given for a model that is not a detector: it picks a detector's objects only."""
+    if score_threshold is not None and not model.detector:
+        raise VitxError(f"{option} picks a detector's objects, and this {model.config.kind!r} model is not a detector")
+
+
 def find_objects(model: Model, x: torch.Tensor, target, threshold: float | None, batch_size: int) -> Objects:
     """The objects to explain in images x. ``target``: None, every detection (a query whose likeliest class is an
     object class, with probability above ``threshold``); query indices (an int or a list of ints), those queries of

@@ -11,6 +11,7 @@ from ..data import shapes, shapes_vqa
 from ..errors import VitxError
 from ..evaluate import evaluate, method_list, metric_list
 from ..loading import load_model
+from ..objects import refuse_threshold
 from .options import comma_list, method_params, output_dir
 
 
@@ -21,8 +22,7 @@ def run_bench(args) -> int:
     metrics = None if args.metrics is None else comma_list(args.metrics)
     model = load_model(args.model, arch=args.arch, device=args.device)
     threshold = args.score_threshold
-    if threshold is not None and not model.detector:
-        raise VitxError(f"--score-threshold picks a detector's objects, and this {model.config.kind!r} model is not one")
+    refuse_threshold(model, threshold, "--score-threshold")
     size = model.config.image_size
     if size[0] != size[1]:
         raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")

@@ -18,7 +18,7 @@ from ..explain import explain, questions
 from ..explanation import Explanation
 from ..images import read_image
 from ..loading import WITH_WEIGHTS_FILE, load_model
-from ..objects import find_objects
+from ..objects import find_objects, refuse_threshold
 from ..naming import explanation_file, image_stems, numbered
 from ..registry import Method, get_method, method_names
 from ..report import explanation_pages
@@ -45,9 +45,7 @@ def _run_explain(args) -> int:
     names = image_stems(args.images)
     pictures = [read_image(path) for path in args.images]
     model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
-    if args.score_threshold is not None and not model.detector:
-        raise VitxError(f"--score-threshold picks a detector's objects, and this {model.config.kind!r} model is not "
-                        "a detector")
+    refuse_threshold(model, args.score_threshold, "--score-threshold")
     x, frames = model.preprocess(pictures, resize=args.resize, frames=True)
     frames = [replace(frame, name=name) for frame, name in zip(frames, names)]
     layout = model.layout(x)
