@@ -140,3 +140,27 @@ def test_a_half_precision_detector_finds_and_explains_its_objects_in_float32():
     assert len([w for w in caught if "bfloat16" in str(w.message)]) == 1     # once, from the explanation
     assert exp.objects == vitx.explain(full, x, "raw-attention", score_threshold=0.0).objects
     assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method", ["generic-attention", "rollout", "attention-gradcam", "transformer-attribution",
+                                    "saliency"])
+def test_objects_on_cuda_are_explained_as_on_the_cpu_and_an_empty_explanation_matches(detector, method):
+    """On CUDA: the same objects and maps as on the CPU (images given on the CPU), and an explanation of no object
+    holds its tensors where an explanation of some does (its targets and degenerate flags were left on the CPU)."""
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    cpu = vitx.explain(detector, x, method, target=[0, 5])
+    gpu_model = wrap(create_model("detr_shapes", encoder_layers=1, decoder_layers=1).eval(), mean=(0.5,) * 3,
+                     std=(0.25,) * 3)
+    gpu_model.net.load_state_dict(detector.net.state_dict())
+    gpu_model = gpu_model.to("cuda")
+    gpu = vitx.explain(gpu_model, x, method, target=[0, 5])
+    assert gpu.objects == cpu.objects or all(
+        (a["image"], a["query"], a["label"]) == (b["image"], b["query"], b["label"])
+        for a, b in zip(gpu.objects, cpu.objects))
+    assert torch.allclose(gpu.maps.cpu(), cpu.maps, atol=1e-3)
+    with pytest.warns(UserWarning, match="no detection"):
+        empty = vitx.explain(gpu_model, x, method, score_threshold=1.0)
+    for name in ("maps", "targets", "logits", "degenerate"):
+        assert getattr(empty, name).device == getattr(gpu, name).device, name
+        assert getattr(empty, name).dtype == getattr(gpu, name).dtype, name

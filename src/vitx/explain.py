@@ -151,9 +151,10 @@ def _explain(model: Model, x: torch.Tensor, layout, info, params: dict, targets:
 
 
 def empty_explanation(model: Model, x: torch.Tensor, layout, info, params: dict, objects: Objects) -> Explanation:
-    """The explanation of no object: maps (0, H, W) (and token maps (0, gh, gw) for a token method)."""
+    """The explanation of no object: maps (0, H, W) (and token maps (0, gh, gw) for a token method), each tensor
+    on the device and of the dtype an explanation of some objects has it."""
     tokens = x.new_zeros(0, *layout.grid) if info.output == "tokens" else None
-    return Explanation(maps=x.new_zeros(0, *x.shape[-2:]), token_maps=tokens, targets=objects.label,
+    return Explanation(maps=x.new_zeros(0, *x.shape[-2:]), token_maps=tokens, targets=objects.label.to(x.device),
                        logits=x.new_zeros(0, model.config.num_classes + 1), method=info.name, params=params,
                        images=x.new_zeros(0, *x.shape[1:]).cpu(), class_names=model.config.class_names,
-                       degenerate=torch.zeros(0, dtype=torch.bool), objects=[])
+                       degenerate=torch.zeros(0, dtype=torch.bool, device=x.device), objects=[])
