@@ -164,3 +164,11 @@ def test_objects_on_cuda_are_explained_as_on_the_cpu_and_an_empty_explanation_ma
     for name in ("maps", "targets", "logits", "degenerate"):
         assert getattr(empty, name).device == getattr(gpu, name).device, name
         assert getattr(empty, name).dtype == getattr(gpu, name).dtype, name
+
+
+def test_pixel_boxes_scale_x_by_the_width_and_y_by_the_height():
+    from vitx.objects import pixel_boxes
+
+    boxes = torch.tensor([[0.5, 0.25, 0.5, 0.5]], dtype=torch.bfloat16)
+    out = pixel_boxes(boxes, (40, 80))
+    assert out.dtype == torch.float32 and out.tolist() == [[20.0, 0.0, 60.0, 20.0]]

@@ -49,10 +49,16 @@ def detect(model: Model, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor
         for start in range(0, x.shape[0], batch_size):
             logits, cxcywh = model.detect(x[start:start + batch_size].to(model.device, torch.float32))
             probs.append(logits.float().softmax(-1))
-            centre, size = cxcywh[..., :2], cxcywh[..., 2:]
-            scale = torch.tensor([x.shape[-1], x.shape[-2]] * 2, device=cxcywh.device, dtype=torch.float32)
-            boxes.append(torch.cat([centre - size / 2, centre + size / 2], -1).float() * scale)
+            boxes.append(pixel_boxes(cxcywh, x.shape[-2:]))
     return torch.cat(probs), torch.cat(boxes)
+
+
+def pixel_boxes(cxcywh: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Boxes (..., 4) given as (cx, cy, w, h) fractions of an image of ``size`` (height, width) as float32 pixel
+    boxes (x0, y0, x1, y1)."""
+    centre, extent = cxcywh[..., :2].float(), cxcywh[..., 2:].float()
+    scale = torch.tensor([size[1], size[0]] * 2, device=cxcywh.device, dtype=torch.float32)
+    return torch.cat([centre - extent / 2, centre + extent / 2], -1) * scale
 
 
 def refuse_threshold(model: Model, score_threshold, option: str = "score_threshold") -> None:

@@ -68,7 +68,7 @@ def rollout(batch: Batch) -> torch.Tensor:
     sites = tr.sites
     image = attention.rollout_matrix([r.attention for r in sites if r.site.query == r.site.key == IMAGE])
     queries = attention.rollout_matrix([r.attention for r in sites if r.site.query == r.site.key == QUERIES])
-    across = [r.attention for r in sites if (r.site.query, r.site.key) == (QUERIES, IMAGE)][-1].mean(1)
+    across = sites[last_cross(batch.model)].attention.mean(1)
     return query_rows(batch, queries.transpose(-1, -2) @ across @ image)
 
 
