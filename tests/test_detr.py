@@ -33,7 +33,7 @@ def test_object_boxes_hold_every_object_of_a_multi_image():
             x0, y0, x1, y1 = box.long().tolist()
             assert mask[y0:y1, x0:x1].sum() == mask.sum()         # the box holds the whole mask
             assert mask[y0].any() and mask[y1 - 1].any() and mask[:, x0].any() and mask[:, x1 - 1].any()
-    with pytest.raises(ValueError, match="multi"):
+    with pytest.raises(vitx.VitxError, match="multi"):
         object_boxes(shapes(2, seed=1))
 
 

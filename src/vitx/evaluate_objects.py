@@ -53,13 +53,14 @@ def evaluate_objects(model, data: ShapesData, methods="all", metrics=None, *, pa
     if not len(found):
         raise VitxError(f"the detector finds no object with a score above {threshold:g} in the {len(data)} images: "
                         "nothing to score (lower the score threshold, or check the model)")
-    boxes = object_boxes(data)
-    truth = object_truth(found.image, found.label, found.score, found.box, boxes, coco_ground_truth(data), match_iou)
+    true_objects = object_boxes(data)
+    truth = object_truth(found.image, found.label, found.score, found.box, true_objects, coco_ground_truth(data),
+                         match_iou)
     layout = model.layout(x[:1])
     results = {"model": model.config.name or type(model.net).__name__, "n": len(data), "seed": seed,
                "data_seed": data.seed, "variant": "detr", "explanations": len(found), "sanity_explanations": 0,
                "objects": len(found), "unmatched": int((~truth.matched).sum()),
-               "ground_truth_objects": sum(len(b["labels"]) for b in boxes), "score_threshold": threshold,
+               "ground_truth_objects": sum(len(o["labels"]) for o in true_objects), "score_threshold": threshold,
                "match_iou": match_iou, "upsample": upsample, "size_thresholds": [SMALL_MAX, MEDIUM_MAX],
                "methods": {}}
     evaluation = Evaluation(results, images=data.images[found.image[:gallery]].clone(),

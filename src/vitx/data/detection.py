@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import VitxError
 from .shapes import ShapesData
 
 
@@ -22,7 +23,7 @@ def object_boxes(data: ShapesData) -> list[dict[str, torch.Tensor]]:
     """Per image of a "multi" shapes dataset: {"labels": (k,) class indices, "boxes": (k, 4) pixel boxes, "masks":
     (k, H, W) bool}, its objects in class order."""
     if data.variant != "multi":
-        raise ValueError(f"detection ground truth is for the 'multi' shapes variant, got {data.variant!r}")
+        raise VitxError(f"detection ground truth is for the 'multi' shapes variant, got {data.variant!r}")
     found = []
     for labels, masks in zip(data.labels, data.masks):
         present = labels.nonzero().flatten()
