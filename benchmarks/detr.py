@@ -14,13 +14,12 @@ Target (issue 14): ``generic-attention`` at most 1.3× forward+backward per obje
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 
 import vitx
-from speed import step_param, timed
+from speed import machine, step_param, timed, timing_options, timing_setup
 from vitx.models import create_model
 from vitx.registry import get_method, method_names
 
@@ -43,21 +42,13 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                         help="default: every method that applies to detectors")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    timing_options(parser)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    device, clock = timing_setup(parser, args)
     methods = args.methods or [name for name in method_names() if "detr" in get_method(name).kinds]
     model, threshold, note = build()
     model = model.to(device)
-    print(f"vitx {vitx.__version__}, torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-             f", {torch.get_num_threads()} threads") + f"; {args.clock} clock, median of {args.repeats}; {note}")
+    print(machine(device) + f"; {args.clock} clock, median of {args.repeats}; {note}")
     print("| batch | objects | method | ms/object | ms/image | baseline | baseline ms/image | ratio per object | target |")
     print("|---:|---:|---|---:|---:|---|---:|---:|---:|")
     for batch in args.batches:

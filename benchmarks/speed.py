@@ -166,6 +166,34 @@ def peak_in_fresh_process(argv: list[str], what: str, label: str, batch: int) ->
     return int(done.stdout.split()[-1])
 
 
+def timing_options(parser: argparse.ArgumentParser) -> None:
+    """The options of how a benchmark times its calls: --repeats, --warmup, --threads, --clock."""
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall time, or this process's CPU time (CPU only; with --threads 1 it is close to the "
+                             "wall time of an idle machine and far less disturbed by other processes)")
+
+
+def timing_setup(parser: argparse.ArgumentParser, args) -> tuple[torch.device, object]:
+    """(device, clock) from ``args.device`` and :func:`timing_options`' values; torch's threads set; --clock cpu
+    refused on another device."""
+    device = torch.device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu measures CPU time: use it with --device cpu")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device, time.process_time if args.clock == "cpu" else time.perf_counter
+
+
+def machine(device: torch.device) -> str:
+    """vitx's and torch's versions and the device (a GPU's name, or the CPU threads), for a benchmark's first line."""
+    return (f"vitx {vitx.__version__}, torch {torch.__version__}, device {device}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
+               f", {torch.get_num_threads()} threads"))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
@@ -178,23 +206,13 @@ def main(argv=None) -> None:
                         help="steps/samples for the multi-pass methods (default: each method's own default)")
     parser.add_argument("--param", nargs="+", default=[], metavar="NAME=VALUE",
                         help="set a parameter of every timed method that has it, e.g. internal_batch_size=32")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                        help="wall time, or this process's CPU time (CPU only; with --threads 1 it is close to the "
-                             "wall time of an idle machine and far less disturbed by other processes)")
+    timing_options(parser)
     parser.add_argument("--memory", action="store_true", help="also the peak memory per image of every call")
     parser.add_argument("--peak-of", default=None, help=argparse.SUPPRESS)   # one measurement, in a child process
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device)
-    if args.clock == "cpu" and device.type != "cpu":
-        parser.error("--clock cpu measures CPU time: use it with --device cpu")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    device, clock = timing_setup(parser, args)
     overrides = dict(parse_param(text) for text in args.param)
     torch.manual_seed(args.seed)
     if args.peak_of:
@@ -208,10 +226,7 @@ def main(argv=None) -> None:
                   *(["--param", *args.param] if args.param else [])]
     per_method = dict(args.method_batches)
     batches = sorted({b for name in args.methods for b in per_method.get(name, args.batches)})
-    print(f"vitx {vitx.__version__}, torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-             f", {torch.get_num_threads()} threads")
-          + f"; {args.clock} clock, median of {args.repeats} after {args.warmup} warm-up"
+    print(machine(device) + f"; {args.clock} clock, median of {args.repeats} after {args.warmup} warm-up"
           + ("; peak memory per call" + (" in a fresh process (VmHWM)" if device.type == "cpu" else "")
              if args.memory else ""))
     models = {name: build(name) for name in args.models}

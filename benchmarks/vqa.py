@@ -14,13 +14,12 @@ after ``--warmup``.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 
 import vitx
-from speed import step_param, timed
+from speed import machine, step_param, timed, timing_options, timing_setup
 from vitx.models import create_model
 from vitx.registry import get_method, method_names
 
@@ -47,19 +46,11 @@ def main(argv=None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
     parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                         help="default: every method that applies to VQA models")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    timing_options(parser)
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    device, clock = timing_setup(parser, args)
     methods = args.methods or bimodal_methods()
-    print(f"vitx {vitx.__version__}, torch {torch.__version__}, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-             f", {torch.get_num_threads()} threads") + f"; {args.clock} clock, median of {args.repeats}")
+    print(machine(device) + f"; {args.clock} clock, median of {args.repeats}")
     print("| model | batch | method | ms/pair | baseline | baseline ms/pair | ratio | target |")
     print("|---|---:|---|---:|---|---:|---:|---:|")
     for name in args.models:
