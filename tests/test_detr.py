@@ -140,6 +140,9 @@ def test_a_half_precision_detector_finds_and_explains_its_objects_in_float32():
     assert len([w for w in caught if "bfloat16" in str(w.message)]) == 1     # once, from the explanation
     assert exp.objects == vitx.explain(full, x, "raw-attention", score_threshold=0.0).objects
     assert all(p.dtype == torch.bfloat16 for p in net.parameters())
+    with torch.inference_mode(), pytest.warns(UserWarning, match="bfloat16"):  # weights not made inference tensors
+        assert vitx.explain(half, x, "generic-attention", score_threshold=0.0).objects == exp.objects
+    assert not any(p.is_inference() for p in net.parameters())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -39,13 +39,14 @@ class Objects:
                                            self.score.tolist(), self.box.tolist())]
 
 
-@torch.no_grad()
 def detect(model: Model, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities (N, queries, classes + 1) and pixel boxes (N, queries, 4) (x0, y0, x1, y1) of images x,
     found as :func:`vitx.explain` runs the model: in eval mode and in full float32 (a half-precision model's weights
-    converted for the call, without a warning: the explanation gives it), so the objects are the ones explained."""
+    converted for the call, without a warning: the explanation gives it), so the objects are the ones explained.
+    Outside any caller's inference mode, where the converted weights would come back as inference tensors."""
     probs, boxes = [], []
-    with evaluating(model), in_float32(model.net, warn=False), full_float32():
+    with torch.inference_mode(False), torch.no_grad(), evaluating(model), in_float32(model.net, warn=False), \
+            full_float32():
         for start in range(0, x.shape[0], batch_size):
             logits, cxcywh = model.detect(x[start:start + batch_size].to(model.device, torch.float32))
             probs.append(logits.float().softmax(-1))
