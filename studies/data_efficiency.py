@@ -31,7 +31,9 @@ from matplotlib.figure import Figure
 
 from vitx.data import shapes
 from vitx.models import VisionTransformer, create_model
-from vitx.train import MEAN, STD, _warmup_cosine, mimetic_init
+from vitx.training.classifier import mimetic_init
+from vitx.training.recipes import MEAN, STD
+from vitx.training.run import _warmup_cosine
 
 ARCHS = ("nest_shapes", "vitx_shapes")
 FRACTIONS = (0.1, 0.3, 1.0)

@@ -22,9 +22,9 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vitx import train as training
+from vitx import training
 from vitx.checkpoint import read_metadata
-from vitx.gan import load_generator, sample
+from vitx.training.gan import load_generator, sample
 from vitx.viz import tile
 
 RECIPES = ("shapes-nest-gan", "shapes-conv-gan")

@@ -18,7 +18,7 @@ from scipy.stats import pearsonr, spearmanr
 
 import vitx
 from vitx.data import shapes
-from vitx.shapley_training import kernel_shap_on_game
+from vitx.training.shapley import kernel_shap_on_game
 
 
 def main(argv=None) -> None:

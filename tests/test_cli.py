@@ -150,9 +150,9 @@ def test_methods_and_models_listings(capsys):
 
 def test_train_forwards_its_options(monkeypatch, tmp_path, capsys):
     calls = []
-    fake = types.ModuleType("vitx.train")
+    fake = types.ModuleType("vitx.training")
     fake.train = lambda name, **options: calls.append((name, options)) or {"accuracy": 0.5}
-    monkeypatch.setitem(sys.modules, "vitx.train", fake)
+    monkeypatch.setitem(sys.modules, "vitx.training", fake)
     code, stdout, _ = run(capsys, "train", "shapes-vit", "--seed", "3", "--steps", "10", "--batch-size", "4",
                           "--out", tmp_path)
     assert code == 0 and f"{tmp_path / 'shapes-vit'}.safetensors" in stdout and "accuracy 0.5" in stdout

@@ -5,7 +5,7 @@ import torch
 import vitx
 from vitx.data import shapes
 from vitx.data.detection import coco_ground_truth, mask_box, object_boxes
-from vitx.detr_training import match, set_loss
+from vitx.training.detr import match, set_loss
 from vitx.metrics.detection import coco_ap, coco_detections
 from vitx.model import wrap
 from vitx.models import create_model

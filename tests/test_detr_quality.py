@@ -4,7 +4,7 @@ import torch
 
 import vitx
 from vitx.data.detection import coco_ground_truth
-from vitx.detr_training import detections
+from vitx.training.detr import detections
 from vitx.metrics.detection import coco_ap, coco_detections
 
 SEED, IMAGES = 30_000, 300

@@ -15,9 +15,9 @@ import vitx
 from vitx.checkpoint import read_metadata
 from vitx.cli import main
 from vitx.data import shapes
-from vitx.gan import FD_IMAGES, FEATURE_MODEL, REAL_SEED, features, frechet_distance, load_generator, sample
+from vitx.training.gan import FD_IMAGES, FEATURE_MODEL, REAL_SEED, features, frechet_distance, load_generator, sample
 from vitx.models.generators import ConvGenerator, Discriminator, NestGenerator
-from vitx.train import train
+from vitx.training import train
 
 
 @pytest.mark.parametrize("generator", [NestGenerator(), ConvGenerator()])

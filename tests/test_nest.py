@@ -167,7 +167,7 @@ def test_cli_explains_a_nest_file_and_draws_gradcat_trees(pair, tmp_path, capsys
 
 
 def test_shapes_nest_recipe_trains_a_loadable_nest(tmp_path):
-    from vitx.train import train
+    from vitx.training import train
     metrics = train("shapes-nest", tmp_path, seed=2, steps=2, batch_size=4, progress=False)
     model = vitx.load_model(str(tmp_path / "shapes-nest.safetensors"))
     assert model.config.kind == "nest" and model.config.levels == (2, 2, 2) and 0 <= metrics["accuracy"] <= 1

@@ -1,6 +1,6 @@
 """Quality gates on the shipped zoo models: the issue's requirements, on fresh images with fixed seeds.
 
-Data seed 20_000 is fresh for both models: training draws data seeds >= 1,000,000 (see vitx.train),
+Data seed 20_000 is fresh for both models: training draws data seeds >= 1,000,000 (see vitx.training.recipes),
 and the model cards report data seed 10_000.
 """
 import pytest
@@ -10,8 +10,8 @@ from scipy.stats import pearsonr, spearmanr
 import vitx
 from vitx.data import shapes
 from vitx.metrics import pointing_game, pointing_game_tolerant
-from vitx.shapley_training import kernel_shap_on_game
-from vitx.train import score_shapes
+from vitx.training.classifier import score_shapes
+from vitx.training.shapley import kernel_shap_on_game
 
 SEED = 20_000
 

@@ -5,7 +5,7 @@ import vitx
 from vitx.checkpoint import read_metadata
 from vitx.data import CLASS_NAMES
 from vitx.models import create_model
-from vitx.train import RECIPES, train
+from vitx.training import RECIPES, train
 
 
 @pytest.fixture(scope="module")

@@ -140,8 +140,8 @@ def test_refusals_name_the_problem(model, x, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from vitx import shapley_training
-    from vitx.train import train
+    from vitx.training import shapley as shapley_training
+    from vitx.training import train
     out = tmp_path_factory.mktemp("zoo")
     patch = pytest.MonkeyPatch()
     patch.setattr(shapley_training, "RANK_IMAGES", 3)

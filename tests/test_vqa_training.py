@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import vitx
-from vitx import vqa_training
 from vitx.checkpoint import read_checkpoint
 from vitx.cli import main
 from vitx.data import ANSWERS, QUESTION_TYPES, shapes_vqa
 from vitx.models import create_model
-from vitx.draws import step_batches
-from vitx.train import RECIPES, train
-from vitx.vqa_training import (answer_batch, answer_metrics, image_side_from, pool_batches, question_pool,
+from vitx.training import RECIPES, train
+from vitx.training import vqa as vqa_training
+from vitx.training.draws import step_batches
+from vitx.training.vqa import (answer_batch, answer_metrics, image_side_from, pool_batches, question_pool,
                                type_words)
 from vitx.zoo import ZOO_DIR
 
@@ -175,10 +175,10 @@ def test_answer_metrics_count_confusions_per_type():
 
 def test_cli_forwards_workers_and_device(monkeypatch, tmp_path, capsys):
     calls = []
-    fake = types.ModuleType("vitx.train")
+    fake = types.ModuleType("vitx.training")
     fake.train = lambda name, **options: calls.append((name, options)) or {
         "accuracy": 0.9, "questions": 5, "types": {"counting": {"accuracy": 0.8}}}
-    monkeypatch.setitem(sys.modules, "vitx.train", fake)
+    monkeypatch.setitem(sys.modules, "vitx.training", fake)
     assert main(["train", "shapes-vqa-dual", "--workers", "3", "--device", "cpu", "--out", str(tmp_path)]) == 0
     assert calls == [("shapes-vqa-dual", {"out_dir": tmp_path, "workers": 3, "device": "cpu"})]
     assert "accuracy 0.9, questions 5, counting accuracy 0.8" in capsys.readouterr().out

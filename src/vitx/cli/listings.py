@@ -42,7 +42,7 @@ def cell_text(value) -> str:
 
 
 def run_generate(args) -> int:
-    from ..gan import load_generator, sample
+    from ..training.gan import load_generator, sample
     if args.seed < 0:
         raise VitxError(f"--seed must be 0 or more, got {args.seed}")
     generator, _ = load_generator(args.model)
@@ -56,7 +56,7 @@ def run_generate(args) -> int:
 
 
 def run_train(args) -> int:
-    from ..train import train
+    from ..training import train
     options = {"seed": args.seed, "steps": args.steps, "batch_size": args.batch_size,
                "config": dict(args.config) or None, "workers": args.workers, "device": args.device}
     metrics = train(args.name, out_dir=args.out, **{key: value for key, value in options.items() if value is not None})

@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_convert, generalized_box_iou
 
-from .data import CLASS_NAMES, shapes
-from .data.detection import coco_ground_truth, object_boxes
-from .metrics.detection import coco_ap, coco_detections
-from .models import ARCHITECTURES, create_model
-from .train import MEAN, STD, TEST_IMAGES, Recipe
-from .vqa_training import image_side_from
+from ..data import CLASS_NAMES, shapes
+from ..data.detection import coco_ground_truth, object_boxes
+from ..metrics.detection import coco_ap, coco_detections
+from ..models import ARCHITECTURES, create_model
+from .recipes import MEAN, STD, TEST_IMAGES, Recipe
+from .vqa import image_side_from
 
 CLASS_COST, L1_COST, GIOU_COST = 1.0, 5.0, 2.0
 NO_OBJECT_WEIGHT = 0.1

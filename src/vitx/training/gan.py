@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from .checkpoint import read_checkpoint
-from .data import shapes
-from .errors import VitxError
-from .loading import load_model
-from .model import Model
-from .models.generators import ConvGenerator, Discriminator, GeneratorConfig, NestGenerator
-from .trace import trace
+from ..checkpoint import read_checkpoint
+from ..data import shapes
+from ..errors import VitxError
+from ..loading import load_model
+from ..model import Model
+from ..models.generators import ConvGenerator, Discriminator, GeneratorConfig, NestGenerator
+from ..trace import trace
 
 FEATURE_MODEL = "shapes-vit"
 FD_IMAGES = 1000          # generated and real images per Fréchet distance
@@ -61,7 +61,7 @@ def build_generator(kind: str, config: dict | None = None) -> torch.nn.Module:
 
 def load_generator(source) -> tuple[torch.nn.Module, dict]:
     """A generator saved by ``vitx train`` (a zoo name or a file) and its metadata."""
-    from .zoo import NAMES, ZOO_DIR
+    from ..zoo import NAMES, ZOO_DIR
     path = ZOO_DIR / f"{source}.safetensors" if source in NAMES else Path(source)
     if not path.is_file():
         raise VitxError(f"generator {str(source)!r} is neither a zoo name nor a file")

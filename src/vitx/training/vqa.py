@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import read_checkpoint
-from .data.shapes_vqa import ANSWERS, MAX_LENGTH, QUESTION_TYPES, TOKENIZER, TYPE_ANSWERS, shapes_vqa
+from ..checkpoint import read_checkpoint
+from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, QUESTION_TYPES, TOKENIZER, TYPE_ANSWERS, shapes_vqa
+from ..models import ARCHITECTURES, create_model
+from .classifier import require_start
 from .draws import step_batches
-from .models import ARCHITECTURES, create_model
-from .train import _TRAIN_SEED_STRIDE, MEAN, STD, Recipe, require_start
+from .recipes import _TRAIN_SEED_STRIDE, MEAN, STD, Recipe
 
 TEST_QUESTIONS = 2000
 CONFUSIONS = 3                 # the commonest confusions recorded per question type

@@ -8,18 +8,19 @@ from pathlib import Path
 import torch
 from scipy.stats import spearmanr
 
-from .checkpoint import fingerprint, read_metadata
-from .data import CLASS_NAMES, shapes
-from .explain import explain
-from .loading import load_model
-from .methods.vitshapley import KIND, grand_and_null
-from .model import Model, wrap
-from .models import ARCHITECTURES, create_model
-from .models.shapley import ShapleyExplainer
-from .shapley import efficient_normalization, sample_coalitions
-from .surrogate import (coalition_probabilities, masked_logits, shapley_loss, surrogate_loss,
+from ..checkpoint import fingerprint, read_metadata
+from ..data import CLASS_NAMES, shapes
+from ..explain import explain
+from ..loading import load_model
+from ..methods.vitshapley import KIND, grand_and_null
+from ..model import Model, wrap
+from ..models import ARCHITECTURES, create_model
+from ..models.shapley import ShapleyExplainer
+from ..shapley import efficient_normalization, sample_coalitions
+from ..surrogate import (coalition_probabilities, masked_logits, shapley_loss, surrogate_loss,
                         uniform_size_coalitions)
-from .train import MEAN, STD, TEST_IMAGES, Recipe, require_start, score_shapes, start_from
+from .classifier import require_start, score_shapes, start_from
+from .recipes import MEAN, STD, TEST_IMAGES, Recipe
 
 KEPT = (0.25, 0.5, 0.75)        # shares of the patches kept when the surrogate is scored
 RANK_IMAGES = 32                # held-out images on which the explainer is compared with KernelSHAP

@@ -1,0 +1,65 @@
+"""``vitx train``: the recipes behind the zoo's checkpoints, reproducible from a seed.
+
+Data is drawn fresh at every step from :func:`vitx.data.shapes` (:func:`vitx.data.shapes_vqa` for the VQA
+recipes): step ``k`` of a run with seed ``s`` uses the images of data seed ``1_000_000 * (s + 1) + k``, so
+training never sees a data seed below 1,000,000 and every smaller seed (such as the test seed ``10_000 + s``)
+holds fresh images. The step batches can be drawn ahead by worker processes; the data are the same either way.
+A recipe with a ``pool`` (the VQA recipes, whose generator is ten times slower) draws that many items once instead,
+chunk ``j`` of 1,000 from data seed ``1_000_000 * (s + 1) + j``, and samples its batches from them in shuffled
+epochs (:mod:`vitx.training.vqa`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+TEST_IMAGES = 1000
+_TRAIN_SEED_STRIDE = 1_000_000  # data seeds of training runs start here; smaller seeds are for testing
+_TEST_SEED = 10_000             # + the run's seed: the data seed of its test set
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str
+    variant: str           # shapes variant: "single" (cross-entropy) or "multi" (multi-label BCE)
+    steps: int
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: float = 0.05   # fraction of the steps with a linear warm-up, then cosine decay to zero
+    clip: float = 1.0      # gradient-norm clipping
+    start: str | None = None  # a recipe whose trained weights start this one
+    kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``),
+                              # "generator" (a GAN generator; ``arch`` "nest" or "conv"), "vqa" (on shapes_vqa)
+    batch_size: int = 128
+    coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
+    fd_every: int = 0      # generator: steps between Fréchet distances recorded
+    config: dict = field(default_factory=dict)  # classifier: overrides of the architecture's configuration
+    pool: int = 0          # vqa: items drawn once and sampled in shuffled epochs (0: a fresh batch every step)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.variant == "multi"
+
+
+RECIPES = {
+    "shapes-vit": Recipe("vitx_shapes", "single", steps=6000, lr=1e-3),
+    "shapes-vit-multi": Recipe("vitx_shapes", "multi", steps=2400, lr=5e-4, start="shapes-vit"),
+    "shapes-nest": Recipe("nest_shapes", "single", steps=3000, lr=1e-3),
+    "shapes-nest-gan": Recipe("nest", "single", steps=1500, lr=2e-4, weight_decay=0.0, clip=math.inf,
+                              kind="generator", batch_size=64, betas=(0.5, 0.999), fd_every=250),
+    "shapes-conv-gan": Recipe("conv", "single", steps=1500, lr=2e-4, weight_decay=0.0, clip=math.inf,
+                              kind="generator", batch_size=64, betas=(0.5, 0.999), fd_every=250),
+    "shapes-vit-surrogate": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit",
+                                   kind="surrogate", batch_size=64),
+    "shapes-vit-shapley": Recipe("vitx_shapes", "single", steps=1200, lr=2e-4, start="shapes-vit-surrogate",
+                                 kind="shapley-explainer", batch_size=32, coalitions=8),
+    "shapes-vqa-single": Recipe("vqa_shapes_single", "vqa", steps=7500, lr=1e-3, start="shapes-vit", kind="vqa",
+                                batch_size=256, pool=200_000),
+    "shapes-vqa-dual": Recipe("vqa_shapes_dual", "vqa", steps=7500, lr=1e-3, start="shapes-vit", kind="vqa",
+                              batch_size=256, pool=200_000),
+    "shapes-detr": Recipe("detr_shapes", "multi", steps=6000, lr=5e-4, start="shapes-vit-multi", kind="detr",
+                          batch_size=32),
+}
+
