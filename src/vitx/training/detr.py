@@ -20,6 +20,7 @@ from ..data import CLASS_NAMES, shapes
 from ..data.detection import coco_ground_truth, object_boxes
 from ..metrics.detection import coco_ap, coco_detections
 from ..models import ARCHITECTURES, create_model
+from ..objects import pixel_boxes
 from .recipes import MEAN, STD, TEST_IMAGES, Recipe
 from .vqa import image_side_from
 
@@ -66,7 +67,7 @@ def set_loss(logits: torch.Tensor, boxes: torch.Tensor, targets: list[dict]) -> 
 def detections(logits: torch.Tensor, boxes: torch.Tensor, size: int):
     """Per query: score (the highest probability of an object class), class index and pixel box (x0, y0, x1, y1)."""
     scores, labels = logits.softmax(-1)[..., :-1].max(-1)
-    return scores, labels, box_convert(boxes, "cxcywh", "xyxy") * size
+    return scores, labels, pixel_boxes(boxes, (size, size))
 
 
 class Detector:
