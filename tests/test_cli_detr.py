@@ -74,6 +74,9 @@ def test_explain_writes_each_objects_overlay_map_and_objects_json(files, tmp_pat
     assert f"wrote 16 overlays (<image>_q<query>_<class>_<method>.png) and 16 maps (.npy) to {out}/" in stdout
     page = (out / "index.html").read_text()
     assert all(page.count(f"src=\"{stem}_{METHOD}.png\"") == 1 for stem in stems)
+    assert "16 objects; methods:" in page and "target:" not in page
+    first = objects[0]
+    assert f"detected: <b>{first['class']}</b> ({first['score']:.3f})" in page
 
 
 def test_target_takes_queries_or_class_names(files, tmp_path, capsys):

@@ -41,7 +41,9 @@ def explanation_pages(grids: list[str], names: list[str], explanations: list[Exp
     """HTML per page (index.html, index_002.html, ...) for ``explanations`` (one per method, all of the same
     images, called ``names``) of ``model``: page k shows the grid file ``grids[k]`` and the overlays of its
     ``rows_per_page`` images, named by :func:`vitx.naming.explanation_file`; with a bi-modal model's
-    ``questions`` (one per image), each image's question and answer once, in a table under the grid."""
+    ``questions`` (one per image), each image's question and answer once, in a table under the grid. A detector's
+    explanations have a row per object, counted and captioned as objects (class and score)."""
+    unit = "object" if explanations[0].objects is not None else "image"
     files = ["index.html", *numbered("index", ".html", len(grids))[1:]]
     methods = ", ".join(exp.method for exp in explanations)
     nav = "" if len(files) == 1 else "<nav>pages: " + " ".join(
@@ -49,7 +51,8 @@ def explanation_pages(grids: list[str], names: list[str], explanations: list[Exp
     pages = {}
     for k, (file, picture) in enumerate(zip(files, grids)):
         rows = range(k * rows_per_page, min(len(names), (k + 1) * rows_per_page))
-        shown = f"images {rows[0] + 1}-{rows[-1] + 1} of {len(names)}" if len(files) > 1 else plural(len(names), 'image')
+        shown = (f"{unit}s {rows[0] + 1}-{rows[-1] + 1} of {len(names)}" if len(files) > 1
+                 else plural(len(names), unit))
         parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
                  f"<title>vitx: {escape(model)}</title><style>{STYLE}</style></head><body>",
                  f"<h1>vitx explanations of {escape(model)}</h1>", nav,
@@ -66,12 +69,19 @@ def explanation_pages(grids: list[str], names: list[str], explanations: list[Exp
             for i in rows:
                 source = escape(explanation_file(names[i], exp.method, ".png"))
                 parts.append(f"<figure><img loading=\"lazy\" alt=\"{escape(names[i])} {escape(exp.method)}\" "
-                             f"src=\"{source}\"><figcaption>{escape(names[i])}<br>target: "
-                             f"<b>{escape(exp.target_name(i))}</b></figcaption></figure>")
+                             f"src=\"{source}\"><figcaption>{escape(names[i])}<br>{caption(exp, i)}</figcaption>"
+                             "</figure>")
             parts.append("</div>")
         parts += [nav, "</body></html>\n"]
         pages[file] = "\n".join(part for part in parts if part)
     return pages
+
+
+def caption(exp: Explanation, i: int) -> str:
+    """Under an overlay: the explained class ("target: star"), or a detector's object's class and score."""
+    if exp.objects is None:
+        return f"target: <b>{escape(exp.target_name(i))}</b>"
+    return f"detected: <b>{escape(exp.objects[i]['class'])}</b> ({exp.objects[i]['score']:.3f})"
 
 
 def _questions(names: list[str], questions: list[str], exp: Explanation, rows: range) -> str:
