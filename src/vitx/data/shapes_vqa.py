@@ -140,20 +140,21 @@ def _placement(centres, side, size):
     return [rank[1], rank[0]] + rank[2:]
 
 
-def _scene(rng, spec, size):
-    """Draw the spec's objects: an image (3, S, S), their masks and centres. The layout is redrawn until the
-    placement fits, the whole image until every named colour keeps the contrast rule against its surroundings
-    (about 2.7 draws for 2 objects, 6 for 4: so a background is a little less likely near an object's colour)."""
+def draw_scene(rng, objects, size, side=None):
+    """Draw ``objects`` ((shape id, colour id) pairs): an image (3, S, S), their masks and centres. ``side``: a
+    spatial question's placement (:func:`_placement`). The layout is redrawn until the placement fits, the whole image
+    until every named colour keeps the contrast rule against its surroundings (about 2.7 draws for 2 objects, 6 for
+    4: so a background is a little less likely near an object's colour)."""
     lo, hi = _SIZE["multi"]
     while True:
-        centres, radii = _layout(rng, size, len(spec.objects), lo, hi)
-        slots = _placement(centres, spec.side, size)
+        centres, radii = _layout(rng, size, len(objects), lo, hi)
+        slots = _placement(centres, side, size)
         if slots is None:
             continue
         img = _background(rng, size)
         _clutter(rng, img, size)
         masks = []
-        for (s, c), j in zip(spec.objects, slots):
+        for (s, c), j in zip(objects, slots):
             mask = _draw_object(rng, img, CLASS_NAMES[s], centres[j], radii[j], _PALETTE[c])
             if mask is None:
                 break
@@ -228,7 +229,7 @@ def shapes_vqa(n=500, seed=0, image_size=64, objects=(2, 4)):
     for i in range(n):
         rng = np.random.default_rng([seed, _STREAM, i])
         spec = _spec(rng)
-        images[i], drawn, where = _scene(rng, spec, size)
+        images[i], drawn, where = draw_scene(rng, spec.objects, size, spec.side)
         k = len(spec.objects)
         shapes_[i, :k], colours[i, :k] = zip(*spec.objects)
         centres[i, :k], masks[i, :k] = where, drawn

@@ -1,0 +1,69 @@
+"""vitx.data.shapes_captions: captions that name every object, and the ground truth of each phrase."""
+import pytest
+import torch
+
+from vitx import VitxError
+from vitx.data import CLASS_NAMES, shapes_captions
+from vitx.data.shapes_captions import MAX_LENGTH, TOKENIZER, caption, prompts
+from vitx.data.shapes_vqa import COLOURS, COLOUR_NAMES
+
+
+@pytest.fixture(scope="module")
+def data():
+    return shapes_captions(40, seed=3)
+
+
+def test_caption_names_every_object_in_order():
+    assert caption([(3, 0), (0, 2)]) == "a red star and a blue circle"
+    assert caption([(3, 0), (0, 2), (5, 1)]) == "a red star, a blue circle and a green heart"
+    assert len(TOKENIZER.encode(caption([(6, 5), (7, 4), (1, 3)]), MAX_LENGTH)[0][0]) == MAX_LENGTH
+
+
+def test_items_hold_two_or_three_distinct_shapes_painted_in_their_named_colours(data):
+    counts = (data.object_shapes >= 0).sum(1)
+    assert set(counts.tolist()) == {2, 3}
+    for i in range(len(data)):
+        k = int(counts[i])
+        shapes_ = data.object_shapes[i, :k].tolist()
+        assert len(set(shapes_)) == k and (data.object_shapes[i, k:] == -1).all()
+        assert data.captions[i] == caption(list(zip(shapes_, data.object_colours[i, :k].tolist())))
+        assert data.phrases(i) == [f"a {COLOUR_NAMES[c]} {CLASS_NAMES[s]}"
+                                   for s, c in zip(shapes_, data.object_colours[i, :k].tolist())]
+        for slot in range(k):
+            mask = data.object_masks[i, slot]
+            colour = torch.tensor(COLOURS[COLOUR_NAMES[int(data.object_colours[i, slot])]])
+            assert mask.sum() > 20
+            assert torch.allclose(data.images[i][:, mask], colour[:, None].expand(-1, int(mask.sum())), atol=1e-6)
+        assert not (data.object_masks[i, :k].sum(0) > 1).any()          # objects apart
+
+
+def test_word_objects_mark_each_objects_colour_and_shape_words(data):
+    for i in range(len(data)):
+        tokens = [TOKENIZER.tokens[t] for t in data.input_ids[i].tolist()]
+        for slot, (s, c) in enumerate(zip(data.object_shapes[i].tolist(), data.object_colours[i].tolist())):
+            named = [tokens[j] for j in (data.word_objects[i] == slot).nonzero().flatten().tolist()]
+            assert named == ([] if s < 0 else [COLOUR_NAMES[c], CLASS_NAMES[s]])
+        assert set(data.word_objects[i][~data.attention_mask[i]].tolist()) <= {-1}
+
+
+def test_items_depend_on_seed_and_index_only():
+    small, large = shapes_captions(3, seed=9), shapes_captions(6, seed=9)
+    assert torch.equal(small.images, large.images[:3]) and small.captions == large.captions[:3]
+    assert not torch.equal(small.images, shapes_captions(3, seed=10).images)
+
+
+def test_prompts_name_every_class():
+    assert prompts() == [f"a photo of a {name}" for name in CLASS_NAMES]
+    assert prompts("a photo of a {colour} {shape}", colour="red")[3] == "a photo of a red star"
+    for template in ("a photo of a {shape}", "a {shape}"):
+        TOKENIZER.encode(prompts(template), MAX_LENGTH, unknown="error")
+    with pytest.raises(VitxError, match="needs a colour"):
+        prompts("a {colour} {shape}")
+    with pytest.raises(VitxError, match="names the shape"):
+        prompts("a photo")
+
+
+@pytest.mark.parametrize("kwargs", [dict(n=0), dict(seed=-1), dict(image_size=16), dict(n=2.5)])
+def test_bad_arguments_are_refused(kwargs):
+    with pytest.raises(VitxError):
+        shapes_captions(**kwargs)
