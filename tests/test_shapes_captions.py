@@ -15,8 +15,10 @@ def data():
 
 def test_caption_names_every_object_in_order():
     assert caption([(3, 0), (0, 2)]) == "a red star and a blue circle"
+    assert caption([(3, 0), (0, 2)], photo=True, coloured=False) == "a photo of a star and a circle"
     assert caption([(3, 0), (0, 2), (5, 1)]) == "a red star, a blue circle and a green heart"
-    assert len(TOKENIZER.encode(caption([(6, 5), (7, 4), (1, 3)]), MAX_LENGTH)[0][0]) == MAX_LENGTH
+    longest = TOKENIZER.encode(caption([(6, 5), (7, 4), (1, 3)], photo=True), MAX_LENGTH)[1][0]
+    assert longest.all()
 
 
 def test_items_hold_two_or_three_distinct_shapes_painted_in_their_named_colours(data):
@@ -26,7 +28,9 @@ def test_items_hold_two_or_three_distinct_shapes_painted_in_their_named_colours(
         k = int(counts[i])
         shapes_ = data.object_shapes[i, :k].tolist()
         assert len(set(shapes_)) == k and (data.object_shapes[i, k:] == -1).all()
-        assert data.captions[i] == caption(list(zip(shapes_, data.object_colours[i, :k].tolist())))
+        photo = data.captions[i].startswith("a photo of ")
+        coloured = bool(data.coloured[i])
+        assert data.captions[i] == caption(list(zip(shapes_, data.object_colours[i, :k].tolist())), photo, coloured)
         assert data.phrases(i) == [f"a {COLOUR_NAMES[c]} {CLASS_NAMES[s]}"
                                    for s, c in zip(shapes_, data.object_colours[i, :k].tolist())]
         for slot in range(k):
@@ -42,8 +46,14 @@ def test_word_objects_mark_each_objects_colour_and_shape_words(data):
         tokens = [TOKENIZER.tokens[t] for t in data.input_ids[i].tolist()]
         for slot, (s, c) in enumerate(zip(data.object_shapes[i].tolist(), data.object_colours[i].tolist())):
             named = [tokens[j] for j in (data.word_objects[i] == slot).nonzero().flatten().tolist()]
-            assert named == ([] if s < 0 else [COLOUR_NAMES[c], CLASS_NAMES[s]])
+            assert named == ([] if s < 0 else [COLOUR_NAMES[c], CLASS_NAMES[s]][1 - int(data.coloured[i]):])
         assert set(data.word_objects[i][~data.attention_mask[i]].tolist()) <= {-1}
+
+
+def test_caption_styles_take_their_shares():
+    data = shapes_captions(400, seed=4, image_size=32)
+    photo = torch.tensor([c.startswith("a photo of") for c in data.captions]).float().mean()
+    assert abs(photo - 0.5) < 0.08 and abs(data.coloured.float().mean() - 0.75) < 0.07
 
 
 def test_items_depend_on_seed_and_index_only():

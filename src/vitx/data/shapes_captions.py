@@ -4,8 +4,10 @@ models.
 Each item is one image of 2 or 3 objects of different shapes (``CLASS_NAMES``), each in a colour of ``COLOURS``
 (repeats allowed), drawn as :func:`vitx.data.shapes_vqa` draws its scenes (masks pixel-exact, objects apart, the
 contrast rule kept), and one caption naming every object in a random order: "a red star and a blue circle", "a red
-star, a blue circle and a green heart". Each object's phrase ("a red star") is also a prompt that names that object
-alone. Ground truth: each object's mask, and the caption tokens that name it (its colour and shape words).
+star, a blue circle and a green heart". Half the captions begin with "a photo of" and a quarter leave the colours out
+("a photo of a star and a circle"), so that zero-shot prompts read like captions. Each object's phrase ("a red star")
+is also a prompt that names that object alone. Ground truth: each object's mask, and the caption tokens that name it
+(its colour and shape words).
 
 For zero-shot classification of single-object images, :func:`prompts` gives one prompt per class from a template
 ("a photo of a star"). Item ``i`` depends only on ``(seed, i)`` and the image size.
@@ -25,19 +27,21 @@ from .vocabulary import WordTokenizer, split_words
 OBJECTS = (2, 3)             # objects per image, fewest and most
 PROMPT_TEMPLATES = ("a photo of a {shape}", "a {shape}", "a photo of a {colour} {shape}")
 TOKENIZER = WordTokenizer(["a", "photo", "of", "and", ","] + list(COLOUR_NAMES) + list(CLASS_NAMES))
-MAX_LENGTH = 3 * 3 + 3 + 2   # three "a colour shape" phrases, a comma and "and", [CLS] and [SEP]
+MAX_LENGTH = 3 + 3 * 3 + 2 + 2   # "a photo of", three "a colour shape" phrases, a comma and "and", [CLS], [SEP]
+PHOTO, COLOURED = 0.5, 0.75  # the shares of captions that begin with "a photo of" and that name the colours
 _STREAM = 11                 # rng stream key, apart from shapes() and shapes_vqa()
 
 
-def phrase(shape: int, colour: int) -> str:
-    """The words naming one object: "a red star"."""
-    return f"a {COLOUR_NAMES[colour]} {CLASS_NAMES[shape]}"
+def phrase(shape: int, colour: int | None = None) -> str:
+    """The words naming one object: "a red star" (without a colour: "a star")."""
+    return f"a {CLASS_NAMES[shape]}" if colour is None else f"a {COLOUR_NAMES[colour]} {CLASS_NAMES[shape]}"
 
 
-def caption(objects: list[tuple[int, int]]) -> str:
-    """The caption of (shape, colour) pairs in their order: "a red star and a blue circle", "a, b and c"."""
-    phrases = [phrase(s, c) for s, c in objects]
-    return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+def caption(objects: list[tuple[int, int]], photo: bool = False, coloured: bool = True) -> str:
+    """The caption of (shape, colour) pairs in their order: "a red star and a blue circle", "a, b and c"; ``photo``
+    puts "a photo of" first, ``coloured=False`` leaves the colours out."""
+    phrases = [phrase(s, c if coloured else None) for s, c in objects]
+    return ("a photo of " if photo else "") + ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
 def prompts(template: str = PROMPT_TEMPLATES[0], colour: str | None = None) -> list[str]:
@@ -56,7 +60,8 @@ class ShapesCaptionData:
     images (n, 3, H, W) float in [0, 1]; captions: n strings; input_ids, attention_mask (n, L) from
     ``TOKENIZER.encode(captions, MAX_LENGTH)``; object_shapes, object_colours (n, 3) int64 into CLASS_NAMES and
     COLOUR_NAMES, -1 for an empty slot, in the caption's order; object_masks (n, 3, H, W) bool; word_objects (n, L)
-    int64: per token, the slot of the object it names (its colour or shape word), -1 for every other token.
+    int64: per token, the slot of the object it names (its colour or shape word), -1 for every other token;
+    coloured (n,) bool: whether the caption names the colours.
     """
 
     images: torch.Tensor
@@ -67,6 +72,7 @@ class ShapesCaptionData:
     object_colours: torch.Tensor
     object_masks: torch.Tensor
     word_objects: torch.Tensor
+    coloured: torch.Tensor
     seed: int
 
     tokenizer = TOKENIZER
@@ -78,7 +84,7 @@ class ShapesCaptionData:
         return f"ShapesCaptionData(n={len(self)}, image_size={self.images.shape[-1]}, seed={self.seed})"
 
     def phrases(self, i: int) -> list[str]:
-        """Item ``i``'s object phrases in the caption's order, each a prompt naming one object."""
+        """Item ``i``'s object phrases with their colours, in the caption's order: each a prompt naming one object."""
         return [phrase(s, c) for s, c in zip(self.object_shapes[i].tolist(), self.object_colours[i].tolist())
                 if s >= 0]
 
@@ -91,7 +97,7 @@ def shapes_captions(n: int = 500, seed: int = 0, image_size: int = 64) -> Shapes
     n, size, seed, most = int(n), int(image_size), int(seed), OBJECTS[1]
     images = np.empty((n, 3, size, size), np.float32)
     shapes_, colours = np.full((n, most), -1, np.int64), np.full((n, most), -1, np.int64)
-    masks, captions = np.zeros((n, most, size, size), bool), []
+    masks, captions, coloured = np.zeros((n, most, size, size), bool), [], np.zeros(n, bool)
     for i in range(n):
         rng = np.random.default_rng([seed, _STREAM, i])
         k = int(rng.integers(OBJECTS[0], most + 1))
@@ -100,15 +106,18 @@ def shapes_captions(n: int = 500, seed: int = 0, image_size: int = 64) -> Shapes
         images[i], drawn, _ = draw_scene(rng, objects, size)
         shapes_[i, :k], colours[i, :k] = zip(*objects)
         masks[i, :k] = drawn
-        captions.append(caption(objects))
+        photo, coloured[i] = rng.random() < PHOTO, rng.random() < COLOURED
+        captions.append(caption(objects, photo=bool(photo), coloured=bool(coloured[i])))
     ids, attention = TOKENIZER.encode(captions, MAX_LENGTH, unknown="error")
     word_objects = torch.full_like(ids, -1)
     for i, text in enumerate(captions):
         slot = -1
-        for j, word in enumerate(split_words(text)):
-            if word == "a":
+        words = split_words(text)
+        for j, word in enumerate(words):
+            if word == "a" and words[j + 1] != "photo":
                 slot += 1
             elif word in COLOUR_NAMES or word in CLASS_NAMES:
                 word_objects[i, j + 1] = slot
     return ShapesCaptionData(torch.from_numpy(images), tuple(captions), ids, attention, torch.from_numpy(shapes_),
-                             torch.from_numpy(colours), torch.from_numpy(masks), word_objects, seed)
+                             torch.from_numpy(colours), torch.from_numpy(masks), word_objects,
+                             torch.from_numpy(coloured), seed)
