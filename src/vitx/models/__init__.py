@@ -6,8 +6,10 @@ from dataclasses import replace
 from torch import nn
 
 from ..data.shapes import CLASS_NAMES
+from ..data.shapes_captions import MAX_LENGTH as CAPTION_LENGTH, TOKENIZER as CAPTION_TOKENIZER
 from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, TOKENIZER
 from ..errors import VitxError
+from .clip import CLIP, CLIPConfig
 from .detr import DETR, DETRConfig
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
@@ -20,7 +22,7 @@ _VIT = {
     "large": dict(embed_dim=1024, depth=24, num_heads=16),
 }
 
-ARCHITECTURES: dict[str, ViTConfig | NestConfig | VQAConfig | DETRConfig] = {}
+ARCHITECTURES: dict[str, ViTConfig | NestConfig | VQAConfig | DETRConfig | CLIPConfig] = {}
 for _size, _dims in _VIT.items():
     for _patch in (16, 32):
         ARCHITECTURES[f"vit_{_size}_patch{_patch}_224"] = ViTConfig(patch_size=_patch, **_dims)
@@ -52,6 +54,11 @@ ARCHITECTURES["vqa_shapes_dual"] = VQAConfig(streams="dual", text_layers=2, imag
 # start from shapes-vit-multi), 3 decoder layers and 8 object queries (the images hold 2 or 3 objects).
 ARCHITECTURES["detr_shapes"] = DETRConfig(classes=CLASS_NAMES, encoder_layers=6, decoder_layers=3, queries=8)
 
+# vitx's image-text model for the shapes captions: vitx_shapes as its image tower (so it can start from shapes-vit),
+# 3 text blocks over vitx.data.shapes_captions' word vocabulary, 64-dimensional joint embeddings.
+ARCHITECTURES["clip_shapes"] = CLIPConfig(vocabulary=CAPTION_TOKENIZER.tokens, max_length=CAPTION_LENGTH,
+                                          image_layers=6, text_layers=3, proj_dim=64)
+
 
 def create_model(arch: str, **overrides) -> nn.Module:
     """Build architecture ``arch`` (a name from ARCHITECTURES), with config fields overridden."""
@@ -62,7 +69,7 @@ def create_model(arch: str, **overrides) -> nn.Module:
         cfg = replace(ARCHITECTURES[arch], **overrides)
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
-    builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, ViTConfig: VisionTransformer}
+    builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, CLIPConfig: CLIP, ViTConfig: VisionTransformer}
     return builders[type(cfg)](cfg)
 
 

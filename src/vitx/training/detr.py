@@ -90,8 +90,9 @@ class Detector:
         return sum(set_loss(l, b, targets) for l, b in zip(logits, boxes))
 
     @torch.no_grad()
-    def score(self, test_seed: int, n: int = TEST_IMAGES) -> dict:
-        """COCO AP of every query's detection on ``n`` fresh multi images of data seed ``test_seed``."""
+    def score(self, test_seed: int) -> dict:
+        """COCO AP of every query's detection on TEST_IMAGES fresh multi images of data seed ``test_seed``."""
+        n = TEST_IMAGES
         data = shapes(n=n, seed=test_seed, variant="multi")
         size = data.images.shape[-1]
         outputs = [self.net((data.images[i:i + 250].to(self.mean.device) - self.mean) / self.std) for i in range(0, n, 250)]

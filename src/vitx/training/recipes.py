@@ -61,5 +61,7 @@ RECIPES = {
                               batch_size=256, pool=200_000),
     "shapes-detr": Recipe("detr_shapes", "multi", steps=6000, lr=5e-4, start="shapes-vit-multi", kind="detr",
                           batch_size=32),
+    "shapes-clip": Recipe("clip_shapes", "captions", steps=4000, lr=5e-4, start="shapes-vit", kind="clip",
+                          batch_size=128),
 }
 

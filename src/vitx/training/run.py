@@ -51,12 +51,16 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     if recipe.kind == "classifier":
         job = Classifier(recipe, out_dir)
     elif recipe.kind == "vqa":
-        from .vqa import QuestionAnswerer, answer_batch
+        from .vqa import QuestionAnswerer
         job = QuestionAnswerer(recipe, out_dir, seed, test_seed, workers)
         job.to(device)
     elif recipe.kind == "detr":
         from .detr import Detector
         job = Detector(recipe, out_dir)
+        job.to(device)
+    elif recipe.kind == "clip":
+        from .clip import ImageText
+        job = ImageText(recipe, out_dir)
         job.to(device)
     elif recipe.kind == "generator":
         from .gan import Generator
@@ -71,7 +75,7 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _warmup_cosine(steps, recipe.warmup))
                  for o in (optimizer, getattr(job, "d_optimizer", None)) if o is not None]
     start = time.perf_counter()
-    draw = answer_batch if recipe.kind == "vqa" else partial(shapes, variant=recipe.variant)
+    draw = getattr(job, "draw", partial(shapes, variant=recipe.variant))   # what a step's data is drawn with
     seeds = [_TRAIN_SEED_STRIDE * (seed + 1) + step for step in range(steps)]
     if recipe.pool:
         from .vqa import pool_batches, question_pool
@@ -115,8 +119,9 @@ def training_device(device: str | None, name: str, kind: str) -> torch.device:
         parsed = torch.device(device or "cpu")
     except (RuntimeError, ValueError):
         raise VitxError(f"unknown device {device!r} (expected e.g. cpu or cuda)") from None
-    if parsed.type != "cpu" and kind not in ("vqa", "detr"):
-        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA and detector recipes")
+    if parsed.type != "cpu" and kind not in ("vqa", "detr", "clip"):
+        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA, detector and image-text "
+                        "recipes")
     return parsed
 
 

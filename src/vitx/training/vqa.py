@@ -94,6 +94,7 @@ def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, steps: int, see
 class QuestionAnswerer:
     """A VQA transformer trained on cross-entropy over ANSWERS, its image side started from ``recipe.start``.
     The 2,000 test questions are drawn by a background worker while it trains when ``workers`` > 0."""
+    draw = staticmethod(answer_batch)     # a step's data, when the recipe draws fresh batches (no pool)
 
     def __init__(self, recipe: Recipe, out_dir: Path, seed: int, test_seed: int, workers: int = 0):
         self.net = create_model(recipe.arch)
