@@ -10,34 +10,24 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image_side import ImageSide
 from .vit import ViTConfig, VisionTransformer, _init_weights
 from .vqa import Block
 
 
 @dataclass(frozen=True)
-class CLIPConfig:
-    image_size: int = 64
-    patch_size: int = 8
-    embed_dim: int = 96
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    stem: str = "conv"
-    in_chans: int = 3
+class CLIPConfig(ImageSide):
     image_layers: int = 6
     vocabulary: tuple[str, ...] = ()  # every token, the special ones first ([PAD] = 0, [CLS], [SEP], [UNK])
     max_length: int = 16              # text tokens with [CLS] and [SEP]
     text_layers: int = 3
     proj_dim: int = 64
-    qkv_bias: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def vision(self) -> ViTConfig:
         return ViTConfig(image_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim,

@@ -14,32 +14,22 @@ map; pre-norm blocks and positions added once keep this one like vitx's ViT, who
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .image_side import ImageSide
 from .vit import Mlp, PatchEmbed, _init_weights
 from .vqa import Attention, Block
 
 
 @dataclass(frozen=True)
-class DETRConfig:
-    image_size: int = 64
-    patch_size: int = 8
-    embed_dim: int = 96
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    stem: str = "conv"
-    in_chans: int = 3
+class DETRConfig(ImageSide):
     classes: tuple[str, ...] = ()   # the object classes; the logits have one more, "no object", last
     encoder_layers: int = 6
     decoder_layers: int = 3
     queries: int = 8
-    qkv_bias: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class DecoderLayer(nn.Module):

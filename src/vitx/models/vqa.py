@@ -16,25 +16,19 @@ the perturbation tests of Chefer et al. 2021 do to the regions of a bi-modal mod
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .image_side import ImageSide
 from .vit import Mlp, PatchEmbed, _init_weights
 
 
 @dataclass(frozen=True)
-class VQAConfig:
+class VQAConfig(ImageSide):
     streams: str = "single"          # "single" (VisualBERT-like) or "dual" (LXMERT-like)
-    image_size: int = 64
-    patch_size: int = 8
-    embed_dim: int = 96
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    stem: str = "conv"
-    in_chans: int = 3
     vocabulary: tuple[str, ...] = ()  # every token, the special ones first ([PAD] = 0, [CLS], [SEP], [UNK])
     max_length: int = 12             # text tokens with [CLS] and [SEP]
     answers: tuple[str, ...] = ()
@@ -42,10 +36,6 @@ class VQAConfig:
     text_layers: int = 2             # dual: language blocks, image blocks, cross-modality layers
     image_layers: int = 6
     cross_layers: int = 2
-    qkv_bias: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Attention(nn.Module):
