@@ -100,6 +100,20 @@ def test_explain_picks_objects_by_threshold_query_or_class(detector):
     assert len(named) == sum(o["class"] == name for o in every.objects)
 
 
+def test_objects_found_before_are_explained_without_detecting_again(detector, monkeypatch):
+    import vitx.objects
+    x = torch.randn(3, 3, 64, 64)
+    found = vitx.objects.find_objects(detector, x, None, 0.0, 32)
+    fresh = vitx.explain(detector, x, "generic-attention", score_threshold=0.0)
+    calls = []
+    monkeypatch.setattr(vitx.objects, "detect", lambda *args: calls.append(args))
+    given = vitx.explain(detector, x, "generic-attention", target=found[1:4])
+    assert calls == [] and given.objects == fresh.objects[1:4]
+    assert torch.allclose(given.token_maps, fresh.token_maps[1:4], atol=1e-6)
+    with pytest.raises(vitx.VitxError, match="lie in image 2, and there are 2 images"):
+        vitx.explain(detector, x[:2], "generic-attention", target=found[found.image == 2])
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(target=8), "target query 8 is out of range: this detector has 8 queries"),
     (dict(target="dog"), "unknown target class 'dog'"),

@@ -3,7 +3,7 @@
 (:mod:`vitx.metrics.objects`).
 
 The detections are found once (:func:`vitx.objects.find_objects`, score above ``score_threshold``) and every method
-explains the same ones (``target=None``, ``normalize=False``). Reference rows: ``random`` (uniform noise per pixel)
+explains those, given as its ``target`` (``normalize=False``), without running the detector again. Reference rows: ``random`` (uniform noise per pixel)
 and ``ground-truth`` (the matched object's mask; an empty map for an unmatched detection). Pixel maps are averaged
 over each patch to give the token-grid map that the authors' thresholding reads.
 """
@@ -74,15 +74,11 @@ def evaluate_objects(model, data: ShapesData, methods="all", metrics=None, *, pa
         elif name == "ground-truth":
             maps = truth.masks[:count].float().to(x.device)
         else:
-            images = int(found.image[count - 1]) + 1
-            exp = explain(model, x[:images], name, score_threshold=threshold, batch_size=batch_size, normalize=False,
+            exp = explain(model, x, name, target=found[:count], batch_size=batch_size, normalize=False,
                           **settings)
-            same = [(o["image"], o["query"]) for o in exp.objects[:count]]
-            if same != list(zip(found.image[:count].tolist(), found.query[:count].tolist())):
-                raise VitxError(f"{name!r} explained other detections than the benchmark found")
-            maps = exp.maps[:count]
+            maps = exp.maps
             if exp.token_maps is not None:
-                return {"maps": maps, "token_maps": exp.token_maps[:count]}
+                return {"maps": maps, "token_maps": exp.token_maps}
         return {"maps": maps, "token_maps": F.adaptive_avg_pool2d(maps[:, None], layout.grid)[:, 0]}
 
     def scored_objects(name: str, settings: dict, maps: dict, group: list[str]) -> tuple[dict, dict]:

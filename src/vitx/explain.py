@@ -31,8 +31,10 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     target: None (the predicted class), a class index or name for every image, or one per image.
     A detector's (DETR-like) explanation has a map per object (:mod:`vitx.objects`), listed in ``exp.objects``:
     target None explains every detection, a query whose likeliest class is not "no object" and whose score (its
-    likeliest object class's probability) is above ``score_threshold`` (default 0.5); query indices explain those queries of every image, class names the
-    detections of those classes. No detection gives an empty explanation with a warning.
+    likeliest object class's probability) is above ``score_threshold`` (default 0.5); query indices explain those
+    queries of every image, class names the detections of those classes, and :class:`vitx.objects.Objects` found
+    before (:func:`vitx.objects.find_objects` on the same images) are explained without detecting again. No detection
+    gives an empty explanation with a warning.
     text: a bi-modal model's questions, one string per image (words outside the model's vocabulary become its
     unknown token, with a warning naming them); the Explanation then holds ``text_maps`` and ``text_tokens``.
     batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -30,6 +30,10 @@ class Objects:
 
     def __len__(self) -> int:
         return len(self.image)
+
+    def __getitem__(self, rows) -> "Objects":
+        """The objects of ``rows`` (a slice or indices)."""
+        return Objects(*(getattr(self, f.name)[rows] for f in fields(self)))
 
     def rows(self, class_names) -> list[dict]:
         """One dict per object: image, query, class (name), label (index), score, box."""
@@ -72,10 +76,16 @@ def find_objects(model: Model, x: torch.Tensor, target, threshold: float | None,
     """The objects to explain in images x. ``target``: None, every detection (a query whose likeliest class is an
     object class, with probability above ``threshold``); query indices (an int or a list of ints), those queries of
     every image, each for its likeliest object class whatever its score; class names (a str or a list of str), the
-    detections of those classes. An empty result comes with a warning."""
+    detections of those classes; ``Objects`` found before (by this function, on the same images), taken as they are
+    without running the detector again. An empty result comes with a warning."""
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not within(threshold, "[0, 1]"):
         raise VitxError(f"score_threshold must be a number in [0, 1], got {threshold!r}")
+    if isinstance(target, Objects):
+        if len(target) and int(target.image.max()) >= x.shape[0]:
+            raise VitxError(f"the objects given as target lie in image {int(target.image.max())}, and there are "
+                            f"{x.shape[0]} images")
+        return target
     probs, boxes = detect(model, x, batch_size)
     queries = probs.shape[1]
     score, label = probs[..., :-1].max(-1)                          # (N, Q): the likeliest object class

@@ -58,8 +58,8 @@ def _run_explain(args) -> int:
     questions(model, args.text, len(pictures))  # refused here, before --out exists; unknown words warned once
     objects = None
     if model.detector:
-        targets = detector_target(args.target)
-        objects = find_objects(model, x, targets, args.score_threshold, args.batch_size).rows(model.config.class_names)
+        targets = find_objects(model, x, detector_target(args.target), args.score_threshold, args.batch_size)
+        objects = targets.rows(model.config.class_names)   # every method explains these, without detecting again
         if not objects:   # found before --out exists; find_objects has warned: no detection over the threshold
             return 0
     else:
