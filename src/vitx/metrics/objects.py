@@ -9,8 +9,6 @@ detector's AP does. See docs/metrics.md, "Detectors".
 """
 from __future__ import annotations
 
-import contextlib
-import io
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import VitxError
 from .checks import as_maps, choice
+from .detection import coco_evaluation
 from .localisation import class_sensitivity, pointing_game_tolerant
 from .registry import MetricInfo
 
@@ -126,8 +125,6 @@ def segmentation_ap(masks: torch.Tensor, truth: ObjectTruth) -> dict[str, float]
     0.2:0.95 is issue 14's account of the authors' paper; their ``engine.evaluate`` runs the same COCOeval, with
     COCO's 0.5:0.95 in the code as published (its override of ``iouThrs`` is commented out)."""
     from pycocotools import mask as rle
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
 
     area = masks.shape[-2] * masks.shape[-1]
     ranges = [[0, 1e10], [0, SMALL_MAX * area], [SMALL_MAX * area, MEDIUM_MAX * area], [MEDIUM_MAX * area, 1e10]]
@@ -138,15 +135,8 @@ def segmentation_ap(masks: torch.Tensor, truth: ObjectTruth) -> dict[str, float]
     keys = ("ap", *(f"ap_{size}" for size in SIZES))
     if not found:
         return dict.fromkeys(keys, 0.0)
-    with contextlib.redirect_stdout(io.StringIO()):     # COCO's tools print their progress
-        reference = COCO()
-        reference.dataset = truth.coco
-        reference.createIndex()
-        evaluation = COCOeval(reference, reference.loadRes(found), "segm")
-        evaluation.params.iouThrs = IOU_THRESHOLDS
-        evaluation.params.areaRng, evaluation.params.areaRngLbl = ranges, ["all", *SIZES]
-        evaluation.evaluate()
-        evaluation.accumulate()
+    evaluation = coco_evaluation(truth.coco, found, "segm", iouThrs=IOU_THRESHOLDS, areaRng=ranges,
+                                 areaRngLbl=["all", *SIZES])
     precision = evaluation.eval["precision"][..., -1]    # (IoU thresholds, recall points, classes, sizes), 100 dets
     scores = {}
     for key, size in zip(keys, range(len(ranges))):
