@@ -16,7 +16,8 @@ from ..data import CLASS_NAMES, shapes, shapes_captions
 from ..data.shapes_captions import MAX_LENGTH, PROMPT_TEMPLATES, TOKENIZER, prompts
 from ..models import create_model
 from .classifier import start_from
-from .recipes import MEAN, STD, TEST_IMAGES, Recipe
+from .device import OnDevice
+from .recipes import TEST_IMAGES, Recipe
 
 ZERO_SHOT_TEMPLATE = PROMPT_TEMPLATES[0]     # "a photo of a {shape}"
 
@@ -32,26 +33,18 @@ def recall_at_1(similarity: torch.Tensor) -> float:
     return (similarity.argmax(1) == torch.arange(len(similarity), device=similarity.device)).float().mean().item()
 
 
-class ImageText:
+class ImageText(OnDevice):
     """A CLIP-like model trained with the contrastive loss, its image tower started from ``recipe.start``."""
     draw = staticmethod(shapes_captions)  # a step's data: fresh (image, caption) pairs
 
     def __init__(self, recipe: Recipe, out_dir: Path):
-        self.net = create_model(recipe.arch)
+        super().__init__(create_model(recipe.arch))
         start_from(self.net.visual, out_dir / f"{recipe.start}.safetensors")
-        self.mean, self.std = (torch.tensor(v).view(1, -1, 1, 1) for v in (MEAN, STD))
         self.meta = {"kind": "clip", "class_names": CLASS_NAMES, "vocabulary": TOKENIZER.tokens,
                      "max_length": MAX_LENGTH, "multi_label": False, "dataset": "shapes_captions 64px"}
 
-    def to(self, device) -> None:
-        self.net.to(device)
-        self.mean, self.std = self.mean.to(device), self.std.to(device)
-
-    def normalized(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.to(self.mean.device) - self.mean) / self.std
-
     def loss(self, data) -> torch.Tensor:
-        device = self.mean.device
+        device = self.device
         return contrastive_loss(self.net(self.normalized(data.images), data.input_ids.to(device),
                                          data.attention_mask.to(device)))
 
@@ -60,7 +53,7 @@ class ImageText:
         """Zero-shot accuracy on TEST_IMAGES fresh single-object shapes images (prompts "a photo of a {shape}"),
         and recall@1 of image-to-caption and caption-to-image retrieval among TEST_IMAGES fresh (image, caption)
         pairs."""
-        device, n = self.mean.device, TEST_IMAGES
+        device, n = self.device, TEST_IMAGES
         ids, mask = TOKENIZER.encode(prompts(ZERO_SHOT_TEMPLATE), MAX_LENGTH, unknown="error")
         classes = self.net.encode_text(ids.to(device), mask.to(device))
         single = shapes(n=n, seed=test_seed)

@@ -21,7 +21,8 @@ from ..data.detection import coco_ground_truth, object_boxes
 from ..metrics.detection import coco_ap, coco_detections
 from ..models import ARCHITECTURES, create_model
 from ..objects import pixel_boxes
-from .recipes import MEAN, STD, TEST_IMAGES, Recipe
+from .device import OnDevice
+from .recipes import TEST_IMAGES, Recipe
 from .vqa import image_side_from
 
 CLASS_COST, L1_COST, GIOU_COST = 1.0, 5.0, 2.0
@@ -70,22 +71,17 @@ def detections(logits: torch.Tensor, boxes: torch.Tensor, size: int):
     return scores, labels, pixel_boxes(boxes, (size, size))
 
 
-class Detector:
+class Detector(OnDevice):
     """A DETR-like detector trained with the set-prediction loss, its encoder started from ``recipe.start``."""
 
     def __init__(self, recipe: Recipe, out_dir: Path):
-        self.net = create_model(recipe.arch)
+        super().__init__(create_model(recipe.arch))
         self.loaded = image_side_from(self.net, out_dir / f"{recipe.start}.safetensors")
-        self.mean, self.std = (torch.tensor(v).view(1, -1, 1, 1) for v in (MEAN, STD))
         self.meta = {"kind": "detr", "class_names": CLASS_NAMES, "multi_label": False, "dataset": "shapes/multi 64px"}
-
-    def to(self, device) -> None:
-        self.net.to(device)
-        self.mean, self.std = self.mean.to(device), self.std.to(device)
 
     def loss(self, data) -> torch.Tensor:
         size = data.images.shape[-1]
-        logits, boxes = self.net((data.images.to(self.mean.device) - self.mean) / self.std, every_layer=True)
+        logits, boxes = self.net(self.normalized(data.images), every_layer=True)
         targets = normalised_targets(data, size, logits.device)
         return sum(set_loss(l, b, targets) for l, b in zip(logits, boxes))
 
@@ -95,7 +91,7 @@ class Detector:
         n = TEST_IMAGES
         data = shapes(n=n, seed=test_seed, variant="multi")
         size = data.images.shape[-1]
-        outputs = [self.net((data.images[i:i + 250].to(self.mean.device) - self.mean) / self.std) for i in range(0, n, 250)]
+        outputs = [self.net(self.normalized(data.images[i:i + 250])) for i in range(0, n, 250)]
         found = detections(torch.cat([o[0] for o in outputs]).cpu(), torch.cat([o[1] for o in outputs]).cpu(), size)
         return coco_ap(coco_ground_truth(data), coco_detections(*found))
 

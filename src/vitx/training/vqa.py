@@ -15,7 +15,8 @@ from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, QUESTION_TYPES, TOKENIZER, TY
 from ..models import ARCHITECTURES, create_model
 from .classifier import require_start
 from .draws import step_batches
-from .recipes import _TRAIN_SEED_STRIDE, MEAN, STD, Recipe
+from .device import OnDevice
+from .recipes import _TRAIN_SEED_STRIDE, Recipe
 
 TEST_QUESTIONS = 2000
 CONFUSIONS = 3                 # the commonest confusions recorded per question type
@@ -91,15 +92,14 @@ def pool_batches(pool: dict[str, torch.Tensor], batch_size: int, steps: int, see
             step += 1
 
 
-class QuestionAnswerer:
+class QuestionAnswerer(OnDevice):
     """A VQA transformer trained on cross-entropy over ANSWERS, its image side started from ``recipe.start``.
     The 2,000 test questions are drawn by a background worker while it trains when ``workers`` > 0."""
     draw = staticmethod(answer_batch)     # a step's data, when the recipe draws fresh batches (no pool)
 
     def __init__(self, recipe: Recipe, out_dir: Path, seed: int, test_seed: int, workers: int = 0):
-        self.net = create_model(recipe.arch)
+        super().__init__(create_model(recipe.arch))
         self.loaded = image_side_from(self.net, out_dir / f"{recipe.start}.safetensors")
-        self.mean, self.std = (torch.tensor(v).view(1, -1, 1, 1) for v in (MEAN, STD))
         self.test = iter(step_batches(answer_batch, [test_seed], TEST_QUESTIONS, min(workers, 1)))
         self.records: list[torch.Tensor] = []
         self.curve: list[dict] = []
@@ -108,13 +108,7 @@ class QuestionAnswerer:
                      "dataset": "shapes_vqa 64px", "pool": recipe.pool, "train_curve": self.curve}
 
     def logits(self, images, input_ids, attention_mask) -> torch.Tensor:
-        device = self.mean.device
-        images = (images.to(device, torch.float32) - self.mean) / self.std
-        return self.net(images, input_ids.to(device), attention_mask.to(device))
-
-    def to(self, device) -> None:
-        self.net.to(device)
-        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self.net(self.normalized(images), input_ids.to(self.device), attention_mask.to(self.device))
 
     def loss(self, data) -> torch.Tensor:
         logits = self.logits(data.images, data.input_ids, data.attention_mask)
