@@ -53,15 +53,12 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "vqa":
         from .vqa import QuestionAnswerer
         job = QuestionAnswerer(recipe, out_dir, seed, test_seed, workers)
-        job.to(device)
     elif recipe.kind == "detr":
         from .detr import Detector
         job = Detector(recipe, out_dir)
-        job.to(device)
     elif recipe.kind == "clip":
         from .clip import ImageText
         job = ImageText(recipe, out_dir)
-        job.to(device)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)
@@ -69,6 +66,8 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
         from .shapley import Explainer, Surrogate
         job = (Surrogate if recipe.kind == "surrogate" else Explainer)(recipe, out_dir, seed)
 
+    if recipe.kind in DEVICE_KINDS:
+        job.to(device)
     job.net.train()
     optimizer = torch.optim.AdamW(job.net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   betas=recipe.betas)
@@ -113,13 +112,16 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     return metrics
 
 
+DEVICE_KINDS = ("vqa", "detr", "clip")   # recipes whose job (training.device.OnDevice) trains on any device
+
+
 def training_device(device: str | None, name: str, kind: str) -> torch.device:
-    """The torch device ``device`` names (default cpu); only the VQA recipes train off the CPU."""
+    """The torch device ``device`` names (default cpu); only the recipes of DEVICE_KINDS train off the CPU."""
     try:
         parsed = torch.device(device or "cpu")
     except (RuntimeError, ValueError):
         raise VitxError(f"unknown device {device!r} (expected e.g. cpu or cuda)") from None
-    if parsed.type != "cpu" and kind not in ("vqa", "detr", "clip"):
+    if parsed.type != "cpu" and kind not in DEVICE_KINDS:
         raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA, detector and image-text "
                         "recipes")
     return parsed
