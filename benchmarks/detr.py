@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 import vitx
-from speed import machine, step_param, timed, timing_options, timing_setup
+from speed import baseline_of, default_count, machine, timed, timing_options, timing_setup
 from vitx.models import create_model
 from vitx.registry import get_method, method_names
 
@@ -67,15 +67,14 @@ def main(argv=None) -> None:
         for kind, seconds in base.items():
             print(f"| {batch} | | *{kind}* | | {seconds * 1e3:.3f} | | | | |", flush=True)
         for method in methods:
-            counted = step_param(method)
-            count = int(get_method(method).defaults[counted]) if counted else 1
-            seconds = timed(lambda: vitx.explain(model, x, method, score_threshold=threshold), device, args.warmup, args.repeats, clock)
-            kind = "forward+backward" if "gradients" in get_method(method).needs else "forward"
+            count = default_count(method)
+            seconds = timed(lambda: vitx.explain(model, x, method, score_threshold=threshold), device, args.warmup,
+                            args.repeats, clock)
+            kind, against = baseline_of(method, count)
             ratio = seconds / objects / count / base[kind]
             target = f"≤ {TARGETS[method]} ({'yes' if ratio <= TARGETS[method] else 'no'})" if method in TARGETS else ""
-            per = f" per step of {count}" if count > 1 else ""
             print(f"| {batch} | {objects} | {method} | {seconds / objects * 1e3:.3f} | {seconds / batch * 1e3:.3f} | "
-                  f"{kind}{per} | {base[kind] * 1e3:.3f} | {ratio:.2f} | {target} |", flush=True)
+                  f"{against} | {base[kind] * 1e3:.3f} | {ratio:.2f} | {target} |", flush=True)
 
 
 if __name__ == "__main__":

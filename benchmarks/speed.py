@@ -117,6 +117,19 @@ def step_param(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def default_count(name: str) -> int:
+    """The count the method's registry cost multiplies at its default parameters (1 if none)."""
+    counted = step_param(name)
+    return int(get_method(name).defaults[counted]) if counted else 1
+
+
+def baseline_of(name: str, count: int) -> tuple[str, str]:
+    """The baseline a method's time is set against ("forward", or "forward+backward" for a gradient method) and its
+    label in a table ("... per step of N" where the cost counts ``count`` steps)."""
+    kind = "forward+backward" if "gradients" in get_method(name).needs else "forward"
+    return kind, kind + (f" per step of {count}" if count > 1 else "")
+
+
 def parse_param(text: str) -> tuple[str, object]:
     """"name=value" -> (name, value), the value read as a Python literal where it is one."""
     name, _, value = text.partition("=")
@@ -259,11 +272,10 @@ def main(argv=None) -> None:
                 params, count = method_params(name, args, overrides)
                 memory = peak_per_image(name, params) if args.memory else None   # before the timed calls: see above
                 seconds = per_image(work(name, model, x, params))
-                kind = "forward+backward" if "gradients" in get_method(name).needs else "forward"
+                kind, against = baseline_of(name, count)
                 ratio = seconds / count / base[kind]
                 target = METHOD_TARGETS.get(name, TARGETS[kind])
-                per = f" per step of {count}" if count > 1 else ""
-                row = (f"| {label} | {batch} | {name} | {seconds * 1e3:.2f} | {kind}{per} | {base[kind] * 1e3:.2f} "
+                row = (f"| {label} | {batch} | {name} | {seconds * 1e3:.2f} | {against} | {base[kind] * 1e3:.2f} "
                        f"| {ratio:.2f} | ≤ {target} | {'yes' if ratio <= target else 'no'} |")
                 if args.memory:
                     memory_ratio = memory / base_memory[kind]
