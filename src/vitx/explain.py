@@ -12,6 +12,7 @@ from .images import check_model_input
 from .memory import plan
 from .model import Model, as_model, evaluating
 from .objects import Objects, find_objects, refuse_threshold
+from .prompts import encode_prompts, prompt_pairs, similarities
 from .precision import full_float32, in_float32
 from .registry import get_method
 from .scaling import minmax, minmax_tokens, screen
@@ -29,13 +30,18 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     model's regions (B, R, width) from ``model.regions`` (then ``exp.maps`` is ``exp.token_maps``, (B, 1, R), one
     value per region, and ``exp.images`` is None).
     target: None (the predicted class), a class index or name for every image, or one per image.
+    An image-text model's (CLIP-like) explanation explains similarities of (image, prompt) pairs (:mod:`vitx.prompts`):
+    ``text`` holds the prompts (one or a list, shared by all images); target None explains every pair, image-major
+    (``exp.pairs`` (rows, 2) names each row's image and prompt), a prompt's index or the prompt itself (one, or one
+    per image) each image's pair with that prompt. ``exp.class_names`` are then the prompts, ``exp.targets`` each
+    row's prompt and ``exp.logits`` (rows, prompts) its image's similarity with every prompt.
     A detector's (DETR-like) explanation has a map per object (:mod:`vitx.objects`), listed in ``exp.objects``:
     target None explains every detection, a query whose likeliest class is not "no object" and whose score (its
     likeliest object class's probability) is above ``score_threshold`` (default 0.5); query indices explain those
     queries of every image, class names the detections of those classes, and :class:`vitx.objects.Objects` found
     before (:func:`vitx.objects.find_objects` on the same images) are explained without detecting again. No detection
     gives an empty explanation with a warning.
-    text: a bi-modal model's questions, one string per image (words outside the model's vocabulary become its
+    text: a bi-modal model's questions, one string per image, or an image-text model's prompts (words outside the model's vocabulary become its
     unknown token, with a warning naming them); the Explanation then holds ``text_maps`` and ``text_tokens``.
     batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as
     "4GB"; default half of what the model's device has available): chunks shrink below ``batch_size`` to fit
@@ -63,20 +69,31 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     info.check_model(model, layout, params)
     if batch_size < 1:
         raise VitxError(f"batch_size must be at least 1, got {batch_size}")
-    encoded = questions(model, text, x.shape[0])
     refuse_threshold(model, score_threshold)
-    objects = None
+    objects = pairs = None
+    if model.image_text:
+        encoded, prompts = encode_prompts(model, text)
+        pairs = prompt_pairs(model, target, x.shape[0], prompts)
+        with torch.inference_mode(False), evaluating(model), in_float32(model.net), full_float32():
+            scores = similarities(model, x.to(model.device, torch.float32), encoded, batch_size)
+        x, frames = x[pairs[:, 0].to(x.device)], frames and [frames[i] for i in pairs[:, 0].tolist()]
+        encoded, targets = encoded.select(pairs[:, 1]), torch.zeros(len(pairs), dtype=torch.long, device=model.device)
+    else:
+        encoded = questions(model, text, x.shape[0])
     if model.detector:
         objects = find_objects(model, x, target, score_threshold, batch_size)
         x, frames = x[objects.image.to(x.device)], frames and [frames[i] for i in objects.image.tolist()]
         targets = objects.label.to(model.device)
-    else:
+    elif pairs is None:
         targets = resolve_targets(target, x.shape[0], model)
     with torch.inference_mode(False):
         x = x.to(model.device, torch.float32)
         exp = _explain(model, x.clone() if x.is_inference() else x, layout, info, params, targets, batch_size,
                        memory, normalize, progress, encoded, objects)
     exp.frames = frames
+    if pairs is not None:   # a pair's logits: its image's similarity with every prompt; its target: its prompt
+        exp.pairs, exp.class_names = pairs, prompts
+        exp.targets, exp.logits = pairs[:, 1].to(exp.targets.device), scores[pairs[:, 0].to(scores.device)]
     return exp
 
 

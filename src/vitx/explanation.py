@@ -35,6 +35,7 @@ class Explanation:
                                            # 0 beyond each question's tokens
     text_tokens: tuple[tuple[str, ...], ...] | None = None  # bi-modal: per image its question's tokens, [CLS] first
     objects: list[dict] | None = None     # a detector's: per map, its object (image, query, class, label, score, box)
+    pairs: torch.Tensor | None = None     # an image-text model's: per map, (image, prompt) indices, (B, 2)
 
     def __len__(self) -> int:
         return self.maps.shape[0]

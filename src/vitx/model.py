@@ -87,6 +87,11 @@ class Model(nn.Module):
     def bimodal(self) -> bool:
         return self.config.text_length > 0
 
+    @property
+    def image_text(self) -> bool:
+        """Two towers scoring (image, prompt) pairs by similarity (CLIP and kin, :mod:`vitx.prompts`)."""
+        return self.config.kind == "clip"
+
     def encode_text(self, questions, unknown: str = "warn") -> Text:
         """Questions (one string, or one per image) -> the model's :class:`~vitx.text.Text`. Words outside the
         vocabulary become the unknown token with a warning naming them (``unknown="error"``: refused)."""

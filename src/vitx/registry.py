@@ -59,6 +59,7 @@ KIND_LIMITS = {
 RANGES = {
     "steps": "[1, inf)", "samples": "[1, inf)", "masks": "[1, inf)", "internal_batch_size": "[1, inf)",
     "window": "[1, inf)", "stride": "[1, inf)", "cell": "[1, inf)", "start_layer": "[0, inf)",
+    "start_layer_text": "[0, inf)",
     "discard_ratio": "[0, 1)", "keep": "(0, 1]", "suppression": "[0, 1]", "threshold": "[0, 1]",
     "noise_level": "[0, inf)", "noise": "[0, inf)", "distance_threshold": "(0, inf)",
 }
@@ -217,7 +218,7 @@ def register(name: str, *, family: str, paper: str, needs=(), output: str = "tok
     def decorate(fn: Callable) -> Callable:
         defaults = {p.name: p.default for p in list(inspect.signature(fn).parameters.values())[1:]}
         limits = {p: RANGES[p] for p in defaults if p in RANGES} | (ranges or {})
-        assert all(p in defaults and within(defaults[p], r) for p, r in limits.items()), name
+        assert all(p in defaults and (defaults[p] is None or within(defaults[p], r)) for p, r in limits.items()), name
         _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires,
                                 memory, fits, types=annotated_types(fn), ranges=limits)
         return fn

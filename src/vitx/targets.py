@@ -12,11 +12,13 @@ from .errors import VitxError
 _NUMBER = re.compile(r"[+-]?\d+(\.\d*)?")
 
 
-def resolve_targets(target, count: int, model) -> torch.Tensor | None:
+def resolve_targets(target, count: int, model, classes: tuple[str, ...] | None = None,
+                    noun: str = "class") -> torch.Tensor | None:
     """None, or (count,) class indices on the model's device. ``target`` is one class for every image or a
     sequence, tensor or array of ``count``. A class is an index (any integer type, or a whole-valued float or
     string: 2, 2.0, "2", "2.0") or a name, case-insensitive: the class's whole name or any of its
-    comma-separated synonyms ("tench" for "tench, Tinca tinca"). Types, ranges and ambiguous names are refused."""
+    comma-separated synonyms ("tench" for "tench, Tinca tinca"). Types, ranges and ambiguous names are refused.
+    ``classes`` (named ``noun`` in errors) stand for the model's own, e.g. an image-text model's prompts."""
     if target is None:
         return None
     if isinstance(target, (torch.Tensor, np.ndarray)):
@@ -24,13 +26,16 @@ def resolve_targets(target, count: int, model) -> torch.Tensor | None:
     values = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(values) != count:
         raise VitxError(f"got {len(values)} targets for {count} images")
-    names = ClassNames(model.config.class_names)
-    num_classes = model.config.num_classes
+    classes = model.config.class_names if classes is None else classes
+    names = ClassNames(classes)
+    num_classes = model.config.num_classes if noun == "class" else len(classes)
     indices = [_index(value, names) for value in values]
     for index in indices:
         if not 0 <= index < num_classes:
-            raise VitxError(f"target class {index} is out of range: this model has {num_classes} "
-                            f"classes (0-{num_classes - 1})")
+            raise VitxError(f"target {noun} {index} is out of range: "
+                            + (f"this model has {num_classes} classes" if noun == "class" else
+                               f"{num_classes} {noun}{'s' * (num_classes != 1)} given")
+                            + f" (0-{num_classes - 1})")
     return torch.tensor(indices, device=model.device)
 
 

@@ -23,6 +23,12 @@ class Text:
     def __getitem__(self, rows: slice) -> "Text":
         return Text(self.ids[rows], self.mask[rows], self.tokens[rows])
 
+    def select(self, rows: torch.Tensor) -> "Text":
+        """The texts at ``rows`` (k,) int64, in that order (repeats allowed)."""
+        rows = rows.cpu()
+        return Text(self.ids[rows.to(self.ids.device)], self.mask[rows.to(self.mask.device)],
+                    tuple(self.tokens[i] for i in rows.tolist()))
+
     def to(self, device) -> "Text":
         return Text(self.ids.to(device), self.mask.to(device), self.tokens)
 

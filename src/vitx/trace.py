@@ -13,7 +13,8 @@ for T image blocks.
 A model is a set of attention sites (:class:`Site`, from :meth:`Adapter.sites`): each names the stream of its
 queries and of its keys ("image", "text", or "joint" for a single-stream bi-modal model's concatenated tokens) and
 its block within its stream. ``tr.sites`` lists the recorded sites in the order the forward ran them, each with its
-attention (B, heads, Nq, Nk); on a ViT they are its blocks, all "image" self-attention. Pre-softmax scores can be edited per key token (``key_scale``, ``key_mask``) or by any function
+attention (B, heads, Nq, Nk); on a ViT they are its blocks, all "image" self-attention. Pre-softmax scores can be edited per image token as a key (``key_scale``, ``key_mask``; at the sites
+whose keys are "image" tokens, so an image-text model's text tower runs untouched) or by any function
 ``edit(block, scores)``. Relevance rules (``rules``, a :class:`vitx.relevance.Composite`) are bound to
 the model's layers while the block is open, and the attention product runs through their
 :class:`AttentionProduct`. Leaving the block, normally or by an exception, removes every hook and
@@ -197,9 +198,10 @@ class Trace:
         scores = self.product.scores(q, k) * scale
         if mask is not None:         # additive, or boolean (True: attend), as torch's scaled_dot_product_attention
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-        if self.key_scale is not None:
+        image_keys = self._sites[index].key == "image"
+        if self.key_scale is not None and image_keys:
             scores = scores * _per_key(self.key_scale, scores)
-        if self.key_mask is not None:
+        if self.key_mask is not None and image_keys:
             scores = scores.masked_fill(~_per_key(self.key_mask, scores).bool(), float("-inf"))
         if self.edit is not None:
             scores = self.edit(index, scores)

@@ -18,6 +18,7 @@ LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks
 def adapter_for(net: nn.Module) -> Adapter:
     from ..models.nest import Nest
     from ..models.vit import VisionTransformer
+    from ..models.clip import CLIP
     from ..models.detr import DETR
     from ..models.vqa import VQATransformer
     from .swin import SwinAdapter, is_swin
@@ -30,6 +31,9 @@ def adapter_for(net: nn.Module) -> Adapter:
     if isinstance(net, VQATransformer):
         from .vitx import VitxVQAAdapter
         return VitxVQAAdapter(net)
+    if isinstance(net, CLIP):
+        from .vitx import VitxCLIPAdapter
+        return VitxCLIPAdapter(net)
     if isinstance(net, DETR):
         from .vitx import VitxDETRAdapter
         return VitxDETRAdapter(net)

@@ -125,6 +125,13 @@ class Adapter:
         """Per question of a bi-modal model, the column of the text token whose row the head reads: [CLS] (0)."""
         return torch.zeros(len(text), dtype=torch.long, device=text.ids.device)
 
+    def readers(self, text) -> dict[str, tuple[str, torch.Tensor]]:
+        """A bi-modal model's: per modality ("image", "text"), the token whose row of relevance explains it, as (its
+        stream, its column per question): the head's token (:meth:`head_token`) in the text's stream."""
+        stream = self.modalities(text.ids.shape[1])["text"][0]
+        head = self.head_token(text)
+        return {"image": (stream, head), "text": (stream, head)}
+
     def text_embedding(self) -> nn.Module | None:
         """A bi-modal model's word-embedding layer (None for an image-only model)."""
         return None

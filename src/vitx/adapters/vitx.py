@@ -8,8 +8,9 @@ from torch import nn
 from ..data.vocabulary import SPECIAL_TOKENS, WordTokenizer
 from ..models.detr import DecoderLayer
 from ..models.vit import VisionTransformer
-from ..models.vqa import CoAttention
+from ..models.vqa import Attention, CoAttention
 from ..text import Text
+from .image_text import ImageTextAdapter
 from .base import Adapter, Attend, Description, ListedSites, Site, pair, project_values
 
 
@@ -22,8 +23,14 @@ class VitxAdapter(Adapter):
         return partial(project_values, module.proj)
 
     def pixel_layer(self) -> nn.Module:
-        stem = self.net.patch_embed.stem
-        return stem[0] if isinstance(stem, nn.Sequential) else self.net.patch_embed.proj
+        return patch_pixel_layer(self.net.patch_embed)
+
+
+def patch_pixel_layer(patch_embed: nn.Module) -> nn.Module:
+    """The first layer of a :class:`vitx.models.vit.PatchEmbed` to read the pixels: its stem's first convolution, or
+    its patch projection."""
+    stem = patch_embed.stem
+    return stem[0] if isinstance(stem, nn.Sequential) else patch_embed.proj
 
 
 class VitxViTAdapter(VitxAdapter):
@@ -42,10 +49,7 @@ class VitxViTAdapter(VitxAdapter):
         return [block.attn for block in self.net.blocks]
 
     def attention_forward(self, module, attend: Attend):
-        def forward(x):
-            q, k, v = module.split_heads(x)
-            return module.merge_heads(attend(q, k, v, module.scale))
-        return forward
+        return vit_attention_forward(module, attend)
 
 
     def residual_branches(self, block) -> tuple[nn.Module, ...]:
@@ -53,7 +57,28 @@ class VitxViTAdapter(VitxAdapter):
 
 
 
-class VitxVQAAdapter(ListedSites, VitxAdapter):
+class WordText:
+    """The text side of vitx's bi-modal architectures: a closed vocabulary of words (``cfg.vocabulary``, the special
+    tokens first) read by :class:`vitx.data.vocabulary.WordTokenizer`, [CLS] first."""
+
+    def tokenizer(self) -> WordTokenizer:
+        vocabulary = tuple(self.net.cfg.vocabulary)
+        return WordTokenizer(vocabulary[len(SPECIAL_TOKENS):])
+
+    def encode_text(self, questions: list[str], unknown: str = "warn") -> Text:
+        tokenizer = self.tokenizer()
+        noun = "prompt" if self.describe().kind == "clip" else "question"
+        ids, mask = tokenizer.encode(questions, self.net.cfg.max_length, unknown=unknown, noun=noun)
+        tokens = tuple(tuple(tokenizer.tokens[i] for i in row[row != 0].tolist()) for row in ids)
+        return Text(ids, mask, tokens)
+
+    def text_embedding(self) -> nn.Embedding:
+        """The word embedding layer (ids -> vectors, before the position embedding): where gradient methods read
+        and scale the text input."""
+        return self.net.word_embed
+
+
+class VitxVQAAdapter(WordText, ListedSites, VitxAdapter):
     """vitx's VQA transformers (:mod:`vitx.models.vqa`): image and question in, answer logits out. One stream: its
     blocks are "joint" self-attention sites over [words; patches]. Two streams: "text" and "image" self-attention
     blocks, then per cross-modality layer the co-attention sites text→image and image→text and a self-attention
@@ -97,21 +122,6 @@ class VitxVQAAdapter(ListedSites, VitxAdapter):
     def attention_forward(self, module, attend: Attend):
         return context_attention_forward(module, attend)
 
-    def text_embedding(self) -> nn.Embedding:
-        """The word embedding layer (ids -> vectors, before the position embedding): where gradient methods read
-        and scale the text input."""
-        return self.net.word_embed
-
-    def tokenizer(self) -> WordTokenizer:
-        vocabulary = tuple(self.net.cfg.vocabulary)
-        return WordTokenizer(vocabulary[len(SPECIAL_TOKENS):])
-
-    def encode_text(self, questions: list[str], unknown: str = "warn") -> Text:
-        tokenizer = self.tokenizer()
-        ids, mask = tokenizer.encode(questions, self.net.cfg.max_length, unknown=unknown)
-        tokens = tuple(tuple(tokenizer.tokens[i] for i in row[row != 0].tolist()) for row in ids)
-        return Text(ids, mask, tokens)
-
     def forward(self, x, text: Text | None = None, keep=None):
         return self.net(x, text.ids, text.mask, keep)
 
@@ -121,6 +131,14 @@ class VitxVQAAdapter(ListedSites, VitxAdapter):
         if self.net.cfg.streams == "single":
             return {"text": ("joint", slice(0, text_length)), "image": ("joint", slice(text_length, None))}
         return {"text": ("text", slice(0, None)), "image": ("image", slice(0, None))}
+
+
+def vit_attention_forward(module, attend: Attend):
+    """The forward of a :class:`vitx.models.vit.Attention` with its product routed through ``attend``."""
+    def forward(x):
+        q, k, v = module.split_heads(x)
+        return module.merge_heads(attend(q, k, v, module.scale))
+    return forward
 
 
 def context_attention_forward(module, attend: Attend):
@@ -169,3 +187,41 @@ class VitxDETRAdapter(ListedSites, VitxAdapter):
     def detect(self, x):
         """(class logits (B, queries, classes + 1), boxes (B, queries, 4) as (cx, cy, w, h) fractions of the image)."""
         return self.net(x)
+
+
+class VitxCLIPAdapter(ImageTextAdapter, WordText, ListedSites, VitxAdapter):
+    """vitx's image-text model (:mod:`vitx.models.clip`): its image tower's blocks are "image" self-attention sites,
+    then its text tower's "text" sites; the text is pooled at [CLS]."""
+
+    def describe(self) -> Description:
+        cfg = self.net.cfg
+        return Description(pair(cfg.image_size), pair(cfg.patch_size), 1, 0, 0, dynamic_size=False, kind="clip",
+                           text_length=cfg.max_length)
+
+    def _named_sites(self) -> list[tuple[nn.Module, Site]]:
+        found = [(b.attn, Site(f"visual.blocks.{i}", "image", "image", i)) for i, b in enumerate(self.net.visual.blocks)]
+        return found + [(b.attn, Site(f"text_blocks.{i}", "text", "text", i)) for i, b in enumerate(self.net.text_blocks)]
+
+    def blocks(self) -> list[nn.Module]:
+        """The image tower's blocks, then the text tower's."""
+        return [*self.net.visual.blocks, *self.net.text_blocks]
+
+    def attention_forward(self, module, attend: Attend):
+        if isinstance(module, Attention):
+            return context_attention_forward(module, attend)
+        return vit_attention_forward(module, attend)
+
+    def residual_branches(self, block) -> tuple[nn.Module, ...]:
+        return block.norm1, block.norm2
+
+    def pixel_layer(self) -> nn.Module:
+        return patch_pixel_layer(self.net.visual.patch_embed)
+
+    def image_features(self, x):
+        return self.net.visual(x)
+
+    def text_features(self, text: Text):
+        return self.net.text_features(text.ids, text.mask)
+
+    def similarity_scale(self):
+        return self.net.logit_scale.exp(), None

@@ -44,10 +44,11 @@ class WordTokenizer:
     def __repr__(self):
         return f"WordTokenizer({len(self)} tokens)"
 
-    def encode(self, questions, max_length, unknown="warn"):
+    def encode(self, questions, max_length, unknown="warn", noun="question"):
         """Ids (B, max_length) int64 and attention mask (B, max_length) bool of ``[CLS] words [SEP] [PAD]...``.
 
-        ``max_length`` counts [CLS] and [SEP]. The word at position j of a question is at column j + 1.
+        ``max_length`` counts [CLS] and [SEP]. The word at position j of a question is at column j + 1. Errors name
+        a text by ``noun`` ("prompt 0 is empty").
         """
         if isinstance(questions, str):
             questions = [questions]
@@ -56,13 +57,13 @@ class WordTokenizer:
         if not isinstance(max_length, int) or max_length < 3:
             raise VitxError(f"max_length must be an integer >= 3 ([CLS], a word, [SEP]), got {max_length!r}")
         if not questions or not all(isinstance(q, str) for q in questions):
-            raise VitxError("questions must be a non-empty list of strings")
+            raise VitxError(f"{noun}s must be a non-empty list of strings")
         words = [split_words(q) for q in questions]
         for i, w in enumerate(words):
             if not w:
-                raise VitxError(f"question {i} is empty: {questions[i]!r}")
+                raise VitxError(f"{noun} {i} is empty: {questions[i]!r}")
             if len(w) + 2 > max_length:
-                raise VitxError(f"question {i} has {len(w)} tokens, more than max_length={max_length} takes with "
+                raise VitxError(f"{noun} {i} has {len(w)} tokens, more than max_length={max_length} takes with "
                                 f"[CLS] and [SEP]: {questions[i]!r}")
         missing = sorted({t for w in words for t in w if t not in self.ids})
         if missing and unknown == "error":

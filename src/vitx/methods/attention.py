@@ -176,17 +176,27 @@ def generic_relevance(attentions: list[torch.Tensor], gradients: list[torch.Tens
                        for attention, gradient in zip(attentions, gradients)])
 
 
+def towers_only(config, params: dict) -> None:
+    """``requires`` of generic-attention: its start layers choose the blocks of an image-text model's towers."""
+    if config.kind != "clip" and (params["start_layer"] is not None or params["start_layer_text"] is not None):
+        raise VitxError("start_layer and start_layer_text choose the first blocks of an image-text model's towers "
+                        "(Chefer et al.'s CLIP form); on other models every attention enters the rules")
+
+
 @register("generic-attention", family="attention", paper=CHEFER_2021, needs={"attention", "gradients", "head_row"},
-          cost="1F+1B", memory=graphs(1.25), kinds=("vit", "swin", "vqa", "detr"))
-def generic_attention(batch: Batch) -> torch.Tensor:
+          cost="1F+1B", memory=graphs(1.25), kinds=("vit", "swin", "vqa", "detr", "clip"), requires=towers_only)
+def generic_attention(batch: Batch, start_layer: int | None = None, start_layer_text: int | None = None
+                      ) -> torch.Tensor:
     """Chefer et al.'s self-attention rule: R = I, R += E_h[(∇A_b ⊙ A_b)⁺] R over the blocks;
     the head's row of R. On Swin the mean row over the last stage's queries of
     R = (I + Ā_L) ⋯ P ⋯ (I + Ā_1), Ā_b = E_h[(∇A_b ⊙ A_b)⁺], P the patch mergings, on the first stage's map.
     On a bi-modal model, the self- and co-attention rules over its attention sites (:mod:`vitx.methods.bimodal`):
-    the image map and the text map of the [CLS] token's row. On a detector, the encoder-decoder rules, per object
+    the image map and the text map of the [CLS] token's row; on an image-text model the rule on each tower from
+    its block ``start_layer`` / ``start_layer_text`` on (None: the last, as the authors' CLIP notebook), the image
+    map its class token's row, the text map its pooled token's. On a detector, the encoder-decoder rules, per object
     the row of its query (:mod:`vitx.methods.detection`)."""
     if batch.model.bimodal:
-        return bimodal.generic_attention(batch)
+        return bimodal.generic_attention(batch, start_layer, start_layer_text)
     if batch.model.detector:
         return detection.generic_attention(batch)
     logits, tr = batch.run(tokens=False)

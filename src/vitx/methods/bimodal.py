@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..batch import Batch
+from ..errors import VitxError
 from ..trace import Recorded
 
 
@@ -65,17 +66,19 @@ def propagate(sites: list[Recorded], weights: list[torch.Tensor]) -> dict[tuple[
 
 
 def head_rows(batch: Batch, relevance: dict[tuple[str, str], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The rows of the token the head reads ([CLS], or the adapter's :meth:`head_token`): {"image": (B, gh, gw),
-    "text": (B, L)}, the text row's [CLS] entry and that token's own entry set to 0."""
-    places = batch.model.adapter.modalities(batch.text.ids.shape[1])
-    head_stream = places["text"][0]
-    head = batch.model.adapter.head_token(batch.text)
-    images = torch.arange(len(head), device=head.device)
-    image_stream, columns = places["image"]
-    image = relevance[head_stream, image_stream][images, head][:, columns]
-    text = relevance[head_stream, head_stream][images, head][:, places["text"][1]].clone()
-    text[images, head] = 0
-    return {"image": batch.layout.to_grid(image), "text": text_row(batch, text)}
+    """The rows of the tokens that explain each modality (the adapter's :meth:`readers`: the head's token, [CLS] or
+    :meth:`head_token`; an image-text model's image tower class token and pooled text token): {"image": (B, gh, gw),
+    "text": (B, L)}, the text row's [CLS] entry and the reading token's own entry set to 0."""
+    adapter = batch.model.adapter
+    places, readers = adapter.modalities(batch.text.ids.shape[1]), adapter.readers(batch.text)
+    rows = torch.arange(len(batch.text), device=batch.text.ids.device)
+    maps = {}
+    for modality, (stream, columns) in places.items():
+        reader, token = readers[modality]
+        maps[modality] = relevance[reader, stream][rows, token][:, columns]
+    text = maps["text"].clone()
+    text[rows, readers["text"][1]] = 0
+    return {"image": batch.layout.to_grid(maps["image"]), "text": text_row(batch, text)}
 
 
 def text_row(batch: Batch, values: torch.Tensor) -> torch.Tensor:
@@ -85,10 +88,30 @@ def text_row(batch: Batch, values: torch.Tensor) -> torch.Tensor:
     return values * batch.text.mask
 
 
-def generic_attention(batch: Batch) -> dict[str, torch.Tensor]:
-    """Chefer et al.'s rule set on every attention site of the model, the maps read off the [CLS] row."""
+def generic_attention(batch: Batch, start_layer: int | None = None, start_layer_text: int | None = None
+                      ) -> dict[str, torch.Tensor]:
+    """Chefer et al.'s rule set on every attention site of the model, the maps read off the rows of
+    :func:`head_rows`. An image-text model's towers only meet in the similarity, so each tower's R is the
+    self-attention rule alone from its block ``start_layer`` (image) or ``start_layer_text`` (text) on; None: the
+    last block, as the authors' CLIP notebook (their start_layer -1)."""
     logits, tr = batch.run(tokens=False)
     sites = tr.sites
+    if batch.model.image_text:
+        sites = from_blocks(sites, {"image": start_layer, "text": start_layer_text})
     gradients = torch.autograd.grad(batch.score(logits), [r.attention for r in sites], allow_unused=True,
                                     materialize_grads=True)   # a last layer's image-side sites reach no answer
     return head_rows(batch, propagate(sites, gradient_weighted(sites, gradients)))
+
+
+def from_blocks(sites: list[Recorded], first: dict[str, int | None]) -> list[Recorded]:
+    """The sites of each stream from its block ``first[stream]`` on (None: its last block); a VitxError for a
+    stream that would keep none."""
+    depth = {}
+    for r in sites:
+        depth[r.site.query] = max(depth.get(r.site.query, 0), r.site.block + 1)
+    start = {stream: depth[stream] - 1 if first.get(stream) is None else first[stream] for stream in depth}
+    for stream, block in start.items():
+        if block >= depth[stream]:
+            name = "start_layer" if stream == "image" else f"start_layer_{stream}"
+            raise VitxError(f"{name}={block} is beyond the {stream} tower's {depth[stream]} blocks (0-{depth[stream] - 1})")
+    return [r for r in sites if r.site.block >= start[r.site.query]]

@@ -19,6 +19,8 @@ def gradcam_block(model, params: dict) -> int:
     """``fits`` for gradcam: the index of the block whose tokens it reads, once that block is known to exist (any
     block's output on Swin, the input of blocks 1.. on a ViT)."""
     block, depth = params["block"], len(model.adapter.blocks())
+    if model.image_text:    # the image tower's blocks, which come first
+        depth = sum(site.query == "image" for site in model.adapter.sites())
     index = block + depth if block < 0 else block
     swin = model.config.kind == "swin"
     if not (0 if swin else 1) <= index < depth:
@@ -29,12 +31,12 @@ def gradcam_block(model, params: dict) -> int:
 
 
 @register("gradcam", family="gradient", paper="Selvaraju et al., ICCV 2017, Grad-CAM", needs={"gradients"},
-          cost="1F+1B", kinds=("vit", "swin"), fits=gradcam_block)
+          cost="1F+1B", kinds=("vit", "swin", "clip"), fits=gradcam_block)
 def gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     """Grad-CAM on the patch tokens T entering block ``block`` (default: the last):
     R = ReLU(Σ_d α_d T[:, d]), α_d = mean over patches of ∂y_t/∂T[:, d]. On Swin, T is the output of block
     ``block`` (default: the last stage's feature map that the final norm and the mean-pooling head read), on its
-    stage's map."""
+    stage's map. On an image-text model, the blocks of its image tower, y_t the pair's similarity."""
     index = gradcam_block(batch.model, {"block": block})
     logits, tr = batch.run(attentions=False)
     if batch.model.config.kind == "swin":
@@ -66,7 +68,7 @@ def saliency_attributions(batch: Batch) -> torch.Tensor:
 
 
 @register("saliency", family="gradient", paper="Simonyan, Vedaldi & Zisserman, ICLR 2014 workshop, Deep Inside Convolutional Networks",
-          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa", "detr"))
+          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa", "clip", "detr"))
 def saliency(batch: Batch) -> torch.Tensor:
     """Gradient saliency: R(p) = max_c |∂y_t/∂x_c(p)|. On a bi-modal model also R_j = max_d |∂y_t/∂e_jd| on each
     token's word embedding e_j (:mod:`vitx.methods.bimodal_baselines`)."""
@@ -109,7 +111,7 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: s
 
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
-          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa", "detr"),
+          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa", "clip", "detr"),
           memory=graphs(1.0, 1.0))
 def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = "black",
                          internal_batch_size: int = 64) -> torch.Tensor:

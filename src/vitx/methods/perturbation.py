@@ -81,6 +81,13 @@ def check_choice(name: str, value, choices: tuple[str, ...]) -> None:
         raise VitxError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
 
 
+def one_score(config, score: str) -> None:
+    """An image-text pair has one score, its similarity: ``score="probability"`` (a softmax over classes) is refused."""
+    if config.kind == "clip" and score == "probability":   # None: the method's own default for the kind
+        raise VitxError("an image-text pair has one score, its similarity, and no classes to take a softmax over: "
+                        "use score='logit'")
+
+
 def target_scores(logits: torch.Tensor, targets: torch.Tensor, score: str) -> torch.Tensor:
     """f_t of each row of ``logits`` for ``targets`` (rows,): y_t (``score="logit"``) or softmax(y)_t
     (``"probability"``)."""
@@ -174,7 +181,7 @@ def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.
     return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(0, 1)
 
 
-@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=(*ANY_MODEL, "detr"),
+@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=(*ANY_MODEL, "clip", "detr"),
           memory=graphs(FORWARD, COPY), requires=removal_fits)
 def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
               score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
@@ -222,10 +229,11 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int],
     return up[torch.arange(len(up), device=up.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F", kinds=(*ANY_MODEL, "detr"),
+@register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F",
+          kinds=(*ANY_MODEL, "clip", "detr"), requires=lambda config, params: one_score(config, params["score"]),
           memory=graphs(FORWARD, COPY))
 def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, baseline="zeros",
-         score: str = "probability", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
+         score: str | None = None, seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """RISE: S(λ) = 1/(N·p) Σ_k f_t(x' + M_k ⊙ (x − x')) M_k(λ) over N random masks M_k: grids of cells kept
     with probability p = ``keep``, upsampled bilinearly with a random shift of up to one cell (``cell``
     patches). x' = 0 in model input space multiplies the normalised image by the mask, as the authors' code.
@@ -233,7 +241,9 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
     Paper defaults: 4000–8000 masks, 7×7 grids at 224 px, p = 0.5. Here ``cell`` = 2 patches is the paper's
     32-pixel cell on a 224-pixel ViT-B/16 and a 4×4 grid on a 64-pixel image, for which 2000 masks are the
     default: 125 masks per cell, between the paper's 82 and 163 per cell of a 7×7 grid. The masks come from
-    ``seed``, the same for every image."""
+    ``seed``, the same for every image. ``score`` None: "probability", or on an image-text pair its one score, the
+    similarity ("logit")."""
+    score = score or ("logit" if batch.model.image_text else "probability")
     check_choice("score", score, SCORES)
     start = baseline_for(batch, baseline)
     grids, shifts = rise_grids(masks, batch.layout, cell, keep, torch.Generator().manual_seed(seed))

@@ -57,12 +57,16 @@ class CLIP(nn.Module):
         return F.normalize(self.visual(images), dim=-1)
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Unit text embeddings (T, proj_dim) from the final [CLS] token."""
+        """Unit text embeddings (T, proj_dim)."""
+        return F.normalize(self.text_features(input_ids, attention_mask), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The final [CLS] token projected, (T, proj_dim)."""
         t = self.word_embed(input_ids) + self.text_pos[:, :input_ids.shape[1]]
         padding = attention_mask.bool()
         for block in self.text_blocks:
             t = block(t, padding)
-        return F.normalize(self.text_proj(self.text_norm(t[:, 0])), dim=-1)
+        return self.text_proj(self.text_norm(t[:, 0]))
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.logit_scale.exp() * self.encode_image(images) @ self.encode_text(input_ids, attention_mask).T

@@ -1,0 +1,56 @@
+"""What the tap and the methods need of a two-tower image-text model (CLIP and kin, Radford et al., ICML 2021).
+
+An image tower and a text tower, each a stack of self-attention blocks ("image" and "text" sites), meet only in the
+similarity of their pooled, projected embeddings: s(x, t) = exp(τ) · cos(f(x), g(t)) (+ b, SigLIP's bias). vitx
+explains the similarity of (image, prompt) pairs: :meth:`ImageTextAdapter.forward` takes row r of the images with
+row r of the prompts and gives s for each row as a one-column logit, so that every method sees a pair as a
+classifier sees an image with one class.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..text import Text
+
+
+class ImageTextAdapter:
+    """Mixin for a two-tower model's adapter (put it first among the bases). A subclass gives
+    :meth:`image_features`, :meth:`text_features`, :meth:`similarity_scale`, :meth:`encode_text`, and where the
+    text's pooled token is not [CLS], :meth:`head_token`."""
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The image tower's projected embeddings (B, D), before normalising."""
+        raise NotImplementedError
+
+    def text_features(self, text: Text) -> torch.Tensor:
+        """The text tower's projected embeddings (T, D), before normalising."""
+        raise NotImplementedError
+
+    def similarity_scale(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(exp(τ), b): the scale of the cosine similarity and its bias (None where the model has none)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, text: Text, keep=None) -> torch.Tensor:
+        """s(x_r, t_r) per row, (B, 1): image r with prompt r."""
+        scale, bias = self.similarity_scale()
+        cosine = (F.normalize(self.image_features(x), dim=-1) * F.normalize(self.text_features(text), dim=-1)).sum(-1)
+        return (scale * cosine + (0 if bias is None else bias))[:, None]
+
+    def similarities(self, x: torch.Tensor, text: Text) -> torch.Tensor:
+        """s of every image with every prompt, (B, T): each image and each prompt encoded once."""
+        scale, bias = self.similarity_scale()
+        matrix = F.normalize(self.image_features(x), dim=-1) @ F.normalize(self.text_features(text), dim=-1).T
+        return scale * matrix + (0 if bias is None else bias)
+
+    def modalities(self, text_length: int) -> dict[str, tuple[str, slice]]:
+        """Where each modality's tokens sit: the image's patches after the image tower's prefix tokens, the text's
+        every column."""
+        return {"text": ("text", slice(0, None)), "image": ("image", slice(self.describe().num_prefix_tokens, None))}
+
+    def readers(self, text: Text) -> dict[str, tuple[str, torch.Tensor]]:
+        """Per modality, the token whose row of relevance explains it (stream, column per prompt): the image tower's
+        class token, the text's pooled token (:meth:`head_token`)."""
+        cls = self.describe().cls_index
+        head = self.head_token(text)
+        return {"image": ("image", torch.full_like(head, cls)), "text": ("text", head)}
