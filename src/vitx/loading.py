@@ -93,5 +93,7 @@ def _load_file(path: Path, arch: str | None, config: dict) -> tuple[nn.Module, d
     num_classes = overrides.get("num_classes", getattr(ARCHITECTURES[arch], "num_classes", None))  # VQA: answers
     facts = {**preprocessing(pretrained_config(arch), num_classes),
              **{k: meta[k] for k in ("mean", "std", "class_names", "multi_label") if k in meta}}
+    if meta.get("kind") == "clip":     # an image-text model's classes are the prompts it is given
+        facts.pop("class_names", None)
     facts.setdefault("name", path.stem)
     return net, facts

@@ -40,7 +40,7 @@ class ImageText(OnDevice):
     def __init__(self, recipe: Recipe, out_dir: Path):
         super().__init__(create_model(recipe.arch))
         start_from(self.net.visual, out_dir / f"{recipe.start}.safetensors")
-        self.meta = {"kind": "clip", "class_names": CLASS_NAMES, "vocabulary": TOKENIZER.tokens,
+        self.meta = {"kind": "clip", "class_names": (), "vocabulary": TOKENIZER.tokens,
                      "max_length": MAX_LENGTH, "multi_label": False, "dataset": "shapes_captions 64px"}
 
     def loss(self, data) -> torch.Tensor:
