@@ -16,7 +16,7 @@ from ..text import Text
 
 class ImageTextAdapter:
     """Mixin for a two-tower model's adapter (put it first among the bases). A subclass gives
-    :meth:`image_features`, :meth:`text_features`, :meth:`similarity_scale`, :meth:`encode_text`, and where the
+    :meth:`image_features`, :meth:`text_features`, :meth:`project_tokens`, :meth:`similarity_scale`, :meth:`encode_text`, and where the
     text's pooled token is not [CLS], :meth:`head_token`."""
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -25,6 +25,11 @@ class ImageTextAdapter:
 
     def text_features(self, text: Text) -> torch.Tensor:
         """The text tower's projected embeddings (T, D), before normalising."""
+        raise NotImplementedError
+
+    def project_tokens(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The image tower's final norm and projection applied to pooled tokens (B, width) -> (B, D) (LeGrad reads
+        every block's tokens through them)."""
         raise NotImplementedError
 
     def similarity_scale(self) -> tuple[torch.Tensor, torch.Tensor | None]:

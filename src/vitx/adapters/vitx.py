@@ -223,5 +223,8 @@ class VitxCLIPAdapter(ImageTextAdapter, WordText, ListedSites, VitxAdapter):
     def text_features(self, text: Text):
         return self.net.text_features(text.ids, text.mask)
 
+    def project_tokens(self, pooled):
+        return self.net.visual.head(self.net.visual.norm(pooled))
+
     def similarity_scale(self):
         return self.net.logit_scale.exp(), None
