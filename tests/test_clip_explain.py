@@ -150,3 +150,24 @@ def test_start_layers_are_refused_off_image_text_models():
     vit = vitx.load_model("shapes-vit")
     with pytest.raises(VitxError, match="image-text model's towers"):
         vitx.explain(vit, torch.zeros(1, 3, 64, 64), start_layer=1)
+
+
+def test_frozen_weights_give_the_same_maps(tiny, images):
+    import copy
+    frozen = wrap(copy.deepcopy(tiny.net).requires_grad_(False), mean=(0.5,) * 3, std=(0.25,) * 3)
+    for method in ("generic-attention", "legrad"):
+        torch.testing.assert_close(vitx.explain(frozen, images, text=PROMPTS, method=method).maps,
+                                   vitx.explain(tiny, images, text=PROMPTS, method=method).maps)
+
+
+def test_forward_only_methods_share_each_image_across_its_prompts(tiny, images, monkeypatch):
+    """The image tower runs once per distinct image (vitx.prompts.pair_similarities), with the same maps."""
+    import vitx.batch
+    shared = vitx.explain(tiny, images, text=PROMPTS, method="rise", masks=32)
+    seen = []
+    features = tiny.adapter.image_features
+    monkeypatch.setattr(tiny.adapter, "image_features", lambda x: seen.append(len(x)) or features(x))
+    vitx.explain(tiny, images, text=PROMPTS, method="rise", masks=32, internal_batch_size=9)
+    assert seen and max(seen) == 3      # 9 rows of one copy: 3 images, each with its 3 prompts
+    monkeypatch.setattr(vitx.batch, "plain", lambda tap: False)
+    torch.testing.assert_close(vitx.explain(tiny, images, text=PROMPTS, method="rise", masks=32).maps, shared.maps)

@@ -7,6 +7,7 @@ import torch
 from .errors import VitxError
 from .layout import TokenLayout
 from .model import Model
+from .prompts import pair_similarities
 from .text import Text
 from .trace import Trace, trace
 
@@ -40,7 +41,10 @@ class Batch:
         if self.text is not None and text is None:
             text = self.text.repeat(x.shape[0] // len(self.text))
         with trace(self.model, **tap) as tr:
-            logits = self.model(x) if text is None else self.model(x, text, keep)
+            if self.model.image_text and keep is None and not torch.is_grad_enabled() and plain(tap):
+                logits = pair_similarities(self.model, x, text)     # each distinct image through its tower once
+            else:
+                logits = self.model(x) if text is None else self.model(x, text, keep)
         if self.queries is not None:
             queries = self.queries.repeat(x.shape[0] // len(self.queries))
             logits = logits[torch.arange(len(logits), device=logits.device), queries]
@@ -72,3 +76,8 @@ class Batch:
         ``logits`` may hold several copies of the batch stacked along dim 0."""
         targets = self.targets.repeat(logits.shape[0] // self.targets.shape[0])
         return logits.gather(1, targets[:, None]).sum()
+
+
+def plain(tap: dict) -> bool:
+    """The tap records nothing and edits nothing: a forward whose rows may share work."""
+    return tap.get("attentions") is False and tap.get("tokens") is False and not tap.keys() - {"attentions", "tokens"}

@@ -43,3 +43,24 @@ def similarities(model: Model, x: torch.Tensor, text: Text, batch_size: int) -> 
     """Every image's similarity with every prompt, (B, P): each image and each prompt encoded once."""
     text = text.to(model.device)
     return torch.cat([model.adapter.similarities(x[i:i + batch_size], text) for i in range(0, len(x), batch_size)])
+
+
+def pair_similarities(model: Model, x: torch.Tensor, text: Text) -> torch.Tensor:
+    """s(x_r, t_r) per row, (B, 1), as ``model(x, text)``, with the image tower run once per distinct image: the rows
+    of a pair batch repeat each image once per prompt (and a perturbation method's copies perturb them alike). Rows
+    are grouped by a random projection of their pixels, then checked equal; for forward passes without gradients."""
+    flat = x.flatten(1)
+    probe = torch.randn(flat.shape[1], 2, generator=torch.Generator().manual_seed(0)).to(flat)
+    _, first, inverse = unique_rows(flat @ probe)
+    if len(first) == len(x) or not torch.equal(flat, flat[first][inverse]):
+        return model(x, text)
+    adapter = model.adapter
+    return adapter.pair_scores(adapter.image_features(x[first])[inverse], adapter.text_features(text))
+
+
+def unique_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(distinct rows, the index of each one's first occurrence, each row's distinct row) of ``values`` (n, k)."""
+    distinct, inverse = torch.unique(values, dim=0, return_inverse=True)
+    order = torch.arange(len(values), device=values.device)
+    first = torch.full((len(distinct),), len(values), device=values.device).scatter_reduce(0, inverse, order, "amin")
+    return distinct, first, inverse

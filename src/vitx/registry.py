@@ -132,7 +132,7 @@ class Method:
             has = "has none" if layout.cls_index is None else f"reads {config.pooling!r}-pooled tokens"
             raise VitxError(f"method {self.name!r} needs a head that reads the class token, and this model's head "
                             f"{has}")
-        if "head_row" in self.needs and not config.text_length and config.kind != "detr" and (config.pooling not in HEAD_ROWS or
+        if "head_row" in self.needs and config.kind in (*ANY_MODEL, "clip") and (config.pooling not in HEAD_ROWS or
                                          config.pooling == "cls" and layout.cls_index is None):
             raise VitxError(f"method {self.name!r} reads the row of the token the head reads (the class token, or "
                             f"the mean of the patch tokens' rows for a mean-pooled head), and this model's head reads "

@@ -38,8 +38,12 @@ class ImageTextAdapter:
 
     def forward(self, x: torch.Tensor, text: Text, keep=None) -> torch.Tensor:
         """s(x_r, t_r) per row, (B, 1): image r with prompt r."""
+        return self.pair_scores(self.image_features(x), self.text_features(text))
+
+    def pair_scores(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """exp(τ) cos(images_r, texts_r) (+ b) per row of embeddings (B, D), as a one-column logit (B, 1)."""
         scale, bias = self.similarity_scale()
-        cosine = (F.normalize(self.image_features(x), dim=-1) * F.normalize(self.text_features(text), dim=-1)).sum(-1)
+        cosine = (F.normalize(images, dim=-1) * F.normalize(texts, dim=-1)).sum(-1)
         return (scale * cosine + (0 if bias is None else bias))[:, None]
 
     def similarities(self, x: torch.Tensor, text: Text) -> torch.Tensor:
