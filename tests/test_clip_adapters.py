@@ -293,3 +293,32 @@ def test_open_clip_weights_of_another_architecture(tiny_arch, tmp_path):
     torch.save(open_clip.create_model("vitx-other").state_dict(), tmp_path / "other.pt")
     with pytest.raises(vitx.VitxError, match="could not load weights for open_clip model 'vitx-tiny'.*text_projection"):
         vitx.load_model("open_clip:vitx-tiny", weights=str(tmp_path / "other.pt"))
+
+
+def test_frozen_weights_and_one_reset_per_forward(pairs, tokenizer):
+    """The forward goes through the network's own call, so the tap's pre-hook sees the pixels: a model served with
+    frozen weights is explained the same, and each forward under the tap records its sites afresh."""
+    model, x, reference = pairs
+    method = "saliency" if isinstance(model.net, transformers.SiglipModel) else "generic-attention"
+    expected = vitx.explain(model, x, text=PROMPTS, method=method, normalize=False).maps
+    own = {} if isinstance(reference, OpenClipReference) else {"tokenizer": tokenizer}
+    frozen = wrap(copy.deepcopy(model.net).requires_grad_(False), **own)
+    close(vitx.explain(frozen, x, text=PROMPTS, method=method, normalize=False).maps, expected)
+    text = model.encode_text(PROMPTS[:2])
+    with vitx.trace(model) as tr:
+        model(x, text)
+        model(x, text)
+    assert [r.site.query for r in tr.sites] == ["image"] * 2 + ["text"] * 2
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip"])
+def test_hf_image_tower_takes_other_sizes(tokenizer, kind):
+    net = hf_net(kind, tokenizer)
+    model, reference = wrap(net, tokenizer=tokenizer), HFReference(net, tokenizer)
+    x = torch.randn(1, 3, 48, 48)
+    assert model.layout(x).grid == (6, 6)
+    text = model.encode_text(PROMPTS)
+    with torch.no_grad():
+        expected = reference.net(**reference.encode(PROMPTS), pixel_values=x, interpolate_pos_encoding=True)
+    close(model.adapter.similarities(x, text), expected.logits_per_image)
+    assert vitx.explain(model, x, text=PROMPTS, method="gradcam").maps.shape == (3, 48, 48)
