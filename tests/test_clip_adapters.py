@@ -322,3 +322,15 @@ def test_hf_image_tower_takes_other_sizes(tokenizer, kind):
         expected = reference.net(**reference.encode(PROMPTS), pixel_values=x, interpolate_pos_encoding=True)
     close(model.adapter.similarities(x, text), expected.logits_per_image)
     assert vitx.explain(model, x, text=PROMPTS, method="gradcam").maps.shape == (3, 48, 48)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(vision_cfg={"pool_type": "avg"}), "pools 'avg'"),
+    (dict(vision_cfg={"qk_norm": True}), "attention \\(Attention\\) is not the nn.MultiheadAttention"),
+    (dict(text_cfg={"pool_type": "none"}), "its text is pooled 'none'"),
+    (dict(vision_cfg={"layers": [1, 1, 1, 1], "width": 32}), "own ViT image tower")])
+def test_open_clip_layouts_it_does_not_read(change, match):
+    config = {part: {**OPEN_CLIP_TINY[part], **change.get(part, {})} for part in ("vision_cfg", "text_cfg")}
+    net = open_clip.CLIP(embed_dim=16, **config)
+    with pytest.raises(vitx.VitxError, match=match):
+        wrap(net)

@@ -50,7 +50,7 @@ class OpenClipAdapter(ImageTextAdapter, ListedSites, Adapter):
         for i, (module, site) in enumerate(self._named_sites()):
             if not isinstance(module, nn.MultiheadAttention) or not module.batch_first or \
                     not module._qkv_same_embed_dim or module.bias_k is not None or module.add_zero_attn:
-                raise VitxError(f"open_clip {name}: {site.name}'s attention is a {type(module).__name__}, not the "
+                raise VitxError(f"open_clip {name}: {site.name}'s attention ({type(module).__name__}) is not the "
                                 "nn.MultiheadAttention of open_clip's default blocks (batch first, one packed "
                                 "in-projection); the tap reads that one only")
         self._tokenizer = None
