@@ -152,7 +152,8 @@ def pairs(request, tokenizer, tiny_arch):
 
 
 def chefer_rows(attentions, score, start, reader):
-    """Chefer et al.'s CLIP rule on one tower: R = I, R += E_h[(∇A ⊙ A)⁺] R over blocks start..; R's row ``reader``."""
+    """Chefer et al.'s CLIP rule on one tower: R = I, R += E_h[(∇A ⊙ A)⁺] R over blocks start..; R's row
+    ``reader``."""
     attentions = attentions[start:]
     gradients = torch.autograd.grad(score, attentions, retain_graph=True)
     relevance = torch.eye(attentions[0].shape[-1])
@@ -247,8 +248,9 @@ def test_tap_leaves_the_model_as_it_was_after_an_error(pairs):
         model(x, text, keep=torch.zeros(2, 3, dtype=torch.long))
 
 
-def test_hf_needs_its_tokenizer_and_loads_it_from_a_directory(tokenizer, tmp_path):
-    net = hf_net("clip", tokenizer)
+@pytest.mark.parametrize("kind, mean", [("clip", 0.48145466), ("siglip", 0.5)])
+def test_hf_needs_its_tokenizer_and_loads_it_from_a_directory(tokenizer, tmp_path, kind, mean):
+    net = hf_net(kind, tokenizer)
     with pytest.raises(vitx.VitxError, match="needs the tokenizer of its prompts"):
         wrap(net).encode_text(PROMPTS)
     with pytest.raises(vitx.VitxError, match="tokenizer must be a Hugging Face tokenizer"):
@@ -256,9 +258,10 @@ def test_hf_needs_its_tokenizer_and_loads_it_from_a_directory(tokenizer, tmp_pat
     net.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     model = vitx.load_model(f"hf:{tmp_path}")
-    assert type(model.net).__name__ == "CLIPModel" and model.config.kind == "clip"
+    assert type(model.net) is type(net) and model.config.kind == "clip" and model.config.mean[0] == pytest.approx(mean)
     x = torch.randn(2, 3, SIZE, SIZE)
-    close(model.adapter.similarities(x, model.encode_text(PROMPTS)).detach(), HFReference(net, tokenizer).logits(x, PROMPTS))
+    expected = HFReference(net, tokenizer).logits(x, PROMPTS)
+    close(model.adapter.similarities(x, model.encode_text(PROMPTS)).detach(), expected)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
@@ -334,3 +337,5 @@ def test_open_clip_layouts_it_does_not_read(change, match):
     net = open_clip.CLIP(embed_dim=16, **config)
     with pytest.raises(vitx.VitxError, match=match):
         wrap(net)
+    with pytest.raises(vitx.VitxError, match="open_clip VisionTransformer: vitx reads open_clip's CLIP"):
+        wrap(open_clip_net("vitx-tiny").visual)
