@@ -79,8 +79,9 @@ class HFCLIPModelAdapter(ImageTextAdapter, ListedSites, HFClipAdapter):
 
     def encode_text(self, prompts: list[str], unknown: str = "warn") -> Text:
         """Prompts through the tokenizer, special tokens included, padded on the right (``padding``); the model gets
-        the tokenizer's attention mask where the tokenizer gives one. ``unknown`` is accepted for the common signature:
-        a BPE tokenizer spells any word."""
+        the tokenizer's attention mask where the tokenizer gives one. Each token is spelled as the tokenizer decodes
+        it alone (CLIP's "red</w>" as "red"). ``unknown`` is accepted for the common signature: a BPE tokenizer spells
+        any word."""
         tokenizer = self._tokenizer
         if tokenizer is None:
             raise VitxError(f"{type(self.net).__name__} needs the tokenizer of its prompts: wrap(net, tokenizer=...) "
@@ -89,7 +90,7 @@ class HFCLIPModelAdapter(ImageTextAdapter, ListedSites, HFClipAdapter):
         ids = tokenizer(prompts, padding=self.padding, max_length=self.context(), padding_side="right",
                         return_tensors="pt")["input_ids"]
         mask = torch.arange(ids.shape[1]) < torch.tensor(lengths)[:, None]
-        tokens = tuple(tuple(tokenizer.convert_ids_to_tokens(row[kept].tolist())) for row, kept in zip(ids, mask))
+        tokens = tuple(tuple(tokenizer.decode([i]).strip() for i in row[kept].tolist()) for row, kept in zip(ids, mask))
         return Text(ids, mask, tokens)
 
     def _text_inputs(self, text: Text) -> dict:
