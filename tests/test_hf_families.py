@@ -232,16 +232,16 @@ def test_image_processor_beside_the_weights(tmp_path):
 
 def test_a_model_vitx_does_not_read_is_refused_by_name(tmp_path):
     import transformers
-    config = transformers.CLIPConfig(vision_config=CONFIGS["CLIPForImageClassification"][1]["vision_config"],
-                                     text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                                  "num_attention_heads": 2})
-    transformers.CLIPModel(config).save_pretrained(tmp_path)
-    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["CLIPModel"]
-    with pytest.raises(vitx.VitxError, match=r"is a CLIPModel, which vitx does not read: it reads image classifiers "
-                                             r"\(\.\.\.ForImageClassification\) and the vision towers Dinov2Model"):
+    config = transformers.CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2)
+    transformers.CLIPTextModel(config).save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["CLIPTextModel"]
+    with pytest.raises(vitx.VitxError, match=r"is a CLIPTextModel, which vitx does not read: it reads image "
+                                             r"classifiers \(\.\.\.ForImageClassification\) and the vision towers "
+                                             r"Dinov2Model.*the image-text models CLIPModel, SiglipModel"):
         vitx.load_model(f"hf:{tmp_path}")
-    with pytest.raises(vitx.VitxError, match="Hugging Face model CLIPModel is not one the tap can inspect"):
-        vitx.load_model(transformers.CLIPModel(config))
+    with pytest.raises(vitx.VitxError, match="Hugging Face model CLIPTextModel is not one the tap can inspect"):
+        vitx.load_model(transformers.CLIPTextModel(config))
 
 
 def test_catalog_builds():

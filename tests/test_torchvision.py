@@ -122,7 +122,8 @@ def test_the_probe_finds_an_unreachable_host():
                                                  r"file '.*other.safetensors': missing: .*; unexpected: head.weight$"),
     (f"torchvision:{NAME}", "notes.pth", r"^could not load weights for torchvision model 'vit_b_32' from the file "
                                          r"'.*notes.pth': "),
-    ("shapes-vit", "absent.pth", r"^weights= applies to 'timm:<name>' and 'torchvision:<name>' models only"),
+    ("shapes-vit", "absent.pth", r"^weights= applies to 'timm:<name>', 'torchvision:<name>' and 'open_clip:<arch>' "
+                                  r"models only"),
 ])
 def test_bad_sources_and_files(tmp_path, source, weights, message):
     save_file({"head.weight": torch.zeros(2, 2)}, str(tmp_path / "other.safetensors"))

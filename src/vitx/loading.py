@@ -1,5 +1,5 @@
-"""``vitx.load_model``: zoo names, ``timm:<name>``, ``torchvision:<name>``, ``hf:<id or dir>``, safetensors files,
-or a module."""
+"""``vitx.load_model``: zoo names, ``timm:<name>``, ``torchvision:<name>``, ``hf:<id or dir>``,
+``open_clip:<arch>``, safetensors files, or a module."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -16,7 +16,7 @@ from .zoo import NAMES as ZOO_NAMES, zoo_path
 
 
 # sources named by a framework's model name, whose weights may come from a local file (``weights=``)
-WITH_WEIGHTS_FILE = ("timm:", "torchvision:")
+WITH_WEIGHTS_FILE = ("timm:", "torchvision:", "open_clip:")
 
 NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through the method 'vit-shapley')",
                    "generator": "an image generator (use it with `vitx generate`)"}
@@ -26,7 +26,10 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
     """Load or wrap a model.
 
     ``source``: a zoo name (``vitx.models()``), ``"timm:<name>"`` or ``"torchvision:<name>"`` (``weights=`` a
-    local file instead of the hub or torchvision's download), ``"hf:<hub id or local directory>"``, a
+    local file instead of the hub or torchvision's download), ``"open_clip:<arch>"`` (an image-text model of
+    open_clip's architecture ``arch``, its weights from the local file ``weights=``; its prompts read by open_clip's
+    tokenizer), ``"hf:<hub id or local directory>"`` (an image-text model, CLIPModel or SiglipModel, with the
+    tokenizer saved beside it), a
     ``.safetensors`` file with timm's keys (``arch`` names the timm configuration, e.g.
     ``"vit_small_patch16_224"``; vitx's own files carry theirs), or an ``nn.Module`` you already hold (wrapped, not copied). ``config`` overrides
     :class:`~vitx.model.ModelConfig` fields such as ``mean``, ``std`` or ``class_names``, and for files the
@@ -45,14 +48,17 @@ def load_model(source, arch: str | None = None, *, weights: str | None = None, d
 
 def _load_named(source: str, arch: str | None, weights: str | None, config: dict) -> Model:
     if weights is not None and not source.startswith(WITH_WEIGHTS_FILE):
-        raise VitxError(f"weights= applies to 'timm:<name>' and 'torchvision:<name>' models only; {source!r} "
-                        "carries its own weights")
+        raise VitxError(f"weights= applies to 'timm:<name>', 'torchvision:<name>' and 'open_clip:<arch>' models "
+                        f"only; {source!r} carries its own weights")
     if source.startswith("timm:"):
         from .adapters.timm import load
         net, facts = load(source[5:], weights)
     elif source.startswith("torchvision:"):
         from .adapters.torchvision import load
         net, facts = load(source[len("torchvision:"):], weights)
+    elif source.startswith("open_clip:"):
+        from .adapters.open_clip import load
+        net, facts = load(source[len("open_clip:"):], weights)
     elif source.startswith("hf:"):
         from .adapters.hf import load
         net, facts = load(source[3:])
@@ -65,7 +71,7 @@ def _load_named(source: str, arch: str | None, weights: str | None, config: dict
         net, facts = _load_file(Path(source), arch, config)
     else:
         raise VitxError(f"unknown model {source!r}: use a zoo name ({', '.join(ZOO_NAMES)}), 'timm:<name>', "
-                        "'torchvision:<name>', 'hf:<id or directory>' or a .safetensors file")
+                        "'torchvision:<name>', 'open_clip:<arch>', 'hf:<id or directory>' or a .safetensors file")
     return wrap(net.eval(), **{**facts, **config})
 
 

@@ -8,8 +8,9 @@ from .base import Adapter, Description
 
 SUPPORTED = ("supported are vitx's ViT and NesT; timm's VisionTransformer (ViT, DeiT, DeiT III, DINOv2, registers, "
              "hybrid), BEiT, EVA/EVA-02, rope ViTs, NesT and Swin v1/v2; torchvision's VisionTransformer (vit_*); "
-             "Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, Swin v1/v2, the CLIP/SigLIP vision towers and "
-             "the VisualBERT/LXMERT question answerers, the DETR detector (docs/models.md)")
+             "Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, Swin v1/v2, the CLIP/SigLIP vision towers, the "
+             "CLIPModel/SiglipModel image-text models, the VisualBERT/LXMERT question answerers, the DETR detector; "
+             "open_clip's CLIP with its ViT image tower (docs/models.md)")
 LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks` of one attention each and a "
                       "`patch_embed` (timm's ViT layout)",
               "torchvision": "torchvision.models.VisionTransformer (its encoder.layers of MultiheadAttention)"}
@@ -46,11 +47,15 @@ def adapter_for(net: nn.Module) -> Adapter:
     if package == "torchvision" and type(net).__name__ == "VisionTransformer":
         from .torchvision import TorchvisionViTAdapter
         return TorchvisionViTAdapter(net)
+    if package == "open_clip":
+        from .open_clip import OpenClipAdapter
+        return OpenClipAdapter(net)
     if package == "transformers":
         from .hf import hf_adapter
         return hf_adapter(net)
-    raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: it looked for "
-                    f"{LOOKED_FOR.get(package, 'a model of vitx, timm, torchvision or transformers')}; {SUPPORTED}")
+    looked_for = LOOKED_FOR.get(package, "a model of vitx, timm, torchvision, transformers or open_clip")
+    raise VitxError(f"vitx cannot inspect a {type(net).__module__}.{type(net).__name__}: it looked for {looked_for}; "
+                    f"{SUPPORTED}")
 
 
 __all__ = ["Adapter", "Description", "adapter_for"]

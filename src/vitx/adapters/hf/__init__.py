@@ -1,6 +1,7 @@
 """Adapters for Hugging Face vision transformers, one module per family: ViT and DeiT, BEiT and
 data2vec-vision, DINOv2 (with registers), and the vision towers of CLIP and SigLIP, as image classifiers or
-bare towers; and the region-feature VQA models VisualBERT and LXMERT (:mod:`.regions`). Hugging Face Swin has its own adapter (:mod:`vitx.adapters.swin`)."""
+bare towers; the image-text models CLIP and SigLIP (:mod:`.two_towers`); and the region-feature VQA models
+VisualBERT and LXMERT (:mod:`.regions`). Hugging Face Swin has its own adapter (:mod:`vitx.adapters.swin`)."""
 from __future__ import annotations
 
 from torch import nn
@@ -16,6 +17,7 @@ from .dinov2 import HFDinov2Adapter
 from .loading import load
 from .lxmert import HFLxmertAdapter
 from .preprocessing import image_processing
+from .two_towers import IMAGE_TEXT
 from .visualbert import HFVisualBertAdapter
 from .vit import HFViTAdapter
 
@@ -27,6 +29,7 @@ ADAPTERS = {"ViTForImageClassification": HFViTAdapter, "DeiTForImageClassificati
                              *HFDinov2Adapter.towers), HFDinov2Adapter),
             **dict.fromkeys(("CLIPForImageClassification", *HFClipAdapter.towers), HFClipAdapter),
             **dict.fromkeys(("SiglipForImageClassification", *HFSiglipAdapter.towers), HFSiglipAdapter),
+            **IMAGE_TEXT,
             "VisualBertForQuestionAnswering": HFVisualBertAdapter, "LxmertForQuestionAnswering": HFLxmertAdapter,
             "DetrForObjectDetection": HFDetrAdapter}
 

@@ -1,6 +1,6 @@
 """``hf:<hub id or directory>``: a Hugging Face model loaded with the class its config records (an image
 classifier, a vision tower, a detector or a region VQA model vitx reads, the latter with the tokenizer saved beside
-it), the hub's cache alone where the hub cannot be reached."""
+it; an image-text model, CLIP or SigLIP, with its tokenizer), the hub's cache alone where the hub cannot be reached."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -11,6 +11,7 @@ from torch import nn
 from ...checkpoint import state_dict_error
 from ...errors import VitxError
 from ..hub import offline_reason
+from .two_towers import IMAGE_TEXT
 
 
 def load(source: str) -> tuple[nn.Module, dict]:
@@ -40,8 +41,8 @@ def load(source: str) -> tuple[nn.Module, dict]:
 
 def _tokenizer(transformers, net: nn.Module, source: str, local_files_only: bool) -> dict:
     """{"tokenizer": the tokenizer saved with a VQA model (the only question answerers loaded here are the region
-    models vitx reads)}, or {} (then its questions ask for one)."""
-    if not type(net).__name__.endswith("ForQuestionAnswering"):
+    models vitx reads) or an image-text model}, or {} (then its questions or prompts ask for one)."""
+    if not type(net).__name__.endswith("ForQuestionAnswering") and type(net).__name__ not in IMAGE_TEXT:
         return {}
     try:
         with _quiet_loading():
@@ -66,8 +67,10 @@ def _model_class(transformers, source: str, local_files_only: bool):
     if architectures:
         raise VitxError(f"Hugging Face model {source!r} is a {architectures[0]}, which vitx does not read: it reads "
                         "image classifiers (...ForImageClassification) and the vision towers "
-                        f"{', '.join(name for name in ADAPTERS if 'For' not in name)}, the VQA models "
-                        f"{', '.join(name for name in ADAPTERS if 'ForQuestion' in name)} and the detectors "
+                        f"{', '.join(name for name in ADAPTERS if 'For' not in name and name not in IMAGE_TEXT)}, "
+                        f"the VQA models "
+                        f"{', '.join(name for name in ADAPTERS if 'ForQuestion' in name)}, the image-text models "
+                        f"{', '.join(IMAGE_TEXT)} and the detectors "
                         f"{', '.join(name for name in ADAPTERS if 'ForObjectDetection' in name)}")
     return transformers.AutoModelForImageClassification
 
