@@ -7,6 +7,8 @@ scores of per-object maps (:mod:`vitx.metrics.objects`). See docs/metrics.md.
 """
 from .bimodal import (BIMODAL_METRICS, IMAGE_STEPS, TEXT_STEPS, compute_bimodal, image_grounding,
                       perturbation_bimodal, text_grounding)
+from .image_text import (IMAGE_TEXT_METRICS, compute_image_text, naming_precision, object_grounding,
+                         similarity_deletion_insertion)
 from .localisation import (class_sensitivity, energy_pointing_game, pointing_game, pointing_game_tolerant,
                            relevance_rank_accuracy)
 from .objects import OBJECT_METRICS, compute_objects, match_objects, object_scores, otsu_masks, segmentation_ap
@@ -17,9 +19,9 @@ from .segmentation import average_precision, segmentation
 from .similarity import spearman, ssim
 from .sparseness import sparseness
 
-__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "METRICS", "OBJECT_METRICS", "TEXT_STEPS", "MetricInfo", "auc",
-           "average_precision", "cascade", "class_sensitivity", "compute", "compute_bimodal", "compute_objects",
+__all__ = ["BIMODAL_METRICS", "FRACTIONS", "IMAGE_STEPS", "IMAGE_TEXT_METRICS", "METRICS", "OBJECT_METRICS", "TEXT_STEPS", "MetricInfo", "auc",
+           "average_precision", "cascade", "class_sensitivity", "compute", "compute_bimodal", "compute_image_text", "compute_objects",
            "dataset_auc", "energy_pointing_game", "gaussian_blur", "image_grounding", "insertion_deletion",
-           "match_objects", "metrics", "object_scores", "otsu_masks", "perturbation_bimodal", "perturbation_test",
+           "match_objects", "metrics", "naming_precision", "object_grounding", "object_scores", "otsu_masks", "perturbation_bimodal", "perturbation_test",
            "pointing_game", "pointing_game_tolerant", "randomization", "relevance_rank_accuracy", "segmentation",
-           "segmentation_ap", "sparseness", "spearman", "ssim", "text_grounding"]
+           "segmentation_ap", "similarity_deletion_insertion", "sparseness", "spearman", "ssim", "text_grounding"]
