@@ -57,14 +57,16 @@ def build_parser() -> Parser:
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys, e.g. vit_small_patch16_224")
     p.add_argument("--weights", help="local weights file for a timm:<name> or torchvision:<name> model")
     p.add_argument("--method", required=True, help="comma-separated method names (see `vitx methods`), or 'all'")
-    p.add_argument("--text", action="append", metavar="QUESTION",
+    p.add_argument("--text", action="append", metavar="TEXT",
                    help="a bi-modal (VQA) model's question about an image: one --text per image, in the images' "
-                        "order; words outside the model's vocabulary are read as its unknown token, with a warning")
+                        "order; an image-text (CLIP) model's prompt: each image is explained with every prompt "
+                        "(<image>_p<prompt index>_<method> files); words outside the model's vocabulary are read as "
+                        "its unknown token, with a warning")
     p.add_argument("--target", help="class to explain: an index, or a name or any of its comma-separated synonyms, "
                                     "in any case; a VQA model's answer, e.g. yes (default: each image's predicted "
                                     "class or answer); a detector's comma-separated query indices (3,5: those "
                                     "queries of every image, whatever their score) or class names (circle,star: the "
-                                    "detections of those classes)")
+                                    "detections of those classes); an image-text model's prompt, by index or text (default: every prompt)")
     p.add_argument("--score-threshold", type=fraction, metavar="P",
                    help="a detector's objects to explain: every detection whose class probability is above P "
                         "(default: 0.5); detectors only")
