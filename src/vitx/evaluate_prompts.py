@@ -13,14 +13,15 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .data.shapes import CLASS_NAMES
 from .data.shapes_captions import ShapesCaptionData, phrase
 from .data.shapes_vqa import COLOUR_NAMES
 from .errors import VitxError
 from .evaluate import Evaluation, checked_run, score_methods
+from .evaluate_pairs import both_maps
 from .explain import explain
+from .explanation import Explanation
 from .metrics.image_text import compute_image_text
 from .prompts import similarities
 
@@ -39,8 +40,7 @@ def evaluate_prompts(model, data: ShapesCaptionData, methods="all", metrics=None
                      batch_size: int = 32, seed: int = 0, gallery: int = 4, previous: Evaluation | None = None,
                      progress: bool = False, scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
     """:func:`vitx.evaluate` for a loaded image-text ``model`` on ``data`` (its arguments, bar ``sanity_images``).
-    ``results`` also holds ``pairs`` (explanations: two per image) and ``similarity``, the mean similarity of the
-    explained pairs."""
+    ``results`` also holds ``similarity``, the mean similarity of the explained pairs (two per image)."""
     names, metric_names, params = checked_run(model, data, methods, metrics, params, batch_size)
     device = model.device
     images, prompts, slots = prompt_rows(data)
@@ -58,26 +58,16 @@ def evaluate_prompts(model, data: ShapesCaptionData, methods="all", metrics=None
               "mask": text.mask, "batch_size": batch_size}
     results = {"model": model.config.name or type(model.net).__name__, "n": len(data), "seed": seed,
                "data_seed": data.seed, "variant": "clip", "explanations": len(prompts), "sanity_explanations": 0,
-               "similarity": scores[images, torch.tensor(chosen)].float().mean().item(), "methods": {}}
-    evaluation = Evaluation(results, images=data.images[images[:gallery]].clone(), targets=torch.arange(gallery),
+               "similarity": scores.cpu()[images, torch.tensor(chosen)].float().mean().item(), "methods": {}}
+    shown = images[:gallery]
+    evaluation = Evaluation(results, images=data.images[shown].clone(), targets=torch.arange(len(shown)),
                             class_names=tuple(prompts[:gallery]))
 
     def explained(name: str, settings: dict, count: int) -> dict:
-        rows = slice(0, count)
-        if name == "random":
-            generator = torch.Generator().manual_seed(seed)
-            maps = torch.rand(own[rows].shape, generator=generator).to(device)
-            words = torch.rand(text.ids[rows].shape, generator=generator).to(device) * text.mask[rows]
-        elif name == "ground-truth":
-            maps, words = own[rows].float(), naming[rows].float()
-        else:
-            exp = explain(model, pair_x[rows], name, text=unique, target=chosen[:count], batch_size=batch_size,
-                          normalize=False, **settings)
-            maps, words = exp.maps, exp.text_maps
-            if exp.token_maps is not None:
-                return {"maps": maps, "image_scores": exp.token_maps.flatten(1), "text_maps": words}
-        tokens = F.adaptive_avg_pool2d(maps[:, None], layout.grid)[:, 0]
-        return {"maps": maps, "image_scores": tokens.flatten(1), "text_maps": words}
+        def run() -> Explanation:
+            return explain(model, pair_x[:count], name, text=unique, target=chosen[:count], batch_size=batch_size,
+                           normalize=False, **settings)
+        return both_maps(name, count, own, naming, text.mask, seed, layout, run)
 
     def scored_pairs(name: str, settings: dict, maps: dict, group: list[str]) -> tuple[dict, dict]:
         raw = {}

@@ -17,7 +17,7 @@ from .bimodal import word_columns
 from .checks import as_maps, as_masks
 from .localisation import class_sensitivity, energy_pointing_game, pointing_game_tolerant, relevance_rank_accuracy
 from .perturbation import _positive, _rank, _token_logits, auc
-from .registry import MetricInfo
+from .registry import MetricInfo, compute_rows
 
 
 def object_grounding(maps, masks, other_masks) -> dict[str, torch.Tensor]:
@@ -127,18 +127,7 @@ def compute_image_text(names, raw: dict | None = None, **inputs) -> dict[str, to
     """Per-pair scores {name: (B,)} of the metrics ``names`` (keys of :data:`IMAGE_TEXT_METRICS`) from ``inputs``
     (model, x, text, image_scores, maps, masks, other_masks, text_maps (None: no text map), naming, mask, batch_size);
     rows sharing a function share one call. ``raw`` receives each metric's whole result (curves too)."""
-    results, cache = {}, {}
-    for name in [names] if isinstance(names, str) else names:
-        if name not in IMAGE_TEXT_METRICS:
-            raise VitxError(f"unknown metric {name!r} for (image, prompt) pairs; metrics: {', '.join(IMAGE_TEXT_METRICS)}")
-        row = IMAGE_TEXT_METRICS[name]
-        if row.fn not in cache:
-            cache[row.fn] = row.fn(*(inputs[a] for a in row.args))
-        out = cache[row.fn]
-        results[name] = out if row.output is None else out[row.output]
-        if raw is not None:
-            raw[name] = out
-    return results
+    return compute_rows(IMAGE_TEXT_METRICS, names, inputs, raw, "(image, prompt) pairs")
 
 
 __all__ = ["IMAGE_TEXT_METRICS", "compute_image_text", "naming_precision", "object_grounding",
