@@ -71,8 +71,9 @@ class Evaluation:
     questions: tuple = ()
 
 
-def evaluate(model, data: ShapesData | ShapesVQAData | ShapesCaptionData, methods="all", metrics=None, *, params: dict | None = None,
-             batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
+def evaluate(model, data: ShapesData | ShapesVQAData | ShapesCaptionData, methods="all", metrics=None, *,
+             params: dict | None = None, batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4,
+             sanity_images: int | None = 100,
              score_threshold: float | None = None, previous: Evaluation | None = None, progress: bool = False,
              scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
     """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
@@ -88,9 +89,9 @@ def evaluate(model, data: ShapesData | ShapesVQAData | ShapesCaptionData, method
     with the evaluation so far after each method (``vitx bench`` saves its rows then).
     A bi-modal model takes ``vitx.data.shapes_vqa`` pairs (:func:`vitx.evaluate_pairs.evaluate_pairs`; no
     randomisation check there, so ``sanity_images`` does not apply), an image-text model
-    ``vitx.data.shapes_captions`` images (:func:`vitx.evaluate_prompts.evaluate_prompts`, the same). A detector explains each detection with a score
-    above ``score_threshold`` (default 0.5) on ``multi`` images, scored as weak segmentation of its object
-    (:func:`vitx.evaluate_objects.evaluate_objects`; no randomisation check either)."""
+    ``vitx.data.shapes_captions`` images (:func:`vitx.evaluate_prompts.evaluate_prompts`, the same). A detector
+    explains each detection with a score above ``score_threshold`` (default 0.5) on ``multi`` images, scored as weak
+    segmentation of its object (:func:`vitx.evaluate_objects.evaluate_objects`; no randomisation check either)."""
     model = load_model(model, device=device)
     if model.detector:
         from .evaluate_objects import evaluate_objects  # it builds on this module's loop
@@ -325,5 +326,5 @@ def _curves(raw: dict) -> dict:
     return curves
 
 
-__all__ = ["CURVES", "Evaluation", "REFERENCES", "REGISTRIES", "checked_run", "evaluate", "method_list", "metric_info", "metric_list",
-           "score_methods"]
+__all__ = ["CURVES", "Evaluation", "REFERENCES", "REGISTRIES", "checked_run", "evaluate", "method_list", "metric_info",
+           "metric_list", "score_methods"]

@@ -98,7 +98,8 @@ class Explanation:
             raise VitxError(f"words=True needs a bi-modal explanation (text=...); this {self.method!r} explanation "
                             "has no text map")
         tokens = self.text_tokens[i]
-        colours = [None] * len(tokens) if self.text_maps is None else word_colours(tokens, self.text_maps[i], cmap, alpha)
+        colours = ([None] * len(tokens) if self.text_maps is None else
+                   word_colours(tokens, self.text_maps[i], cmap, alpha))
         lines = (self.similarity_lines(i) if self.prompted else
                  answer_lines(self.logits[i], self.class_name, int(self.targets[i])))
         return captioned(picture, tokens, colours, lines)

@@ -66,7 +66,8 @@ def build_parser() -> Parser:
                                     "in any case; a VQA model's answer, e.g. yes (default: each image's predicted "
                                     "class or answer); a detector's comma-separated query indices (3,5: those "
                                     "queries of every image, whatever their score) or class names (circle,star: the "
-                                    "detections of those classes); an image-text model's prompt, by index or text (default: every prompt)")
+                                    "detections of those classes); an image-text model's prompt, by index or "
+                                    "text (default: every prompt)")
     p.add_argument("--score-threshold", type=fraction, metavar="P",
                    help="a detector's objects to explain: every detection whose class probability is above P "
                         "(default: 0.5); detectors only")

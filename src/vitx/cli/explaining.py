@@ -104,8 +104,8 @@ def _run_explain(args) -> int:
     maps = f", {maps} and {plural(texts, 'text map')} (_text.json)" if texts else f" and {maps}"
     if objects is not None:
         print(f"{plural(len(objects), 'object')} explained:\n{object_table(names, objects)}")
-    files = ("<image>_<method>" if objects is None and pairs is None else "<image>_p<prompt>_<method>" if objects is None
-             else "<image>_q<query>_<class>_<method>")
+    files = ("<image>_q<query>_<class>_<method>" if objects is not None else
+             "<image>_p<prompt>_<method>" if pairs is not None else "<image>_<method>")
     listed = "" if objects is None else f"; which file shows which object: {out / 'objects.json'}"
     print(f"wrote {plural(count, 'overlay')} ({files}.png){maps} to {out}/{listed}\n"
           f"{shown}\npage: {out / pages[0]}" + (f"\nGradCAT trees: {len(trees)}" if trees else ""))

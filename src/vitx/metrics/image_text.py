@@ -66,16 +66,18 @@ def similarity_deletion_insertion(model, x, text: Text, scores, batch_size: int 
     dropped patch; the text tower runs untouched).
 
     The n patch tokens are taken most relevant first (``scores``, stable order), n/``steps`` per step (default
-    ``steps`` = the grid's rows: one row of tokens per step, as RISE moves one row of pixels): with k_i = ⌊i·n/steps⌋,
-    deletion drops the k_i most relevant tokens (a faithful map makes s fall fast: lower AUC is better), insertion
-    keeps only them (the image's prefix tokens alone at k = 0; s should rise fast: higher is better).
+    ``steps`` = the grid's rows: one row of tokens per step, as RISE moves one row of pixels): with
+    k_i = ⌊i·n/steps⌋, deletion drops the k_i most relevant tokens (a faithful map makes s fall fast: lower AUC is
+    better), insertion keeps only them (the image's prefix tokens alone at k = 0; s should rise fast: higher is
+    better).
 
     Returns ``fractions`` (steps+1,) = k_i / n; ``deletion`` and ``insertion`` (B, steps+1), s at each step in the
     model's own units (its logit scale); ``deletion_auc`` and ``insertion_auc`` (B,) = ∫ s df over f ∈ [0, 1] by the
     trapezoid rule."""
     model = as_model(model)
     if not model.image_text:
-        raise VitxError(f"this metric scores (image, prompt) similarities, and this {model.config.kind!r} model has none")
+        raise VitxError(f"this metric scores (image, prompt) similarities, and this {model.config.kind!r} model "
+                        "has none")
     _positive(batch_size, "batch_size")
     layout = model.layout(x)
     x = x.to(model.device, torch.float32)
