@@ -192,4 +192,4 @@ def test_bench_command_writes_the_leaderboard(clip, tmp_path, capsys):
     assert results["variant"] == "clip" and results["explanations"] == 4 and "--sanity-images" not in results["command"]
     board = (out / "leaderboard.md").read_text()
     assert "2 shapes_captions images" in board and "naming_words_precision ↑" in board
-    assert "similarity_deletion_auc ↓" in board and "| saliency |" in stdout
+    assert "similarity_deletion_auc ↓" in board and "| pairs/s |" in board and "| saliency |" in stdout

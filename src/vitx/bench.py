@@ -84,7 +84,7 @@ def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
         values = [row[column] for name, row in rows.items() if name not in REFERENCES and row.get(column) is not None]
         if values:
             best[column] = (max if metric_info(column).higher_is_better else min)(values)
-    unit = "objects/s" if results["variant"] == "detr" else "images/s"
+    unit = {"detr": "objects/s", "clip": "pairs/s"}.get(results["variant"], "images/s")
     header = ["method"] + [f"{c} {'↑' if metric_info(c).higher_is_better else '↓'}" for c in columns] + [unit]
     lines = []
     for name, row in rows.items():

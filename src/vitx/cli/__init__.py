@@ -93,11 +93,13 @@ def build_parser() -> Parser:
     p = commands.add_parser("bench", parents=[common], help="score methods on shapes images (or shapes_vqa questions) "
                                                             "with known ground truth",
                             description="Run every method on the same N fresh shapes images (on a VQA model: N "
-                                        "shapes_vqa image-question pairs, scored on both modalities) and compute every "
+                                        "shapes_vqa image-question pairs, scored on both modalities; on an image-text "
+                                        "model: N shapes_captions images, each with the prompts naming two of its "
+                                        "objects) and compute every "
                                         "metric; write results.json, results.csv, leaderboard.md, curve plots, "
                                         "gallery.png and report.html into --out.")
-    p.add_argument("--model", required=True, help="a model trained on shapes or shapes_vqa: zoo name, or a file as for "
-                                                  "explain")
+    p.add_argument("--model", required=True, help="a model trained on shapes, shapes_vqa or shapes_captions: zoo name, "
+                                                  "or a file as for explain")
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default), which adds "
                                                     "the reference rows random and ground-truth")
