@@ -17,7 +17,7 @@ from vitx.data.shapes import CLASS_NAMES
 from vitx.data.shapes_vqa import COLOUR_NAMES
 from vitx.errors import VitxError
 from vitx.evaluate import evaluate
-from vitx.evaluate_prompts import prompt_rows
+from vitx.evaluate_prompts import _naming_words, prompt_rows
 from vitx.metrics import IMAGE_TEXT_METRICS, naming_precision, object_grounding, similarity_deletion_insertion
 from vitx.models import create_model
 
@@ -96,6 +96,9 @@ def test_pairs_name_the_first_two_objects_of_each_image(clip, data):
     for row, (i, (own, _)) in enumerate(zip(images.tolist(), slots.tolist())):
         shape, colour = int(data.object_shapes[i, own]), int(data.object_colours[i, own])
         assert prompts[row] == f"a {COLOUR_NAMES[colour]} {CLASS_NAMES[shape]}" == data.phrases(i)[own]
+    text = clip.encode_text(prompts)
+    naming = _naming_words(data, images, slots[:, 0], text)                # [CLS] a <colour> <shape> [SEP]
+    assert naming.nonzero()[:, 1].view(-1, 2).tolist() == [[2, 3]] * 6
 
 
 # ---- deletion and insertion of image tokens ---------------------------------------------------------------------
@@ -164,6 +167,8 @@ def test_evaluation_on_an_untrained_net(clip, data):
     exp = vitx.explain(clip, clip.normalize(data.images[images[:2]]), "generic-attention", text=prompts[:2],
                        target=[0, 1])
     torch.testing.assert_close(ev.gallery["generic-attention"][:2], exp.maps, rtol=1e-4, atol=1e-5)  # its own prompt
+    again = evaluate(clip, data, ["gradcam"], previous=ev)                # a resumed run lends the earlier row
+    assert again.results["methods"]["gradcam"] == results["methods"]["gradcam"]
 
 
 def test_mismatched_data_and_metrics_are_refused(clip, data):
