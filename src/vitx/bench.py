@@ -14,8 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .errors import VitxError, one_line
-from .evaluate import CURVES, REFERENCES, Evaluation, metric_info
-from .metrics import BIMODAL_METRICS, METRICS, OBJECT_METRICS
+from .evaluate import CURVES, REFERENCES, REGISTRIES, Evaluation, metric_info
 from .report import STYLE, data_uri
 from .viz import grid
 
@@ -34,7 +33,7 @@ def write(evaluation: Evaluation, out: Path, command: str) -> dict[str, Path]:
              "gallery": out / "gallery.png", "report": out / "report.html"}
     save_rows(evaluation, out, command)
     _write_csv(results, files["csv"])
-    note = f"{describe(results)}.\n\n" if results["variant"] in ("vqa", "detr") else ""
+    note = f"{describe(results)}.\n\n" if results["variant"] in ("vqa", "detr", "clip") else ""
     files["leaderboard"].write_text(f"`{command}`\n\n{note}{leaderboard(results)}\n")
     plots = {title: curve_plot(evaluation.curves, title) for title in CURVES}
     plots = {title: image for title, image in plots.items() if image is not None}
@@ -69,9 +68,9 @@ def read(out: Path) -> Evaluation | None:
 
 def metric_columns(results: dict) -> list[str]:
     """The metrics present in any row, in the registries' order (the image benchmark's, the bi-modal one's, the
-    detector's)."""
+    detector's, the image-text one's)."""
     present = {key for row in results["methods"].values() for key in row}
-    return [name for name in (*METRICS, *BIMODAL_METRICS, *OBJECT_METRICS) if name in present]
+    return [name for registry in REGISTRIES for name in registry if name in present]
 
 
 def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
@@ -85,7 +84,7 @@ def table(results: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
         values = [row[column] for name, row in rows.items() if name not in REFERENCES and row.get(column) is not None]
         if values:
             best[column] = (max if metric_info(column).higher_is_better else min)(values)
-    unit = "objects/s" if results["variant"] == "detr" else "images/s"
+    unit = {"detr": "objects/s", "clip": "pairs/s"}.get(results["variant"], "images/s")
     header = ["method"] + [f"{c} {'↑' if metric_info(c).higher_is_better else '↓'}" for c in columns] + [unit]
     lines = []
     for name, row in rows.items():
@@ -131,14 +130,19 @@ def curve_plot(curves: dict, title: str) -> Image.Image | None:
     for name, line in lines.items():
         ax.plot(line["x"], line["y"], label=name, linestyle="--" if name in REFERENCES else "-")
     metric = CURVES[title][0]
+    similarity = title.startswith("similarity")
     unit = ("question words" if title.startswith("text") else
             "patch tokens (deleted)" if title.startswith("image") or "tokens" in title else "pixels")
-    ax.set_xlabel(f"fraction of {unit} " + ("inserted" if title == "insertion" else "removed"))
-    ax.set_ylabel("answer accuracy" if title.startswith(("image", "text")) else
+    inserted = title.endswith(("insertion", "inserted"))
+    ax.set_xlabel(f"fraction of patch tokens {'kept' if inserted else 'dropped'}" if similarity else
+                  f"fraction of {unit} " + ("inserted" if inserted else "removed"))
+    ax.set_ylabel("similarity of the (image, prompt) pair" if similarity else
+                  "answer accuracy" if title.startswith(("image", "text")) else
                   "top-1 accuracy of the target" if "perturbation" in title else "target probability")
     higher = metric_info(metric).higher_is_better
     ax.set_title(f"{title} ({'higher' if higher else 'lower'} area is better)", fontsize=10)
-    ax.set_ylim(-0.02, 1.02)
+    if not similarity:   # a similarity is in the model's own units, not in [0, 1]
+        ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     canvas = FigureCanvasAgg(fig)
@@ -148,7 +152,8 @@ def curve_plot(curves: dict, title: str) -> Image.Image | None:
 
 def gallery(evaluation: Evaluation) -> Image.Image:
     """The first explained images, each method's map beside them (on VQA pairs: the question and its answer)."""
-    labels = [f"target: {evaluation.class_names[t]}" for t in evaluation.targets.tolist()]
+    noun = "prompt" if evaluation.results.get("variant") == "clip" else "target"
+    labels = [f"{noun}: {evaluation.class_names[t]}" for t in evaluation.targets.tolist()]
     if evaluation.questions:
         labels = [f"{q}\nanswer: {evaluation.class_names[t]}" for q, t in zip(evaluation.questions,
                                                                              evaluation.targets.tolist())]
@@ -167,6 +172,10 @@ def describe(results: dict) -> str:
                 f"scores, false positives in the segmentation AP. Masks: Otsu on the token grid, upsampled "
                 f"{UPSAMPLING[results['upsample']]}. Sizes by mask area: small up to {small} of the image, medium up "
                 f"to {medium}, large above")
+    if results["variant"] == "clip":
+        return (f"{results['n']} shapes_captions images (seed {results['data_seed']}), {results['explanations']} "
+                f"(image, prompt) pairs: each image with the prompt naming its first object and the prompt naming its "
+                f"second (mean similarity {results['similarity']:.3f}), scored on the named object")
     if results["variant"] != "vqa":
         return (f"{results['n']} shapes images ({results['variant']}, seed {results['seed']}), "
                 f"{results['explanations']} explanations")

@@ -1,6 +1,7 @@
 """``vitx.evaluate``: every method on the same shapes images, scored by every metric that applies (the
 engine behind ``vitx bench``). A bi-modal model is scored on ``vitx.data.shapes_vqa`` pairs instead
-(:mod:`vitx.evaluate_pairs`).
+(:mod:`vitx.evaluate_pairs`), an image-text model on ``vitx.data.shapes_captions`` images with prompts naming their
+objects (:mod:`vitx.evaluate_prompts`).
 
 The explained class is the true class of each object: on ``single`` data one explanation per image, on
 ``multi`` data one per present class, scored against that class's mask. Maps are scored as the methods
@@ -19,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from .data.shapes import ShapesData
+from .data.shapes_captions import ShapesCaptionData
 from .data.shapes_vqa import ShapesVQAData
 from .errors import VitxError, one_line
 from .explain import explain
 from .loading import load_model
 from .objects import refuse_threshold
-from .metrics import BIMODAL_METRICS, METRICS, OBJECT_METRICS, MetricInfo, compute
+from .metrics import BIMODAL_METRICS, IMAGE_TEXT_METRICS, METRICS, OBJECT_METRICS, MetricInfo, compute
 from .registry import get_method, method_names
 from .scaling import minmax
 
@@ -40,13 +42,15 @@ CURVES = {  # plotted curve -> (metric whose run gives it, key of the curve, key
     "image perturbation negative": ("image_negative_auc", "correct", "fractions"),
     "text perturbation positive": ("text_positive_auc", "correct", "fractions"),
     "text perturbation negative": ("text_negative_auc", "correct", "fractions"),
+    "similarity, image tokens deleted": ("similarity_deletion_auc", "deletion", "fractions"),
+    "similarity, image tokens inserted": ("similarity_insertion_auc", "insertion", "fractions"),
 }
+REGISTRIES = (METRICS, BIMODAL_METRICS, OBJECT_METRICS, IMAGE_TEXT_METRICS)   # every benchmark's metrics
 
 
 def metric_info(name: str) -> MetricInfo:
-    """The registry row of a metric of any benchmark (:data:`METRICS`, :data:`BIMODAL_METRICS`,
-    :data:`OBJECT_METRICS`)."""
-    return METRICS.get(name) or BIMODAL_METRICS.get(name) or OBJECT_METRICS[name]
+    """The registry row of a metric of any benchmark (:data:`REGISTRIES`)."""
+    return next(registry[name] for registry in REGISTRIES if name in registry)
 
 
 @dataclass
@@ -67,8 +71,9 @@ class Evaluation:
     questions: tuple = ()
 
 
-def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=None, *, params: dict | None = None,
-             batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4, sanity_images: int | None = 100,
+def evaluate(model, data: ShapesData | ShapesVQAData | ShapesCaptionData, methods="all", metrics=None, *,
+             params: dict | None = None, batch_size: int = 32, seed: int = 0, device=None, gallery: int = 4,
+             sanity_images: int | None = 100,
              score_threshold: float | None = None, previous: Evaluation | None = None, progress: bool = False,
              scored: Callable[[Evaluation], None] | None = None) -> Evaluation:
     """Run ``methods`` ("all": every registered method that applies to the model, plus the reference rows;
@@ -83,9 +88,10 @@ def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=Non
     redraws its gallery maps (a long run can go on where it stopped, or gain a method). ``scored`` is called
     with the evaluation so far after each method (``vitx bench`` saves its rows then).
     A bi-modal model takes ``vitx.data.shapes_vqa`` pairs (:func:`vitx.evaluate_pairs.evaluate_pairs`; no
-    randomisation check there, so ``sanity_images`` does not apply). A detector explains each detection with a score
-    above ``score_threshold`` (default 0.5) on ``multi`` images, scored as weak segmentation of its object
-    (:func:`vitx.evaluate_objects.evaluate_objects`; no randomisation check either)."""
+    randomisation check there, so ``sanity_images`` does not apply), an image-text model
+    ``vitx.data.shapes_captions`` images (:func:`vitx.evaluate_prompts.evaluate_prompts`, the same). A detector
+    explains each detection with a score above ``score_threshold`` (default 0.5) on ``multi`` images, scored as weak
+    segmentation of its object (:func:`vitx.evaluate_objects.evaluate_objects`; no randomisation check either)."""
     model = load_model(model, device=device)
     if model.detector:
         from .evaluate_objects import evaluate_objects  # it builds on this module's loop
@@ -93,6 +99,9 @@ def evaluate(model, data: ShapesData | ShapesVQAData, methods="all", metrics=Non
                                 gallery=gallery, score_threshold=score_threshold, previous=previous,
                                 progress=progress, scored=scored)
     refuse_threshold(model, score_threshold)
+    if model.image_text or isinstance(data, ShapesCaptionData):
+        return _evaluate_prompts(model, data, methods, metrics, params=params, batch_size=batch_size, seed=seed,
+                                 gallery=gallery, previous=previous, progress=progress, scored=scored)
     if isinstance(data, ShapesVQAData) and not model.bimodal:
         raise VitxError(f"vitx.data.shapes_vqa pairs are for bi-modal models, and this {model.config.kind!r} model "
                         "reads images only: evaluate it on vitx.data.shapes(...) images")
@@ -219,11 +228,13 @@ def method_list(model, data: ShapesData, methods, params: dict | None = None) ->
     return list(dict.fromkeys(names))
 
 
-def metric_list(data: ShapesData | ShapesVQAData, metrics, detector: bool = False) -> list[str]:
+def metric_list(data: ShapesData | ShapesVQAData | ShapesCaptionData, metrics, detector: bool = False) -> list[str]:
     """The metric names to compute: None (every one that applies to ``data``, or to a ``detector``'s objects) or the
     names given, checked."""
-    if isinstance(data, ShapesVQAData) or detector:
-        registry, what = (BIMODAL_METRICS, "(image, question) pairs") if not detector else (OBJECT_METRICS, "detectors")
+    if isinstance(data, (ShapesVQAData, ShapesCaptionData)) or detector:
+        registry, what = ((OBJECT_METRICS, "detectors") if detector else
+                          (IMAGE_TEXT_METRICS, "(image, prompt) pairs") if isinstance(data, ShapesCaptionData) else
+                          (BIMODAL_METRICS, "(image, question) pairs"))
         names = list(registry) if metrics is None else [metrics] if isinstance(metrics, str) else list(metrics)
         for name in names:
             if name not in registry:
@@ -238,6 +249,18 @@ def metric_list(data: ShapesData | ShapesVQAData, metrics, detector: bool = Fals
         if data.variant == "single" and "multi_masks" in METRICS[name].needs:
             raise VitxError(f"metric {name!r} needs multi-object data (variant='multi')")
     return list(dict.fromkeys(names))
+
+
+def _evaluate_prompts(model, data, methods, metrics, **options) -> Evaluation:
+    """An image-text model on ``vitx.data.shapes_captions`` images, each refused in one line with the other."""
+    if not model.image_text:
+        raise VitxError(f"vitx.data.shapes_captions images are for image-text models, and this {model.config.kind!r} "
+                        "model does not score (image, prompt) pairs")
+    if not isinstance(data, ShapesCaptionData):
+        raise VitxError(f"this {model.config.kind!r} model scores (image, prompt) pairs: evaluate it on "
+                        f"vitx.data.shapes_captions(...) images, got {type(data).__name__}")
+    from .evaluate_prompts import evaluate_prompts  # it builds on this module's loop
+    return evaluate_prompts(model, data, methods, metrics, **options)
 
 
 def _groups(names: list[str]) -> list[list[str]]:
@@ -280,7 +303,7 @@ def _reusable(previous: Evaluation | None, results: dict, name: str, settings: d
     row = previous.results.get("methods", {}).get(name)
     if row is None or "error" in row or row.get("params") != settings or name not in previous.curves:
         return None
-    if set(metrics) != {key for key in row if key in METRICS or key in BIMODAL_METRICS or key in OBJECT_METRICS}:
+    if set(metrics) != {key for key in row if any(key in registry for registry in REGISTRIES)}:
         return None
     return row, previous.curves[name]
 
@@ -303,5 +326,5 @@ def _curves(raw: dict) -> dict:
     return curves
 
 
-__all__ = ["CURVES", "Evaluation", "REFERENCES", "checked_run", "evaluate", "method_list", "metric_info", "metric_list",
-           "score_methods"]
+__all__ = ["CURVES", "Evaluation", "REFERENCES", "REGISTRIES", "checked_run", "evaluate", "method_list", "metric_info",
+           "metric_list", "score_methods"]

@@ -11,11 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .data.shapes_vqa import ShapesVQAData
 from .errors import VitxError
 from .evaluate import Evaluation, checked_run, score_methods
 from .explain import explain
+from .explanation import Explanation
 from .metrics import compute_bimodal
 from .metrics.bimodal import answered
 
@@ -48,32 +50,43 @@ def evaluate_pairs(model, data: ShapesVQAData, methods="all", metrics=None, *, p
                             class_names=tuple(data.answer_names), questions=tuple(questions[:gallery]))
 
     def explained(name: str, settings: dict, count: int) -> dict:
-        rows = slice(0, count)
-        if name == "random":
-            generator = torch.Generator().manual_seed(seed)
-            maps = torch.rand(masks[rows].shape, generator=generator).to(device)
-            words = torch.rand(text.ids[rows].shape, generator=generator).to(device) * text.mask[rows]
-        elif name == "ground-truth":
-            maps, words = masks[rows].float(), gt_words[rows].float()
-        else:
-            exp = explain(model, x[rows], name, text=questions[:count], batch_size=batch_size, normalize=False,
+        def run() -> Explanation:
+            exp = explain(model, x[:count], name, text=questions[:count], batch_size=batch_size, normalize=False,
                           **settings)
             if exp.text_maps is None:
                 raise VitxError(f"{name!r} gave no text map for the questions")
-            maps, words = exp.maps, exp.text_maps
-            if exp.token_maps is not None:
-                return {"maps": maps, "image_scores": exp.token_maps.flatten(1), "text_scores": words}
-        (ph, pw), (gh, gw) = layout.patch_size, layout.grid
-        patches = maps.view(maps.shape[0], gh, ph, gw, pw).mean((2, 4)).flatten(1)
-        return {"maps": maps, "image_scores": patches, "text_scores": words}
+            return exp
+        return both_maps(name, count, masks, gt_words, text.mask, seed, layout, run)
 
     def scored_pairs(name: str, settings: dict, maps: dict, group: list[str]) -> tuple[dict, dict]:
         raw = {}
-        return compute_bimodal(group, raw=raw, **inputs, **maps, text_maps=maps["text_scores"]), raw
+        return compute_bimodal(group, raw=raw, **inputs, **maps, text_scores=maps["text_maps"]), raw
 
     score_methods(evaluation, model, names, metric_names, params, len(data), gallery, seed, explained, scored_pairs,
                   previous, progress, scored)
     return evaluation
+
+
+def both_maps(name: str, count: int, masks: torch.Tensor, gt_words: torch.Tensor, text_mask: torch.Tensor, seed: int,
+              layout, run: Callable[[], Explanation]) -> dict:
+    """The first ``count`` pairs' maps of a method or reference row on both modalities: ``maps`` (pixels),
+    ``image_scores`` (per patch: the method's token map, else the pixel map's mean over each patch) and ``text_maps``
+    (per token, or None). ``random``: uniform noise on the pixels and on the text's tokens (``seed``);
+    ``ground-truth``: ``masks`` and ``gt_words``; a method: the :class:`Explanation` that ``run`` gives."""
+    rows = slice(0, count)
+    if name == "random":
+        generator = torch.Generator().manual_seed(seed)
+        maps = torch.rand(masks[rows].shape, generator=generator).to(masks.device)
+        words = torch.rand(text_mask[rows].shape, generator=generator).to(masks.device) * text_mask[rows]
+    elif name == "ground-truth":
+        maps, words = masks[rows].float(), gt_words[rows].float()
+    else:
+        exp = run()
+        maps, words = exp.maps, exp.text_maps
+        if exp.token_maps is not None:
+            return {"maps": maps, "image_scores": exp.token_maps.flatten(1), "text_maps": words}
+    patches = F.adaptive_avg_pool2d(maps[:, None], layout.grid)[:, 0]    # the mean over each patch
+    return {"maps": maps, "image_scores": patches.flatten(1), "text_maps": words}
 
 
 def _aligned(data: ShapesVQAData, text) -> torch.Tensor:
@@ -87,4 +100,4 @@ def _aligned(data: ShapesVQAData, text) -> torch.Tensor:
     return gt
 
 
-__all__ = ["evaluate_pairs"]
+__all__ = ["both_maps", "evaluate_pairs"]

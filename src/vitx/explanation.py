@@ -51,6 +51,21 @@ class Explanation:
         return self.class_name(int(self.targets[i]))
 
     @property
+    def prompted(self) -> bool:
+        """An image-text model's explanation: a row per (image, prompt) pair (``pairs``)."""
+        return self.pairs is not None
+
+    def similarity_lines(self, i: int) -> list[str]:
+        """Under pair ``i``'s overlay: its similarity (the score explained), ``similarity: 6.731``, and among several
+        prompts its zero-shot probability (the softmax of its image's similarities over the prompts)."""
+        target = int(self.targets[i])
+        scores = self.logits[i].detach().float().cpu()
+        lines = [f"similarity: {float(scores[target]):.3f}"]
+        if len(scores) > 1:
+            lines.append(f"zero-shot: {probability(float(scores.softmax(-1)[target]))} among {len(scores)} prompts")
+        return lines
+
+    @property
     def detection(self) -> bool:
         return self.objects is not None
 
@@ -66,8 +81,9 @@ class Explanation:
         below it, the question's tokens coloured by ``text_maps[i]`` (:func:`vitx.viz.words.word_colours`: the words
         min-max scaled among themselves, [CLS], [SEP] and [PAD] in grey), then the predicted answer with its softmax
         probability and, where the explained answer is another, that one with its own
-        (:func:`vitx.viz.answer_lines`); the picture is then at least 192 pixels wide. ``words=False``: the heatmap
-        alone, the image's size times ``scale``."""
+        (:func:`vitx.viz.answer_lines`); the picture is then at least 192 pixels wide. An image-text model's pair:
+        its prompt's tokens (coloured by ``text_maps[i]``, in grey where the method gives no text map), then
+        :meth:`similarity_lines`. ``words=False``: the heatmap alone, the image's size times ``scale``."""
         picture = draw_overlay(self.images[i], self.maps[i], alpha=alpha, cmap=cmap, scale=scale)
         if box or box is None and self.detection:
             if not self.detection:
@@ -75,15 +91,18 @@ class Explanation:
                                 "objects")
             picture = boxed(picture, self.objects[i]["box"], self.object_label(i), self.images.shape[-2:])
         if words is None:
-            words = self.bimodal
+            words = self.bimodal or self.prompted
         if not words:
             return picture
-        if not self.bimodal:
+        if not (self.bimodal or self.prompted):
             raise VitxError(f"words=True needs a bi-modal explanation (text=...); this {self.method!r} explanation "
                             "has no text map")
         tokens = self.text_tokens[i]
-        return captioned(picture, tokens, word_colours(tokens, self.text_maps[i], cmap, alpha),
-                         answer_lines(self.logits[i], self.class_name, int(self.targets[i])))
+        colours = ([None] * len(tokens) if self.text_maps is None else
+                   word_colours(tokens, self.text_maps[i], cmap, alpha))
+        lines = (self.similarity_lines(i) if self.prompted else
+                 answer_lines(self.logits[i], self.class_name, int(self.targets[i])))
+        return captioned(picture, tokens, colours, lines)
 
     def text_relevance(self, i: int) -> dict:
         """Question ``i``'s tokens and their relevance (its text map without the padding), as saved in
@@ -103,18 +122,24 @@ class Explanation:
         return self.frames[i].to_original(self.maps[i], fill)
 
     def image_indices(self) -> list[int]:
-        """Per map, the index of its image among those explained: a detector's object's ``image``, else its own."""
+        """Per map, the index of its image among those explained: a detector's object's ``image``, an image-text
+        pair's image, else its own."""
+        if self.prompted:
+            return self.pairs[:, 0].tolist()
         return [o["image"] for o in self.objects] if self.detection else list(range(len(self)))
 
     def names(self) -> list[str]:
         """A file name stem per map: its image's file stem where known (``frames``), else 000, 001, ... (the image's
-        index); for a detector's object ``<image stem>_q<query>_<class>`` (:func:`vitx.naming.object_stem`). The
+        index); for a detector's object ``<image stem>_q<query>_<class>`` (:func:`vitx.naming.object_stem`); for an
+        image-text pair ``<image stem>_p<prompt index>``. The
         image's index is put before every stem when two stems are the same."""
         stems = [frame.name for frame in self.frames] if self.frames is not None else [None] * len(self)
         images = self.image_indices()
         names = [stem or f"{k:03d}" for k, stem in zip(images, stems)]
         if self.detection:
             names = [object_stem(name, o["query"], o["class"]) for name, o in zip(names, self.objects)]
+        if self.prompted:
+            names = [f"{name}_p{k}" for name, k in zip(names, self.pairs[:, 1].tolist())]
         if len(set(names)) < len(names):
             names = [f"{k:03d}_{name}" if stem else name for k, stem, name in zip(images, stems, names)]
         return names

@@ -57,14 +57,17 @@ def build_parser() -> Parser:
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys, e.g. vit_small_patch16_224")
     p.add_argument("--weights", help="local weights file for a timm:<name> or torchvision:<name> model")
     p.add_argument("--method", required=True, help="comma-separated method names (see `vitx methods`), or 'all'")
-    p.add_argument("--text", action="append", metavar="QUESTION",
+    p.add_argument("--text", action="append", metavar="TEXT",
                    help="a bi-modal (VQA) model's question about an image: one --text per image, in the images' "
-                        "order; words outside the model's vocabulary are read as its unknown token, with a warning")
+                        "order; an image-text (CLIP) model's prompt: each image is explained with every prompt "
+                        "(<image>_p<prompt index>_<method> files); words outside the model's vocabulary are read as "
+                        "its unknown token, with a warning")
     p.add_argument("--target", help="class to explain: an index, or a name or any of its comma-separated synonyms, "
                                     "in any case; a VQA model's answer, e.g. yes (default: each image's predicted "
                                     "class or answer); a detector's comma-separated query indices (3,5: those "
                                     "queries of every image, whatever their score) or class names (circle,star: the "
-                                    "detections of those classes)")
+                                    "detections of those classes); an image-text model's prompt, by index or "
+                                    "text (default: every prompt)")
     p.add_argument("--score-threshold", type=fraction, metavar="P",
                    help="a detector's objects to explain: every detection whose class probability is above P "
                         "(default: 0.5); detectors only")
@@ -90,11 +93,13 @@ def build_parser() -> Parser:
     p = commands.add_parser("bench", parents=[common], help="score methods on shapes images (or shapes_vqa questions) "
                                                             "with known ground truth",
                             description="Run every method on the same N fresh shapes images (on a VQA model: N "
-                                        "shapes_vqa image-question pairs, scored on both modalities) and compute every "
+                                        "shapes_vqa image-question pairs, scored on both modalities; on an image-text "
+                                        "model: N shapes_captions images, each with the prompts naming two of its "
+                                        "objects) and compute every "
                                         "metric; write results.json, results.csv, leaderboard.md, curve plots, "
                                         "gallery.png and report.html into --out.")
-    p.add_argument("--model", required=True, help="a model trained on shapes or shapes_vqa: zoo name, or a file as for "
-                                                  "explain")
+    p.add_argument("--model", required=True, help="a model trained on shapes, shapes_vqa or shapes_captions: zoo name, "
+                                                  "or a file as for explain")
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default), which adds "
                                                     "the reference rows random and ground-truth")

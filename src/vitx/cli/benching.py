@@ -1,5 +1,6 @@
 """``vitx bench``: every method on the same fresh shapes images, scored by every metric (a bi-modal model: on fresh
-``shapes_vqa`` (image, question) pairs, scored on both modalities; a detector: every detection of fresh multi-object
+``shapes_vqa`` (image, question) pairs, scored on both modalities; an image-text model: fresh ``shapes_captions``
+images, each with the prompts naming two of its objects; a detector: every detection of fresh multi-object
 images, its map scored as a weak segmentation of its object); every argument, each ``--param`` value included, is
 checked before anything runs or is written."""
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from .. import bench
-from ..data import shapes, shapes_vqa
+from ..data import shapes, shapes_captions, shapes_vqa
 from ..errors import VitxError
 from ..evaluate import evaluate, method_list, metric_list
 from ..loading import load_model
@@ -26,7 +27,9 @@ def run_bench(args) -> int:
     size = model.config.image_size
     if size[0] != size[1]:
         raise VitxError(f"vitx bench draws square shapes images; this model takes {size[0]}x{size[1]}")
-    if model.bimodal:
+    if model.image_text:
+        data = shapes_captions(n=args.n, seed=args.seed, image_size=size[0])
+    elif model.bimodal:
         data = shapes_vqa(n=args.n, seed=args.seed, image_size=size[0])
     else:
         multi = model.config.multi_label or model.detector

@@ -3,7 +3,9 @@ paginated grid and pages at the end. A bi-modal model takes one ``--text`` quest
 checked (and words outside the vocabulary named) before anything is written, and the pictures show each question's
 words coloured by relevance beside the answer. A detector's run explains each object (:mod:`.detecting`): one
 overlay and map per object and method, named ``<image>_q<query>_<class>_<method>``, listed in ``objects.json``;
-without any detection it warns and writes nothing."""
+without any detection it warns and writes nothing. An image-text model's run explains every image with every ``--text``
+prompt (or, with ``--target``, with that one): one overlay, map and text map per (image, prompt) pair and method,
+named ``<image>_p<prompt index>_<method>``, the prompt's words coloured under it beside the pair's similarity."""
 from __future__ import annotations
 
 import sys
@@ -15,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import VitxError, one_line
 from ..explain import explain, questions
+from ..prompts import encode_prompts, prompt_pairs
 from ..explanation import Explanation
 from ..images import read_image
 from ..loading import WITH_WEIGHTS_FILE, load_model
@@ -55,16 +58,22 @@ def _run_explain(args) -> int:
     for info in wanted:
         if info.name not in params:
             info.check_model(model, layout)
-    questions(model, args.text, len(pictures))  # refused here, before --out exists; unknown words warned once
-    objects = None
-    if model.detector:
+    objects = pairs = None
+    if model.image_text:   # no, empty or too long prompts and a target out of range refused before --out exists
+        pairs = prompt_pairs(model, args.target, len(pictures), encode_prompts(model, args.text)[1])
+    else:
+        questions(model, args.text, len(pictures))  # refused here, before --out exists; unknown words warned once
+    if pairs is not None:
+        targets = args.target   # explain resolves it among the prompts, as checked above
+    elif model.detector:
         targets = find_objects(model, x, detector_target(args.target), args.score_threshold, args.batch_size)
         objects = targets.rows(model.config.class_names)   # every method explains these, without detecting again
         if not objects:   # found before --out exists; find_objects has warned: no detection over the threshold
             return 0
     else:
         targets = resolve_targets(args.target, len(pictures), model)
-    rows, unit = (len(pictures), "image") if objects is None else (len(objects), "object")
+    rows, unit = ((len(pairs), "pair") if pairs is not None else (len(pictures), "image") if objects is None
+                  else (len(objects), "object"))
     if args.method == "all":
         bound = [(info, info.bind(params.get(info.name, {}))) for info in wanted]
         print(f"vitx: {estimate(bound, rows, layout, unit)}", file=sys.stderr)
@@ -88,14 +97,15 @@ def _run_explain(args) -> int:
                 trees = write_gradcat_trees(model, x, names, targets, exp, out, args.batch_size)
             explanations.append(exp)
         grids, pages = write_pages(model, stems, explanations, targets, out, args.model, args.text)
-    count = rows * len(explanations)
+    count, texts = rows * len(explanations), sum(len(exp) for exp in explanations if exp.text_maps is not None)
     shown = "grid: " + (str(out / grids[0]) if len(grids) == 1 else f"{len(grids)} pages of {ROWS_PER_PAGE} "
                         f"{unit}s, {out / grids[0]} ... {grids[-1]}")
     maps = f"{plural(count, 'map')} (.npy)"
-    maps = f", {maps} and {plural(count, 'text map')} (_text.json)" if args.text else f" and {maps}"
+    maps = f", {maps} and {plural(texts, 'text map')} (_text.json)" if texts else f" and {maps}"
     if objects is not None:
         print(f"{plural(len(objects), 'object')} explained:\n{object_table(names, objects)}")
-    files = "<image>_<method>" if objects is None else "<image>_q<query>_<class>_<method>"
+    files = ("<image>_q<query>_<class>_<method>" if objects is not None else
+             "<image>_p<prompt>_<method>" if pairs is not None else "<image>_<method>")
     listed = "" if objects is None else f"; which file shows which object: {out / 'objects.json'}"
     print(f"wrote {plural(count, 'overlay')} ({files}.png){maps} to {out}/{listed}\n"
           f"{shown}\npage: {out / pages[0]}" + (f"\nGradCAT trees: {len(trees)}" if trees else ""))
@@ -106,27 +116,31 @@ def write_pages(model, names: list[str], explanations: list[Explanation], target
                 model_name: str, text: list[str] | None = None) -> tuple[list[str], list[str]]:
     """The grid (grid.png, or grid_001.png, ... of :data:`ROWS_PER_PAGE` images each) and its HTML pages
     (index.html, index_002.html, ...); returns both lists of file names. ``names``: per row (image, or a detector's
-    object) its file stem. ``text``: a bi-modal model's questions,
-    shown once per image with the answer, the words coloured under every overlay."""
+    object, or an image-text model's pair) its file stem. ``text``: a bi-modal model's questions,
+    shown once per image with the answer, the words coloured under every overlay (an image-text model's prompts: each
+    pair's prompt under its overlays, its similarity in the row's label)."""
     first = explanations[0]
     shown = targets is not None or model.config.multi_label or text is not None  # which class is explained
     boxes = None
     if first.detection:   # a row per object: its box drawn in every cell
         labels = [object_label(name, row) for name, row in zip(names, first.objects)]
         boxes = [row["box"] for row in first.objects]
+    elif first.prompted:  # a row per (image, prompt) pair
+        labels = ["\n".join([name, *first.similarity_lines(i)]) for i, name in enumerate(names)]
     else:
         labels = [prediction_label(name, first.logits[i], model.class_name, multi_label=model.config.multi_label,
                                    target=int(first.targets[i]) if shown else None,
                                    question=None if text is None else text[i]) for i, name in enumerate(names)]
-    words = {} if text is None else {"text_tokens": first.text_tokens,
-                                     "text_maps": {exp.method: exp.text_maps for exp in explanations}}
+    words = {} if text is None else {
+        "text_tokens": first.text_tokens,
+        "text_maps": {exp.method: exp.text_maps for exp in explanations if exp.text_maps is not None}}
     pictures = grid_pages(first.images, {exp.method: exp.maps for exp in explanations}, labels,
                           rows_per_page=ROWS_PER_PAGE, boxes=boxes, **words)
     grids = numbered("grid", ".png", len(pictures))
     for picture, file in zip(pictures, grids):
         picture.save(out / file)
     pages = explanation_pages(grids, names, explanations, model=model.config.name or model_name,
-                              rows_per_page=ROWS_PER_PAGE, questions=text)
+                              rows_per_page=ROWS_PER_PAGE, questions=None if first.prompted else text)
     for file, page in pages.items():
         (out / file).write_text(page, encoding="utf-8")
     return grids, list(pages)

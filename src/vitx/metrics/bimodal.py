@@ -18,7 +18,7 @@ from ..text import Text
 from .checks import as_maps, as_masks, as_targets, choice
 from .localisation import energy_pointing_game, pointing_game_tolerant
 from .perturbation import ORDERS, _rank, auc
-from .registry import MetricInfo
+from .registry import MetricInfo, compute_rows
 
 IMAGE_STEPS = (0.0, 0.5, 0.75, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)   # fractions of patches removed (the authors')
 TEXT_STEPS = (0.0, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0)     # fractions of words removed (their code's)
@@ -183,16 +183,7 @@ def compute_bimodal(names, raw: dict | None = None, **inputs) -> dict[str, torch
     """Per-pair scores {name: (B,)} of the metrics ``names`` (keys of :data:`BIMODAL_METRICS`) from ``inputs``
     (model, x, text, answers, image_scores, text_scores, maps, masks, text_maps, gt_words, mask, batch_size); rows
     sharing a function and parameters share one call. ``raw`` receives each metric's whole result (curves too)."""
-    results, cache = {}, {}
-    for name in names:
-        row = BIMODAL_METRICS[name]
-        key = (row.fn, tuple(sorted(row.params.items())))
-        if key not in cache:
-            cache[key] = row.fn(*(inputs[a] for a in row.args), **row.params)
-        results[name] = cache[key][row.output]
-        if raw is not None:
-            raw[name] = cache[key]
-    return results
+    return compute_rows(BIMODAL_METRICS, names, inputs, raw, "(image, question) pairs")
 
 
 def _steps(steps) -> tuple[float, ...]:

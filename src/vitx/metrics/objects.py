@@ -19,7 +19,7 @@ from ..errors import VitxError
 from .checks import as_maps, choice
 from .detection import coco_evaluation
 from .localisation import class_sensitivity, pointing_game_tolerant
-from .registry import MetricInfo
+from .registry import MetricInfo, compute_rows
 
 # Object sizes of the multi-object shapes images, as a share of the image's area: the terciles of the object masks'
 # areas, measured once on 2,000 images (vitx.data.shapes(2000, seed=12345, variant="multi"), 5,030 objects; the same
@@ -190,14 +190,4 @@ OBJECT_METRICS: dict[str, MetricInfo] = {row.name: row for row in (
 def compute_objects(names, raw: dict | None = None, **inputs) -> dict[str, torch.Tensor]:
     """Scores {name: values} of the metrics ``names`` (keys of :data:`OBJECT_METRICS`) from ``inputs`` (maps,
     token_maps, truth, upsample); they share one :func:`object_scores` call. ``raw`` receives its whole result."""
-    results, cache, inputs = {}, {}, {"upsample": "authors", **inputs}
-    for name in [names] if isinstance(names, str) else names:
-        if name not in OBJECT_METRICS:
-            raise VitxError(f"unknown metric {name!r} for detectors; metrics: {', '.join(OBJECT_METRICS)}")
-        row = OBJECT_METRICS[name]
-        if row.fn not in cache:
-            cache[row.fn] = row.fn(*(inputs[a] for a in row.args))
-        results[name] = cache[row.fn][row.output]
-        if raw is not None:
-            raw[name] = cache[row.fn]
-    return results
+    return compute_rows(OBJECT_METRICS, names, {"upsample": "authors", **inputs}, raw, "detectors")

@@ -12,6 +12,7 @@ is predicted present). Curves are (B, steps) per image; :func:`auc` integrates t
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import VitxError
 from ..model import Model, as_model, evaluating
+from ..text import Text
 from ..trace import trace
 from .checks import as_maps, as_targets, choice
 
@@ -230,14 +232,17 @@ def _logits(model: Model, build: Callable[[int, int], torch.Tensor], count: int,
     return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
 
 
-def _token_logits(model: Model, x: torch.Tensor, removed: torch.Tensor, layout, batch_size: int) -> torch.Tensor:
-    if not removed.any():
-        return _logits(model, lambda s, e: x[s:e], x.shape[0], batch_size)
-    keep = layout.key_mask(~removed)
+def _token_logits(model: Model, x: torch.Tensor, removed: torch.Tensor, layout, batch_size: int,
+                  text: Text | None = None) -> torch.Tensor:
+    """Logits of ``x`` (with an image-text model's or a bi-modal model's ``text``, row by row) with the patch tokens
+    ``removed`` (B, n) dropped as keys through the tap."""
+    keep = layout.key_mask(~removed) if removed.any() else None
     outs = []
     for s in range(0, x.shape[0], batch_size):
-        with trace(model, attentions=False, tokens=False, key_mask=keep[s:s + batch_size]):
-            outs.append(model(x[s:s + batch_size]))
+        rows = slice(s, s + batch_size)
+        tapped = nullcontext() if keep is None else trace(model, attentions=False, tokens=False, key_mask=keep[rows])
+        with tapped:
+            outs.append(model(x[rows]) if text is None else model(x[rows], text[rows]))
     return torch.cat(outs)
 
 

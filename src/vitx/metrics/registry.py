@@ -74,6 +74,25 @@ METRICS: dict[str, MetricInfo] = _rows(
 )
 
 
+def compute_rows(registry: dict[str, MetricInfo], names, inputs: dict, raw: dict | None, what: str) -> dict:
+    """Scores {name: values} of the metrics ``names`` of ``registry`` (a benchmark's rows, named ``what`` in errors)
+    from ``inputs``, each metric given what its row's ``args`` name; rows sharing a function and parameters share one
+    call. ``raw`` receives each metric's whole result (curves too)."""
+    results, cache = {}, {}
+    for name in [names] if isinstance(names, str) else names:
+        if name not in registry:
+            raise VitxError(f"unknown metric {name!r} for {what}; metrics: {', '.join(registry)}")
+        row = registry[name]
+        key = (row.fn, tuple(sorted(row.params.items())))
+        if key not in cache:
+            cache[key] = row.fn(*(inputs[a] for a in row.args), **row.params)
+        out = cache[key]
+        results[name] = out if row.output is None else out[row.output]
+        if raw is not None:
+            raw[name] = out
+    return results
+
+
 def metrics() -> list[dict]:
     """The registry's rows as plain dicts."""
     return [row.row() for row in METRICS.values()]

@@ -46,12 +46,14 @@ def grid(images: torch.Tensor, columns: dict[str, torch.Tensor], row_labels=(), 
     ``columns`` (column title -> maps), drawn as overlays in cells ``cell`` pixels wide. ``row_labels`` (one per
     image, lines split by newlines) are wrapped into a panel left of the image; a row grows to hold its label.
     Bi-modal: ``text_tokens`` (per image, its question's tokens) and ``text_maps`` (column title -> (B, L) relevance
-    per token) put the words, coloured by :func:`~vitx.viz.words.word_colours`, under each overlay. Detector:
+    per token) put the words, coloured by :func:`~vitx.viz.words.word_colours`, under each overlay (in grey under a
+    column without a text map). Detector:
     ``boxes`` (one (x0, y0, x1, y1) per image, in its pixels) framed in the image and every overlay
     (:func:`~vitx.viz.boxes.boxed`, without a tag: the label panel names the object)."""
     labels = [str(label) for label in row_labels]
     rows = images.shape[0]
-    words = [[word_colours(text_tokens[r], text_maps[title][r], cmap, alpha) for title in columns]
+    words = [[word_colours(text_tokens[r], text_maps[title][r], cmap, alpha) if title in text_maps
+              else [None] * len(text_tokens[r]) for title in columns]
              if text_maps is not None else [] for r in range(rows)]
     below = [max((place_words(text_tokens[r], colours, cell)[0] + GAP for colours in words[r]), default=0)
              for r in range(rows)]
