@@ -95,7 +95,10 @@ class HFReference:
         """(score, image-tower attentions, text-tower attentions, text ids (1, L), pooled column) of the pair (image,
         prompt p), the prompt padded as in the batch of ``prompts`` (a legacy CLIP config pools at a padding token)."""
         inputs = {key: value[p:p + 1] for key, value in self.encode(prompts).items()}
-        out = self.net(**inputs, pixel_values=image[None], output_attentions=True)
+        out = self.net(**inputs, pixel_values=image[None], output_attentions=True, output_hidden_states=True)
+        net = self.net
+        self.legrad_inputs = (out.vision_model_output.hidden_states[1:], out.text_embeds,
+                              lambda pooled: net.visual_projection(net.vision_model.post_layernorm(pooled)))
         ids, eos = inputs["input_ids"], self.net.config.text_config.eos_token_id
         pooled = ids.shape[1] - 1 if self.siglip else int(ids.argmax() if eos == 2 else (ids[0] == eos).nonzero()[0])
         return (out.logits_per_image[0, 0], out.vision_model_output.attentions, out.text_model_output.attentions,
@@ -129,12 +132,16 @@ class OpenClipReference:
         for tower, transformer in towers.items():
             handles += [b.attn.register_forward_hook(lambda *a, t=tower: keep(t, *a), with_kwargs=True)
                         for b in transformer.resblocks]
+        handles += [b.register_forward_hook(lambda m, i, o: found.setdefault("tokens", []).append(o))
+                    for b in self.net.visual.transformer.resblocks]
         try:
             ids = self.tokenizer([prompts[p]])
             image_features, text_features, scale = self.net(image[None], ids)
         finally:
             for handle in handles:
                 handle.remove()
+        visual = self.net.visual
+        self.legrad_inputs = (found["tokens"], text_features, lambda pooled: visual.ln_post(pooled) @ visual.proj)
         return scale * (image_features * text_features).sum(), found["image"], found["text"], ids, int(ids.argmax())
 
 
@@ -179,8 +186,9 @@ def test_generic_attention_is_chefers_clip_rule(pairs, start, prompts):
     """Without padding transformers leaves CLIP's causal mask to its attention implementation (sdpa's is_causal)."""
     model, x, reference = pairs
     if isinstance(model.net, transformers.SiglipModel):
-        with pytest.raises(vitx.VitxError, match="no class token .* generic-attention has no image row"):
-            vitx.explain(model, x, text=prompts, method="generic-attention")
+        for method in ("generic-attention", "legrad"):
+            with pytest.raises(vitx.VitxError, match="head reads 'map'-pooled tokens"):
+                vitx.explain(model, x, text=prompts, method=method)
         return
     exp = vitx.explain(model, x, text=prompts, method="generic-attention", normalize=False,
                        start_layer=start, start_layer_text=start)
@@ -195,6 +203,24 @@ def test_generic_attention_is_chefers_clip_rule(pairs, start, prompts):
         close(exp.token_maps[row], image.detach())
         close(exp.text_maps[row, :pooled + 1], words[:pooled + 1].detach())
         assert not exp.text_maps[row, pooled + 1:length].any()     # padding and what follows the pooled token
+
+
+def test_legrad_is_the_authors_formula(pairs):
+    """LeGrad's two last image blocks: ReLU(∂ cos(P(mean tokens_l), t) / ∂A_l) averaged over heads and query rows."""
+    model, x, reference = pairs
+    if isinstance(model.net, transformers.SiglipModel):
+        return      # refused: see test_generic_attention_is_chefers_clip_rule
+    exp = vitx.explain(model, x, text=PROMPTS, method="legrad", normalize=False)
+    grid = SIZE // 8
+    for row, (i, p) in enumerate(exp.pairs.tolist()):
+        _, attentions, _, _, _ = reference.pair(x[i], PROMPTS, p)
+        tokens, prompt, project = reference.legrad_inputs
+        prompt, expected = F.normalize(prompt, dim=-1).detach(), 0
+        for block in (len(attentions) - 2, len(attentions) - 1):
+            feature = F.normalize(project(tokens[block].mean(1)), dim=-1)
+            gradient, = torch.autograd.grad((feature * prompt).sum(), attentions[block], retain_graph=True)
+            expected = expected + gradient.clamp(min=0).mean(1).mean(1)[0, 1:]
+        close(exp.token_maps[row], expected.reshape(grid, grid).detach())
 
 
 @pytest.mark.parametrize("method", ["saliency", "gradcam", "integrated-gradients"])

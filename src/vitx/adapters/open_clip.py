@@ -153,6 +153,11 @@ class OpenClipAdapter(ImageTextAdapter, ListedSites, Adapter):
     def text_features(self, text: Text):
         return self.net.encode_text(text.ids)
 
+    def project_tokens(self, pooled):
+        visual = self.net.visual
+        pooled = visual.ln_post(pooled)
+        return pooled if visual.proj is None else pooled @ visual.proj
+
     def similarity_scale(self):
         return self.net.logit_scale.exp(), self.net.logit_bias
 

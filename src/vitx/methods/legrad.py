@@ -24,7 +24,7 @@ from ..registry import register
 LEGRAD = "Bousselham et al., arXiv 2024, LeGrad: An Explainability Method for Vision Transformers via Feature Formation Sensitivity"
 
 
-@register("legrad", family="attention", paper=LEGRAD, needs={"attention", "gradients"}, cost="1F+1B",
+@register("legrad", family="attention", paper=LEGRAD, needs={"attention", "gradients", "head_row"}, cost="1F+1B",
           memory=graphs(1.25), kinds=("clip",))
 def legrad(batch: Batch, layers: int = 2) -> torch.Tensor:
     """LeGrad: E = Σ_l mean_h mean_i ReLU(∂s^l/∂A^l)[i, patches] over the image tower's last ``layers`` blocks,

@@ -10,9 +10,9 @@ The pooled text token (:meth:`HFCLIPModelAdapter.head_token`) is the one transfo
 (its first occurrence of the config's ``eos_token_id``, or the largest id where the config keeps the legacy id 2),
 SigLIP's last column (prompts are padded to the context, ``padding="max_length"``, as SigLIP was trained). SigLIP's
 image tower has no class token: its head pools all tokens by an attention of its own, which is not one of the tap's
-sites, so no row of the image tower's relevance is the one its head reads; ``generic-attention`` refuses its image
-side (:meth:`HFSiglipModelAdapter.readers`), and the image methods that need no such row (gradcam, saliency,
-integrated-gradients, occlusion, rise) apply.
+sites, so no row of the image tower's relevance is the one its head reads: the methods that read that row
+(``generic-attention``, ``legrad``) refuse it before any work (its pooling is "map"), and the image methods that need
+no such row (gradcam, saliency, integrated-gradients, occlusion, rise) apply.
 """
 from __future__ import annotations
 
@@ -112,6 +112,9 @@ class HFCLIPModelAdapter(ImageTextAdapter, ListedSites, HFClipAdapter):
     def text_features(self, text: Text):
         return self.net.get_text_features(**self._text_inputs(text)).pooler_output
 
+    def project_tokens(self, pooled):
+        return self.net.visual_projection(self.model.post_layernorm(pooled))
+
     def similarity_scale(self):
         return self.net.logit_scale.exp(), getattr(self.net, "logit_bias", None)
 
@@ -138,11 +141,6 @@ class HFSiglipModelAdapter(HFCLIPModelAdapter):
     def head_token(self, text: Text) -> torch.Tensor:
         """SigLIP reads the last column (padding, when the prompt is shorter than the context)."""
         return torch.full((len(text),), text.ids.shape[1] - 1, dtype=torch.long, device=text.ids.device)
-
-    def readers(self, text: Text):
-        raise VitxError(f"{type(self.net).__name__}'s image tower has no class token (its head pools the tokens by "
-                        "an attention of its own), so generic-attention has no image row to read; explain its image "
-                        "side with gradcam, saliency, integrated-gradients, occlusion or rise")
 
 
 def causal(attend: Attend) -> Attend:
