@@ -15,6 +15,8 @@ demo: $(STAMP)
 		--text "what colour is the star?"
 	$(BIN)/vitx explain src/vitx/data/samples/vqa/*.png --model shapes-detr --out out/demo-detr \
 		--method generic-attention,raw-attention,rollout,attention-gradcam,partial-lrp,transformer-attribution,saliency
+	$(BIN)/vitx explain src/vitx/data/samples/captions/*.png --model shapes-clip --out out/demo-clip \
+		--text "a red cross" --text "a blue star" --text "a square" --method generic-attention,legrad,gradcam
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

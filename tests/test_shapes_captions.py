@@ -77,3 +77,15 @@ def test_prompts_name_every_class():
 def test_bad_arguments_are_refused(kwargs):
     with pytest.raises(VitxError):
         shapes_captions(**kwargs)
+
+
+def test_write_samples_names_each_image_by_its_two_objects(tmp_path):
+    from PIL import Image
+    import numpy as np
+    from vitx.data.shapes_captions import write_samples
+    paths = write_samples(tmp_path)
+    assert [p.name for p in paths] == ["red_cross_and_orange_square.png", "blue_star_and_orange_cross.png"]
+    data = shapes_captions(n=40, seed=2024)
+    first = next(i for i in range(40) if data.phrases(i) == ["a red cross", "a orange square"])
+    pixels = np.asarray(Image.open(paths[0])).astype(np.float32) / 255
+    assert np.abs(pixels - data.images[first].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6

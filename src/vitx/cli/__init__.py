@@ -143,8 +143,8 @@ def build_parser() -> Parser:
                         "\"depths=(1, 2, 8)\" (repeatable; classifiers)")
     p.add_argument("--workers", type=int, help="processes that draw the training batches ahead (default: 0, in "
                                                "this process; the data are the same either way)")
-    p.add_argument("--device", type=device, help="torch device the model trains on, e.g. cpu or cuda (VQA recipes; "
-                                                 "default: cpu)")
+    p.add_argument("--device", type=device, help="torch device the model trains on, e.g. cpu or cuda (the VQA, "
+                                                 "detector and image-text recipes; default: cpu)")
     p.set_defaults(run=run_train)
     return parser
 

@@ -14,13 +14,14 @@ For zero-shot classification of single-object images, :func:`prompts` gives one 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import VitxError
-from .shapes import CLASS_NAMES
+from .shapes import CLASS_NAMES, _to_uint8
 from .shapes_vqa import COLOUR_NAMES, draw_scene
 from .vocabulary import WordTokenizer, split_words
 
@@ -83,6 +84,14 @@ class ShapesCaptionData:
     def __repr__(self):
         return f"ShapesCaptionData(n={len(self)}, image_size={self.images.shape[-1]}, seed={self.seed})"
 
+    def select(self, rows) -> "ShapesCaptionData":
+        """The items at ``rows`` (indices or a bool mask), in that order, with the same seed."""
+        rows = torch.as_tensor(rows)
+        rows = rows.nonzero()[:, 0] if rows.dtype == torch.bool else rows
+        picked = {f.name: getattr(self, f.name)[rows] for f in fields(self)
+                  if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, captions=tuple(self.captions[i] for i in rows.tolist()), **picked)
+
     def phrases(self, i: int) -> list[str]:
         """Item ``i``'s object phrases with their colours, in the caption's order: each a prompt naming one object."""
         return [phrase(s, c) for s, c in zip(self.object_shapes[i].tolist(), self.object_colours[i].tolist())
@@ -121,3 +130,21 @@ def shapes_captions(n: int = 500, seed: int = 0, image_size: int = 64) -> Shapes
     return ShapesCaptionData(torch.from_numpy(images), tuple(captions), ids, attention, torch.from_numpy(shapes_),
                              torch.from_numpy(colours), torch.from_numpy(masks), word_objects,
                              torch.from_numpy(coloured), seed)
+
+
+def write_samples(directory, count: int = 2):
+    """Write ``count`` two-object images (seed 2024) as ``<first object>_and_<second object>.png`` ("red_star_and_
+    blue_circle.png"), their objects named by colour and shape; return the paths."""
+    from PIL import Image
+
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    data = shapes_captions(n=40, seed=2024)
+    two = [i for i in range(len(data)) if int((data.object_shapes[i] >= 0).sum()) == 2
+           and (data.object_colours[i, :2] >= 0).all() and data.object_colours[i, 0] != data.object_colours[i, 1]]
+    paths = []
+    for i in two[:count]:
+        names = [p.removeprefix("a ").replace(" ", "_") for p in data.phrases(i)]
+        paths.append(root / f"{'_and_'.join(names)}.png")
+        Image.fromarray(_to_uint8(data.images[i:i + 1])[0]).save(paths[-1])
+    return paths

@@ -27,8 +27,8 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     card ``<name>.md``, and return the test metrics. A study passes its own variant of the recipe as
     ``recipe`` (for instance ``dataclasses.replace(RECIPES[name], fd_every=100)``); ``name`` still names
     the files. ``config`` overrides fields of a classifier's architecture (e.g. ``{"patch_size": 2}``).
-    ``workers`` processes draw the step batches ahead (0: in this process); ``device`` (VQA recipes; default
-    cpu) is where the model trains, the data being drawn on the CPU."""
+    ``workers`` processes draw the step batches ahead (0: in this process); ``device`` (the recipes of
+    DEVICE_KINDS; default cpu) is where the model trains, the data being drawn on the CPU."""
     if name not in RECIPES:
         raise VitxError(f"no training recipe named {name!r}; recipes: {', '.join(RECIPES)}")
     recipe = RECIPES[name] if recipe is None else recipe
