@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 import vitx
-from speed import baseline_of, default_count, machine, timed, timing_options, timing_setup
+from speed import (baseline_of, default_count, kind_methods, kind_options, machine, timed, timing_options,
+                   timing_setup)
 from vitx.data import shapes_captions
 from vitx.data.shapes_captions import PROMPT_TEMPLATES, prompts
 from vitx.models import create_model
-from vitx.registry import get_method, method_names
 
 TARGETS = {"generic-attention": 1.3, "legrad": 1.3}
 NAME, ARCH = "shapes-clip", "clip_shapes"
@@ -39,15 +39,13 @@ def build() -> tuple[vitx.Model, str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--prompts", type=int, default=2)
-    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                        help="default: every method that applies to image-text models")
+    kind_options(parser, "image-text models")
     timing_options(parser)
     args = parser.parse_args(argv)
     device, clock = timing_setup(parser, args)
-    methods = args.methods or [name for name in method_names() if "clip" in get_method(name).kinds]
+    methods = kind_methods(args, "clip")
     model, note = build()
     model = model.to(device)
     pairs = args.images * args.prompts

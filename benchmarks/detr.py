@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 import vitx
-from speed import baseline_of, default_count, machine, timed, timing_options, timing_setup
+from speed import (baseline_of, default_count, kind_methods, kind_options, machine, timed, timing_options,
+                   timing_setup)
 from vitx.models import create_model
-from vitx.registry import get_method, method_names
 
 TARGETS = {"generic-attention": 1.3}
 NAME, ARCH = "shapes-detr", "detr_shapes"
@@ -38,14 +38,12 @@ def build() -> tuple[vitx.Model, float, str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", nargs="+", type=int, default=[32])
-    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
-                        help="default: every method that applies to detectors")
+    kind_options(parser, "detectors")
     timing_options(parser)
     args = parser.parse_args(argv)
     device, clock = timing_setup(parser, args)
-    methods = args.methods or [name for name in method_names() if "detr" in get_method(name).kinds]
+    methods = kind_methods(args, "detr")
     model, threshold, note = build()
     model = model.to(device)
     print(machine(device) + f"; {args.clock} clock, median of {args.repeats}; {note}")

@@ -179,6 +179,18 @@ def peak_in_fresh_process(argv: list[str], what: str, label: str, batch: int) ->
     return int(done.stdout.split()[-1])
 
 
+def kind_options(parser: argparse.ArgumentParser, models: str) -> None:
+    """--device, and --methods (default: every method that applies to ``models``, e.g. "detectors")."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help=f"default: every method that applies to {models}")
+
+
+def kind_methods(args, kind: str) -> list[str]:
+    """The methods --methods names, or every method registered for model kind ``kind``."""
+    return args.methods or [name for name in method_names() if kind in get_method(name).kinds]
+
+
 def timing_options(parser: argparse.ArgumentParser) -> None:
     """The options of how a benchmark times its calls: --repeats, --warmup, --threads, --clock."""
     parser.add_argument("--repeats", type=int, default=3)

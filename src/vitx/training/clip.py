@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from ..data import CLASS_NAMES, shapes, shapes_captions
 from ..data.shapes_captions import MAX_LENGTH, PROMPT_TEMPLATES, TOKENIZER, prompts
-from ..models import ARCHITECTURES, create_model
+from ..models import create_model
 from .classifier import start_from
 from .device import OnDevice
-from .recipes import TEST_IMAGES, Recipe
+from .recipes import TEST_IMAGES, Recipe, architecture_facts
 
 ZERO_SHOT_TEMPLATE = PROMPT_TEMPLATES[0]     # "a photo of a {shape}"
 
@@ -76,9 +76,7 @@ ZERO_SHOT_BAR = 0.95   # issue 15's gate on zero-shot accuracy
 
 def clip_card(name: str, recipe: Recipe, meta: dict) -> str:
     """The Markdown model card of an image-text recipe's checkpoint."""
-    cfg = ARCHITECTURES[recipe.arch]
-    grid = cfg.image_size // cfg.patch_size
-    params = sum(p.numel() for p in create_model(recipe.arch).parameters())
+    cfg, grid, params = architecture_facts(recipe.arch)
     metrics = meta["metrics"]
     verdict = "meets" if metrics["accuracy"] >= ZERO_SHOT_BAR else "does **not** meet"
     return f"""# {name}

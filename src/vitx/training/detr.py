@@ -19,10 +19,10 @@ from torchvision.ops import box_convert, generalized_box_iou
 from ..data import CLASS_NAMES, shapes
 from ..data.detection import coco_ground_truth, object_boxes
 from ..metrics.detection import coco_ap, coco_detections
-from ..models import ARCHITECTURES, create_model
+from ..models import create_model
 from ..objects import pixel_boxes
 from .device import OnDevice
-from .recipes import TEST_IMAGES, Recipe
+from .recipes import TEST_IMAGES, Recipe, architecture_facts
 from .vqa import image_side_from
 
 CLASS_COST, L1_COST, GIOU_COST = 1.0, 5.0, 2.0
@@ -101,9 +101,7 @@ class Detector(OnDevice):
 
 def detector_card(name: str, recipe: Recipe, meta: dict, loaded: list[str]) -> str:
     """The Markdown model card of a detector recipe's checkpoint."""
-    cfg = ARCHITECTURES[recipe.arch]
-    grid = cfg.image_size // cfg.patch_size
-    params = sum(p.numel() for p in create_model(recipe.arch).parameters())
+    cfg, grid, params = architecture_facts(recipe.arch)
     metrics = meta["metrics"]
     verdict = "meets" if metrics["ap50"] >= AP50_BAR else "does **not** meet"
     return f"""# {name}

@@ -65,3 +65,10 @@ RECIPES = {
                           batch_size=128),
 }
 
+
+
+def architecture_facts(arch: str) -> tuple[object, int, int]:
+    """For a model card: the architecture's configuration, its patch grid's side and its parameter count."""
+    from ..models import ARCHITECTURES, create_model
+    cfg = ARCHITECTURES[arch]
+    return cfg, cfg.image_size // cfg.patch_size, sum(p.numel() for p in create_model(arch).parameters())
