@@ -104,7 +104,8 @@ def test_legrad_by_hand(tiny, images):
         torch.testing.assert_close(exp.token_maps[row].flatten(), expected, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("method", ["generic-attention", "legrad", "gradcam", "saliency", "occlusion"])
+@pytest.mark.parametrize("method", ["generic-attention", "legrad", "gradcam", "saliency", "occlusion", "smoothgrad",
+                                    "kernel-shap"])
 def test_many_by_many_equals_one_pair_at_a_time(tiny, images, method):
     together = vitx.explain(tiny, images, text=PROMPTS, method=method, batch_size=4)
     assert together.pairs.tolist() == [[i, p] for i in range(3) for p in range(3)]

@@ -125,7 +125,7 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = 
 
 
 @register("smoothgrad", family="gradient", paper="Smilkov et al., 2017, SmoothGrad: removing noise by adding noise",
-          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=(*ANY_MODEL, "detr"),
+          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=(*ANY_MODEL, "clip", "detr"),
           memory=graphs(1.0, 1.0))
 def smoothgrad(batch: Batch, samples: int = 25, noise_level: float = 0.15, seed: int = 0,
                internal_batch_size: int = 64) -> torch.Tensor:

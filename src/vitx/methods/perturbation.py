@@ -125,11 +125,13 @@ def check_removal(removal: str, cls_index: int | None) -> None:
 
 
 def removal_fits(config, params: dict) -> None:
-    """``requires`` for the methods that remove patches: :func:`check_removal` before any forward."""
+    """``requires`` for the methods that remove patches: :func:`check_removal` and :func:`one_score` before any
+    forward."""
     if config.kind == "detr" and params["removal"] == "attention":
         raise VitxError("removal='attention' keeps removed patches out of the class token, and a detector's objects "
                         "are its queries, which read the image through cross-attention: use removal='baseline'")
     check_removal(params["removal"], config.cls_index)
+    one_score(config, params["score"])
 
 
 def coalition_values(batch: Batch, keep: torch.Tensor, removal: str = "baseline", baseline="zeros",
@@ -262,7 +264,7 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
 
 
 @register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F",
-          kinds=(*ANY_MODEL, "detr"), memory=graphs(FORWARD, COPY), requires=removal_fits)
+          kinds=(*ANY_MODEL, "clip", "detr"), memory=graphs(FORWARD, COPY), requires=removal_fits)
 def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
                 score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to
