@@ -21,7 +21,7 @@ def zoo_path(name: str) -> Path:
 
 
 def models() -> list[dict]:
-    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator, vqa, detr),
+    """One row per zoo model: name, kind (classifier, surrogate, shapley-explainer, generator, vqa, detr, clip),
     architecture, dataset, accuracy (of a classifier or surrogate; a VQA model's overall answer accuracy), quality (in
     words: its accuracy, or a detector's AP50), file (and its model card)."""
     rows = []
@@ -37,7 +37,10 @@ def models() -> list[dict]:
 
 
 def quality(metrics: dict) -> str:
-    """A checkpoint's headline score in words: "accuracy 0.992", a detector's "AP50 0.993", or ""."""
+    """A checkpoint's headline score in words: "accuracy 0.992", a detector's "AP50 0.993", an image-text model's
+    "zero-shot accuracy 0.970, R@1 0.412" (image-to-caption retrieval), or ""."""
+    if "image_to_text_r1" in metrics:
+        return f"zero-shot accuracy {metrics['accuracy']:.3f}, R@1 {metrics['image_to_text_r1']:.3f}"
     if "accuracy" in metrics:
         return f"accuracy {metrics['accuracy']:.3f}"
     return f"AP50 {metrics['ap50']:.3f}" if "ap50" in metrics else ""
