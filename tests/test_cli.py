@@ -144,7 +144,7 @@ def test_methods_and_models_listings(capsys):
     columns = ["name", "kind", "architecture", "dataset", "quality", "file"]
     assert code == 0 and table.splitlines()[0].split() == columns
     assert [line.split()[0] for line in table.splitlines()[2:]] == [row["name"] for row in vitx.models()]
-    assert "AP50 0.993" in table and "accuracy 0.998" in table
+    assert "AP50 0.993" in table and "accuracy 0.998" in table and "zero-shot accuracy 0.997, R@1 0.638" in table
     assert json.loads(run(capsys, "models", "--json")[1]) == vitx.models()
 
 

@@ -89,3 +89,10 @@ def test_write_samples_names_each_image_by_its_two_objects(tmp_path):
     first = next(i for i in range(40) if data.phrases(i) == ["a red cross", "a orange square"])
     pixels = np.asarray(Image.open(paths[0])).astype(np.float32) / 255
     assert np.abs(pixels - data.images[first].permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_single_draws_one_object_per_image_with_its_caption():
+    data = shapes_captions(n=20, seed=3, single=True)
+    assert (data.object_shapes[:, 0] >= 0).all() and (data.object_shapes[:, 1:] < 0).all()
+    assert not data.object_masks[:, 1:].any() and data.object_masks[:, 0].flatten(1).any(1).all()
+    assert all(" and " not in c and "," not in c for c in data.captions)

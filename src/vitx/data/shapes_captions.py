@@ -39,10 +39,11 @@ def phrase(shape: int, colour: int | None = None) -> str:
 
 
 def caption(objects: list[tuple[int, int]], photo: bool = False, coloured: bool = True) -> str:
-    """The caption of (shape, colour) pairs in their order: "a red star and a blue circle", "a, b and c"; ``photo``
-    puts "a photo of" first, ``coloured=False`` leaves the colours out."""
+    """The caption of (shape, colour) pairs in their order: "a red star", "a red star and a blue circle", "a, b and c";
+    ``photo`` puts "a photo of" first, ``coloured=False`` leaves the colours out."""
     phrases = [phrase(s, c if coloured else None) for s, c in objects]
-    return ("a photo of " if photo else "") + ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    listed = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    return ("a photo of " if photo else "") + listed
 
 
 def prompts(template: str = PROMPT_TEMPLATES[0], colour: str | None = None) -> list[str]:
@@ -98,18 +99,20 @@ class ShapesCaptionData:
                 if s >= 0]
 
 
-def shapes_captions(n: int = 500, seed: int = 0, image_size: int = 64) -> ShapesCaptionData:
-    """Generate ``n`` seeded (image, caption) pairs with ground truth as a ShapesCaptionData."""
+def shapes_captions(n: int = 500, seed: int = 0, image_size: int = 64, single: bool = False) -> ShapesCaptionData:
+    """Generate ``n`` seeded (image, caption) pairs with ground truth as a ShapesCaptionData. ``single``: one object
+    per image (the zero-shot test images of ``shapes-clip``) instead of 2 or 3; the fields keep 3 object slots."""
     for name, value, low in (("n", n, 1), ("seed", seed, 0), ("image_size", image_size, 32)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise VitxError(f"{name} must be an integer >= {low}, got {value!r}")
     n, size, seed, most = int(n), int(image_size), int(seed), OBJECTS[1]
+    fewest, drawn_most = (1, 1) if single else OBJECTS
     images = np.empty((n, 3, size, size), np.float32)
     shapes_, colours = np.full((n, most), -1, np.int64), np.full((n, most), -1, np.int64)
     masks, captions, coloured = np.zeros((n, most, size, size), bool), [], np.zeros(n, bool)
     for i in range(n):
         rng = np.random.default_rng([seed, _STREAM, i])
-        k = int(rng.integers(OBJECTS[0], most + 1))
+        k = int(rng.integers(fewest, drawn_most + 1))
         shapes_drawn = rng.choice(len(CLASS_NAMES), k, replace=False)
         objects = [(int(s), int(rng.integers(len(COLOUR_NAMES)))) for s in shapes_drawn]
         images[i], drawn, _ = draw_scene(rng, objects, size)
