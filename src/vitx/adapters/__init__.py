@@ -6,11 +6,9 @@ from torch import nn
 from ..errors import VitxError
 from .base import Adapter, Description
 
-SUPPORTED = ("supported are vitx's ViT and NesT; timm's VisionTransformer (ViT, DeiT, DeiT III, DINOv2, registers, "
-             "hybrid), BEiT, EVA/EVA-02, rope ViTs, NesT and Swin v1/v2; torchvision's VisionTransformer (vit_*); "
-             "Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, Swin v1/v2, the CLIP/SigLIP vision towers, the "
-             "CLIPModel/SiglipModel image-text models, the VisualBERT/LXMERT question answerers, the DETR detector; "
-             "open_clip's CLIP with its ViT image tower (docs/models.md)")
+SUPPORTED = ("supported are vitx's own models; timm's ViTs (DeiT, DINOv2, registers, hybrid), BEiT, EVA, rope ViTs, "
+             "NesT, Swin v1/v2; torchvision's vit_*; Hugging Face ViT, DeiT, BEiT, data2vec-vision, DINOv2, Swin, "
+             "CLIP and SigLIP (towers or whole), VisualBERT, LXMERT, DETR; open_clip's ViT CLIP (docs/models.md)")
 LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks` of one attention each and a "
                       "`patch_embed` (timm's ViT layout)",
               "torchvision": "torchvision.models.VisionTransformer (its encoder.layers of MultiheadAttention)"}
