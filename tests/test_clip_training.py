@@ -60,7 +60,8 @@ def test_the_recipe_trains_saves_and_scores(name, tmp_path, monkeypatch):
     recipe = replace(RECIPES[name], steps=2)
     shutil.copy(ZOO_DIR / f"{recipe.start}.safetensors", tmp_path)
     metrics = train(name, out_dir=tmp_path, recipe=recipe, batch_size=4, progress=False)
-    expected = {"accuracy", "shapes_accuracy", "image_to_text_r1", "text_to_image_r1"} if name == "shapes-clip" else {"ap", "ap50", "ap75"}
+    expected = ({"accuracy", "shapes_accuracy", "image_to_text_r1", "text_to_image_r1"} if name == "shapes-clip" else
+                {"ap", "ap50", "ap75"})
     assert set(metrics) == expected and all(0 <= v <= 1 for v in metrics.values())
     state, meta = read_checkpoint(tmp_path / f"{name}.safetensors")
     assert meta["kind"] == recipe.kind and meta["metrics"] == metrics and meta["steps"] == 2
