@@ -16,6 +16,7 @@ from reference import tiny_explainer
 CHEAP = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
          "kernel-shap": {"samples": 64}, "beyond-intuition-head": {"steps": 4}, "beyond-intuition-token": {"steps": 4}}
 SAMPLES = ["src/vitx/data/samples/1_circle.png", "src/vitx/data/samples/18_star.png"]
+CAPTIONED = ["src/vitx/data/samples/captions/red_cross_and_orange_square.png"]
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +34,19 @@ def frozen_twin(model: vitx.Model) -> vitx.Model:
     return vitx.load_model(net, **{k: getattr(model.config, k) for k in ("mean", "std", "class_names", "name")})
 
 
+@pytest.fixture(scope="module")
+def clip():
+    return vitx.load_model("shapes-clip")
+
+
 @pytest.mark.parametrize("name", method_names())
-def test_every_method_gives_the_same_maps_on_a_frozen_model(name, vit, nest):
-    model = vit if "vit" in get_method(name).kinds else nest
-    x = model.preprocess(SAMPLES)
+def test_every_method_gives_the_same_maps_on_a_frozen_model(name, vit, nest, clip):
+    kinds = get_method(name).kinds
+    model = vit if "vit" in kinds else nest if "nest" in kinds else clip
+    x = model.preprocess(CAPTIONED if model is clip else SAMPLES)
     params = CHEAP.get(name, {})   # vit-shapley: the zoo's explainer, whose fingerprint the twin shares
+    if model is clip:
+        params = {**params, "text": ["a red cross", "a square"]}
     trainable = vitx.explain(model, x, name, **params)
     twin = frozen_twin(model)
     frozen = vitx.explain(twin, x, name, **params)
