@@ -23,7 +23,7 @@ VARIANTS = {
 PREFIX = {"vit": 1, "deit-distilled": 2, "registers": 5, "no-cls": 0}
 FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
 CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]          # the class token itself
-ROW_METHODS = [m["name"] for m in vitx.methods() if "head_row" in m["needs"]]           # the row the head reads
+ROW_METHODS = [m["name"] for m in vitx.methods() if "head_row" in m["needs"] and "vit" in m["kinds"]]  # the head's row
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
