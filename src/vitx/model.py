@@ -72,7 +72,11 @@ class Model(nn.Module):
         image tokens, ``keep`` (B, k) the indices of the patches it keeps."""
         if not self.config.text_length:
             return self.adapter.forward(x)
-        return self.adapter.forward(x, text, keep)
+        if not self.image_text:
+            return self.adapter.forward(x, text, keep)
+        if keep is not None:
+            raise VitxError("an image-text model keeps all image tokens: delete them through the tap's key_mask")
+        return self.adapter.forward(x, text)
 
     def detect(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """A detector's class logits (B, queries, classes + 1), "no object" last, and boxes (B, queries, 4) as (cx, cy,

@@ -15,9 +15,10 @@ from ..text import Text
 
 
 class ImageTextAdapter:
-    """Mixin for a two-tower model's adapter (put it first among the bases). A subclass gives
-    :meth:`image_features`, :meth:`text_features`, :meth:`project_tokens`, :meth:`similarity_scale`, :meth:`encode_text`, and where the
-    text's pooled token is not [CLS], :meth:`head_token`."""
+    """Mixin for a two-tower model's adapter (put it first among the bases). A subclass gives :meth:`image_features`,
+    :meth:`text_features`, :meth:`project_tokens`, :meth:`similarity_scale`, :meth:`encode_text`, where the text's
+    pooled token is not [CLS] :meth:`head_token`, and ``forward(x, text)``: s(x_r, t_r) per row as (B, 1) logits,
+    through the network's own call (where the tap's pre-hook makes a frozen model's input differentiable)."""
 
     def image_features(self, x: torch.Tensor) -> torch.Tensor:
         """The image tower's projected embeddings (B, D), before normalising."""
@@ -36,21 +37,22 @@ class ImageTextAdapter:
         """(exp(τ), b): the scale of the cosine similarity and its bias (None where the model has none)."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, text: Text, keep=None) -> torch.Tensor:
-        """s(x_r, t_r) per row, (B, 1): image r with prompt r."""
-        return self.pair_scores(self.image_features(x), self.text_features(text))
+    def scaled(self, cosine: torch.Tensor) -> torch.Tensor:
+        """exp(τ) · cosine (+ b): similarities from cosines."""
+        scale, bias = self.similarity_scale()
+        return scale * cosine + (0 if bias is None else bias)
 
     def pair_scores(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
-        """exp(τ) cos(images_r, texts_r) (+ b) per row of embeddings (B, D), as a one-column logit (B, 1)."""
-        scale, bias = self.similarity_scale()
-        cosine = (F.normalize(images, dim=-1) * F.normalize(texts, dim=-1)).sum(-1)
-        return (scale * cosine + (0 if bias is None else bias))[:, None]
+        """s per row of embeddings (B, D) of images and texts, as a one-column logit (B, 1)."""
+        return self.scaled((F.normalize(images, dim=-1) * F.normalize(texts, dim=-1)).sum(-1))[:, None]
 
     def similarities(self, x: torch.Tensor, text: Text) -> torch.Tensor:
         """s of every image with every prompt, (B, T): each image and each prompt encoded once."""
-        scale, bias = self.similarity_scale()
-        matrix = F.normalize(self.image_features(x), dim=-1) @ F.normalize(self.text_features(text), dim=-1).T
-        return scale * matrix + (0 if bias is None else bias)
+        return self.scaled(F.normalize(self.image_features(x), dim=-1) @ F.normalize(self.text_features(text), dim=-1).T)
+
+    def image_depth(self) -> int:
+        """The image tower's blocks (its sites come first)."""
+        return sum(site.query == "image" for site in self.sites())
 
     def modalities(self, text_length: int) -> dict[str, tuple[str, slice]]:
         """Where each modality's tokens sit: the image's patches after the image tower's prefix tokens, the text's

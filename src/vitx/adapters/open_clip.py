@@ -161,15 +161,11 @@ class OpenClipAdapter(ImageTextAdapter, ListedSites, Adapter):
     def similarity_scale(self):
         return self.net.logit_scale.exp(), self.net.logit_bias
 
-    def forward(self, x: torch.Tensor, text: Text, keep=None) -> torch.Tensor:
-        """s(x_r, t_r) per row, (B, 1), from the unit embeddings, scale and bias the model's own forward gives."""
-        if keep is not None:
-            raise VitxError("open_clip's CLIP keeps all image tokens: delete them with the tap's key_mask")
+    def forward(self, x: torch.Tensor, text: Text) -> torch.Tensor:
+        """s(x_r, t_r) per row, (B, 1), from the embeddings the model's own forward gives."""
         out = self.net(x, text.ids)      # positional, so that the tap's pre-hook sees the pixels
-        if isinstance(out, dict):
-            out = out["image_features"], out["text_features"], out["logit_scale"], out.get("logit_bias")
-        image, words, scale, bias = (*out, None)[:4]
-        return (scale * (image * words).sum(-1) + (0 if bias is None else bias))[:, None]
+        image, words = (out["image_features"], out["text_features"]) if isinstance(out, dict) else out[:2]
+        return self.pair_scores(image, words)
 
 
 def load(arch: str, weights: str | None) -> tuple[nn.Module, dict]:

@@ -217,7 +217,7 @@ class VitxCLIPAdapter(ImageTextAdapter, WordText, ListedSites, VitxAdapter):
     def pixel_layer(self) -> nn.Module:
         return patch_pixel_layer(self.net.visual.patch_embed)
 
-    def forward(self, x, text: Text, keep=None):
+    def forward(self, x, text: Text):
         """s(x_r, t_r) per row, (B, 1), through the network's own forward (where the tap's hooks sit): the diagonal
         of its (B, B) similarities."""
         return self.net(x, text.ids, text.mask).diagonal()[:, None]

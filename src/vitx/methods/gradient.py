@@ -20,7 +20,7 @@ def gradcam_block(model, params: dict) -> int:
     block's output on Swin, the input of blocks 1.. on a ViT)."""
     block, depth = params["block"], len(model.adapter.blocks())
     if model.image_text:    # the image tower's blocks, which come first
-        depth = sum(site.query == "image" for site in model.adapter.sites())
+        depth = model.adapter.image_depth()
     index = block + depth if block < 0 else block
     swin = model.config.kind == "swin"
     if not (0 if swin else 1) <= index < depth:

@@ -31,7 +31,7 @@ def legrad(batch: Batch, layers: int = 2) -> torch.Tensor:
     s^l the cosine of the prompt's embedding with block l's mean token through the tower's final norm and
     projection."""
     adapter = batch.model.adapter
-    depth = sum(site.query == "image" for site in adapter.sites())     # the image tower's blocks come first
+    depth = adapter.image_depth()
     if layers > depth:
         raise VitxError(f"legrad: layers={layers} is more than the image tower's {depth} blocks")
     _, tr = batch.run()

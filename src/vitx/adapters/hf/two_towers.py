@@ -118,10 +118,8 @@ class HFCLIPModelAdapter(ImageTextAdapter, ListedSites, HFClipAdapter):
     def similarity_scale(self):
         return self.net.logit_scale.exp(), getattr(self.net, "logit_bias", None)
 
-    def forward(self, x: torch.Tensor, text: Text, keep=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, text: Text) -> torch.Tensor:
         """s(x_r, t_r) per row, (B, 1), read off the model's own ``logits_per_image`` (B, B): its diagonal."""
-        if keep is not None:
-            raise VitxError(f"{type(self.net).__name__} keeps all image tokens: delete them with the tap's key_mask")
         inputs = self._text_inputs(text)
         # positional, so that the tap's pre-hook sees the pixels
         logits = self.net(inputs["input_ids"], x, inputs["attention_mask"], **self._resize(x)).logits_per_image
