@@ -41,8 +41,9 @@ def explain(model, x, method: str = "generic-attention", target=None, *, text=No
     queries of every image, class names the detections of those classes, and :class:`vitx.objects.Objects` found
     before (:func:`vitx.objects.find_objects` on the same images) are explained without detecting again. No detection
     gives an empty explanation with a warning.
-    text: a bi-modal model's questions, one string per image, or an image-text model's prompts (words outside the model's vocabulary become its
-    unknown token, with a warning naming them); the Explanation then holds ``text_maps`` and ``text_tokens``.
+    text: a bi-modal model's questions, one string per image, or an image-text model's prompts (words outside the
+    model's vocabulary become its unknown token, with a warning naming them); the Explanation then holds
+    ``text_maps`` and ``text_tokens``.
     batch_size: the most images per chunk. memory: the memory budget of a chunk (bytes or a size such as
     "4GB"; default half of what the model's device has available): chunks shrink below ``batch_size`` to fit
     the method's declared memory (:mod:`vitx.memory`), and a budget that cannot hold one image is refused before

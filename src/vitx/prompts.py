@@ -51,16 +51,16 @@ def pair_similarities(model: Model, x: torch.Tensor, text: Text) -> torch.Tensor
     are grouped by a random projection of their pixels, then checked equal; for forward passes without gradients."""
     flat = x.flatten(1)
     probe = torch.randn(flat.shape[1], 2, generator=torch.Generator().manual_seed(0)).to(flat)
-    _, first, inverse = unique_rows(flat @ probe)
+    first, inverse = unique_rows(flat @ probe)
     if len(first) == len(x) or not torch.equal(flat, flat[first][inverse]):
         return model(x, text)
     adapter = model.adapter
     return adapter.pair_scores(adapter.image_features(x[first])[inverse], adapter.text_features(text))
 
 
-def unique_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(distinct rows, the index of each one's first occurrence, each row's distinct row) of ``values`` (n, k)."""
+def unique_rows(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the index of each distinct row's first occurrence, each row's distinct row) of ``values`` (n, k)."""
     distinct, inverse = torch.unique(values, dim=0, return_inverse=True)
     order = torch.arange(len(values), device=values.device)
     first = torch.full((len(distinct),), len(values), device=values.device).scatter_reduce(0, inverse, order, "amin")
-    return distinct, first, inverse
+    return first, inverse
