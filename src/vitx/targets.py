@@ -26,16 +26,14 @@ def resolve_targets(target, count: int, model, classes: tuple[str, ...] | None =
     values = list(target) if isinstance(target, (list, tuple)) else [target] * count
     if len(values) != count:
         raise VitxError(f"got {len(values)} targets for {count} images")
-    classes = model.config.class_names if classes is None else classes
-    names = ClassNames(classes)
-    num_classes = model.config.num_classes if noun == "class" else len(classes)
+    own = classes is None
+    names = ClassNames(model.config.class_names if own else classes)
+    known = model.config.num_classes if own else len(classes)
+    has = f"this model has {known} classes" if own else f"{known} {noun}{'s' * (known != 1)} given"
     indices = [_index(value, names) for value in values]
     for index in indices:
-        if not 0 <= index < num_classes:
-            raise VitxError(f"target {noun} {index} is out of range: "
-                            + (f"this model has {num_classes} classes" if noun == "class" else
-                               f"{num_classes} {noun}{'s' * (num_classes != 1)} given")
-                            + f" (0-{num_classes - 1})")
+        if not 0 <= index < known:
+            raise VitxError(f"target {noun} {index} is out of range: {has} (0-{known - 1})")
     return torch.tensor(indices, device=model.device)
 
 

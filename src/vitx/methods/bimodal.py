@@ -113,5 +113,6 @@ def from_blocks(sites: list[Recorded], first: dict[str, int | None]) -> list[Rec
     for stream, block in start.items():
         if block >= depth[stream]:
             name = "start_layer" if stream == "image" else f"start_layer_{stream}"
-            raise VitxError(f"{name}={block} is beyond the {stream} tower's {depth[stream]} blocks (0-{depth[stream] - 1})")
+            raise VitxError(f"{name}={block} is beyond the {stream} tower's {depth[stream]} blocks "
+                            f"(0-{depth[stream] - 1})")
     return [r for r in sites if r.site.block >= start[r.site.query]]
