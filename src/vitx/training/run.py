@@ -59,6 +59,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "clip":
         from .clip import ImageText
         job = ImageText(recipe, out_dir)
+    elif recipe.kind == "diffmask":
+        from .diffmask import Masker
+        job = Masker(recipe, out_dir, seed)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)
