@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoint import read_checkpoint
+
 STRETCH = (-0.1, 1.1)        # (l, r) of the hard-concrete distribution
 TEMPERATURE = 0.2            # β
 GATE_SCALE, GATE_SHIFT = 15.0, 8.0
@@ -176,3 +178,11 @@ class Lagrangian:
 
     def values(self) -> list[float]:
         return [round(m.item(), 4) for m in self.multipliers]
+
+
+def load_gates(path, device=None) -> DiffMask:
+    """The trained gates and placeholder of a ``vitx train`` DiffMask checkpoint, in eval mode on ``device``."""
+    state, meta = read_checkpoint(path)
+    gates = DiffMask(meta["dim"], meta["depth"], meta["temperature"], tuple(meta["stretch"]))
+    gates.load_state_dict(state)
+    return gates.eval().to(device)
