@@ -14,6 +14,7 @@ from ..checkpoint import read_checkpoint
 from ..errors import VitxError
 from ..models import ARCHITECTURES, VisionTransformer
 from ..pruning.blocks import parse_stages
+from ..pruning.diffmask import load_gates, read
 from ..pruning.dynamicvit import DynamicViT
 from ..pruning.evit import EViT
 from ..pruning.stages import Stage, kept_lists, survival_map
@@ -118,3 +119,32 @@ def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | 
     (default: the zoo's, ``shapes-vit-evit`` for ``shapes-vit``; refused for other weights unless ``allow_stale``).
     ``keep_ratio`` ρ defaults to the one it was fine-tuned for."""
     return _run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
+
+
+NALMPANTIS_2023 = ("Nalmpantis et al., CVPR Workshops 2023, Vision DiffMask: Faithful Interpretation of Vision "
+                   "Transformers with Differentiable Patch Masking")
+_diffmask_requires, _diffmask_fits = _twin("diffmask", "diffmask", "a DiffMask module")
+
+
+@register("diffmask", family="pruning", paper=NALMPANTIS_2023, needs={"trained_module"},
+          cost="2F (the model, then its hidden states for the gates)", requires=_diffmask_requires,
+          fits=_diffmask_fits)
+def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
+    """Vision DiffMask: each patch's probability of being kept, Π_i P(z_i ≠ 0) over the hard-concrete gates that
+    read the frozen model's hidden states at every layer (:mod:`vitx.pruning.diffmask`), trained so that the
+    patches kept hold the prediction within ε of KL. It explains the predicted class whatever the target (the
+    gates have none). ``exp.details["layer_gates"]``: per image, each layer's P(z_i ≠ 0) per patch (h_0 first);
+    ``["kept"]``: the patches kept with probability over one half. ``module``: a zoo name or a file from
+    ``vitx train`` (default: the zoo's, ``shapes-vit-diffmask`` for ``shapes-vit``), refused for other weights
+    unless ``allow_stale``."""
+    net = _vitx_vit(batch.model, "diffmask")
+    gates = load_gates(module_path(batch.model.config, "diffmask", "diffmask", module), batch.x.device)
+    if gates.placeholder.shape[0] != net.cfg.embed_dim or len(gates.gates) != len(net.blocks) + 2:
+        raise VitxError(f"this DiffMask module has {len(gates.gates)} gates of width {gates.placeholder.shape[0]}, "
+                        f"and the model has {len(net.blocks)} blocks of width {net.cfg.embed_dim}")
+    with torch.no_grad():
+        layers = gates.keep_probabilities(read(net, batch.x))
+    batch.details["layer_gates"] = layers.transpose(1, 2).tolist()
+    keep = layers.prod(-1)
+    batch.details["kept"] = [torch.nonzero(row > 0.5).flatten().tolist() for row in keep]
+    return batch.layout.to_grid(keep)
