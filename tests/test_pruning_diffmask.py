@@ -137,8 +137,11 @@ def test_diffmask_maps_are_keep_probabilities_with_per_layer_details(shapes_vit,
     assert layers.shape == (6, 8, 64) and layers.min() >= 0 and layers.max() <= 1
     keep = exp.token_maps.flatten(1)
     assert torch.allclose(layers.prod(1), keep, atol=1e-5)
-    assert exp.details["kept"] == [torch.nonzero(row > 0.5).flatten().tolist() for row in keep]
-    assert 0 < sum(map(len, exp.details["kept"])) < 6 * 64          # some patches dropped, some kept
+    kept = exp.details["kept"]
+    assert len(kept) == 6 and all(len(image) == 8 for image in kept)
+    assert [image[-1] for image in kept] == [torch.nonzero(row > 0.5).flatten().tolist() for row in keep]
+    assert all(set(later) <= set(earlier) for image in kept for earlier, later in zip(image, image[1:]))
+    assert 0 < sum(len(image[-1]) for image in kept) < 6 * 64          # some patches dropped, some kept
     # it explains the predicted class whatever the target: the gates have none
     other = vitx.explain(shapes_vit, x, method="diffmask", target=(exp.targets + 1) % 8, normalize=False)
     assert torch.equal(other.token_maps, exp.token_maps)

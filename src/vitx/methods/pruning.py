@@ -134,7 +134,8 @@ def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False)
     read the frozen model's hidden states at every layer (:mod:`vitx.pruning.diffmask`), trained so that the
     patches kept hold the prediction within ε of KL. It explains the predicted class whatever the target (the
     gates have none). ``exp.details["layer_gates"]``: per image, each layer's P(z_i ≠ 0) per patch (h_0 first);
-    ``["kept"]``: the patches kept with probability over one half. ``module``: a zoo name or a file from
+    ``["kept"]``: per image and layer i, the patches that the gates up to i keep with probability over one half
+    (nested, as a pruned ViT's stages; the last is the map's). ``module``: a zoo name or a file from
     ``vitx train`` (default: the zoo's, ``shapes-vit-diffmask`` for ``shapes-vit``), refused for other weights
     unless ``allow_stale``."""
     net = _vitx_vit(batch.model, "diffmask")
@@ -145,6 +146,6 @@ def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False)
     with torch.no_grad():
         layers = gates.keep_probabilities(read(net, batch.x))
     batch.details["layer_gates"] = layers.transpose(1, 2).tolist()
-    keep = layers.prod(-1)
-    batch.details["kept"] = [torch.nonzero(row > 0.5).flatten().tolist() for row in keep]
-    return batch.layout.to_grid(keep)
+    survival = layers.cumprod(-1).transpose(1, 2)                  # (B, L + 2, P): kept by every gate up to i
+    batch.details["kept"] = [[torch.nonzero(row > 0.5).flatten().tolist() for row in image] for image in survival]
+    return batch.layout.to_grid(survival[:, -1])
