@@ -172,11 +172,17 @@ def test_pruning_methods_refuse_bad_input(model, x):
         vitx.explain(model, x, method="evit", keep_ratio=1.5)
     with pytest.raises(vitx.VitxError, match=r"keep_ratio.*\(0, 1\]"):
         vitx.explain(model, x, method="dynamicvit", keep_ratio=0)
+    with pytest.raises(vitx.VitxError, match="keep_ratio 1 keeps every token"):
+        vitx.explain(model, x, method="evit", keep_ratio=1)
     with pytest.raises(vitx.VitxError, match="stages '2,9' do not exist"):
         vitx.explain(model, x, method="evit", stages="2,9")
     pooled = wrap(create_model("vitx_shapes", class_token=False, global_pool="avg"), mean=(0.5,) * 3, std=(0.25,) * 3)
     with pytest.raises(vitx.VitxError, match="needs a head that reads the class token"):
         vitx.explain(pooled, x, method="evit")
+    import timm
+    borrowed = vitx.load_model(timm.create_model("vit_tiny_patch16_224", img_size=64, patch_size=8, num_classes=8))
+    with pytest.raises(vitx.VitxError, match="runs the blocks of vitx's own ViT"):
+        vitx.explain(borrowed, x, method="evit")
 
 
 def test_trained_twins_refuse_other_weights(model, x):

@@ -52,30 +52,30 @@ def _vitx_vit(model, method: str) -> VisionTransformer:
     return model.net
 
 
-def _twin(kind: str, method: str, what: str = "a pruned twin module"):
-    """The ``requires`` and ``fits`` checks of a method run by a pruned twin of metadata ``kind``."""
+def twin_method(name: str, kind: str, paper: str):
+    """Register ``name``, a method read from the model's pruned twin of metadata ``kind`` (:func:`load_pruned`): it
+    needs the twin trained for the model's very weights, found before anything runs."""
+    what = "a pruned twin module"
+
     def requires(config, params: dict) -> None:
-        module_path(config, kind, method, params.get("module"), what)
+        module_path(config, kind, name, params.get("module"), what)
 
     def fits(model, params: dict) -> None:
         if not params["allow_stale"]:
-            check_fingerprint(module_path(model.config, kind, method, params["module"], what), model.net, method)
-    return requires, fits
+            check_fingerprint(module_path(model.config, kind, name, params["module"], what), model.net, name)
+    return register(name, family="pruning", paper=paper, needs={"trained_module", "cls_token"},
+                    cost="1F (the pruned twin)", requires=requires, fits=fits, ranges={"keep_ratio": "(0, 1]"})
 
 
-def _run_twin(batch: Batch, kind: str, method: str, module: str | None, ratio: float | None) -> torch.Tensor:
+def run_twin(batch: Batch, kind: str, method: str, module: str | None, ratio: float | None) -> torch.Tensor:
+    """The survival map of the images through the twin (:func:`report`)."""
     net = load_pruned(module_path(batch.model.config, kind, method, module), batch.x.device)
     with torch.no_grad():
         logits, stages = net(batch.x, ratio)
     return report(batch, logits, stages)
 
 
-_dynamicvit_requires, _dynamicvit_fits = _twin("dynamicvit", "dynamicvit")
-
-
-@register("dynamicvit", family="pruning", paper=RAO_2021, needs={"trained_module", "cls_token"},
-          cost="1F (the pruned twin)", requires=_dynamicvit_requires, fits=_dynamicvit_fits,
-          ranges={"keep_ratio": "(0, 1]"})
+@twin_method("dynamicvit", "dynamicvit", RAO_2021)
 def dynamicvit(batch: Batch, keep_ratio: float | None = None, module: str | None = None,
                allow_stale: bool = False) -> torch.Tensor:
     """DynamicViT: how long the model's pruned twin keeps each patch. Its prediction modules score the tokens before
@@ -83,11 +83,13 @@ def dynamicvit(batch: Batch, keep_ratio: float | None = None, module: str | None
     probability at the last stage that scored it (:mod:`vitx.pruning.stages`). ``keep_ratio`` ρ (default: the
     trained one); ``module``: a zoo name or a file from ``vitx train`` (default: the zoo's twin of the model,
     ``shapes-vit-dynamicvit`` for ``shapes-vit``), refused for other weights unless ``allow_stale``."""
-    return _run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio)
+    return run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio)
 
 
 def _evit_fits(model, params: dict) -> None:
     parse_stages(params["stages"], len(_vitx_vit(model, "evit").blocks))
+    if params["keep_ratio"] == 1:
+        raise VitxError("method 'evit': keep_ratio 1 keeps every token, so EViT prunes nothing and has no map")
 
 
 @register("evit", family="pruning", paper=LIANG_2022, needs={"cls_token"}, cost="1F (the model, reorganised)",
@@ -101,20 +103,13 @@ def evit(batch: Batch, keep_ratio: float = 0.7, stages: str | None = None, fuse:
     net = EViT(vit, parse_stages(stages, len(vit.blocks)), keep_ratio, fuse)
     with torch.no_grad():
         logits, found = net(batch.x)
-    if not found:
-        raise VitxError("keep_ratio 1 keeps every token: EViT then prunes nothing and has no map")
     return report(batch, logits, found)
 
 
-_evit_tuned_requires, _evit_tuned_fits = _twin("evit", "evit-finetuned")
-
-
-@register("evit-finetuned", family="pruning", paper=LIANG_2022, needs={"trained_module", "cls_token"},
-          cost="1F (the pruned twin)", requires=_evit_tuned_requires, fits=_evit_tuned_fits,
-          ranges={"keep_ratio": "(0, 1]"})
+@twin_method("evit-finetuned", "evit", LIANG_2022)
 def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | None = None,
                    allow_stale: bool = False) -> torch.Tensor:
     """EViT fine-tuned: the map of ``evit``, read from the model's twin fine-tuned with EViT's keep-rate schedule
     (default: the zoo's, ``shapes-vit-evit`` for ``shapes-vit``; refused for other weights unless ``allow_stale``).
     ``keep_ratio`` ρ defaults to the one it was fine-tuned for."""
-    return _run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
+    return run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
