@@ -166,7 +166,7 @@ def test_diffmask_refuses_what_it_was_not_trained_for(shapes_vit, data, tmp_path
                                                          num_heads=2, num_classes=8)), name="shapes-vit",
                              mean=shapes_vit.config.mean, std=shapes_vit.config.std,
                              class_names=shapes_vit.config.class_names)
-    with pytest.raises(vitx.VitxError, match="8 gates of width 96, and the model has 2 blocks of width 32"):
+    with pytest.raises(vitx.VitxError, match="has gates for 6 blocks of width 96, and this model has 2 blocks of width 32"):
         vitx.explain(narrow, x, method="diffmask", allow_stale=True)
 
 

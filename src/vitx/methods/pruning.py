@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..batch import Batch
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, read_metadata
 from ..errors import VitxError
 from ..models import ARCHITECTURES, VisionTransformer
 from ..pruning.blocks import parse_stages
@@ -53,30 +53,30 @@ def _vitx_vit(model, method: str) -> VisionTransformer:
     return model.net
 
 
-def _twin(kind: str, method: str, what: str = "a pruned twin module"):
-    """The ``requires`` and ``fits`` checks of a method run by a pruned twin of metadata ``kind``."""
+def twin_method(name: str, kind: str, paper: str):
+    """Register ``name``, a method read from the model's pruned twin of metadata ``kind`` (:func:`load_pruned`): it
+    needs the twin trained for the model's very weights, found before anything runs."""
+    what = "a pruned twin module"
+
     def requires(config, params: dict) -> None:
-        module_path(config, kind, method, params.get("module"), what)
+        module_path(config, kind, name, params.get("module"), what)
 
     def fits(model, params: dict) -> None:
         if not params["allow_stale"]:
-            check_fingerprint(module_path(model.config, kind, method, params["module"], what), model.net, method)
-    return requires, fits
+            check_fingerprint(module_path(model.config, kind, name, params["module"], what), model.net, name)
+    return register(name, family="pruning", paper=paper, needs={"trained_module", "cls_token"},
+                    cost="1F (the pruned twin)", requires=requires, fits=fits, ranges={"keep_ratio": "(0, 1]"})
 
 
-def _run_twin(batch: Batch, kind: str, method: str, module: str | None, ratio: float | None) -> torch.Tensor:
+def run_twin(batch: Batch, kind: str, method: str, module: str | None, ratio: float | None) -> torch.Tensor:
+    """The survival map of the images through the twin (:func:`report`)."""
     net = load_pruned(module_path(batch.model.config, kind, method, module), batch.x.device)
     with torch.no_grad():
         logits, stages = net(batch.x, ratio)
     return report(batch, logits, stages)
 
 
-_dynamicvit_requires, _dynamicvit_fits = _twin("dynamicvit", "dynamicvit")
-
-
-@register("dynamicvit", family="pruning", paper=RAO_2021, needs={"trained_module", "cls_token"},
-          cost="1F (the pruned twin)", requires=_dynamicvit_requires, fits=_dynamicvit_fits,
-          ranges={"keep_ratio": "(0, 1]"})
+@twin_method("dynamicvit", "dynamicvit", RAO_2021)
 def dynamicvit(batch: Batch, keep_ratio: float | None = None, module: str | None = None,
                allow_stale: bool = False) -> torch.Tensor:
     """DynamicViT: how long the model's pruned twin keeps each patch. Its prediction modules score the tokens before
@@ -84,11 +84,13 @@ def dynamicvit(batch: Batch, keep_ratio: float | None = None, module: str | None
     probability at the last stage that scored it (:mod:`vitx.pruning.stages`). ``keep_ratio`` ρ (default: the
     trained one); ``module``: a zoo name or a file from ``vitx train`` (default: the zoo's twin of the model,
     ``shapes-vit-dynamicvit`` for ``shapes-vit``), refused for other weights unless ``allow_stale``."""
-    return _run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio)
+    return run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio)
 
 
 def _evit_fits(model, params: dict) -> None:
     parse_stages(params["stages"], len(_vitx_vit(model, "evit").blocks))
+    if params["keep_ratio"] == 1:
+        raise VitxError("method 'evit': keep_ratio 1 keeps every token, so EViT prunes nothing and has no map")
 
 
 @register("evit", family="pruning", paper=LIANG_2022, needs={"cls_token"}, cost="1F (the model, reorganised)",
@@ -102,28 +104,38 @@ def evit(batch: Batch, keep_ratio: float = 0.7, stages: str | None = None, fuse:
     net = EViT(vit, parse_stages(stages, len(vit.blocks)), keep_ratio, fuse)
     with torch.no_grad():
         logits, found = net(batch.x)
-    if not found:
-        raise VitxError("keep_ratio 1 keeps every token: EViT then prunes nothing and has no map")
     return report(batch, logits, found)
 
 
-_evit_tuned_requires, _evit_tuned_fits = _twin("evit", "evit-finetuned")
-
-
-@register("evit-finetuned", family="pruning", paper=LIANG_2022, needs={"trained_module", "cls_token"},
-          cost="1F (the pruned twin)", requires=_evit_tuned_requires, fits=_evit_tuned_fits,
-          ranges={"keep_ratio": "(0, 1]"})
+@twin_method("evit-finetuned", "evit", LIANG_2022)
 def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | None = None,
                    allow_stale: bool = False) -> torch.Tensor:
     """EViT fine-tuned: the map of ``evit``, read from the model's twin fine-tuned with EViT's keep-rate schedule
     (default: the zoo's, ``shapes-vit-evit`` for ``shapes-vit``; refused for other weights unless ``allow_stale``).
     ``keep_ratio`` ρ defaults to the one it was fine-tuned for."""
-    return _run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
+    return run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
 
 
 NALMPANTIS_2023 = ("Nalmpantis et al., CVPR Workshops 2023, Vision DiffMask: Faithful Interpretation of Vision "
                    "Transformers with Differentiable Patch Masking")
-_diffmask_requires, _diffmask_fits = _twin("diffmask", "diffmask", "a DiffMask module")
+DIFFMASK_MODULE = "a DiffMask module"
+
+
+def _diffmask_requires(config, params: dict) -> None:
+    module_path(config, "diffmask", "diffmask", params.get("module"), DIFFMASK_MODULE)
+
+
+def _diffmask_fits(model, params: dict) -> None:
+    """Before any forward: vitx's own ViT, of the module's width and depth, with the very weights it was trained
+    for (unless ``allow_stale``)."""
+    net = _vitx_vit(model, "diffmask")
+    path = module_path(model.config, "diffmask", "diffmask", params["module"], DIFFMASK_MODULE)
+    meta = read_metadata(path)
+    if (meta["dim"], meta["depth"]) != (net.cfg.embed_dim, len(net.blocks)):
+        raise VitxError(f"DiffMask module {path.name!r} has gates for {meta['depth']} blocks of width {meta['dim']}, "
+                        f"and this model has {len(net.blocks)} blocks of width {net.cfg.embed_dim}")
+    if not params["allow_stale"]:
+        check_fingerprint(path, net, "diffmask")
 
 
 @register("diffmask", family="pruning", paper=NALMPANTIS_2023, needs={"trained_module"},
@@ -138,13 +150,9 @@ def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False)
     (nested, as a pruned ViT's stages; the last is the map's). ``module``: a zoo name or a file from
     ``vitx train`` (default: the zoo's, ``shapes-vit-diffmask`` for ``shapes-vit``), refused for other weights
     unless ``allow_stale``."""
-    net = _vitx_vit(batch.model, "diffmask")
     gates = load_gates(module_path(batch.model.config, "diffmask", "diffmask", module), batch.x.device)
-    if gates.placeholder.shape[0] != net.cfg.embed_dim or len(gates.gates) != len(net.blocks) + 2:
-        raise VitxError(f"this DiffMask module has {len(gates.gates)} gates of width {gates.placeholder.shape[0]}, "
-                        f"and the model has {len(net.blocks)} blocks of width {net.cfg.embed_dim}")
     with torch.no_grad():
-        layers = gates.keep_probabilities(read(net, batch.x))
+        layers = gates.keep_probabilities(read(batch.model.net, batch.x))
     batch.details["layer_gates"] = layers.transpose(1, 2).tolist()
     survival = layers.cumprod(-1).transpose(1, 2)                  # (B, L + 2, P): kept by every gate up to i
     batch.details["kept"] = [[torch.nonzero(row > 0.5).flatten().tolist() for row in image] for image in survival]
