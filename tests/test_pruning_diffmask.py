@@ -142,6 +142,8 @@ def test_diffmask_maps_are_keep_probabilities_with_per_layer_details(shapes_vit,
     assert [image[-1] for image in kept] == [torch.nonzero(row > 0.5).flatten().tolist() for row in keep]
     assert all(set(later) <= set(earlier) for image in kept for earlier, later in zip(image, image[1:]))
     assert 0 < sum(len(image[-1]) for image in kept) < 6 * 64          # some patches dropped, some kept
+    picture = exp.stages(0)                                              # the image, then once per layer
+    assert picture.width > 9 * picture.height
     # it explains the predicted class whatever the target: the gates have none
     other = vitx.explain(shapes_vit, x, method="diffmask", target=(exp.targets + 1) % 8, normalize=False)
     assert torch.equal(other.token_maps, exp.token_maps)
@@ -189,7 +191,7 @@ def test_recipe_trains_only_the_gates_and_writes_its_card(tmp_path, monkeypatch)
     monkeypatch.setattr(diffmask_training, "TEST_IMAGES", 20)
     (tmp_path / "shapes-vit.safetensors").write_bytes((ZOO_DIR / "shapes-vit.safetensors").read_bytes())
     metrics = train("shapes-vit-diffmask", tmp_path, seed=3, steps=3, batch_size=4, progress=False)
-    assert set(metrics) == {"kept", "kl", "kl_p90", "agreement", "multipliers"} and len(metrics["multipliers"]) == 8
+    assert set(metrics) == {"kept", "kl", "kl_p90", "within", "agreement", "multipliers"} and len(metrics["multipliers"]) == 8
     assert 0 < metrics["kept"] <= 1 and metrics["kl"] >= 0
     meta = read_metadata(tmp_path / "shapes-vit-diffmask.safetensors")
     assert meta["kind"] == "diffmask" and meta["explains"] == "shapes-vit"
