@@ -19,7 +19,8 @@ from .zoo import NAMES as ZOO_NAMES, zoo_path
 WITH_WEIGHTS_FILE = ("timm:", "torchvision:", "open_clip:")
 
 NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through the method 'vit-shapley')",
-                   "generator": "an image generator (use it with `vitx generate`)"}
+                   "generator": "an image generator (use it with `vitx generate`)",
+                   "iared2": "an IA-RED² pruned twin (use it through the method 'ia-red2')"}
 
 
 def load_model(source, arch: str | None = None, *, weights: str | None = None, device=None, **config) -> Model:

@@ -59,6 +59,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "clip":
         from .clip import ImageText
         job = ImageText(recipe, out_dir)
+    elif recipe.kind == "iared2":
+        from .iared2 import IARed2Trainer
+        job = IARed2Trainer(recipe, out_dir, steps)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)
@@ -69,7 +72,8 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     if recipe.kind in DEVICE_KINDS:
         job.to(device)
     job.net.train()
-    optimizer = torch.optim.AdamW(job.net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay,
+    params = job.parameter_groups(recipe.lr) if hasattr(job, "parameter_groups") else job.net.parameters()
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   betas=recipe.betas)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _warmup_cosine(steps, recipe.warmup))
                  for o in (optimizer, getattr(job, "d_optimizer", None)) if o is not None]

@@ -1,0 +1,188 @@
+"""IA-RED² (Pan, Panda, Jiang, Wang, Feris & Oliva, NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy
+Reduction for Vision Transformers): a ViT that drops the patch tokens a learnt policy finds uninformative, group of
+blocks by group of blocks, and whose policy is its explanation.
+
+**Groups.** The L blocks are split into D consecutive groups; before group g a *multi-head interpreter* scores
+every token still alive. For ``shapes-vit`` (L = 6) we use D = 3 groups of 2 blocks (:data:`GROUPS`): the
+authors' interpreter copies split DeiT's 12 blocks into 3 groups of 4, i.e. the same 3 decisions at the same
+relative depths (before blocks 0, L/3, 2L/3); one interpreter per block would add decisions too close together
+to drop anything new, and 2 groups would leave a single late chance to refine the first, coarse decision.
+
+**Interpreter** (one per group, H heads as the backbone's, d = D_model / H): with a_j ∈ {0, 1} the tokens alive
+before the group (a_cls = 1), x̂ = LN(a ⊙ x) (a LayerNorm without affine weights), q^h = W_q^h x̂_cls,
+k_j^h = W_k^h x̂_j and the keep probability of token j
+
+    p_j = a_j · (1/H) Σ_h σ(q^h · k_j^h / √d)                                        (the paper's Eq. 2)
+
+**Hard policy.** While training, u_j ~ Bernoulli(p_j); at inference u_j = 1[p_j > 0.5]. The class token is always
+kept; a dropped token stays dropped (u_j ≤ a_j, so the next group's a = u).
+
+**Forward with the policy.** Training keeps the sequence and masks the dropped tokens out as keys of every attention
+of the group (:func:`vitx.pruning.blocks.run_block`; a dropped token still attends to itself, so no row is empty,
+and no kept token ever reads it, so the kept tokens' values are those of running on them alone). Inference runs on
+the kept tokens only: the images of a batch keep different counts, so each group gathers every image's kept tokens
+(class token first) to the batch's largest count and masks the padding slots through the policy.
+
+**Reward and REINFORCE** (Williams 1992; the paper's Sec. 3.2, the reward of BlockDrop, Wu et al., CVPR 2018):
+
+    R(u) = 1 − s(u)²   if the prediction under u is right,   −τ otherwise,
+    s(u) = Σ_g (L_g / L) · |u_g|_0 / P                        (the share of patch-token blocks still computed)
+    ∇_θ J = E_u[(R(u) − b) ∇_θ log π_θ(u)],   log π_θ(u) = Σ_g Σ_{j alive, j ≠ cls} log(p_j^{u_j} (1 − p_j)^{1 − u_j})
+
+**Choices the paper leaves open, and ours.**
+- s(u): the paper writes the efficiency term with the share of tokens kept; with D groups we weigh each group's
+  share by its blocks (the authors' interpreter copies compute the same weighted share as their "flops" output), so
+  R rewards computation saved, not decisions.
+- τ = 1 (:data:`TAU`; the authors' copies carry an error penalty of −1).
+- The baseline b: the reward of the thresholded (inference) policy on the same image, the self-critical baseline
+  of BlockDrop, whose reward IA-RED² adopts; the paper names none.
+- Training schedule (:mod:`vitx.training.iared2`): the interpreters first, backbone frozen, in a curriculum that
+  switches on group g at step g·S₁/D (the groups not yet on keep what the last active group kept; the authors'
+  copies carry such a curriculum step); then the backbone fine-tuned with cross-entropy under the thresholded
+  policy with the interpreters frozen. The backbone's BatchNorm (its convolutional stem) keeps its statistics.
+- The map (:func:`vitx.pruning.stages.survival_map`, as for the other pruning methods): the number of groups a
+  patch survived plus its keep probability at the last group that scored it. A patch dropped at group g lies in
+  [g, g + 0.5], a survivor of every group in (D + 0.5, D + 1]: the map orders patches by how long they were kept,
+  then by the interpreter's confidence.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import VitxError
+from .blocks import gather, run_block
+from .stages import Stage
+
+GROUPS = (2, 2, 2)   # blocks per group for shapes-vit's 6 blocks
+TAU = 1.0            # the reward of a wrong prediction is −τ
+THRESHOLD = 0.5      # inference keeps a token when its keep probability exceeds this
+START_LOGIT = 2.0    # each head's σ-argument for every token at the start: keep probability σ(2) ≈ 0.88
+
+
+class Interpreter(nn.Module):
+    """The multi-head interpreter: per token, the mean over heads of σ(class-token query · token key / √d)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise VitxError(f"the interpreter's {heads} heads do not divide the token width {dim}")
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.qk = nn.Linear(dim, 2 * dim)
+        nn.init.trunc_normal_(self.qk.weight, std=0.02)
+        nn.init.constant_(self.qk.bias, (START_LOGIT / math.sqrt(dim // heads)) ** 0.5)
+
+    def forward(self, x: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+        """Keep probabilities (B, N) of tokens ``x`` (B, N, D), zero where ``alive`` (B, N) is 0."""
+        B, N, D = x.shape
+        alive = alive.to(x.dtype)
+        q, k = self.qk(self.norm(x * alive[..., None])).view(B, N, 2, self.heads, D // self.heads).unbind(2)
+        scores = torch.einsum("bhd,bnhd->bhn", q[:, 0], k) * (D // self.heads) ** -0.5
+        return scores.sigmoid().mean(1) * alive
+
+
+@dataclass
+class Rollout:
+    """One pass with the policy, every tensor at the tokens' original positions (class token at 0):
+    ``probs``, ``alive`` (tokens alive before the group) and ``kept`` (after it), each (D, B, N)."""
+    logits: torch.Tensor
+    probs: torch.Tensor
+    alive: torch.Tensor
+    kept: torch.Tensor
+
+
+class IARed2(nn.Module):
+    """A vitx ``VisionTransformer`` (``vit``, with a class token) and one interpreter before each group of
+    ``groups`` blocks."""
+
+    def __init__(self, vit: nn.Module, groups: tuple[int, ...] = GROUPS):
+        super().__init__()
+        depth = len(vit.blocks)
+        if not groups or any(not isinstance(g, int) or g < 1 for g in groups) or sum(groups) != depth:
+            raise VitxError(f"groups must be positive block counts summing to the model's {depth} blocks, "
+                            f"got {tuple(groups)}")
+        if vit.cls_token is None or vit.num_prefix_tokens != 1:
+            raise VitxError("IA-RED² needs a ViT with a class token and no other prefix token")
+        self.vit, self.groups = vit, tuple(groups)
+        self.interpreters = nn.ModuleList(Interpreter(vit.cfg.embed_dim, vit.cfg.num_heads) for _ in groups)
+
+    def spans(self) -> list[tuple[int, nn.Sequential]]:
+        """Each group's first block index and its blocks."""
+        starts = [sum(self.groups[:g]) for g in range(len(self.groups))]
+        return [(start, self.vit.blocks[start:start + size]) for start, size in zip(starts, self.groups)]
+
+    def head(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.vit.forward_head(self.vit.norm(tokens))
+
+    def rollout(self, x: torch.Tensor, sample: bool, active: int | None = None) -> Rollout:
+        """The training pass: all tokens stay in the sequence, the dropped ones masked as keys. ``sample``: Bernoulli
+        decisions (else the thresholded policy); ``active``: the groups whose interpreters decide (the rest keep
+        what the last active one kept; default all)."""
+        tokens = self.vit.embed(x)
+        alive = torch.ones(tokens.shape[:2], dtype=tokens.dtype, device=tokens.device)
+        probs, alives, kepts = [], [], []
+        for g, (interpreter, (_, blocks)) in enumerate(zip(self.interpreters, self.spans())):
+            p = interpreter(tokens, alive)
+            kept = alive
+            if active is None or g < active:
+                kept = (torch.bernoulli(p.detach()) if sample else (p > THRESHOLD).to(p.dtype)) * alive
+                kept[:, 0] = 1
+            probs.append(p), alives.append(alive), kepts.append(kept)
+            alive = kept
+            for block in blocks:
+                tokens, _ = run_block(block, tokens, alive)
+        return Rollout(self.head(tokens), torch.stack(probs), torch.stack(alives), torch.stack(kepts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Stage]]:
+        """Inference on the kept tokens only, under the thresholded policy: the logits (B, C) and per group a
+        :class:`~vitx.pruning.stages.Stage` (original patch indices scored and kept; index P pads a row)."""
+        tokens = self.vit.embed(x)
+        B, N, _ = tokens.shape
+        position = torch.arange(N, device=x.device).expand(B, N)       # each slot's original token (class token: 0)
+        valid = torch.ones(B, N, dtype=torch.bool, device=x.device)     # the slot holds a live token, not padding
+        stages = []
+        for interpreter, (start, blocks) in zip(self.interpreters, self.spans()):
+            p = interpreter(tokens, valid)
+            keep = (p > THRESHOLD) & valid
+            keep[:, 0] = True
+            slots = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :int(keep.sum(1).max())]
+            scored = _patch_index(position, valid, N)
+            tokens, position, valid = gather(tokens, slots), position.gather(1, slots), keep.gather(1, slots)
+            stages.append(Stage(start, scored, p[:, 1:], _patch_index(position, valid, N)))
+            policy = None if bool(valid.all()) else valid.to(tokens.dtype)
+            for block in blocks:
+                tokens, _ = run_block(block, tokens, policy)
+        return self.head(tokens), stages
+
+
+def _patch_index(position: torch.Tensor, valid: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(B, n − 1): the original patch index of each slot after the class token's, or P (= tokens − 1) for padding."""
+    return torch.where(valid[:, 1:], position[:, 1:] - 1, tokens - 1)
+
+
+def kept_share(kept: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
+    """s(u) (B,): Σ_g (L_g / L) · (patches kept at group g) / P, from ``kept`` (D, B, N) with the class token at 0."""
+    weights = torch.tensor(groups, dtype=kept.dtype, device=kept.device) / sum(groups)
+    return (weights[:, None] * kept[:, :, 1:].mean(-1)).sum(0)
+
+
+def reward(correct: torch.Tensor, share: torch.Tensor, tau: float = TAU) -> torch.Tensor:
+    """R (B,): 1 − s² for a right prediction, −τ for a wrong one."""
+    return torch.where(correct, 1 - share ** 2, torch.full_like(share, -tau))
+
+
+def log_policy(probs: torch.Tensor, decisions: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """log π(u) (B,): Σ over groups and alive patch tokens (the class token's keep is no decision) of the Bernoulli
+    log-likelihood of ``decisions`` under ``probs``; all (D, B, N)."""
+    p = probs.clamp(1e-6, 1 - 1e-6)
+    ll = torch.where(decisions > 0, p.log(), (1 - p).log()) * alive
+    return ll[:, :, 1:].sum((0, 2))
+
+
+def reinforce_loss(log_prob: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float = 0.0) -> torch.Tensor:
+    """The REINFORCE surrogate −mean((R − b) · log π(u)), whose gradient estimates −∇E[R]."""
+    return -((rewards - baseline).detach() * log_prob).mean()

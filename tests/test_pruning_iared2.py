@@ -1,0 +1,127 @@
+"""IA-RED² (vitx.pruning.iared2, the method ia-red2 and its zoo module shapes-vit-iared2): REINFORCE on a hand-built
+two-action toy, the interpreter and its hard policy, the pruned forward against the masked one, the method through
+vitx.explain with its refusals, and the quality and efficiency gates of issue 16 on fresh images."""
+import math
+
+import pytest
+import torch
+
+from vitx.models import create_model
+from vitx.pruning.iared2 import (THRESHOLD, IARed2, Interpreter, kept_share, log_policy, reinforce_loss,
+                                 reward)
+from vitx.errors import VitxError
+
+
+# --- REINFORCE on a two-action toy -------------------------------------------------------------------------------
+
+def _toy_gradient(theta: float, action: int, rewards: tuple[float, float], baseline: float = 0.0) -> float:
+    """d/dθ of the REINFORCE loss for one Bernoulli decision u ~ σ(θ) (keep = 1), taken ``action``."""
+    logit = torch.tensor(theta, requires_grad=True)
+    p = torch.stack([torch.ones(()), logit.sigmoid()]).view(1, 1, 2)   # (groups, images, tokens): class, patch
+    decision = torch.tensor([1.0, float(action)]).view(1, 1, 2)
+    loss = reinforce_loss(log_policy(p, decision, torch.ones(1, 1, 2)), torch.tensor([rewards[action]]),
+                          torch.tensor([baseline]))
+    loss.backward()
+    return logit.grad.item()
+
+
+def test_reinforce_gradient_by_hand_on_a_two_action_toy():
+    """One patch, keep with probability p = σ(θ): d(−R log π(u))/dθ = −R (1 − p) when kept, +R p when dropped."""
+    p = 1 / (1 + math.exp(-0.3))
+    assert _toy_gradient(0.3, 1, (0.0, 2.0)) == pytest.approx(-2.0 * (1 - p))
+    assert _toy_gradient(0.3, 0, (0.5, 0.0)) == pytest.approx(0.5 * p)
+    assert _toy_gradient(0.3, 1, (0.0, 2.0), baseline=2.0) == pytest.approx(0.0)   # no advantage, no step
+
+
+@pytest.mark.parametrize("better, sign", [(1, -1), (0, 1)])
+def test_reinforce_descends_towards_the_better_action(better, sign):
+    """Averaged over sampled actions, gradient descent raises the probability of the better-rewarded action:
+    dE[loss]/dθ = −p(1 − p)(R₁ − R₀), negative when keeping pays more, positive when dropping does."""
+    rewards = (0.0, 1.0) if better == 1 else (1.0, 0.0)
+    theta, p = 0.4, 1 / (1 + math.exp(-0.4))
+    gen = torch.Generator().manual_seed(0)
+    actions = (torch.rand(4000, generator=gen) < p).long().tolist()
+    mean = sum(_toy_gradient(theta, a, rewards, baseline=0.5) for a in actions) / len(actions)
+    assert math.copysign(1, mean) == sign
+    assert mean == pytest.approx(-p * (1 - p) * (rewards[1] - rewards[0]), abs=0.02)
+
+
+def test_reward_and_kept_share_by_hand():
+    """Groups of 1 and 2 blocks, 4 patches: s = (1/3)·(3/4) + (2/3)·(1/4) = 5/12; R = 1 − s² if right, −τ if wrong."""
+    kept = torch.tensor([[[1, 1, 1, 0, 1.0]], [[1, 0, 1, 0, 0.0]]])     # (groups, images, class + 4 patches)
+    share = kept_share(kept, (1, 2))
+    assert share.item() == pytest.approx(5 / 12)
+    got = reward(torch.tensor([True, False]), share.repeat(2), tau=3.0)
+    assert got.tolist() == pytest.approx([1 - (5 / 12) ** 2, -3.0])
+
+
+def test_log_policy_counts_only_the_alive_patch_decisions():
+    probs = torch.tensor([[[0.9, 0.8, 0.3, 0.6]]])
+    decisions = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])
+    alive = torch.tensor([[[1.0, 1.0, 1.0, 0.0]]])              # the last token was dropped before: no decision
+    assert log_policy(probs, decisions, alive).item() == pytest.approx(math.log(0.8) + math.log(0.7))
+
+
+# --- the interpreter and the hard policy -------------------------------------------------------------------------
+
+def test_interpreter_is_the_mean_over_heads_of_sigmoid_class_attention():
+    torch.manual_seed(0)
+    interp = Interpreter(8, 2)
+    torch.nn.init.normal_(interp.qk.weight)
+    x, alive = torch.randn(3, 5, 8), torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 1, 0], [1, 1, 1, 0, 1.0]])
+    p = interp(x, alive)
+    assert p.shape == (3, 5)
+    h = torch.nn.functional.layer_norm(x * alive[..., None], (8,))
+    q, k = interp.qk(h).split(8, -1)
+    by_hand = torch.stack([(q[:, :1, i:i + 4] @ k[:, :, i:i + 4].transpose(1, 2) / 2).sigmoid()[:, 0]
+                           for i in (0, 4)]).mean(0) * alive
+    torch.testing.assert_close(p, by_hand)
+    assert (p[alive == 0] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A random vitx_shapes ViT with IA-RED² interpreters whose weights make the policy drop about half."""
+    torch.manual_seed(0)
+    net = IARed2(create_model("vitx_shapes").eval(), (2, 2, 2)).eval()
+    for interp in net.interpreters:
+        torch.nn.init.normal_(interp.qk.weight, std=0.3)
+        torch.nn.init.zeros_(interp.qk.bias)
+    return net, torch.randn(6, 3, 64, 64)
+
+
+def test_hard_policy_keeps_the_class_token_and_never_revives_a_token(toy):
+    net, x = toy
+    with torch.no_grad():
+        for sample in (True, False):
+            r = net.rollout(x, sample=sample)
+            assert r.kept.shape == r.probs.shape == (3, 6, 65)
+            assert (r.kept[:, :, 0] == 1).all()
+            assert (r.kept <= r.alive).all() and (r.alive[1:] == r.kept[:-1]).all()
+        greedy = net.rollout(x, sample=False)
+        torch.testing.assert_close(greedy.kept[:, :, 1:], ((greedy.probs > THRESHOLD).float() * greedy.alive)[:, :, 1:])
+        assert 0.1 < greedy.kept[-1, :, 1:].mean() < 0.9
+
+
+def test_pruned_inference_runs_on_the_kept_tokens_as_the_masked_pass_does(toy):
+    """Images keep different counts; gathered to the batch's largest and padded through the policy, the pruned
+    forward gives the masked pass's logits and decisions."""
+    net, x = toy
+    with torch.no_grad():
+        masked = net.rollout(x, sample=False)
+        logits, stages = net(x)
+    torch.testing.assert_close(logits, masked.logits, atol=2e-3, rtol=0)
+    counts = masked.kept[:, :, 1:].sum(-1)
+    assert len(set(counts[-1].tolist())) > 1                  # the images do keep different counts
+    for g, stage in enumerate(stages):
+        assert stage.block == 2 * g
+        kept = torch.zeros(6, 65)
+        kept.scatter_(1, stage.kept, 1.0)                     # index 64 (padding) lands in the last column
+        assert (kept[:, :64] == masked.kept[g, :, 1:]).all()
+
+
+def test_groups_must_cover_the_blocks():
+    vit = create_model("vitx_shapes")
+    for groups in ((2, 2), (3, 3, 1), (0, 6), ()):
+        with pytest.raises(VitxError, match="groups must be positive block counts summing to the model's 6"):
+            IARed2(vit, groups)
