@@ -6,10 +6,15 @@ import math
 import pytest
 import torch
 
+import vitx
+from vitx.data import shapes
+from vitx.errors import StaleModuleError, VitxError
+from vitx.evaluate import evaluate
+from vitx.flops import count_flops
+from vitx.methods.pruning import load_iared2
 from vitx.models import create_model
-from vitx.pruning.iared2 import (THRESHOLD, IARed2, Interpreter, kept_share, log_policy, reinforce_loss,
-                                 reward)
-from vitx.errors import VitxError
+from vitx.pruning.iared2 import THRESHOLD, IARed2, Interpreter, kept_share, log_policy, reinforce_loss, reward
+from vitx.zoo import ZOO_DIR
 
 
 # --- REINFORCE on a two-action toy -------------------------------------------------------------------------------
@@ -125,3 +130,83 @@ def test_groups_must_cover_the_blocks():
     for groups in ((2, 2), (3, 3, 1), (0, 6), ()):
         with pytest.raises(VitxError, match="groups must be positive block counts summing to the model's 6"):
             IARed2(vit, groups)
+
+
+# --- the method ia-red2 and the zoo's twin ------------------------------------------------------------------------
+
+SEED = 20_000
+
+
+@pytest.fixture(scope="module")
+def model():
+    return vitx.load_model("shapes-vit")
+
+
+@pytest.fixture(scope="module")
+def twin():
+    return load_iared2(ZOO_DIR / "shapes-vit-iared2.safetensors", "cpu")
+
+
+def test_ia_red2_through_explain_orders_patches_by_how_long_they_were_kept(model):
+    data = shapes(n=5, seed=40_000)
+    exp = vitx.explain(model, model.normalize(data.images), "ia-red2")
+    assert exp.token_maps.shape == (5, 8, 8)
+    kept = exp.details["kept"]
+    assert len(kept) == 5 and all(len(groups) == 3 for groups in kept)
+    for values, groups in zip(exp.token_maps.flatten(1), kept):
+        assert all(set(later) <= set(earlier) for earlier, later in zip(groups, groups[1:]))
+        survivors = torch.zeros(64, dtype=torch.bool)
+        survivors[groups[-1]] = True
+        assert 0 < survivors.sum() < 64
+        assert values[survivors].min() > 3.5 > values[~survivors].max()   # 3 groups + p > 0.5, against ≤ g + 0.5
+
+
+def test_ia_red2_refuses_other_weights_and_modules(model, tmp_path):
+    x = model.normalize(shapes(n=2, seed=40_001).images)
+    random_vit = vitx.load_model(create_model("vitx_shapes"), class_names=model.config.class_names,
+                                 mean=model.config.mean, std=model.config.std)
+    with pytest.raises(VitxError, match="needs an IA-RED² module trained for this model"):
+        vitx.explain(random_vit, x, "ia-red2")
+    with pytest.raises(StaleModuleError, match="trained for other weights of 'shapes-vit'"):
+        vitx.explain(random_vit, x, "ia-red2", module="shapes-vit-iared2")
+    with pytest.raises(VitxError, match="neither a zoo name nor a file"):
+        vitx.explain(model, x, "ia-red2", module=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(VitxError, match="is not an IA-RED² module of method 'ia-red2'"):
+        vitx.explain(model, x, "ia-red2", module="shapes-vit-shapley")
+    with pytest.raises(VitxError, match="IA-RED² pruned twin"):
+        vitx.load_model("shapes-vit-iared2")
+
+
+def test_pruned_twin_keeps_accuracy_with_fewer_flops(model, twin):
+    """Within 1 point of shapes-vit's accuracy on the same 1,000 fresh images, with at least 30% fewer FLOPs (batch 1,
+    the mean over 20 images: IA-RED² keeps a different count for each image)."""
+    data = shapes(n=1000, seed=SEED)
+    x = model.normalize(data.images)
+    with torch.no_grad():
+        ours = torch.cat([twin(x[i:i + 250])[0].argmax(-1) for i in range(0, 1000, 250)])
+        theirs = torch.cat([model(x[i:i + 250]).argmax(-1) for i in range(0, 1000, 250)])
+    accuracy, original = ((p == data.labels).float().mean().item() for p in (ours, theirs))
+    assert accuracy >= original - 0.01, f"accuracy {accuracy:.3f} against shapes-vit's {original:.3f}"
+    flops = sum(count_flops(twin, x[i:i + 1]) for i in range(20)) / 20
+    saved = 1 - flops / count_flops(model.net, x[:1])
+    assert saved >= 0.30, f"{saved:.1%} fewer FLOPs"
+
+
+@pytest.fixture(scope="module")
+def scored(model):
+    return evaluate(model, shapes(n=500, seed=SEED), ["ia-red2", "random"],
+                    metrics=["pointing_game_tolerant", "energy_pointing_game"], batch_size=100,
+                    sanity_images=None).results["methods"]
+
+
+def test_keep_map_points_at_the_object(scored):
+    rate = scored["ia-red2"]["pointing_game_tolerant"]
+    assert rate >= 0.8, f"ia-red2: tolerant pointing game {rate:.3f}"
+
+
+def test_keep_map_puts_more_energy_in_the_mask_than_noise(scored):
+    ours, noise = scored["ia-red2"], scored["random"]
+    sem = (ours["energy_pointing_game_sem"] ** 2 + noise["energy_pointing_game_sem"] ** 2) ** 0.5
+    margin = (ours["energy_pointing_game"] - noise["energy_pointing_game"]) / sem
+    assert margin > 3, f"ia-red2: {margin:.1f} standard errors ({ours['energy_pointing_game']:.3f} against " \
+                       f"{noise['energy_pointing_game']:.3f})"

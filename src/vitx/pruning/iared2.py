@@ -33,7 +33,9 @@ the kept tokens only: the images of a batch keep different counts, so each group
 - s(u): the paper writes the efficiency term with the share of tokens kept; with D groups we weigh each group's
   share by its blocks (the authors' interpreter copies compute the same weighted share as their "flops" output), so
   R rewards computation saved, not decisions.
-- τ = 1 (:data:`TAU`; the authors' copies carry an error penalty of −1).
+- τ = 5 (:data:`TAU`). The authors' copies carry an error penalty of −1; on shapes τ = 1 settled at about 20% of
+  the patches kept and 0.90 accuracy in a probe run (a token whose drop costs under 0.4% of accuracy pays for itself
+  when errors cost 1 + τ = 2), τ = 5 at about 37% and 0.99 after the backbone's fine-tuning.
 - The baseline b: the reward of the thresholded (inference) policy on the same image, the self-critical baseline
   of BlockDrop, whose reward IA-RED² adopts; the paper names none.
 - Training schedule (:mod:`vitx.training.iared2`): the interpreters first, backbone frozen, in a curriculum that
@@ -58,7 +60,7 @@ from .blocks import gather, run_block
 from .stages import Stage
 
 GROUPS = (2, 2, 2)   # blocks per group for shapes-vit's 6 blocks
-TAU = 1.0            # the reward of a wrong prediction is −τ
+TAU = 5.0            # the reward of a wrong prediction is −τ
 THRESHOLD = 0.5      # inference keeps a token when its keep probability exceeds this
 START_LOGIT = 2.0    # each head's σ-argument for every token at the start: keep probability σ(2) ≈ 0.88
 

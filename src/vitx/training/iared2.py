@@ -118,8 +118,10 @@ Inference runs each group on the kept tokens only.
 ## Results
 
 On {TEST_IMAGES:,} fresh images (data seed {meta['test_seed']}): accuracy **{m['accuracy']:.3f}**, against
-{m['original_accuracy']:.3f} for `{recipe.start}` on the same images. Mean share of the {m['patches']} patches kept:
-{groups}. FLOPs of one image (batch 1, `torch.utils.flop_counter`, mean over {FLOP_IMAGES} images, interpreters
+{m['original_accuracy']:.3f} for `{recipe.start}` on the same images. Mean share of the {m['patches']} patches kept,
+{groups}.
+
+FLOPs of one image (batch 1, `torch.utils.flop_counter`, mean over {FLOP_IMAGES} images, interpreters
 included): {m['flops'] / 1e6:.1f} M against {m['original_flops'] / 1e6:.1f} M for `{recipe.start}`
 (**{1 - m['flops_ratio']:.1%} fewer**).
 

@@ -63,7 +63,7 @@ RECIPES = {
                           batch_size=32),
     "shapes-clip": Recipe("clip_shapes", "captions", steps=4000, lr=5e-4, start="shapes-vit", kind="clip",
                           batch_size=128),
-    "shapes-vit-iared2": Recipe("vitx_shapes", "single", steps=1500, lr=1e-3, start="shapes-vit", kind="iared2",
+    "shapes-vit-iared2": Recipe("vitx_shapes", "single", steps=1200, lr=1e-3, start="shapes-vit", kind="iared2",
                                 batch_size=64),
 }
 
