@@ -126,7 +126,7 @@ def test_refusals_name_the_problem(model, x, tmp_path):
     with pytest.raises(vitx.VitxError, match="neither a zoo name nor a file"):
         vitx.explain(model, x, "vit-shapley", explainer=str(tmp_path / "missing.safetensors"))
     surrogate = str(tiny_explainer(model)).replace("explainer.safetensors", "surrogate.safetensors")
-    with pytest.raises(vitx.VitxError, match="not a ViT Shapley explainer"):
+    with pytest.raises(vitx.VitxError, match="is not an explainer of method 'vit-shapley'"):
         vitx.explain(model, x, "vit-shapley", explainer=surrogate)
     explainer = tiny_explainer(model)
     with pytest.raises(vitx.VitxError, match="is a ViT Shapley explainer"):

@@ -12,7 +12,7 @@ from PIL import Image
 from .errors import VitxError
 from .images import Frame
 from .naming import OBJECTS_FILE, explanation_file, object_stem, update_object_index
-from .viz import answer_lines, overlay as draw_overlay, probability
+from .viz import answer_lines, overlay as draw_overlay, probability, pruned_stages
 from .viz.boxes import boxed
 from .viz.words import captioned, word_colours
 
@@ -104,6 +104,14 @@ class Explanation:
                  answer_lines(self.logits[i], self.class_name, int(self.targets[i])))
         return captioned(picture, tokens, colours, lines)
 
+    def stages(self, i: int, scale: int = 4) -> Image.Image:
+        """A pruning method's keep decisions for image ``i``: the image, then once per stage with the patches dropped
+        so far greyed (:func:`vitx.viz.pruned_stages`), from ``details["kept"]``."""
+        if "kept" not in self.details:
+            raise VitxError(f"stages() draws a pruning method's keep decisions; this {self.method!r} explanation has "
+                            "none")
+        return pruned_stages(self.images[i], self.details["kept"][i], tuple(self.token_maps.shape[-2:]), scale)
+
     def text_relevance(self, i: int) -> dict:
         """Question ``i``'s tokens and their relevance (its text map without the padding), as saved in
         ``<name>_<method>_text.json``: ``{"tokens": [...], "relevance": [...]}``."""
@@ -148,7 +156,8 @@ class Explanation:
              original_size: bool = False) -> list[Path]:
         """Write ``<name>_<method>.png`` (:meth:`overlay`, with the coloured words and the answer for a bi-modal
         explanation, the box and label of the object for a detector's) and ``<name>_<method>.npy`` (map) per map into
-        ``directory``, as ``vitx explain`` does, and for a bi-modal explanation ``<name>_<method>_text.json``
+        ``directory``, as ``vitx explain`` does; for a pruning method ``<name>_<method>_stages.png`` (:meth:`stages`);
+        for a bi-modal explanation ``<name>_<method>_text.json``
         (:meth:`text_relevance`); ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...; per object for
         a detector). A detector's explanation also writes ``objects.json``: a row per object (``exp.objects``' entry,
         its ``image_name`` (the image's file stem, or null), its ``name`` and the ``files`` written for it), merged
@@ -174,6 +183,9 @@ class Explanation:
             self.overlay(i, scale=scale).save(picture)
             np.save(values, (self.original_map(i) if original_size else self.maps[i]).cpu().numpy())
             written += [picture, values]
+            if "kept" in self.details:
+                written.append(directory / explanation_file(name, self.method, "_stages.png"))
+                self.stages(i, scale).save(written[-1])
             if self.bimodal:
                 written.append(directory / explanation_file(name, self.method, "_text.json"))
                 written[-1].write_text(json.dumps(self.text_relevance(i)) + "\n", encoding="utf-8")

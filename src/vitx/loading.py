@@ -20,6 +20,8 @@ WITH_WEIGHTS_FILE = ("timm:", "torchvision:", "open_clip:")
 
 NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through the method 'vit-shapley')",
                    "generator": "an image generator (use it with `vitx generate`)",
+                   "dynamicvit": "a DynamicViT twin (use it through the method 'dynamicvit')",
+                   "evit": "an EViT twin (use it through the method 'evit-finetuned')",
                    "iared2": "an IA-RED² pruned twin (use it through the method 'ia-red2')"}
 
 

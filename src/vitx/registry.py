@@ -52,7 +52,9 @@ KIND_LIMITS = {
                              "every attention layer (a detector's decoder self-attention has object queries as "
                              "keys), ViT-CX clusters the last block's patch tokens (a detector's last block holds "
                              "its object queries), ViT Shapley's explainer is trained for a classifier "
-                             "(occlusion, rise and kernel-shap apply)"}}
+                             "(occlusion, rise and kernel-shap apply)",
+             "pruning": "it prunes the patch tokens of a classifier that reads its class token, and a detector's "
+                        "objects are decoder queries reading every image token"}}
 
 # The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with
 # ``register(..., ranges=...)``. Intervals are written as in mathematics: "[1, inf)" is 1 <= value.

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 
 from ..batch import Batch
-from ..checkpoint import fingerprint, read_checkpoint, read_metadata
-from ..errors import StaleModuleError, VitxError
+from ..checkpoint import read_checkpoint
 from ..loading import load_model
 from ..model import Model
 from ..models import ARCHITECTURES
@@ -24,60 +23,16 @@ from ..models.shapley import ShapleyExplainer
 from ..registry import register
 from ..shapley import efficient_normalization
 from ..surrogate import coalition_probabilities
-from ..zoo import NAMES, ZOO_DIR
+from ..trained import check_fingerprint, module_path
 
 COVERT_2023 = "Covert, Kim & Lee, ICLR 2023, Learning to Estimate Shapley Values with Vision Transformers"
 KIND = "shapley-explainer"
 
 
-def zoo_explainers() -> dict[str, Path]:
-    """The zoo's ViT Shapley explainers by the name of the model each explains."""
-    found = {}
-    for name in NAMES:
-        path = ZOO_DIR / f"{name}.safetensors"
-        meta = read_metadata(path) if path.exists() else {}
-        if meta.get("kind") == KIND:
-            found[meta["explains"]] = path
-    return found
-
-
 def explainer_path(config, explainer: str | None) -> Path:
     """The explainer file for a model: ``explainer`` (a zoo name or a file from ``vitx train``), or the zoo's
     explainer for the model's name."""
-    if explainer is None:
-        found = zoo_explainers()
-        if config.name not in found:
-            have = ", ".join(found) or "none"
-            raise VitxError(f"method 'vit-shapley' needs an explainer trained for this model ({config.name or 'unnamed'}); "
-                            f"the zoo has explainers for: {have}. Train one (`vitx train`) and pass explainer=<file>")
-        return found[config.name]
-    path = ZOO_DIR / f"{explainer}.safetensors" if explainer in NAMES else Path(explainer)
-    if not path.is_file():
-        raise VitxError(f"explainer {explainer!r} is neither a zoo name nor a file")
-    meta = read_metadata(path)
-    if meta.get("kind") != KIND:
-        raise VitxError(f"{str(path)!r} is not a ViT Shapley explainer (it says kind {meta.get('kind')!r})")
-    if meta["mean"] != list(config.mean) or meta["std"] != list(config.std) or \
-            len(meta["class_names"]) != config.num_classes:
-        raise VitxError(f"explainer {path.name!r} was trained for {meta['explains']!r}, whose input normalisation "
-                        f"or classes differ from this model's")
-    return path
-
-
-def check_fingerprint(path: Path, net) -> None:
-    """Refuse a model whose weights are not those the explainer at ``path`` was trained to explain (the
-    classifier or its surrogate, whose fingerprints its metadata records)."""
-    meta = read_metadata(path)
-    known = meta.get("fingerprints")
-    if not known:
-        raise StaleModuleError(f"explainer {path.name!r} records no fingerprint of the weights it explains, so it "
-                               "cannot tell whether it fits this model; retrain it with `vitx train`, or pass "
-                               "allow_stale=True (--param vit-shapley.allow_stale=True) to use it anyway")
-    if fingerprint(net) not in known:
-        raise StaleModuleError(f"explainer {path.name!r} was trained for other weights of {meta['explains']!r} "
-                               "(this model's weights differ, e.g. fine-tuned or randomised), so its values would "
-                               "not explain this model; train one for it (`vitx train`), or pass allow_stale=True "
-                               "(--param vit-shapley.allow_stale=True) to explain with it anyway")
+    return module_path(config, KIND, "vit-shapley", explainer, what="an explainer")
 
 
 def load_explainer(path: Path, device) -> tuple[ShapleyExplainer, Model]:
@@ -110,7 +65,7 @@ def _requires(config, params: dict) -> None:
 def _fits(model, params: dict) -> None:
     """Before any forward: the explainer was trained for these very weights, unless ``allow_stale``."""
     if not params["allow_stale"]:
-        check_fingerprint(explainer_path(model.config, params["explainer"]), model.net)
+        check_fingerprint(explainer_path(model.config, params["explainer"]), model.net, "vit-shapley", "explainer")
 
 
 @register("vit-shapley", family="perturbation", paper=COVERT_2023, needs={"trained_module", "cls_token"},

@@ -166,6 +166,11 @@ class VisionTransformer(nn.Module):
         return (prefix if n_prefix else None), patches
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.embed(x)))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The tokens entering the first block, (B, prefix + patches, D): prefix tokens and patch embeddings, with
+        their positions."""
         x = self.patch_embed(x)
         grid = tuple(x.shape[-2:])
         x = x.flatten(2).transpose(1, 2)
@@ -176,7 +181,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat(prefix + [x + pos_patches], dim=1)
         else:
             x = torch.cat(prefix + [x], dim=1) + torch.cat([pos_prefix, pos_patches], dim=1)
-        return self.norm(self.blocks(x))
+        return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.global_pool == "avg":

@@ -38,7 +38,7 @@ class IARed2Trainer:
         self.meta = {"kind": KIND, "explains": recipe.start, "fingerprints": [fingerprint(self.original.net)],
                      "groups": list(GROUPS), "tau": TAU, "interpreter_steps": self.switch}
 
-    def parameter_groups(self, lr: float) -> list[dict]:
+    def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.net.interpreters.parameters())},
                 {"params": list(self.net.vit.parameters()), "lr": lr * BACKBONE_LR}]
 

@@ -37,6 +37,7 @@ class Recipe:
     fd_every: int = 0      # generator: steps between Fréchet distances recorded
     config: dict = field(default_factory=dict)  # classifier: overrides of the architecture's configuration
     pool: int = 0          # vqa: items drawn once and sampled in shuffled epochs (0: a fresh batch every step)
+    keep_ratio: float = 1.0  # a pruned twin ("dynamicvit", "evit"): ρ, the share of patch tokens kept per stage
 
     @property
     def multi_label(self) -> bool:
@@ -61,6 +62,10 @@ RECIPES = {
                               batch_size=256, pool=200_000),
     "shapes-detr": Recipe("detr_shapes", "multi", steps=6000, lr=5e-4, start="shapes-vit-multi", kind="detr",
                           batch_size=32),
+    "shapes-vit-dynamicvit": Recipe("vitx_shapes", "single", steps=500, lr=1e-3, start="shapes-vit",
+                                    kind="dynamicvit", batch_size=64, keep_ratio=0.7),
+    "shapes-vit-evit": Recipe("vitx_shapes", "single", steps=500, lr=1e-4, start="shapes-vit", kind="evit",
+                              batch_size=64, keep_ratio=0.7),
     "shapes-clip": Recipe("clip_shapes", "captions", steps=4000, lr=5e-4, start="shapes-vit", kind="clip",
                           batch_size=128),
     "shapes-vit-iared2": Recipe("vitx_shapes", "single", steps=1200, lr=1e-3, start="shapes-vit", kind="iared2",

@@ -59,6 +59,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "clip":
         from .clip import ImageText
         job = ImageText(recipe, out_dir)
+    elif recipe.kind in ("dynamicvit", "evit"):
+        from .pruning import PrunedTwin
+        job = PrunedTwin(recipe, out_dir, steps)
     elif recipe.kind == "iared2":
         from .iared2 import IARed2Trainer
         job = IARed2Trainer(recipe, out_dir, steps)
@@ -72,8 +75,8 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     if recipe.kind in DEVICE_KINDS:
         job.to(device)
     job.net.train()
-    params = job.parameter_groups(recipe.lr) if hasattr(job, "parameter_groups") else job.net.parameters()
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay,
+    groups = job.param_groups(recipe.lr) if hasattr(job, "param_groups") else job.net.parameters()
+    optimizer = torch.optim.AdamW(groups, lr=recipe.lr, weight_decay=recipe.weight_decay,
                                   betas=recipe.betas)
     schedules = [torch.optim.lr_scheduler.LambdaLR(o, _warmup_cosine(steps, recipe.warmup))
                  for o in (optimizer, getattr(job, "d_optimizer", None)) if o is not None]
@@ -116,7 +119,7 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     return metrics
 
 
-DEVICE_KINDS = ("vqa", "detr", "clip")   # recipes whose job (training.device.OnDevice) trains on any device
+DEVICE_KINDS = ("vqa", "detr", "clip", "dynamicvit", "evit")   # recipes whose job can train on any device (a .to(device))
 
 
 def training_device(device: str | None, name: str, kind: str) -> torch.device:
@@ -126,8 +129,8 @@ def training_device(device: str | None, name: str, kind: str) -> torch.device:
     except (RuntimeError, ValueError):
         raise VitxError(f"unknown device {device!r} (expected e.g. cpu or cuda)") from None
     if parsed.type != "cpu" and kind not in DEVICE_KINDS:
-        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA, detector and image-text "
-                        "recipes")
+        raise VitxError(f"{name!r} trains on the CPU only; device {device!r} is for the VQA, detector, image-text "
+                        "and pruned-twin recipes")
     return parsed
 
 

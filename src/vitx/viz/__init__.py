@@ -1,9 +1,10 @@
-"""Drawing: heatmap overlays, side-by-side grids, a question's words coloured by relevance, and GradCAT's paths
-through NesT's tree."""
+"""Drawing: heatmap overlays, side-by-side grids, a question's words coloured by relevance, GradCAT's paths
+through NesT's tree, and a pruned ViT's kept patches per stage."""
 from .grid import ROWS_PER_PAGE, grid, grid_pages, tile
 from .labels import answer_lines, prediction_label, probability
 from .overlay import heatmap, overlay
+from .stages import pruned_stages
 from .tree import gradcat_tree
 
 __all__ = ["ROWS_PER_PAGE", "answer_lines", "grid", "grid_pages", "gradcat_tree", "heatmap", "overlay",
-           "prediction_label", "probability", "tile"]
+           "prediction_label", "probability", "pruned_stages", "tile"]

@@ -1,0 +1,145 @@
+"""Token-pruning methods read as explanations (:mod:`vitx.pruning`): the map of a patch is how long the pruned model
+kept it, ``exp.details["kept"]`` the patches kept at each stage. What each explains: ``evit`` the model itself as
+it is (no training), ``dynamicvit``, ``evit-finetuned`` and ``ia-red2`` their pruned twin fine-tuned from the
+model (a zoo module trained for its very weights), whose keep decisions do not depend on the target class."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..batch import Batch
+from ..checkpoint import read_checkpoint
+from ..errors import VitxError
+from ..models import ARCHITECTURES, VisionTransformer
+from ..pruning.blocks import parse_stages
+from ..pruning.dynamicvit import DynamicViT
+from ..pruning.evit import EViT
+from ..pruning.iared2 import IARed2
+from ..pruning.stages import Stage, kept_lists, survival_map
+from ..registry import register
+from ..trained import check_fingerprint, module_path
+
+RAO_2021 = "Rao et al., NeurIPS 2021, DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification"
+LIANG_2022 = ("Liang et al., ICLR 2022, Not All Patches are What You Need: Expediting Vision Transformers via Token "
+              "Reorganizations")
+PRUNED = {"dynamicvit": DynamicViT, "evit": EViT}   # a pruned twin's metadata kind -> its module
+
+
+def load_pruned(path: Path, device) -> torch.nn.Module:
+    """The pruned twin saved at ``path`` by ``vitx train`` (metadata: kind, arch, config, stages, ratio)."""
+    state, meta = read_checkpoint(path)
+    vit = VisionTransformer(replace(ARCHITECTURES[meta["arch"]], **meta["config"]))
+    net = PRUNED[meta["kind"]](vit, tuple(meta["stages"]), meta["ratio"])
+    net.load_state_dict(state)
+    return net.eval().to(device)
+
+
+def report(batch: Batch, logits: torch.Tensor, stages: list[Stage]) -> torch.Tensor:
+    """The survival map of ``stages`` as a token map; the kept patches per stage, the stages' blocks and the pruned
+    model's prediction per image go to ``exp.details``."""
+    patches = batch.layout.num_patches
+    batch.details["kept"] = kept_lists(stages, patches)
+    batch.details["stage_blocks"] = [[s.block for s in stages]] * len(logits)
+    batch.details["pruned_prediction"] = logits.argmax(-1).tolist()
+    return batch.layout.to_grid(survival_map(stages, patches))
+
+
+def _vitx_vit(model, method: str) -> VisionTransformer:
+    if not isinstance(model.net, VisionTransformer):
+        raise VitxError(f"method {method!r} runs the blocks of vitx's own ViT, and this model is a "
+                        f"{type(model.net).__name__}: load timm weights into it with vitx.load_model(file, arch=...)")
+    return model.net
+
+
+def twin_method(name: str, kind: str, paper: str):
+    """Register ``name``, a method read from the model's pruned twin of metadata ``kind`` (:func:`load_pruned`): it
+    needs the twin trained for the model's very weights, found before anything runs."""
+    what = "a pruned twin module"
+
+    def requires(config, params: dict) -> None:
+        module_path(config, kind, name, params.get("module"), what)
+
+    def fits(model, params: dict) -> None:
+        if not params["allow_stale"]:
+            check_fingerprint(module_path(model.config, kind, name, params["module"], what), model.net, name)
+    return register(name, family="pruning", paper=paper, needs={"trained_module", "cls_token"},
+                    cost="1F (the pruned twin)", requires=requires, fits=fits, ranges={"keep_ratio": "(0, 1]"})
+
+
+def run_twin(batch: Batch, kind: str, method: str, module: str | None, ratio: float | None) -> torch.Tensor:
+    """The survival map of the images through the twin (:func:`report`)."""
+    net = load_pruned(module_path(batch.model.config, kind, method, module), batch.x.device)
+    with torch.no_grad():
+        logits, stages = net(batch.x, ratio)
+    return report(batch, logits, stages)
+
+
+@twin_method("dynamicvit", "dynamicvit", RAO_2021)
+def dynamicvit(batch: Batch, keep_ratio: float | None = None, module: str | None = None,
+               allow_stale: bool = False) -> torch.Tensor:
+    """DynamicViT: how long the model's pruned twin keeps each patch. Its prediction modules score the tokens before
+    each stage s and keep the top ⌊P ρ^s⌋; a patch's value is the number of stages it survived plus its keep
+    probability at the last stage that scored it (:mod:`vitx.pruning.stages`). ``keep_ratio`` ρ (default: the
+    trained one); ``module``: a zoo name or a file from ``vitx train`` (default: the zoo's twin of the model,
+    ``shapes-vit-dynamicvit`` for ``shapes-vit``), refused for other weights unless ``allow_stale``."""
+    return run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio)
+
+
+def _evit_fits(model, params: dict) -> None:
+    parse_stages(params["stages"], len(_vitx_vit(model, "evit").blocks))
+    if params["keep_ratio"] == 1:
+        raise VitxError("method 'evit': keep_ratio 1 keeps every token, so EViT prunes nothing and has no map")
+
+
+@register("evit", family="pruning", paper=LIANG_2022, needs={"cls_token"}, cost="1F (the model, reorganised)",
+          fits=_evit_fits, ranges={"keep_ratio": "(0, 1]"})
+def evit(batch: Batch, keep_ratio: float = 0.7, stages: str | None = None, fuse: bool = True) -> torch.Tensor:
+    """EViT on the model as it is: inside each block of ``stages`` ("1,3,4"; default ⌊D/4⌋, ⌊D/2⌋, ⌊3D/4⌋ of D
+    blocks) the ⌈ρ(N − 1)⌉ tokens the class token attends to most stay and the rest are fused into one token weighted
+    by their class attention. A patch's value: stages survived plus its class attention at the last stage that
+    ranked it. The model's weights are untouched; ``exp.details["pruned_prediction"]`` is its prediction pruned."""
+    vit = batch.model.net
+    net = EViT(vit, parse_stages(stages, len(vit.blocks)), keep_ratio, fuse)
+    with torch.no_grad():
+        logits, found = net(batch.x)
+    return report(batch, logits, found)
+
+
+@twin_method("evit-finetuned", "evit", LIANG_2022)
+def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | None = None,
+                   allow_stale: bool = False) -> torch.Tensor:
+    """EViT fine-tuned: the map of ``evit``, read from the model's twin fine-tuned with EViT's keep-rate schedule
+    (default: the zoo's, ``shapes-vit-evit`` for ``shapes-vit``; refused for other weights unless ``allow_stale``).
+    ``keep_ratio`` ρ defaults to the one it was fine-tuned for."""
+    return run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
+
+
+PAN_2021 = "Pan et al., NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy Reduction for Vision Transformers"
+
+
+def load_iared2(path: Path, device) -> IARed2:
+    """The IA-RED² twin saved at ``path`` by ``vitx train`` (metadata: arch, config, groups)."""
+    state, meta = read_checkpoint(path)
+    net = IARed2(VisionTransformer(replace(ARCHITECTURES[meta["arch"]], **meta["config"])), tuple(meta["groups"]))
+    net.load_state_dict(state)
+    return net.eval().to(device)
+
+
+_iared2_requires, _iared2_fits = _twin("iared2", "ia-red2", "an IA-RED² module")
+
+
+@register("ia-red2", family="pruning", paper=PAN_2021, needs={"trained_module", "cls_token"},
+          cost="1F (the pruned twin)", requires=_iared2_requires, fits=_iared2_fits)
+def ia_red2(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
+    """IA-RED²: how long the model's pruned twin keeps each patch. Before each group of blocks a multi-head
+    interpreter gives every live token a keep probability p_j = mean_h σ(q_cls^h·k_j^h/√d) and the tokens with
+    p_j ≤ 0.5 leave for good (:mod:`vitx.pruning.iared2`); a patch's value is the number of groups it survived plus
+    its keep probability at the last group that scored it. ``module``: a zoo name or a file from ``vitx train``
+    (default: the zoo's twin, ``shapes-vit-iared2`` for ``shapes-vit``), refused for other weights unless
+    ``allow_stale``."""
+    net = load_iared2(module_path(batch.model.config, "iared2", "ia-red2", module), batch.x.device)
+    with torch.no_grad():
+        logits, stages = net(batch.x)
+    return report(batch, logits, stages)
