@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 from ..batch import Batch
-from ..checkpoint import read_checkpoint
+from ..checkpoint import read_checkpoint, read_metadata
 from ..errors import VitxError
 from ..models import ARCHITECTURES, VisionTransformer
 from ..pruning.blocks import parse_stages
 from ..pruning.dynamicvit import DynamicViT
 from ..pruning.evit import EViT
-from ..pruning.iared2 import IARed2
+from ..pruning.iared2 import IARed2, interpreter_map
 from ..pruning.stages import Stage, kept_lists, survival_map
 from ..registry import register
 from ..trained import check_fingerprint, module_path
@@ -127,19 +127,33 @@ def load_iared2(path: Path, device) -> IARed2:
     return net.eval().to(device)
 
 
-_iared2_requires, _iared2_fits = _twin("iared2", "ia-red2", "an IA-RED² module")
+def _iared2_module(config, params: dict) -> Path:
+    return module_path(config, "iared2", "ia-red2", params.get("module"), "an IA-RED² module")
+
+
+def _iared2_fits(model, params: dict) -> None:
+    path = _iared2_module(model.config, params)
+    groups = len(read_metadata(path)["groups"])
+    if params["group"] is not None and params["group"] >= groups:
+        raise VitxError(f"method 'ia-red2': group {params['group']} does not exist; the twin has {groups} groups "
+                        f"(0..{groups - 1}), or None for the survival map")
+    if not params["allow_stale"]:
+        check_fingerprint(path, model.net, "ia-red2")
 
 
 @register("ia-red2", family="pruning", paper=PAN_2021, needs={"trained_module", "cls_token"},
-          cost="1F (the pruned twin)", requires=_iared2_requires, fits=_iared2_fits)
-def ia_red2(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
-    """IA-RED²: how long the model's pruned twin keeps each patch. Before each group of blocks a multi-head
-    interpreter gives every live token a keep probability p_j = mean_h σ(q_cls^h·k_j^h/√d) and the tokens with
-    p_j ≤ 0.5 leave for good (:mod:`vitx.pruning.iared2`); a patch's value is the number of groups it survived plus
-    its keep probability at the last group that scored it. ``module``: a zoo name or a file from ``vitx train``
+          cost="1F (the pruned twin)", requires=_iared2_module, fits=_iared2_fits, ranges={"group": "[0, inf)"})
+def ia_red2(batch: Batch, group: int | None = 0, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
+    """IA-RED²: the keep probabilities of the model's pruned twin. Before each group of blocks a multi-head
+    interpreter gives every live token p_j = mean_h σ(q_cls^h·k_j^h/√d) and the tokens with p_j ≤ 0.5 leave for good
+    (:mod:`vitx.pruning.iared2`). The map: interpreter ``group``'s p (0 for patches dropped before it; default the
+    first, which scores every patch), as the authors' interpretation tool draws it; ``group=None``: the survival map
+    of the other pruning methods (groups survived + p at the last group that scored the patch).
+    ``exp.details["kept"]``: the patches kept at each group. ``module``: a zoo name or a file from ``vitx train``
     (default: the zoo's twin, ``shapes-vit-iared2`` for ``shapes-vit``), refused for other weights unless
     ``allow_stale``."""
-    net = load_iared2(module_path(batch.model.config, "iared2", "ia-red2", module), batch.x.device)
+    net = load_iared2(_iared2_module(batch.model.config, {"module": module}), batch.x.device)
     with torch.no_grad():
         logits, stages = net(batch.x)
-    return report(batch, logits, stages)
+    survival = report(batch, logits, stages)
+    return survival if group is None else batch.layout.to_grid(interpreter_map(stages[group], batch.layout.num_patches))

@@ -42,10 +42,12 @@ the kept tokens only: the images of a batch keep different counts, so each group
   switches on group g at step g·S₁/D (the groups not yet on keep what the last active group kept; the authors'
   copies carry such a curriculum step); then the backbone fine-tuned with cross-entropy under the thresholded
   policy with the interpreters frozen. The backbone's BatchNorm (its convolutional stem) keeps its statistics.
-- The map (:func:`vitx.pruning.stages.survival_map`, as for the other pruning methods): the number of groups a
-  patch survived plus its keep probability at the last group that scored it. A patch dropped at group g lies in
-  [g, g + 0.5], a survivor of every group in (D + 0.5, D + 1]: the map orders patches by how long they were kept,
-  then by the interpreter's confidence.
+- The map. The paper's heatmaps are an interpreter's keep probabilities (the authors' interpretation tool draws
+  those of one interpreter, 0 for the tokens dropped before it): :func:`interpreter_map` of group ``group``, by
+  default 0, the one interpreter that scores every patch (on ``shapes-vit``'s twin it also makes every drop: the
+  later ones keep all it kept). ``group=None`` gives the survival map of the other pruning methods
+  (:func:`vitx.pruning.stages.survival_map`): groups survived plus the keep probability at the last group that
+  scored the patch, which orders patches by how long they were kept.
 """
 from __future__ import annotations
 
@@ -188,3 +190,9 @@ def log_policy(probs: torch.Tensor, decisions: torch.Tensor, alive: torch.Tensor
 def reinforce_loss(log_prob: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float = 0.0) -> torch.Tensor:
     """The REINFORCE surrogate −mean((R − b) · log π(u)), whose gradient estimates −∇E[R]."""
     return -((rewards - baseline).detach() * log_prob).mean()
+
+
+def interpreter_map(stage: Stage, patches: int) -> torch.Tensor:
+    """(B, P): one interpreter's keep probabilities at the patches' original positions, 0 for the patches dropped
+    before it (the heatmap of the authors' interpretation tool)."""
+    return stage.score.new_zeros(stage.score.shape[0], patches + 1).scatter_(1, stage.scored, stage.score)[:, :patches]
