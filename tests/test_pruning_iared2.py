@@ -236,3 +236,40 @@ def test_keep_map_puts_more_energy_in_the_mask_than_noise(scored, group):
     margin = (ours["energy_pointing_game"] - noise["energy_pointing_game"]) / sem
     assert margin > 3, f"ia-red2 (group {group}): {margin:.1f} standard errors ({ours['energy_pointing_game']:.3f} " \
                        f"against {noise['energy_pointing_game']:.3f})"
+
+
+# --- the recipe ---------------------------------------------------------------------------------------------------
+
+def test_recipe_trains_the_interpreters_then_the_backbone():
+    """Steps before the switch (60%) give gradients to the interpreters only, the later ones to the backbone only."""
+    from vitx.training.iared2 import IARed2Trainer
+    from vitx.training.recipes import RECIPES
+    torch.manual_seed(0)
+    job = IARed2Trainer(RECIPES["shapes-vit-iared2"], ZOO_DIR, steps=5)
+    assert job.switch == 3
+    data = shapes(n=4, seed=1_000_000)
+    for step, interpreting in ((0, True), (3, False)):
+        job.step = step
+        job.net.zero_grad(set_to_none=True)
+        job.loss(data).backward()
+        grads = {name: p.grad for name, p in job.net.named_parameters()}
+        assert all((g is not None) == (name.startswith("interpreters.") == interpreting) for name, g in grads.items())
+        assert any(g.abs().sum() > 0 for g in grads.values() if g is not None)
+
+
+def test_recipe_writes_a_module_the_method_reads(tmp_path, model, monkeypatch):
+    from vitx.checkpoint import fingerprint, read_metadata
+    from vitx.training import iared2 as recipe
+    from vitx.training import train
+    (tmp_path / "shapes-vit.safetensors").symlink_to(ZOO_DIR / "shapes-vit.safetensors")
+    monkeypatch.setattr(recipe, "TEST_IMAGES", 20)
+    monkeypatch.setattr(recipe, "FLOP_IMAGES", 2)
+    metrics = train("shapes-vit-iared2", tmp_path, steps=3, batch_size=4, progress=False)
+    assert set(metrics) >= {"accuracy", "original_accuracy", "keep_share", "flops", "original_flops", "flops_ratio"}
+    path = tmp_path / "shapes-vit-iared2.safetensors"
+    meta = read_metadata(path)
+    assert (meta["kind"], meta["explains"], meta["groups"]) == ("iared2", "shapes-vit", [2, 2, 2])
+    assert meta["fingerprints"] == [fingerprint(model.net)]
+    assert "REINFORCE" in (tmp_path / "shapes-vit-iared2.md").read_text()
+    x = model.normalize(shapes(n=2, seed=40_002).images)
+    assert vitx.explain(model, x, "ia-red2", module=str(path)).token_maps.shape == (2, 8, 8)

@@ -111,9 +111,10 @@ Inference runs each group on the kept tokens only.
   thresholded policy, the interpreters frozen (the stem's BatchNorm statistics kept)
 - Data: `vitx.data.shapes(variant="single")`, a fresh batch of {meta['batch_size']} at every step (data seeds as
   for `shapes-vit`: 1,000,000 x (seed + 1) + step); Bernoulli samples from `torch.manual_seed({meta['seed']})`
-- AdamW, learning rate {recipe.lr:g}, weight decay {recipe.weight_decay:g}, gradient norm clipped at {recipe.clip:g},
-  {recipe.warmup:.0%} linear warm-up then cosine decay over all the steps
-- Training time: {meta['train_seconds'] / 60:.1f} minutes on a shared 2-core CPU ({meta['train_device']})
+- AdamW, learning rate {recipe.lr:g} for the interpreters, {recipe.lr * BACKBONE_LR:g} for the backbone, weight decay
+  {recipe.weight_decay:g}, gradient norm clipped at {recipe.clip:g}, {recipe.warmup:.0%} linear warm-up then cosine
+  decay over all the steps
+- Training time: {meta['train_seconds'] / 60:.1f} minutes on {meta['train_device']}, a shared 2-core machine
 
 ## Results
 
