@@ -119,12 +119,7 @@ def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | 
 PAN_2021 = "Pan et al., NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy Reduction for Vision Transformers"
 
 
-def load_iared2(path: Path, device) -> IARed2:
-    """The IA-RED² twin saved at ``path`` by ``vitx train`` (metadata: arch, config, groups)."""
-    state, meta = read_checkpoint(path)
-    net = IARed2(VisionTransformer(replace(ARCHITECTURES[meta["arch"]], **meta["config"])), tuple(meta["groups"]))
-    net.load_state_dict(state)
-    return net.eval().to(device)
+PRUNED["iared2"] = IARed2
 
 
 def _iared2_module(config, params: dict) -> Path:
@@ -133,7 +128,7 @@ def _iared2_module(config, params: dict) -> Path:
 
 def _iared2_fits(model, params: dict) -> None:
     path = _iared2_module(model.config, params)
-    groups = len(read_metadata(path)["groups"])
+    groups = len(read_metadata(path)["stages"])
     if params["group"] is not None and params["group"] >= groups:
         raise VitxError(f"method 'ia-red2': group {params['group']} does not exist; the twin has {groups} groups "
                         f"(0..{groups - 1}), or None for the survival map")
@@ -152,7 +147,7 @@ def ia_red2(batch: Batch, group: int | None = 0, module: str | None = None, allo
     ``exp.details["kept"]``: the patches kept at each group. ``module``: a zoo name or a file from ``vitx train``
     (default: the zoo's twin, ``shapes-vit-iared2`` for ``shapes-vit``), refused for other weights unless
     ``allow_stale``."""
-    net = load_iared2(_iared2_module(batch.model.config, {"module": module}), batch.x.device)
+    net = load_pruned(_iared2_module(batch.model.config, {"module": module}), batch.x.device)
     with torch.no_grad():
         logits, stages = net(batch.x)
     survival = report(batch, logits, stages)

@@ -3,7 +3,8 @@ Reduction for Vision Transformers): a ViT that drops the patch tokens a learnt p
 blocks by group of blocks, and whose policy is its explanation.
 
 **Groups.** The L blocks are split into D consecutive groups; before group g a *multi-head interpreter* scores
-every token still alive. For ``shapes-vit`` (L = 6) we use D = 3 groups of 2 blocks (:data:`GROUPS`): the
+every token still alive. For ``shapes-vit`` (L = 6) we use D = 3 groups of 2 blocks, interpreters before blocks
+0, 2 and 4 (:data:`STAGES`, the framework's stages): the
 authors' interpreter copies split DeiT's 12 blocks into 3 groups of 4, i.e. the same 3 decisions at the same
 relative depths (before blocks 0, L/3, 2L/3); one interpreter per block would add decisions too close together
 to drop anything new, and 2 groups would leave a single late chance to refine the first, coarse decision.
@@ -12,7 +13,9 @@ to drop anything new, and 2 groups would leave a single late chance to refine th
 before the group (a_cls = 1), x̂ = LN(a ⊙ x) (a LayerNorm without affine weights), q^h = W_q^h x̂_cls,
 k_j^h = W_k^h x̂_j and the keep probability of token j
 
-    p_j = a_j · (1/H) Σ_h σ(q^h · k_j^h / √d)                                        (the paper's Eq. 2)
+    p_j = a_j · (1/H) Σ_h σ(q^h · k_j^h / √d)
+
+(written as the authors' interpreter copies compute it: InfoLab-SKKU/AdViT and joon-stack/ltrp on GitHub).
 
 **Hard policy.** While training, u_j ~ Bernoulli(p_j); at inference u_j = 1[p_j > 0.5]. The class token is always
 kept; a dropped token stays dropped (u_j ≤ a_j, so the next group's a = u).
@@ -23,16 +26,18 @@ and no kept token ever reads it, so the kept tokens' values are those of running
 the kept tokens only: the images of a batch keep different counts, so each group gathers every image's kept tokens
 (class token first) to the batch's largest count and masks the padding slots through the policy.
 
-**Reward and REINFORCE** (Williams 1992; the paper's Sec. 3.2, the reward of BlockDrop, Wu et al., CVPR 2018):
+**Reward and REINFORCE** (Williams 1992; the reward of BlockDrop, Wu et al., CVPR 2018, which IA-RED² adopts;
+the paper's method text was not at hand here, only its project page and the authors' interpreter copies, so its
+form follows BlockDrop and issue 16):
 
     R(u) = 1 − s(u)²   if the prediction under u is right,   −τ otherwise,
     s(u) = Σ_g (L_g / L) · |u_g|_0 / P                        (the share of patch-token blocks still computed)
     ∇_θ J = E_u[(R(u) − b) ∇_θ log π_θ(u)],   log π_θ(u) = Σ_g Σ_{j alive, j ≠ cls} log(p_j^{u_j} (1 − p_j)^{1 − u_j})
 
 **Choices the paper leaves open, and ours.**
-- s(u): the paper writes the efficiency term with the share of tokens kept; with D groups we weigh each group's
-  share by its blocks (the authors' interpreter copies compute the same weighted share as their "flops" output), so
-  R rewards computation saved, not decisions.
+- s(u): the efficiency term is a share of the tokens kept; with D groups we weigh each group's share by its blocks
+  (the authors' interpreter copies compute the same weighted share as their "flops" output), so R rewards
+  computation saved, not decisions.
 - τ = 5 (:data:`TAU`). The authors' copies carry an error penalty of −1; on shapes τ = 1 settled at about 20% of
   the patches kept and 0.90 accuracy in a probe run (a token whose drop costs under 0.4% of accuracy pays for itself
   when errors cost 1 + τ = 2), τ = 5 at about 37% and 0.99 after the backbone's fine-tuning.
@@ -41,7 +46,8 @@ the kept tokens only: the images of a batch keep different counts, so each group
 - Training schedule (:mod:`vitx.training.iared2`): the interpreters first, backbone frozen, in a curriculum that
   switches on group g at step g·S₁/D (the groups not yet on keep what the last active group kept; the authors'
   copies carry such a curriculum step); then the backbone fine-tuned with cross-entropy under the thresholded
-  policy with the interpreters frozen. The backbone's BatchNorm (its convolutional stem) keeps its statistics.
+  policy with the interpreters frozen, at 1/5 of the interpreters' learning rate. The backbone's BatchNorm (its
+  convolutional stem) keeps its statistics. One Bernoulli sample of the policy per image and step.
 - The map. The paper's heatmaps are an interpreter's keep probabilities (the authors' interpretation tool draws
   those of one interpreter, 0 for the tokens dropped before it): :func:`interpreter_map` of group ``group``, by
   default 0, the one interpreter that scores every patch (on ``shapes-vit``'s twin it also makes every drop: the
@@ -61,7 +67,7 @@ from ..errors import VitxError
 from .blocks import gather, run_block
 from .stages import Stage
 
-GROUPS = (2, 2, 2)   # blocks per group for shapes-vit's 6 blocks
+STAGES = (0, 2, 4)   # the blocks before which the interpreters sit on shapes-vit's 6 blocks: 3 groups of 2
 TAU = 5.0            # the reward of a wrong prediction is −τ
 THRESHOLD = 0.5      # inference keeps a token when its keep probability exceeds this
 START_LOGIT = 2.0    # each head's σ-argument for every token at the start: keep probability σ(2) ≈ 0.88
@@ -100,24 +106,29 @@ class Rollout:
 
 
 class IARed2(nn.Module):
-    """A vitx ``VisionTransformer`` (``vit``, with a class token) and one interpreter before each group of
-    ``groups`` blocks."""
+    """A vitx ``VisionTransformer`` (``vit``, with a class token) and an interpreter before each block of ``stages``,
+    the first 0: each starts a group that runs to the next (``groups``: their block counts). IA-RED² has no keep
+    ratio (its interpreters decide how many tokens stay): ``ratio`` is there for the framework's twins' signature
+    and must be None."""
 
-    def __init__(self, vit: nn.Module, groups: tuple[int, ...] = GROUPS):
+    def __init__(self, vit: nn.Module, stages: tuple[int, ...] = STAGES, ratio: float | None = None):
         super().__init__()
         depth = len(vit.blocks)
-        if not groups or any(not isinstance(g, int) or g < 1 for g in groups) or sum(groups) != depth:
-            raise VitxError(f"groups must be positive block counts summing to the model's {depth} blocks, "
-                            f"got {tuple(groups)}")
+        stages = tuple(stages)
+        if not stages or stages[0] != 0 or list(stages) != sorted(set(stages)) or stages[-1] >= depth:
+            raise VitxError(f"IA-RED²'s stages must be increasing blocks from 0 (an interpreter before the first "
+                            f"block) within the model's {depth}; got {stages}")
+        if ratio is not None:
+            raise VitxError("IA-RED² has no keep ratio: its interpreters decide how many tokens stay")
         if vit.cls_token is None or vit.num_prefix_tokens != 1:
             raise VitxError("IA-RED² needs a ViT with a class token and no other prefix token")
-        self.vit, self.groups = vit, tuple(groups)
-        self.interpreters = nn.ModuleList(Interpreter(vit.cfg.embed_dim, vit.cfg.num_heads) for _ in groups)
+        self.vit, self.stages = vit, stages
+        self.groups = tuple(end - start for start, end in zip(stages, (*stages[1:], depth)))
+        self.interpreters = nn.ModuleList(Interpreter(vit.cfg.embed_dim, vit.cfg.num_heads) for _ in stages)
 
     def spans(self) -> list[tuple[int, nn.Sequential]]:
         """Each group's first block index and its blocks."""
-        starts = [sum(self.groups[:g]) for g in range(len(self.groups))]
-        return [(start, self.vit.blocks[start:start + size]) for start, size in zip(starts, self.groups)]
+        return [(start, self.vit.blocks[start:start + size]) for start, size in zip(self.stages, self.groups)]
 
     def head(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.vit.forward_head(self.vit.norm(tokens))

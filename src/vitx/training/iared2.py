@@ -14,7 +14,7 @@ from ..data import shapes
 from ..flops import count_flops
 from ..loading import load_model
 from ..models import create_model
-from ..pruning.iared2 import GROUPS, TAU, IARed2, kept_share, log_policy, reinforce_loss, reward
+from ..pruning.iared2 import STAGES, TAU, IARed2, kept_share, log_policy, reinforce_loss, reward
 from .classifier import require_start, start_from
 from .recipes import TEST_IMAGES, Recipe
 
@@ -33,10 +33,10 @@ class IARed2Trainer:
         self.original.net.requires_grad_(False)
         vit = create_model(recipe.arch, **recipe.config)
         start_from(vit, path, head=True)
-        self.net = IARed2(vit, GROUPS)
+        self.net = IARed2(vit, STAGES)
         self.step, self.switch = 0, round(steps * INTERPRETER_SHARE)
         self.meta = {"kind": KIND, "explains": recipe.start, "fingerprints": [fingerprint(self.original.net)],
-                     "groups": list(GROUPS), "tau": TAU, "interpreter_steps": self.switch}
+                     "stages": list(STAGES), "ratio": None, "tau": TAU, "interpreter_steps": self.switch}
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.net.interpreters.parameters())},
@@ -51,11 +51,11 @@ class IARed2Trainer:
         self.net.interpreters.requires_grad_(interpreting)
         if not interpreting:
             return F.cross_entropy(self.net(x)[0], labels)
-        active = 1 + step * len(GROUPS) // self.switch        # the curriculum: group g decides from step g·S₁/D
+        active = 1 + step * len(STAGES) // self.switch        # the curriculum: group g decides from step g·S₁/D
         with torch.no_grad():
             greedy = self.net.rollout(x, sample=False, active=active)
         sampled = self.net.rollout(x, sample=True, active=active)
-        gains = [reward(r.logits.argmax(-1) == labels, kept_share(r.kept, GROUPS), TAU) for r in (sampled, greedy)]
+        gains = [reward(r.logits.argmax(-1) == labels, kept_share(r.kept, self.net.groups), TAU) for r in (sampled, greedy)]
         return reinforce_loss(log_policy(sampled.probs, sampled.kept, sampled.alive), *gains)
 
     @torch.no_grad()
@@ -84,13 +84,13 @@ class IARed2Trainer:
 
     def card(self, name: str, recipe: Recipe, meta: dict) -> str:
         m = meta["metrics"]
-        groups = ", ".join(f"before block {sum(GROUPS[:g])}: **{share:.1%}**" for g, share in
-                           enumerate(m["keep_share"]))
+        groups = ", ".join(f"before block {block}: **{share:.1%}**" for block, share in
+                           zip(meta["stages"], m["keep_share"]))
         return f"""# {name}
 
 IA-RED² (Pan et al., NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy Reduction for Vision Transformers)
-for `{recipe.start}`: its pruned twin, with a multi-head interpreter before each of {len(GROUPS)} groups of
-{GROUPS[0]} blocks that drops the patch tokens it finds uninformative (`vitx.pruning.iared2`). Used by
+for `{recipe.start}`: its pruned twin, with a multi-head interpreter before each of {len(STAGES)} groups of
+blocks (before blocks {', '.join(map(str, STAGES))}) that drops the patch tokens it finds uninformative (`vitx.pruning.iared2`). Used by
 `vitx.explain(model, x, "ia-red2")` for `{recipe.start}` (which it refuses for other weights); not a classifier.
 
 ## Mechanism
@@ -106,7 +106,7 @@ Inference runs each group on the kept tokens only.
 - Steps 1-{meta['interpreter_steps']}: the interpreters alone (backbone frozen), REINFORCE on
   R = 1 − s² for a right prediction, −τ (τ = {TAU:g}) for a wrong one, s the block-weighted share of the patches
   kept, with the thresholded policy's reward as baseline; a curriculum switches on interpreter g at step
-  g x {meta['interpreter_steps']}/{len(GROUPS)}
+  g x {meta['interpreter_steps']}/{len(STAGES)}
 - Steps {meta['interpreter_steps'] + 1}-{meta['steps']}: the backbone fine-tuned with cross-entropy under the
   thresholded policy, the interpreters frozen (the stem's BatchNorm statistics kept)
 - Data: `vitx.data.shapes(variant="single")`, a fresh batch of {meta['batch_size']} at every step (data seeds as
