@@ -172,6 +172,9 @@ def test_ia_red2_through_explain_maps_the_interpreters_keep_probabilities(model,
         survivors[groups[-1]] = True
         assert 0 < survivors.sum() < 64
         assert values[survivors].min() > 3.5 > values[~survivors].max()   # 3 groups + p > 0.5, against ≤ g + 0.5
+    alone = [vitx.explain(model, x[i:i + 1], "ia-red2", group=None, normalize=False) for i in range(5)]
+    torch.testing.assert_close(torch.cat([e.token_maps for e in alone]), survival.token_maps, atol=1e-5, rtol=0)
+    assert [e.details["kept"][0] for e in alone] == kept                # padding the batch changes nothing
 
 
 def test_ia_red2_refuses_other_weights_and_modules(model, tmp_path):
