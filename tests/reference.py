@@ -11,6 +11,9 @@ import torch
 from vitx.checkpoint import fingerprint, save_checkpoint
 from vitx.models import ARCHITECTURES, VisionTransformer, create_model
 from vitx.models.shapley import ShapleyExplainer
+from vitx.pruning.blocks import default_stages
+from vitx.pruning.dynamicvit import DynamicViT
+from vitx.pruning.evit import EViT
 from vitx.registry import get_method, method_names
 
 VIT_METHODS = [name for name in method_names() if "vit" in get_method(name).kinds]   # NesT's own aside
@@ -196,3 +199,26 @@ def tiny_explainer(model) -> str:
     explainer = {**meta, "kind": "shapley-explainer", "explains": c.name, "surrogate": "surrogate",
                  "extra_blocks": 1, "mlp_layers": 3, "fingerprints": [fingerprint(model.net)]}
     return str(save_checkpoint(jitter(ShapleyExplainer(cfg), seed=1), directory / "explainer.safetensors", explainer))
+
+
+def tiny_twin(model, kind: str) -> str:
+    """A pruned twin of metadata ``kind`` ("dynamicvit" or "evit") for ``model`` (vitx's own ViT): its very weights,
+    DynamicViT's prediction modules jittered random ones, ρ = 0.7, saved in a temporary directory; the file's path."""
+    c, cfg = model.config, model.net.cfg
+    stages = default_stages(cfg.depth)
+    net = DynamicViT(model.net, stages, 0.7) if kind == "dynamicvit" else EViT(model.net, stages, 0.7)
+    if kind == "dynamicvit":
+        jitter(net.predictors, seed=2)
+    meta = {"kind": kind, "arch": "vit_small_patch16_224", "config": cfg.to_dict(), "stages": list(stages),
+            "ratio": 0.7, "mean": c.mean, "std": c.std, "class_names": c.class_names, "explains": c.name,
+            "fingerprints": [fingerprint(model.net)]}
+    directory = Path(tempfile.mkdtemp(prefix="vitx-twin-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return str(save_checkpoint(net, directory / f"{kind}.safetensors", meta))
+
+
+def trained_modules(model) -> dict[str, dict]:
+    """Per method that needs a trained module, the parameters that hand it a random one made for ``model``."""
+    return {"vit-shapley": {"explainer": tiny_explainer(model)},
+            "dynamicvit": {"module": tiny_twin(model, "dynamicvit")},
+            "evit-finetuned": {"module": tiny_twin(model, "evit")}}

@@ -9,7 +9,7 @@ import vitx
 from vitx.models import ViTConfig, VisionTransformer
 from vitx.registry import get_method
 
-from reference import VIT_METHODS, tiny_explainer
+from reference import VIT_METHODS, trained_modules
 
 NAMES = ("circle", "square", "star", "heart")
 LIGHT = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
@@ -25,7 +25,7 @@ def model():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     model = vitx.load_model(net.eval(), class_names=NAMES)
-    LIGHT["vit-shapley"] = {"explainer": tiny_explainer(model)}  # a random explainer for this model
+    LIGHT.update(trained_modules(model))  # random trained modules (ViT Shapley's explainer, pruned twins) for it
     return model
 
 

@@ -11,10 +11,10 @@ from vitx.methods.attention import discard_lowest, generic_relevance, rollout_ma
 from vitx.methods.gradient import integrated_gradients_attributions, saliency_attributions
 from vitx.models import ViTConfig, VisionTransformer
 
-from reference import VIT_METHODS, manual_forward, tiny_explainer
+from reference import VIT_METHODS, manual_forward, trained_modules
 
-# Cheap settings for the sampling methods; every other method runs with its defaults (vit-shapley with a tiny
-# random explainer for the model, added by the model fixture).
+# Cheap settings for the sampling methods; every other method runs with its defaults (those that need a trained
+# module with a tiny random one for the model, added by the model fixture).
 LIGHT = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
          "kernel-shap": {"samples": 64}}
 
@@ -30,7 +30,7 @@ def model():
         for p in net.parameters():
             p.add_(torch.randn_like(p) * 0.2)
     model = vitx.load_model(net.eval())
-    LIGHT["vit-shapley"] = {"explainer": tiny_explainer(model)}
+    LIGHT.update(trained_modules(model))
     return model
 
 

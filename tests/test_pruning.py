@@ -215,7 +215,7 @@ def test_stages_are_drawn_and_saved_beside_the_overlay(model, x, tmp_path):
     exp = vitx.explain(model, x[:2], method="evit")
     picture = exp.stages(0, scale=1)
     assert picture.size == (4 * 64 + 3 * 4, 64)
-    pixels = torch.from_numpy(np.asarray(picture)).float()
+    pixels = torch.from_numpy(np.array(picture)).float()
     original = (exp.images[0].permute(1, 2, 0) * 255).round()
     last = pixels[:, 3 * 68:3 * 68 + 64]
     for patch in range(64):
