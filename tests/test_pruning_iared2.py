@@ -129,6 +129,25 @@ def test_pruned_inference_runs_on_the_kept_tokens_as_the_masked_pass_does(toy):
         assert (kept[:, :64] == masked.kept[g, :, 1:]).all()
 
 
+def test_prefix_tokens_always_stay_and_are_no_patches():
+    """With a distillation token and two registers (4 prefix tokens), the prefix stays, the patch indices count from
+    the first patch, and the pruned forward still gives the masked pass's logits."""
+    torch.manual_seed(0)
+    net = IARed2(create_model("vitx_shapes", distilled=True, reg_tokens=2).eval(), (0, 3)).eval()
+    for interp in net.interpreters:
+        torch.nn.init.normal_(interp.qk.weight, std=0.3)
+        torch.nn.init.zeros_(interp.qk.bias)
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        masked = net.rollout(x, sample=False)
+        logits, stages = net(x)
+    assert net.prefix == 4 and (masked.kept[:, :, :4] == 1).all() and masked.kept[:, :, 4:].mean() < 0.9
+    torch.testing.assert_close(logits, masked.logits, atol=2e-3, rtol=0)
+    for g, stage in enumerate(stages):
+        kept = torch.zeros(3, 65).scatter_(1, stage.kept, 1.0)
+        assert (kept[:, :64] == masked.kept[g, :, 4:]).all()
+
+
 def test_stages_must_start_at_the_first_block_and_exist():
     vit = create_model("vitx_shapes")
     assert IARed2(vit, (0, 1, 5)).groups == (1, 4, 1)

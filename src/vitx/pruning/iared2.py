@@ -17,8 +17,8 @@ k_j^h = W_k^h x̂_j and the keep probability of token j
 
 (written as the authors' interpreter copies compute it: InfoLab-SKKU/AdViT and joon-stack/ltrp on GitHub).
 
-**Hard policy.** While training, u_j ~ Bernoulli(p_j); at inference u_j = 1[p_j > 0.5]. The class token is always
-kept; a dropped token stays dropped (u_j ≤ a_j, so the next group's a = u).
+**Hard policy.** While training, u_j ~ Bernoulli(p_j); at inference u_j = 1[p_j > 0.5]. The class token (and any
+other prefix token) is always kept; a dropped token stays dropped (u_j ≤ a_j, so the next group's a = u).
 
 **Forward with the policy.** Training keeps the sequence and masks the dropped tokens out as keys of every attention
 of the group (:func:`vitx.pruning.blocks.run_block`; a dropped token still attends to itself, so no row is empty,
@@ -106,10 +106,11 @@ class Rollout:
 
 
 class IARed2(nn.Module):
-    """A vitx ``VisionTransformer`` (``vit``, with a class token) and an interpreter before each block of ``stages``,
-    the first 0: each starts a group that runs to the next (``groups``: their block counts). IA-RED² has no keep
-    ratio (its interpreters decide how many tokens stay): ``ratio`` is there for the framework's twins' signature
-    and must be None."""
+    """A vitx ``VisionTransformer`` (``vit``, with a class token read by its head) and an interpreter before each
+    block of ``stages``, the first 0: each starts a group that runs to the next (``groups``: their block counts). The
+    prefix tokens (class, distillation, registers) always stay; the class token's query scores the patches. IA-RED²
+    has no keep ratio (its interpreters decide how many tokens stay): ``ratio`` is there for the framework's twins'
+    signature and must be None."""
 
     def __init__(self, vit: nn.Module, stages: tuple[int, ...] = STAGES, ratio: float | None = None):
         super().__init__()
@@ -120,9 +121,9 @@ class IARed2(nn.Module):
                             f"block) within the model's {depth}; got {stages}")
         if ratio is not None:
             raise VitxError("IA-RED² has no keep ratio: its interpreters decide how many tokens stay")
-        if vit.cls_token is None or vit.num_prefix_tokens != 1:
-            raise VitxError("IA-RED² needs a ViT with a class token and no other prefix token")
-        self.vit, self.stages = vit, stages
+        if vit.cls_token is None or vit.cfg.global_pool != "token":
+            raise VitxError("IA-RED² needs a ViT with a class token that its head reads")
+        self.vit, self.stages, self.prefix = vit, stages, vit.num_prefix_tokens
         self.groups = tuple(end - start for start, end in zip(stages, (*stages[1:], depth)))
         self.interpreters = nn.ModuleList(Interpreter(vit.cfg.embed_dim, vit.cfg.num_heads) for _ in stages)
 
@@ -145,7 +146,7 @@ class IARed2(nn.Module):
             kept = alive
             if active is None or g < active:
                 kept = (torch.bernoulli(p.detach()) if sample else (p > THRESHOLD).to(p.dtype)) * alive
-                kept[:, 0] = 1
+                kept[:, :self.prefix] = 1
             probs.append(p), alives.append(alive), kepts.append(kept)
             alive = kept
             for block in blocks:
@@ -154,35 +155,36 @@ class IARed2(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Stage]]:
         """Inference on the kept tokens only, under the thresholded policy: the logits (B, C) and per group a
-        :class:`~vitx.pruning.stages.Stage` (original patch indices scored and kept; index P pads a row)."""
+        :class:`~vitx.pruning.stages.Stage` (original patch indices scored and kept; index P pads a row).
+        Gathering is stable, so the prefix tokens keep the first slots."""
         tokens = self.vit.embed(x)
         B, N, _ = tokens.shape
-        position = torch.arange(N, device=x.device).expand(B, N)       # each slot's original token (class token: 0)
+        position = torch.arange(N, device=x.device).expand(B, N)       # each slot's original token
         valid = torch.ones(B, N, dtype=torch.bool, device=x.device)     # the slot holds a live token, not padding
         stages = []
         for interpreter, (start, blocks) in zip(self.interpreters, self.spans()):
             p = interpreter(tokens, valid)
             keep = (p > THRESHOLD) & valid
-            keep[:, 0] = True
+            keep[:, :self.prefix] = True
             slots = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :int(keep.sum(1).max())]
-            scored = _patch_index(position, valid, N)
+            scored = self._patch_index(position, valid)
             tokens, position, valid = gather(tokens, slots), position.gather(1, slots), keep.gather(1, slots)
-            stages.append(Stage(start, scored, p[:, 1:], _patch_index(position, valid, N)))
+            stages.append(Stage(start, scored, p[:, self.prefix:], self._patch_index(position, valid)))
             policy = None if bool(valid.all()) else valid.to(tokens.dtype)
             for block in blocks:
                 tokens, _ = run_block(block, tokens, policy)
         return self.head(tokens), stages
 
+    def _patch_index(self, position: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, n − prefix): the original patch index of each slot after the prefix tokens', or P for padding."""
+        patches = self.vit.grid_size[0] * self.vit.grid_size[1]
+        return torch.where(valid[:, self.prefix:], position[:, self.prefix:] - self.prefix, patches)
 
-def _patch_index(position: torch.Tensor, valid: torch.Tensor, tokens: int) -> torch.Tensor:
-    """(B, n − 1): the original patch index of each slot after the class token's, or P (= tokens − 1) for padding."""
-    return torch.where(valid[:, 1:], position[:, 1:] - 1, tokens - 1)
 
-
-def kept_share(kept: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
-    """s(u) (B,): Σ_g (L_g / L) · (patches kept at group g) / P, from ``kept`` (D, B, N) with the class token at 0."""
+def kept_share(kept: torch.Tensor, groups: tuple[int, ...], prefix: int = 1) -> torch.Tensor:
+    """s(u) (B,): Σ_g (L_g / L) · (patches kept at group g) / P, from ``kept`` (D, B, N), ``prefix`` tokens first."""
     weights = torch.tensor(groups, dtype=kept.dtype, device=kept.device) / sum(groups)
-    return (weights[:, None] * kept[:, :, 1:].mean(-1)).sum(0)
+    return (weights[:, None] * kept[:, :, prefix:].mean(-1)).sum(0)
 
 
 def reward(correct: torch.Tensor, share: torch.Tensor, tau: float = TAU) -> torch.Tensor:
@@ -190,12 +192,12 @@ def reward(correct: torch.Tensor, share: torch.Tensor, tau: float = TAU) -> torc
     return torch.where(correct, 1 - share ** 2, torch.full_like(share, -tau))
 
 
-def log_policy(probs: torch.Tensor, decisions: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-    """log π(u) (B,): Σ over groups and alive patch tokens (the class token's keep is no decision) of the Bernoulli
-    log-likelihood of ``decisions`` under ``probs``; all (D, B, N)."""
+def log_policy(probs: torch.Tensor, decisions: torch.Tensor, alive: torch.Tensor, prefix: int = 1) -> torch.Tensor:
+    """log π(u) (B,): Σ over groups and alive patch tokens (the ``prefix`` tokens' keep is no decision) of the
+    Bernoulli log-likelihood of ``decisions`` under ``probs``; all (D, B, N)."""
     p = probs.clamp(1e-6, 1 - 1e-6)
     ll = torch.where(decisions > 0, p.log(), (1 - p).log()) * alive
-    return ll[:, :, 1:].sum((0, 2))
+    return ll[:, :, prefix:].sum((0, 2))
 
 
 def reinforce_loss(log_prob: torch.Tensor, rewards: torch.Tensor, baseline: torch.Tensor | float = 0.0) -> torch.Tensor:

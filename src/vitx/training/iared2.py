@@ -55,8 +55,8 @@ class IARed2Trainer:
         with torch.no_grad():
             greedy = self.net.rollout(x, sample=False, active=active)
         sampled = self.net.rollout(x, sample=True, active=active)
-        gains = [reward(r.logits.argmax(-1) == labels, kept_share(r.kept, self.net.groups), TAU) for r in (sampled, greedy)]
-        return reinforce_loss(log_policy(sampled.probs, sampled.kept, sampled.alive), *gains)
+        gains = [reward(r.logits.argmax(-1) == labels, kept_share(r.kept, self.net.groups, self.net.prefix), TAU) for r in (sampled, greedy)]
+        return reinforce_loss(log_policy(sampled.probs, sampled.kept, sampled.alive, self.net.prefix), *gains)
 
     @torch.no_grad()
     def score(self, test_seed: int) -> dict:
