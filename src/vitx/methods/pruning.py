@@ -24,7 +24,8 @@ from ..trained import check_fingerprint, module_path
 RAO_2021 = "Rao et al., NeurIPS 2021, DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification"
 LIANG_2022 = ("Liang et al., ICLR 2022, Not All Patches are What You Need: Expediting Vision Transformers via Token "
               "Reorganizations")
-PRUNED = {"dynamicvit": DynamicViT, "evit": EViT}   # a pruned twin's metadata kind -> its module
+PAN_2021 = "Pan et al., NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy Reduction for Vision Transformers"
+PRUNED = {"dynamicvit": DynamicViT, "evit": EViT, "iared2": IARed2}   # a pruned twin's metadata kind -> its module
 
 
 def load_pruned(path: Path, device) -> torch.nn.Module:
@@ -114,12 +115,6 @@ def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | 
     (default: the zoo's, ``shapes-vit-evit`` for ``shapes-vit``; refused for other weights unless ``allow_stale``).
     ``keep_ratio`` ρ defaults to the one it was fine-tuned for."""
     return run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
-
-
-PAN_2021 = "Pan et al., NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy Reduction for Vision Transformers"
-
-
-PRUNED["iared2"] = IARed2
 
 
 def _iared2_module(config, params: dict) -> Path:
