@@ -14,6 +14,7 @@ from vitx.models.shapley import ShapleyExplainer
 from vitx.pruning.blocks import default_stages
 from vitx.pruning.dynamicvit import DynamicViT
 from vitx.pruning.evit import EViT
+from vitx.pruning.iared2 import IARed2
 from vitx.registry import get_method, method_names
 
 VIT_METHODS = [name for name in method_names() if "vit" in get_method(name).kinds]   # NesT's own aside
@@ -202,15 +203,22 @@ def tiny_explainer(model) -> str:
 
 
 def tiny_twin(model, kind: str) -> str:
-    """A pruned twin of metadata ``kind`` ("dynamicvit" or "evit") for ``model`` (vitx's own ViT): its very weights,
-    DynamicViT's prediction modules jittered random ones, ρ = 0.7, saved in a temporary directory; the file's path."""
+    """A pruned twin of metadata ``kind`` ("dynamicvit", "evit" or "iared2") for ``model`` (vitx's own ViT): its very
+    weights, DynamicViT's prediction modules or IA-RED²'s interpreters jittered random ones, ρ = 0.7 (IA-RED² has no
+    ratio: interpreters before blocks 0, D/3, 2D/3), saved in a temporary directory; the file's path."""
     c, cfg = model.config, model.net.cfg
-    stages = default_stages(cfg.depth)
-    net = DynamicViT(model.net, stages, 0.7) if kind == "dynamicvit" else EViT(model.net, stages, 0.7)
-    if kind == "dynamicvit":
+    stages, ratio = default_stages(cfg.depth), 0.7
+    if kind == "iared2":
+        stages, ratio = tuple(sorted({0, cfg.depth // 3, 2 * cfg.depth // 3})), None
+        net = IARed2(model.net, stages)
+        jitter(net.interpreters, seed=3)
+    elif kind == "dynamicvit":
+        net = DynamicViT(model.net, stages, ratio)
         jitter(net.predictors, seed=2)
+    else:
+        net = EViT(model.net, stages, ratio)
     meta = {"kind": kind, "arch": "vit_small_patch16_224", "config": cfg.to_dict(), "stages": list(stages),
-            "ratio": 0.7, "mean": c.mean, "std": c.std, "class_names": c.class_names, "explains": c.name,
+            "ratio": ratio, "mean": c.mean, "std": c.std, "class_names": c.class_names, "explains": c.name,
             "fingerprints": [fingerprint(model.net)]}
     directory = Path(tempfile.mkdtemp(prefix="vitx-twin-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
@@ -218,7 +226,11 @@ def tiny_twin(model, kind: str) -> str:
 
 
 def trained_modules(model) -> dict[str, dict]:
-    """Per method that needs a trained module, the parameters that hand it a random one made for ``model``."""
-    return {"vit-shapley": {"explainer": tiny_explainer(model)},
-            "dynamicvit": {"module": tiny_twin(model, "dynamicvit")},
-            "evit-finetuned": {"module": tiny_twin(model, "evit")}}
+    """Per method that needs a trained module, the parameters that hand it a random one made for ``model`` (IA-RED²'s
+    only for a model with a class token: it needs one, and the method refuses the others before looking)."""
+    modules = {"vit-shapley": {"explainer": tiny_explainer(model)},
+               "dynamicvit": {"module": tiny_twin(model, "dynamicvit")},
+               "evit-finetuned": {"module": tiny_twin(model, "evit")}}
+    if model.net.cls_token is not None:
+        modules["ia-red2"] = {"module": tiny_twin(model, "iared2")}
+    return modules

@@ -22,6 +22,7 @@ NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through
                    "generator": "an image generator (use it with `vitx generate`)",
                    "dynamicvit": "a DynamicViT twin (use it through the method 'dynamicvit')",
                    "evit": "an EViT twin (use it through the method 'evit-finetuned')",
+                   "iared2": "an IA-RED² pruned twin (use it through the method 'ia-red2')",
                    "diffmask": "Vision DiffMask's gates (use them through the method 'diffmask')"}
 
 

@@ -1,7 +1,7 @@
 """Token-pruning methods read as explanations (:mod:`vitx.pruning`): the map of a patch is how long the pruned model
 kept it, ``exp.details["kept"]`` the patches kept at each stage. What each explains: ``evit`` the model itself as
-it is (no training), ``dynamicvit`` and ``evit-finetuned`` their pruned twin fine-tuned from the model (a zoo
-module trained for its very weights), whose keep decisions do not depend on the target class."""
+it is (no training), ``dynamicvit``, ``evit-finetuned`` and ``ia-red2`` their pruned twin fine-tuned from the
+model (a zoo module trained for its very weights), whose keep decisions do not depend on the target class."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -17,6 +17,7 @@ from ..pruning.blocks import parse_stages
 from ..pruning.diffmask import load_gates, read
 from ..pruning.dynamicvit import DynamicViT
 from ..pruning.evit import EViT
+from ..pruning.iared2 import IARed2, interpreter_map
 from ..pruning.stages import Stage, kept_lists, survival_map
 from ..registry import register
 from ..trained import check_fingerprint, module_path
@@ -24,7 +25,8 @@ from ..trained import check_fingerprint, module_path
 RAO_2021 = "Rao et al., NeurIPS 2021, DynamicViT: Efficient Vision Transformers with Dynamic Token Sparsification"
 LIANG_2022 = ("Liang et al., ICLR 2022, Not All Patches are What You Need: Expediting Vision Transformers via Token "
               "Reorganizations")
-PRUNED = {"dynamicvit": DynamicViT, "evit": EViT}   # a pruned twin's metadata kind -> its module
+PAN_2021 = "Pan et al., NeurIPS 2021, IA-RED²: Interpretability-Aware Redundancy Reduction for Vision Transformers"
+PRUNED = {"dynamicvit": DynamicViT, "evit": EViT, "iared2": IARed2}   # a pruned twin's metadata kind -> its module
 
 
 def load_pruned(path: Path, device) -> torch.nn.Module:
@@ -116,20 +118,51 @@ def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | 
     return run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
 
 
+def _iared2_module(config, params: dict) -> Path:
+    return module_path(config, "iared2", "ia-red2", params.get("module"), "an IA-RED² module")
+
+
+def _iared2_fits(model, params: dict) -> None:
+    path = _iared2_module(model.config, params)
+    groups = len(read_metadata(path)["stages"])
+    if params["group"] is not None and params["group"] >= groups:
+        raise VitxError(f"method 'ia-red2': group {params['group']} does not exist; the twin has {groups} groups "
+                        f"(0..{groups - 1}), or None for the survival map")
+    if not params["allow_stale"]:
+        check_fingerprint(path, model.net, "ia-red2")
+
+
+@register("ia-red2", family="pruning", paper=PAN_2021, needs={"trained_module", "cls_token"},
+          cost="1F (the pruned twin)", requires=_iared2_module, fits=_iared2_fits, ranges={"group": "[0, inf)"})
+def ia_red2(batch: Batch, group: int | None = 0, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
+    """IA-RED²: the keep probabilities of the model's pruned twin. Before each group of blocks a multi-head
+    interpreter gives every live token p_j = mean_h σ(q_cls^h·k_j^h/√d) and the tokens with p_j ≤ 0.5 leave for good
+    (:mod:`vitx.pruning.iared2`). The map: interpreter ``group``'s p (0 for patches dropped before it; default the
+    first, which scores every patch), as the authors' interpretation tool draws it; ``group=None``: the survival map
+    of the other pruning methods (groups survived + p at the last group that scored the patch).
+    ``exp.details["kept"]``: the patches kept at each group. ``module``: a zoo name or a file from ``vitx train``
+    (default: the zoo's twin, ``shapes-vit-iared2`` for ``shapes-vit``), refused for other weights unless
+    ``allow_stale``."""
+    net = load_pruned(_iared2_module(batch.model.config, {"module": module}), batch.x.device)
+    with torch.no_grad():
+        logits, stages = net(batch.x)
+    survival = report(batch, logits, stages)
+    return survival if group is None else batch.layout.to_grid(interpreter_map(stages[group], batch.layout.num_patches))
+
+
 NALMPANTIS_2023 = ("Nalmpantis et al., CVPR Workshops 2023, Vision DiffMask: Faithful Interpretation of Vision "
                    "Transformers with Differentiable Patch Masking")
-DIFFMASK_MODULE = "a DiffMask module"
 
 
-def _diffmask_requires(config, params: dict) -> None:
-    module_path(config, "diffmask", "diffmask", params.get("module"), DIFFMASK_MODULE)
+def _diffmask_module(config, params: dict) -> Path:
+    return module_path(config, "diffmask", "diffmask", params.get("module"), "a DiffMask module")
 
 
 def _diffmask_fits(model, params: dict) -> None:
     """Before any forward: vitx's own ViT, of the module's width and depth, with the very weights it was trained
     for (unless ``allow_stale``)."""
     net = _vitx_vit(model, "diffmask")
-    path = module_path(model.config, "diffmask", "diffmask", params["module"], DIFFMASK_MODULE)
+    path = _diffmask_module(model.config, params)
     meta = read_metadata(path)
     if (meta["dim"], meta["depth"]) != (net.cfg.embed_dim, len(net.blocks)):
         raise VitxError(f"DiffMask module {path.name!r} has gates for {meta['depth']} blocks of width {meta['dim']}, "
@@ -139,7 +172,7 @@ def _diffmask_fits(model, params: dict) -> None:
 
 
 @register("diffmask", family="pruning", paper=NALMPANTIS_2023, needs={"trained_module"},
-          cost="2F (the model, then its hidden states for the gates)", requires=_diffmask_requires,
+          cost="2F (the model, then its hidden states for the gates)", requires=_diffmask_module,
           fits=_diffmask_fits)
 def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """Vision DiffMask: each patch's probability of being kept, Π_i P(z_i ≠ 0) over the hard-concrete gates that
@@ -150,7 +183,7 @@ def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False)
     (nested, as a pruned ViT's stages; the last is the map's). ``module``: a zoo name or a file from
     ``vitx train`` (default: the zoo's, ``shapes-vit-diffmask`` for ``shapes-vit``), refused for other weights
     unless ``allow_stale``."""
-    gates = load_gates(module_path(batch.model.config, "diffmask", "diffmask", module), batch.x.device)
+    gates = load_gates(_diffmask_module(batch.model.config, {"module": module}), batch.x.device)
     with torch.no_grad():
         layers = gates.keep_probabilities(read(batch.model.net, batch.x))
     batch.details["layer_gates"] = layers.transpose(1, 2).tolist()

@@ -68,6 +68,8 @@ RECIPES = {
                               batch_size=64, keep_ratio=0.7),
     "shapes-clip": Recipe("clip_shapes", "captions", steps=4000, lr=5e-4, start="shapes-vit", kind="clip",
                           batch_size=128),
+    "shapes-vit-iared2": Recipe("vitx_shapes", "single", steps=1200, lr=1e-3, start="shapes-vit", kind="iared2",
+                                batch_size=64),
     "shapes-vit-diffmask": Recipe("vitx_shapes", "single", steps=1500, lr=1e-3, weight_decay=0.0, warmup=0.2,
                                   start="shapes-vit", kind="diffmask", batch_size=64),
 }

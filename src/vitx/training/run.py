@@ -62,6 +62,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind in ("dynamicvit", "evit"):
         from .pruning import PrunedTwin
         job = PrunedTwin(recipe, out_dir, steps)
+    elif recipe.kind == "iared2":
+        from .iared2 import IARed2Trainer
+        job = IARed2Trainer(recipe, out_dir, steps)
     elif recipe.kind == "diffmask":
         from .diffmask import Masker
         job = Masker(recipe, out_dir, seed)

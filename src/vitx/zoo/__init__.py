@@ -9,7 +9,8 @@ from ..errors import VitxError
 ZOO_DIR = Path(__file__).parent
 NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-shapley", "shapes-nest",
          "shapes-nest-gan", "shapes-vqa-single", "shapes-vqa-dual", "shapes-detr", "shapes-clip",
-         "shapes-vit-dynamicvit", "shapes-vit-evit", "shapes-vit-diffmask")
+         "shapes-vit-dynamicvit", "shapes-vit-evit", "shapes-vit-iared2",
+         "shapes-vit-diffmask")
 
 
 def zoo_path(name: str) -> Path:
