@@ -12,6 +12,7 @@ from vitx.checkpoint import fingerprint, save_checkpoint
 from vitx.models import ARCHITECTURES, VisionTransformer, create_model
 from vitx.models.shapley import ShapleyExplainer
 from vitx.pruning.blocks import default_stages
+from vitx.pruning.diffmask import STRETCH, TEMPERATURE, DiffMask
 from vitx.pruning.dynamicvit import DynamicViT
 from vitx.pruning.evit import EViT
 from vitx.pruning.iared2 import IARed2
@@ -225,12 +226,27 @@ def tiny_twin(model, kind: str) -> str:
     return str(save_checkpoint(net, directory / f"{kind}.safetensors", meta))
 
 
+def tiny_gates(model) -> str:
+    """Jittered random Vision DiffMask gates for ``model`` (vitx's own ViT), saved in a temporary directory; their
+    file's path."""
+    c, cfg = model.config, model.net.cfg
+    meta = {"kind": "diffmask", "dim": cfg.embed_dim, "depth": cfg.depth, "temperature": TEMPERATURE,
+            "stretch": list(STRETCH), "mean": c.mean, "std": c.std, "class_names": c.class_names, "explains": c.name,
+            "fingerprints": [fingerprint(model.net)]}
+    directory = Path(tempfile.mkdtemp(prefix="vitx-diffmask-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    torch.manual_seed(0)
+    return str(save_checkpoint(jitter(DiffMask(cfg.embed_dim, cfg.depth), seed=4), directory / "gates.safetensors",
+                               meta))
+
+
 def trained_modules(model) -> dict[str, dict]:
     """Per method that needs a trained module, the parameters that hand it a random one made for ``model`` (IA-RED²'s
     only for a model with a class token: it needs one, and the method refuses the others before looking)."""
     modules = {"vit-shapley": {"explainer": tiny_explainer(model)},
                "dynamicvit": {"module": tiny_twin(model, "dynamicvit")},
-               "evit-finetuned": {"module": tiny_twin(model, "evit")}}
+               "evit-finetuned": {"module": tiny_twin(model, "evit")},
+               "diffmask": {"module": tiny_gates(model)}}
     if model.net.cls_token is not None:
         modules["ia-red2"] = {"module": tiny_twin(model, "iared2")}
     return modules

@@ -23,7 +23,7 @@ VARIANTS = {
 PREFIX = {"vit": 1, "deit-distilled": 2, "registers": 5, "no-cls": 0}
 FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
 CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]          # the class token itself
-VITX_BLOCKS = {"evit"}   # runs vitx's own ViT blocks step by step: timm's ViT is refused, with the way round
+VITX_BLOCKS = {"evit", "diffmask"}   # run vitx's own ViT blocks: timm's ViT is refused, with the way round
 ROW_METHODS = [m["name"] for m in vitx.methods() if "head_row" in m["needs"] and "vit" in m["kinds"]]  # the head's row
 
 
@@ -68,7 +68,7 @@ def test_same_maps_for_every_method(pair, x, method):
     ours = vitx.explain(vitx_net, x, method=method, normalize=False, **FAST.get(method, {}))
     if method in VITX_BLOCKS:
         with pytest.raises(vitx.VitxError, match="runs the blocks of vitx's own ViT"):
-            vitx.explain(timm_net, x, method=method)
+            vitx.explain(timm_net, x, method=method, **FAST.get(method, {}))
         return
     theirs = vitx.explain(timm_net, x, method=method, normalize=False, **FAST.get(method, {}))
     assert torch.equal(ours.targets, theirs.targets)
