@@ -141,7 +141,8 @@ def device_name(device: torch.device) -> str:
     """What ran a training, for its model card."""
     if device.type == "cuda":
         return f"one {torch.cuda.get_device_name(device)} (data drawn on the CPU)"
-    return f"{device.type.upper()} ({torch.get_num_threads()} torch threads)"
+    threads = torch.get_num_threads()
+    return f"{device.type.upper()} ({threads} torch thread{'' if threads == 1 else 's'})"
 
 
 def _warmup_cosine(steps: int, warmup: float):
