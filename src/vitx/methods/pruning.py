@@ -55,27 +55,35 @@ def _vitx_vit(model, method: str) -> VisionTransformer:
     return model.net
 
 
-def twin_method(name: str, kind: str, paper: str):
-    """Register ``name``, a method read from the model's pruned twin of metadata ``kind`` (:func:`load_pruned`): it
-    needs the twin trained for the model's very weights, found before anything runs."""
-    what = "a pruned twin module"
-
+def module_checks(kind: str, method: str, what: str, also=None):
+    """The ``requires`` and ``fits`` of a method that reads a trained module of metadata ``kind``: ``requires`` finds
+    it (the zoo's for the model's name, or the ``module`` parameter); ``fits``, before any forward, runs
+    ``also(model, params, path)`` and refuses other weights than the module's unless ``allow_stale``."""
     def requires(config, params: dict) -> None:
-        module_path(config, kind, name, params.get("module"), what)
+        module_path(config, kind, method, params.get("module"), what)
 
     def fits(model, params: dict) -> None:
+        path = module_path(model.config, kind, method, params["module"], what)
+        if also is not None:
+            also(model, params, path)
         if not params["allow_stale"]:
-            check_fingerprint(module_path(model.config, kind, name, params["module"], what), model.net, name)
+            check_fingerprint(path, model.net, method)
+    return requires, fits
+
+
+def twin_method(name: str, kind: str, paper: str):
+    """Register ``name``, a method read from the model's pruned twin of metadata ``kind`` (:func:`load_pruned`) at a
+    keep ratio."""
+    requires, fits = module_checks(kind, name, "a pruned twin module")
     return register(name, family="pruning", paper=paper, needs={"trained_module", "cls_token"},
                     cost="1F (the pruned twin)", requires=requires, fits=fits, ranges={"keep_ratio": "(0, 1]"})
 
 
-def run_twin(batch: Batch, kind: str, method: str, module: str | None, ratio: float | None) -> torch.Tensor:
-    """The survival map of the images through the twin (:func:`report`)."""
+def run_twin(batch: Batch, kind: str, method: str, module: str | None, *args) -> tuple[torch.Tensor, list[Stage]]:
+    """The twin's logits and per-stage decisions on the batch's images (``args``: the twin's own, e.g. its ratio)."""
     net = load_pruned(module_path(batch.model.config, kind, method, module), batch.x.device)
     with torch.no_grad():
-        logits, stages = net(batch.x, ratio)
-    return report(batch, logits, stages)
+        return net(batch.x, *args)
 
 
 @twin_method("dynamicvit", "dynamicvit", RAO_2021)
@@ -86,7 +94,7 @@ def dynamicvit(batch: Batch, keep_ratio: float | None = None, module: str | None
     probability at the last stage that scored it (:mod:`vitx.pruning.stages`). ``keep_ratio`` ρ (default: the
     trained one); ``module``: a zoo name or a file from ``vitx train`` (default: the zoo's twin of the model,
     ``shapes-vit-dynamicvit`` for ``shapes-vit``), refused for other weights unless ``allow_stale``."""
-    return run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio)
+    return report(batch, *run_twin(batch, "dynamicvit", "dynamicvit", module, keep_ratio))
 
 
 def _evit_fits(model, params: dict) -> None:
@@ -115,25 +123,21 @@ def evit_finetuned(batch: Batch, keep_ratio: float | None = None, module: str | 
     """EViT fine-tuned: the map of ``evit``, read from the model's twin fine-tuned with EViT's keep-rate schedule
     (default: the zoo's, ``shapes-vit-evit`` for ``shapes-vit``; refused for other weights unless ``allow_stale``).
     ``keep_ratio`` ρ defaults to the one it was fine-tuned for."""
-    return run_twin(batch, "evit", "evit-finetuned", module, keep_ratio)
+    return report(batch, *run_twin(batch, "evit", "evit-finetuned", module, keep_ratio))
 
 
-def _iared2_module(config, params: dict) -> Path:
-    return module_path(config, "iared2", "ia-red2", params.get("module"), "an IA-RED² module")
-
-
-def _iared2_fits(model, params: dict) -> None:
-    path = _iared2_module(model.config, params)
+def _iared2_group(model, params: dict, path: Path) -> None:
     groups = len(read_metadata(path)["stages"])
     if params["group"] is not None and params["group"] >= groups:
         raise VitxError(f"method 'ia-red2': group {params['group']} does not exist; the twin has {groups} groups "
                         f"(0..{groups - 1}), or None for the survival map")
-    if not params["allow_stale"]:
-        check_fingerprint(path, model.net, "ia-red2")
+
+
+_iared2_requires, _iared2_fits = module_checks("iared2", "ia-red2", "an IA-RED² module", _iared2_group)
 
 
 @register("ia-red2", family="pruning", paper=PAN_2021, needs={"trained_module", "cls_token"},
-          cost="1F (the pruned twin)", requires=_iared2_module, fits=_iared2_fits, ranges={"group": "[0, inf)"})
+          cost="1F (the pruned twin)", requires=_iared2_requires, fits=_iared2_fits, ranges={"group": "[0, inf)"})
 def ia_red2(batch: Batch, group: int | None = 0, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """IA-RED²: the keep probabilities of the model's pruned twin. Before each group of blocks a multi-head
     interpreter gives every live token p_j = mean_h σ(q_cls^h·k_j^h/√d) and the tokens with p_j ≤ 0.5 leave for good
@@ -143,9 +147,7 @@ def ia_red2(batch: Batch, group: int | None = 0, module: str | None = None, allo
     ``exp.details["kept"]``: the patches kept at each group. ``module``: a zoo name or a file from ``vitx train``
     (default: the zoo's twin, ``shapes-vit-iared2`` for ``shapes-vit``), refused for other weights unless
     ``allow_stale``."""
-    net = load_pruned(_iared2_module(batch.model.config, {"module": module}), batch.x.device)
-    with torch.no_grad():
-        logits, stages = net(batch.x)
+    logits, stages = run_twin(batch, "iared2", "ia-red2", module)
     survival = report(batch, logits, stages)
     return survival if group is None else batch.layout.to_grid(interpreter_map(stages[group], batch.layout.num_patches))
 
@@ -154,25 +156,20 @@ NALMPANTIS_2023 = ("Nalmpantis et al., CVPR Workshops 2023, Vision DiffMask: Fai
                    "Transformers with Differentiable Patch Masking")
 
 
-def _diffmask_module(config, params: dict) -> Path:
-    return module_path(config, "diffmask", "diffmask", params.get("module"), "a DiffMask module")
-
-
-def _diffmask_fits(model, params: dict) -> None:
-    """Before any forward: vitx's own ViT, of the module's width and depth, with the very weights it was trained
-    for (unless ``allow_stale``)."""
+def _diffmask_shape(model, params: dict, path: Path) -> None:
+    """vitx's own ViT, of the module's width and depth."""
     net = _vitx_vit(model, "diffmask")
-    path = _diffmask_module(model.config, params)
     meta = read_metadata(path)
     if (meta["dim"], meta["depth"]) != (net.cfg.embed_dim, len(net.blocks)):
         raise VitxError(f"DiffMask module {path.name!r} has gates for {meta['depth']} blocks of width {meta['dim']}, "
                         f"and this model has {len(net.blocks)} blocks of width {net.cfg.embed_dim}")
-    if not params["allow_stale"]:
-        check_fingerprint(path, net, "diffmask")
+
+
+_diffmask_requires, _diffmask_fits = module_checks("diffmask", "diffmask", "a DiffMask module", _diffmask_shape)
 
 
 @register("diffmask", family="pruning", paper=NALMPANTIS_2023, needs={"trained_module"},
-          cost="2F (the model, then its hidden states for the gates)", requires=_diffmask_module,
+          cost="2F (the model, then its hidden states for the gates)", requires=_diffmask_requires,
           fits=_diffmask_fits)
 def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """Vision DiffMask: each patch's probability of being kept, Π_i P(z_i ≠ 0) over the hard-concrete gates that
@@ -183,7 +180,7 @@ def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False)
     (nested, as a pruned ViT's stages; the last is the map's). ``module``: a zoo name or a file from
     ``vitx train`` (default: the zoo's, ``shapes-vit-diffmask`` for ``shapes-vit``), refused for other weights
     unless ``allow_stale``."""
-    gates = load_gates(_diffmask_module(batch.model.config, {"module": module}), batch.x.device)
+    gates = load_gates(module_path(batch.model.config, "diffmask", "diffmask", module), batch.x.device)
     with torch.no_grad():
         layers = gates.keep_probabilities(read(batch.model.net, batch.x))
     batch.details["layer_gates"] = layers.transpose(1, 2).tolist()
