@@ -171,17 +171,22 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The tokens entering the first block, (B, prefix + patches, D): prefix tokens and patch embeddings, with
         their positions."""
+        return self.place(*self.patch_tokens(x))
+
+    def patch_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The patch embeddings (B, patches, D) before positions, and their grid."""
         x = self.patch_embed(x)
-        grid = tuple(x.shape[-2:])
-        x = x.flatten(2).transpose(1, 2)
+        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+
+    def place(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch embeddings ``x`` (B, patches, D) on ``grid`` -> the tokens entering the first block: the prefix
+        tokens put first and the position embeddings added."""
         B = x.shape[0]
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token, self.reg_token) if t is not None]
         pos_prefix, pos_patches = self._positions(grid)
         if pos_prefix is None:
-            x = torch.cat(prefix + [x + pos_patches], dim=1)
-        else:
-            x = torch.cat(prefix + [x], dim=1) + torch.cat([pos_prefix, pos_patches], dim=1)
-        return x
+            return torch.cat(prefix + [x + pos_patches], dim=1)
+        return torch.cat(prefix + [x], dim=1) + torch.cat([pos_prefix, pos_patches], dim=1)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.global_pool == "avg":

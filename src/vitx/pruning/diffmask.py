@@ -94,8 +94,8 @@ class Reading:
 @torch.no_grad()
 def read(net, x: torch.Tensor) -> Reading:
     """Run a vitx ``VisionTransformer`` ``net`` on ``x`` once, keeping what the gates read."""
-    patches = net.patch_embed(x).flatten(2).transpose(1, 2)
-    tokens = net.embed(x)
+    patches, grid = net.patch_tokens(x)
+    tokens = net.place(patches, grid)
     prefix = tokens.shape[1] - patches.shape[1]
     states, h = [patches, tokens[:, prefix:]], tokens
     for block in net.blocks:
