@@ -226,3 +226,22 @@ def test_stages_are_drawn_and_saved_beside_the_overlay(model, x, tmp_path):
     assert (tmp_path / "a_evit_stages.png").exists() and tmp_path / "b_evit_stages.png" in written
     with pytest.raises(vitx.VitxError, match="has none"):
         vitx.explain(model, x[:1], method="raw-attention").stages(0)
+
+
+@pytest.mark.parametrize("name, method", [("shapes-vit-dynamicvit", "dynamicvit"), ("shapes-vit-evit", "evit-finetuned")])
+def test_recipe_writes_a_twin_the_method_reads(tmp_path, model, x, monkeypatch, name, method):
+    """A few steps of the twin recipes: the file records what it explains and its stages, the card its scores, and
+    the method reads it for shapes-vit's weights."""
+    from vitx.checkpoint import fingerprint, read_metadata
+    from vitx.training import pruning as recipe
+    from vitx.training.run import train
+    (tmp_path / "shapes-vit.safetensors").symlink_to(vitx.zoo.ZOO_DIR / "shapes-vit.safetensors")
+    monkeypatch.setattr(recipe, "TEST_IMAGES", 20)
+    metrics = train(name, tmp_path, steps=2, batch_size=4, progress=False)
+    assert set(metrics) == {"accuracy", "original_accuracy", "kept", "flops", "original_flops"}
+    meta = read_metadata(tmp_path / f"{name}.safetensors")
+    assert (meta["explains"], meta["stages"], meta["ratio"]) == ("shapes-vit", [1, 3, 4], 0.7)
+    assert meta["fingerprints"] == [fingerprint(model.net)]
+    assert "fewer" in (tmp_path / f"{name}.md").read_text()
+    exp = vitx.explain(model, x[:2], method, module=str(tmp_path / f"{name}.safetensors"))
+    assert exp.token_maps.shape == (2, 8, 8)

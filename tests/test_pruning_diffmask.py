@@ -12,7 +12,7 @@ from vitx.errors import StaleModuleError
 from vitx.metrics import energy_pointing_game, pointing_game_tolerant
 from vitx.models import create_model
 from vitx.models.vit import ViTConfig, VisionTransformer
-from vitx.pruning.diffmask import (STRETCH, TEMPERATURE, DiffMask, Lagrangian, kl_to_original, log_keep_probability,
+from vitx.pruning.diffmask import (TEMPERATURE, DiffMask, Lagrangian, kl_to_original, log_keep_probability,
                                    masked_logits, read, sample_gates)
 from vitx.zoo import ZOO_DIR
 

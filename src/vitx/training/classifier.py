@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import read_checkpoint
+from ..checkpoint import fingerprint, read_checkpoint
 from ..data import CLASS_NAMES, shapes
 from ..errors import VitxError
 from ..model import Model, evaluating, wrap
@@ -45,6 +45,21 @@ def start_from(net, path: Path, head: bool = False) -> None:
     """Load a trained checkpoint's weights into ``net``, all but the classifier head unless ``head``."""
     state, _ = read_checkpoint(require_start(path))
     net.load_state_dict({k: v for k, v in state.items() if head or not k.startswith("head.")}, strict=head)
+
+
+def frozen(path: Path) -> Model:
+    """The trained model at ``path`` (in eval mode, as loaded), its parameters frozen."""
+    from ..loading import load_model
+    model = load_model(str(require_start(path)))
+    model.net.requires_grad_(False)
+    return model
+
+
+def explained(recipe: Recipe, out_dir: Path) -> tuple[Model, dict]:
+    """The classifier ``recipe.start`` that a trained module explains, frozen, and the metadata that ties the module
+    to its very weights (``explains``, ``fingerprints``: :mod:`vitx.trained`)."""
+    model = frozen(out_dir / f"{recipe.start}.safetensors")
+    return model, {"explains": recipe.start, "fingerprints": [fingerprint(model.net)]}
 
 
 def require_start(path: Path) -> Path:

@@ -6,12 +6,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import fingerprint
 from ..data import shapes
-from ..loading import load_model
 from ..pruning.diffmask import EPSILON, STRETCH, TEMPERATURE, DiffMask, Lagrangian, kl_to_original, masked_logits, \
     read, sample_gates
-from .classifier import require_start
+from .classifier import explained
 from .recipes import TEST_IMAGES, Recipe
 
 KIND = "diffmask"
@@ -25,14 +23,13 @@ class Masker:
     placeholder (``net``, what is saved) and the Lagrange multipliers train."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, seed: int):
-        self.model = load_model(str(require_start(out_dir / f"{recipe.start}.safetensors")))
-        self.classifier = self.model.net.eval().requires_grad_(False)
+        self.model, explains = explained(recipe, out_dir)
+        self.classifier = self.model.net
         cfg = self.classifier.cfg
         self.net = DiffMask(cfg.embed_dim, cfg.depth)
         self.lagrangian = Lagrangian(len(self.net.gates), lr=MULTIPLIER_LR)
         self.generator = torch.Generator().manual_seed(seed)
-        self.meta = {"kind": KIND, "explains": recipe.start, "fingerprints": [fingerprint(self.classifier)],
-                     "dim": cfg.embed_dim, "depth": cfg.depth, "epsilon": EPSILON, "temperature": TEMPERATURE,
+        self.meta = {"kind": KIND, **explains, "dim": cfg.embed_dim, "depth": cfg.depth, "epsilon": EPSILON, "temperature": TEMPERATURE,
                      "stretch": list(STRETCH), "multiplier_lr": MULTIPLIER_LR}
 
     def loss(self, data) -> torch.Tensor:

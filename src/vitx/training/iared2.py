@@ -9,13 +9,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import fingerprint
 from ..data import shapes
 from ..flops import count_flops
-from ..loading import load_model
 from ..models import create_model
 from ..pruning.iared2 import STAGES, TAU, IARed2, kept_share, log_policy, reinforce_loss, reward
-from .classifier import require_start, start_from
+from .classifier import explained, start_from
 from .recipes import TEST_IMAGES, Recipe
 
 KIND = "iared2"
@@ -28,15 +26,12 @@ class IARed2Trainer:
     """The pruned twin of ``recipe.start``: its weights (head included) and one interpreter per group."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, steps: int):
-        path = require_start(out_dir / f"{recipe.start}.safetensors")
-        self.original = load_model(str(path))
-        self.original.net.requires_grad_(False)
+        self.original, explains = explained(recipe, out_dir)
         vit = create_model(recipe.arch, **recipe.config)
-        start_from(vit, path, head=True)
+        start_from(vit, out_dir / f"{recipe.start}.safetensors", head=True)
         self.net = IARed2(vit, STAGES)
         self.step, self.switch = 0, round(steps * INTERPRETER_SHARE)
-        self.meta = {"kind": KIND, "explains": recipe.start, "fingerprints": [fingerprint(self.original.net)],
-                     "stages": list(STAGES), "ratio": None, "tau": TAU, "interpreter_steps": self.switch}
+        self.meta = {"kind": KIND, **explains, "stages": list(STAGES), "ratio": None, "tau": TAU, "interpreter_steps": self.switch}
 
     def param_groups(self, lr: float) -> list[dict]:
         return [{"params": list(self.net.interpreters.parameters())},

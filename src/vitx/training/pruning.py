@@ -7,16 +7,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoint import fingerprint
 from ..data import shapes
 from ..flops import count_flops
-from ..loading import load_model
 from ..model import evaluating
 from ..models import create_model
 from ..pruning.blocks import default_stages
 from ..pruning.dynamicvit import DynamicViT, dynamicvit_loss
 from ..pruning.evit import EViT, keep_rate_schedule
-from .classifier import require_start, start_from
+from .classifier import explained, start_from
 from .recipes import TEST_IMAGES, Recipe
 
 PAPERS = {"dynamicvit": "DynamicViT (Rao et al., NeurIPS 2021)", "evit": "EViT (Liang et al., ICLR 2022)"}
@@ -27,16 +25,13 @@ class PrunedTwin:
     """A pruned twin of the classifier ``recipe.start`` (frozen, kept as the teacher and for its fingerprint)."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, steps: int):
-        path = require_start(out_dir / f"{recipe.start}.safetensors")
-        self.teacher = load_model(str(path))
-        self.teacher.net.requires_grad_(False).eval()
+        self.teacher, explains = explained(recipe, out_dir)
         vit = create_model(recipe.arch, **recipe.config)
-        start_from(vit, path, head=True)
+        start_from(vit, out_dir / f"{recipe.start}.safetensors", head=True)
         stages = default_stages(len(vit.blocks))
         self.net = (DynamicViT if recipe.kind == "dynamicvit" else EViT)(vit, stages, recipe.keep_ratio)
         self.kind, self.ratio, self.steps, self.step = recipe.kind, recipe.keep_ratio, steps, 0
-        self.meta = {"kind": recipe.kind, "explains": recipe.start, "fingerprints": [fingerprint(self.teacher.net)],
-                     "stages": list(stages), "ratio": recipe.keep_ratio}
+        self.meta = {"kind": recipe.kind, **explains, "stages": list(stages), "ratio": recipe.keep_ratio}
 
     def to(self, device) -> None:
         self.net.to(device)

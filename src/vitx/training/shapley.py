@@ -19,7 +19,7 @@ from ..models.shapley import ShapleyExplainer
 from ..shapley import efficient_normalization, sample_coalitions
 from ..surrogate import (coalition_probabilities, masked_logits, shapley_loss, surrogate_loss,
                         uniform_size_coalitions)
-from .classifier import require_start, score_shapes, start_from
+from .classifier import frozen, require_start, score_shapes, start_from
 from .recipes import MEAN, STD, TEST_IMAGES, Recipe
 
 KEPT = (0.25, 0.5, 0.75)        # shares of the patches kept when the surrogate is scored
@@ -37,12 +37,6 @@ def kernel_shap_on_game(surrogate: Model, x: torch.Tensor, targets: torch.Tensor
                    score="probability", samples=samples, seed=seed).token_maps.flatten(1)
 
 
-def _frozen(path: Path) -> Model:
-    model = load_model(str(path))
-    model.net.requires_grad_(False)
-    return model
-
-
 def _players(model: Model) -> int:
     return model.layout(torch.zeros(1, 3, *model.config.image_size)).num_patches
 
@@ -52,7 +46,7 @@ class Surrogate:
 
     def __init__(self, recipe: Recipe, out_dir: Path, seed: int):
         path = require_start(out_dir / f"{recipe.start}.safetensors")
-        self.original = _frozen(path)
+        self.original = frozen(path)
         self.net = create_model(recipe.arch)
         start_from(self.net, path, head=True)
         self.model = wrap(self.net, mean=MEAN, std=STD, class_names=CLASS_NAMES)
@@ -140,7 +134,7 @@ class Explainer:
         if recipe.coalitions < 2 or recipe.coalitions % 2:
             raise ValueError(f"coalitions per image must be even and at least 2, got {recipe.coalitions}")
         path = require_start(out_dir / f"{recipe.start}.safetensors")
-        self.surrogate = _frozen(path)
+        self.surrogate = frozen(path)
         self.net = ShapleyExplainer(ARCHITECTURES[recipe.arch], **EXPLAINER_HEAD)
         self.net.backbone.load_state_dict({k: v for k, v in self.surrogate.net.state_dict().items()
                                            if not k.startswith("head.")})
