@@ -14,7 +14,7 @@ from vitx.zoo import ZOO_DIR
 
 SEED = 20_000
 TWINS = {"shapes-vit-dynamicvit": 0.7, "shapes-vit-evit": 0.7}   # each twin's stated keep ratio ρ
-MAPS = ["dynamicvit", "evit", "evit-finetuned"]
+MAPS = ["dynamicvit", "evit", "evit-finetuned", "ia-red2", "diffmask"]   # ia-red2: its default, group 0
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +40,29 @@ def test_pruned_twin_keeps_accuracy_with_fewer_flops(model, name):
 
 @pytest.fixture(scope="module")
 def scored(model):
-    """Each pruning map, generic-attention and a noise map on 500 fresh images."""
+    """Each pruning map and a noise map on 500 fresh images; ia-red2 also with its survival map (``group=None``)."""
     data = shapes(n=500, seed=SEED)
-    return evaluate(model, data, [*MAPS, "generic-attention", "random"],
-                    metrics=["pointing_game_tolerant", "energy_pointing_game"], batch_size=100,
-                    sanity_images=None).results["methods"]
+    common = dict(metrics=["pointing_game_tolerant", "energy_pointing_game"], batch_size=100, sanity_images=None)
+    rows = evaluate(model, data, [*MAPS, "random"], **common).results["methods"]
+    survival = evaluate(model, data, ["ia-red2"], params={"ia-red2": {"group": None}}, **common).results["methods"]
+    return {**rows, "ia-red2 survival": survival["ia-red2"]}
 
 
-@pytest.mark.parametrize("method", MAPS)
+# IA-RED²'s survival map breaks the ties among the patches kept to the end by the last interpreter's probability, and
+# on its twin the last two interpreters keep every patch the first kept (34% of them: the object and some
+# background), so their probabilities carry no ranking: its peak falls on kept background.
+SURVIVAL_PEAK = "0.261: the later interpreters keep every survivor, so the last one's tie-break is not the object's"
+
+
+@pytest.mark.parametrize("method", [*MAPS, pytest.param("ia-red2 survival", marks=pytest.mark.xfail(
+    strict=True, reason=SURVIVAL_PEAK))])
 def test_keep_maps_point_at_the_object(scored, method):
     """Zhang et al.'s tolerant pointing game at least 0.8."""
     rate = scored[method]["pointing_game_tolerant"]
     assert rate >= 0.8, f"{method}: tolerant pointing game {rate:.3f}"
 
 
-@pytest.mark.parametrize("method", MAPS)
+@pytest.mark.parametrize("method", [*MAPS, "ia-red2 survival"])
 def test_keep_maps_put_more_energy_in_the_mask_than_noise(scored, method):
     """Energy inside the mask above a noise map's by more than 3 standard errors of the difference."""
     ours, noise = scored[method], scored["random"]
