@@ -21,7 +21,7 @@ from speed import machine, timed, timing_options, timing_setup
 from vitx.data import shapes
 from vitx.flops import count_flops
 from vitx.methods.pruning import load_pruned
-from vitx.pruning.blocks import default_stages
+from vitx.pruning.blocks import parse_stages
 from vitx.pruning.evit import EViT
 from vitx.registry import get_method, method_names
 from vitx.zoo import ZOO_DIR
@@ -31,8 +31,9 @@ TWINS = {"dynamicvit": "shapes-vit-dynamicvit", "evit-finetuned": "shapes-vit-ev
 
 def pruned_models(model: vitx.Model, device: torch.device) -> dict:
     """Name -> a callable x -> logits, for every pruned model of ``model`` this checkout has."""
-    evit = EViT(model.net, default_stages(len(model.net.blocks)), 0.7).eval()
-    found = {"shapes-vit": model.net, "evit (shapes-vit as it is, ρ 0.7)": evit}
+    ratio = get_method("evit").defaults["keep_ratio"]
+    evit = EViT(model.net, parse_stages(None, len(model.net.blocks)), ratio).eval()
+    found = {"shapes-vit": model.net, f"evit (shapes-vit as it is, ρ {ratio:g})": evit}
     for method, name in TWINS.items():
         path = ZOO_DIR / f"{name}.safetensors"
         if method in method_names() and path.exists():

@@ -48,11 +48,17 @@ class Batch:
         if self.queries is not None:
             queries = self.queries.repeat(x.shape[0] // len(self.queries))
             logits = logits[torch.arange(len(logits), device=logits.device), queries]
-        if (own if original is None else original) and self.logits is None:
+        if own if original is None else original:
+            self.record(logits)
+        return logits, tr
+
+    def record(self, logits: torch.Tensor) -> None:
+        """Keep the logits of the batch's unmodified images (B, classes), which fix the default targets, the first
+        time they are computed: by :meth:`run`, or by a method that ran the model its own way."""
+        if self.logits is None:
             self.logits = logits.detach()
             if self._targets is None:
                 self._targets = self.logits.argmax(-1)
-        return logits, tr
 
     def copies_per_pass(self, internal_batch_size: int) -> int:
         """How many stacked copies of the batch one pass takes: ``internal_batch_size`` images, at least one copy."""

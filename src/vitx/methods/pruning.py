@@ -43,7 +43,7 @@ def report(batch: Batch, logits: torch.Tensor, stages: list[Stage]) -> torch.Ten
     model's prediction per image go to ``exp.details``."""
     patches = batch.layout.num_patches
     batch.details["kept"] = kept_lists(stages, patches)
-    batch.details["stage_blocks"] = [[s.block for s in stages]] * len(logits)
+    batch.details["stage_blocks"] = [[s.block for s in stages] for _ in range(len(logits))]
     batch.details["pruned_prediction"] = logits.argmax(-1).tolist()
     return batch.layout.to_grid(survival_map(stages, patches))
 
@@ -169,7 +169,7 @@ _diffmask_requires, _diffmask_fits = module_checks("diffmask", "diffmask", "a Di
 
 
 @register("diffmask", family="pruning", paper=NALMPANTIS_2023, needs={"trained_module"},
-          cost="2F (the model, then its hidden states for the gates)", requires=_diffmask_requires,
+          cost="1F (the model, keeping the hidden states its gates read)", requires=_diffmask_requires,
           fits=_diffmask_fits)
 def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """Vision DiffMask: each patch's probability of being kept, Π_i P(z_i ≠ 0) over the hard-concrete gates that
@@ -182,7 +182,9 @@ def diffmask(batch: Batch, module: str | None = None, allow_stale: bool = False)
     unless ``allow_stale``."""
     gates = load_gates(module_path(batch.model.config, "diffmask", "diffmask", module), batch.x.device)
     with torch.no_grad():
-        layers = gates.keep_probabilities(read(batch.model.net, batch.x))
+        reading = read(batch.model.net, batch.x)
+        layers = gates.keep_probabilities(reading)
+    batch.record(reading.logits)                                   # the model's own forward: no second one
     batch.details["layer_gates"] = layers.transpose(1, 2).tolist()
     survival = layers.cumprod(-1).transpose(1, 2)                  # (B, L + 2, P): kept by every gate up to i
     batch.details["kept"] = [[torch.nonzero(row > 0.5).flatten().tolist() for row in image] for image in survival]

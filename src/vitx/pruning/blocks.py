@@ -77,8 +77,3 @@ def parse_stages(stages: str | None, depth: int) -> tuple[int, ...]:
                         f"model's {depth} (block 0 sees every token)")
     return blocks
 
-
-def check_keep_ratio(ratio: float) -> float:
-    if not 0 < ratio <= 1:
-        raise VitxError(f"keep_ratio must be in (0, 1], got {ratio!r}")
-    return ratio
