@@ -20,7 +20,7 @@ import vitx
 from speed import machine, timed, timing_options, timing_setup
 from vitx.data import shapes
 from vitx.flops import count_flops
-from vitx.methods.pruning import load_pruned
+from vitx.methods.pruning.twins import load_pruned
 from vitx.pruning.blocks import parse_stages
 from vitx.pruning.evit import EViT
 from vitx.registry import get_method, method_names

@@ -10,7 +10,7 @@ import vitx
 from vitx.checkpoint import fingerprint, read_metadata
 from vitx.data import shapes
 from vitx.errors import StaleModuleError, VitxError
-from vitx.methods.pruning import load_pruned
+from vitx.methods.pruning.twins import load_pruned
 from vitx.models import create_model
 from vitx.pruning.iared2 import THRESHOLD, IARed2, Interpreter, kept_share, log_policy, reinforce_loss, reward
 from vitx.training import iared2 as iared2_recipe

@@ -9,7 +9,7 @@ import vitx
 from vitx.data import shapes
 from vitx.evaluate import evaluate
 from vitx.flops import count_flops
-from vitx.methods.pruning import load_pruned
+from vitx.methods.pruning.twins import load_pruned
 from vitx.zoo import ZOO_DIR
 
 SEED = 20_000
