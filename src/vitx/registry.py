@@ -83,6 +83,7 @@ class Method:
     fits: Callable | None = None    # fits(model, params): raise when the model cannot take the method (no forward)
     types: dict = field(default_factory=dict)    # parameter -> the types its annotation allows
     ranges: dict = field(default_factory=dict)   # parameter -> interval, e.g. "[0, 1)"
+    shows: str = ""                 # what the explanation is when the map is not all of it (X-Pruner's units)
 
     @property
     def summary(self) -> str:
@@ -92,7 +93,7 @@ class Method:
     def row(self) -> dict:
         return {"name": self.name, "family": self.family, "paper": self.paper, "needs": sorted(self.needs),
                 "output": self.output, "cost": self.cost, "memory": self.memory_text(), "kinds": list(self.kinds),
-                "params": dict(self.defaults), "ranges": dict(self.ranges), "summary": self.summary}
+                "params": dict(self.defaults), "ranges": dict(self.ranges), "shows": self.shows, "summary": self.summary}
 
     def memory_text(self, params: dict | None = None) -> str:
         """The declared memory in model graphs (:mod:`vitx.memory`), e.g. '1 graph/image + 64 graphs/pass'."""
@@ -206,11 +207,12 @@ _METHODS: dict[str, Method] = {}
 
 def register(name: str, *, family: str, paper: str, needs=(), output: str = "tokens", cost: str,
              kinds=("vit",), requires: Callable | None = None, memory: Callable | None = None,
-             fits: Callable | None = None, ranges: dict | None = None) -> Callable:
+             fits: Callable | None = None, ranges: dict | None = None, shows: str = "") -> Callable:
     """Record ``fn`` as method ``name``. ``memory(params) -> (graphs per image, graphs per pass)``
     (:mod:`vitx.memory`) defaults to one graph per image for a method that needs gradients and a forward pass's
     share otherwise. ``fits(model, params)`` refuses, before any forward, a model whose layers the method cannot
-    take.
+    take. ``shows`` says what the explanation is where the map is not all of it (e.g. a class-by-unit table in
+    ``exp.details``, beside which the map is vitx's own addition).
     Its parameters' types come from their annotations, their ranges from :data:`RANGES` by
     name, updated with ``ranges`` (parameter -> interval such as "[2, inf)")."""
     needs = frozenset(needs)
@@ -222,7 +224,7 @@ def register(name: str, *, family: str, paper: str, needs=(), output: str = "tok
         limits = {p: RANGES[p] for p in defaults if p in RANGES} | (ranges or {})
         assert all(p in defaults and (defaults[p] is None or within(defaults[p], r)) for p, r in limits.items()), name
         _METHODS[name] = Method(name, fn, family, paper, needs, output, cost, tuple(kinds), defaults, requires,
-                                memory, fits, types=annotated_types(fn), ranges=limits)
+                                memory, fits, types=annotated_types(fn), ranges=limits, shows=shows)
         return fn
     return decorate
 
