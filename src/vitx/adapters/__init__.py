@@ -15,6 +15,7 @@ LOOKED_FOR = {"timm": "timm's Nest, SwinTransformer(V2), or a model with `blocks
 
 
 def adapter_for(net: nn.Module) -> Adapter:
+    from ..models.hvt import HVT
     from ..models.nest import Nest
     from ..models.vit import VisionTransformer
     from ..models.clip import CLIP
@@ -24,6 +25,9 @@ def adapter_for(net: nn.Module) -> Adapter:
     package = type(net).__module__.split(".")[0]
     if framework := is_swin(net):
         return SwinAdapter(net, framework)
+    if isinstance(net, HVT):
+        from .hvt import HVTAdapter
+        return HVTAdapter(net)
     if isinstance(net, VisionTransformer):
         from .vitx import VitxViTAdapter
         return VitxViTAdapter(net)

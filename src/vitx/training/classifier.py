@@ -13,7 +13,7 @@ from ..checkpoint import fingerprint, read_checkpoint
 from ..data import CLASS_NAMES, shapes
 from ..errors import VitxError
 from ..model import Model, evaluating, wrap
-from ..models import ARCHITECTURES, NestConfig, VisionTransformer, create_model
+from ..models import ARCHITECTURES, HVT, NestConfig, VisionTransformer, create_model
 from .recipes import MEAN, STD, TEST_IMAGES, Recipe
 
 
@@ -23,7 +23,7 @@ class Classifier:
     def __init__(self, recipe: Recipe, out_dir: Path):
         self.recipe = recipe
         self.net = create_model(recipe.arch, **recipe.config)
-        if isinstance(self.net, VisionTransformer):
+        if isinstance(self.net, (VisionTransformer, HVT)):
             mimetic_init(self.net)
         if recipe.start:
             start_from(self.net, out_dir / f"{recipe.start}.safetensors")

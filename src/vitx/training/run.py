@@ -15,7 +15,9 @@ from ..checkpoint import save_checkpoint
 from ..data import CLASS_NAMES, shapes
 from ..errors import VitxError
 from ..zoo import ZOO_DIR
+from ..models import ARCHITECTURES, HVTConfig
 from .classifier import Classifier
+from .hvt import HierarchicalClassifier
 from .draws import step_batches
 from .recipes import _TEST_SEED, _TRAIN_SEED_STRIDE, MEAN, RECIPES, STD, Recipe
 
@@ -49,7 +51,7 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     test_seed = _TEST_SEED + seed
     torch.manual_seed(seed)
     if recipe.kind == "classifier":
-        job = Classifier(recipe, out_dir)
+        job = (HierarchicalClassifier if isinstance(ARCHITECTURES[recipe.arch], HVTConfig) else Classifier)(recipe, out_dir)
     elif recipe.kind == "vqa":
         from .vqa import QuestionAnswerer
         job = QuestionAnswerer(recipe, out_dir, seed, test_seed, workers)
