@@ -72,7 +72,7 @@ RECIPES = {
                                 batch_size=64),
     "shapes-vit-diffmask": Recipe("vitx_shapes", "single", steps=1500, lr=1e-3, weight_decay=0.0, warmup=0.2,
                                   start="shapes-vit", kind="diffmask", batch_size=64),
-    "shapes-hvt": Recipe("hvt_shapes", "single", steps=2000, lr=1e-3),
+    "shapes-hvt": Recipe("hvt_shapes", "single", steps=1600, lr=1e-3),
 }
 
 
