@@ -33,7 +33,8 @@ class ModelConfig:
     dynamic_size: bool = False
     kind: str = "vit"
     name: str = ""
-    levels: tuple[int, ...] = ()     # nest: transformer layers per level (the tap's blocks, level by level)
+    levels: tuple[int, ...] = ()     # nest: transformer layers per level (the tap's blocks, level by level); hvt: blocks
+                                     # per stage
     pooling: str = "cls"             # what the head reads: "cls" (the class token), "avg", "max", "map"...
     text_length: int = 0             # bi-modal: the most text tokens (special ones included) per question; 0: none
     input: str = "pixels"            # "regions": detector regions (B, R, F) from :meth:`Model.regions`, maps per region

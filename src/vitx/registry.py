@@ -25,11 +25,27 @@ NEEDS = {"attention", "gradients", "head_row", "cls_token", "trained_module"}
 HEAD_ROWS = ("cls", "avg")   # heads whose row a "head_row" method can read
 # model kinds: "vit" a flat token sequence, "nest" NesT's blocked hierarchy, "swin" Swin's shifted windows, "vqa" a
 # bi-modal question answerer (its head reads the text's [CLS] token, which stands for the head's row), "detr" a
-# DETR-like detector (each object is one of its decoder's queries; its query's row stands for the head's row)
+# DETR-like detector (each object is one of its decoder's queries; its query's row stands for the head's row), "hvt"
+# HVT's flat sequence that max pooling shortens between stages (no class token)
 ANY_MODEL = ("vit", "nest", "swin")
 # why a method that does not name a kind cannot apply to it: {kind: {method family (or "" for any other): why}}
 KIND_LIMITS = {
-    "vit": {"nest": "it reads NesT's levels of image blocks, which a flat ViT does not have"},
+    "vit": {"nest": "it reads NesT's levels of image blocks, which a flat ViT does not have",
+            "pruning": "it reads the max pooling between an HVT's stages, and a flat ViT keeps one token sequence "
+                       "through every block"},
+    "hvt": {"": "HVT's token sequence shrinks by max pooling between stages and has no class token, which this "
+                "method's per-token formulas do not follow",
+            "attention": "it follows attention token by token across blocks, and HVT's blocks attend over sequences "
+                         "that max pooling shortens between stages (64, 31, 15 tokens on shapes-hvt), with no class "
+                         "token",
+            "relevance": "its relevance rules know a flat ViT's blocks, not the max pooling between HVT's stages",
+            "nest": "it reads NesT's levels of image blocks, which HVT does not have",
+            "perturbation": "AtMan scales each patch as a key in every attention layer and ViT-CX clusters the last "
+                            "block's patch tokens, and HVT's later blocks hold pooled tokens, not patches; ViT "
+                            "Shapley's explainer is trained for a ViT with a class token (occlusion, rise and "
+                            "kernel-shap apply)",
+            "pruning": "it prunes the patch tokens of a flat ViT that reads its class token (hvt-pooling reads HVT's "
+                       "own pooling)"},
     "swin": {"": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink "
                  "stage by stage, which this method's per-token formulas do not follow",
              "nest": "it reads NesT's levels of image blocks, which Swin does not have"},

@@ -46,8 +46,9 @@ class Description:
     dynamic_size: bool           # accepts other image sizes (position embeddings are resampled)
     kind: str = "vit"            # flat token sequence with global self-attention; "nest": blocked attention;
                                  # "swin": shifted windows over maps that merge stage by stage; "vqa": a bi-modal
-                                 # question answerer; "detr": a detector, class logits and a box per object query
-    levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order
+                                 # question answerer; "detr": a detector, class logits and a box per object query;
+                                 # "hvt": a flat sequence that 1-D max pooling shortens between stages
+    levels: tuple[int, ...] = ()  # nest: the transformer layers of each level, in order; hvt: the blocks of each stage
     pooling: str = "cls"         # what the head reads: "cls" (the class token), "avg", "max", "map"...
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None

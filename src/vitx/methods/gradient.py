@@ -17,30 +17,40 @@ from . import bimodal_baselines
 
 def gradcam_block(model, params: dict) -> int:
     """``fits`` for gradcam: the index of the block whose tokens it reads, once that block is known to exist (any
-    block's output on Swin, the input of blocks 1.. on a ViT)."""
+    block's output on Swin; on HVT the output of a block of the first stage, the last tokens that are the patch grid;
+    the input of blocks 1.. on a ViT)."""
     block, depth = params["block"], len(model.adapter.blocks())
     if model.image_text:    # the image tower's blocks, which come first
         depth = model.adapter.image_depth()
+    if model.config.kind == "hvt":
+        depth = model.config.levels[0]
     index = block + depth if block < 0 else block
-    swin = model.config.kind == "swin"
-    if not (0 if swin else 1) <= index < depth:
-        uses = "the output of" if swin else "the tokens entering"
-        raise VitxError(f"gradcam uses {uses} block {block}; choose a block in {0 if swin else 1}..{depth - 1} "
-                        f"(or -{depth if swin else depth - 1}..-1)")
+    outputs = model.config.kind in ("swin", "hvt")
+    if not (0 if outputs else 1) <= index < depth:
+        uses = "the output of" if outputs else "the tokens entering"
+        within = " of the first stage (the later stages' pooled tokens are not the patch grid)" \
+            if model.config.kind == "hvt" else ""
+        raise VitxError(f"gradcam uses {uses} block {block}; choose a block{within} in {0 if outputs else 1}.."
+                        f"{depth - 1} (or -{depth if outputs else depth - 1}..-1)")
     return index
 
 
 @register("gradcam", family="gradient", paper="Selvaraju et al., ICCV 2017, Grad-CAM", needs={"gradients"},
-          cost="1F+1B", kinds=("vit", "swin", "clip"), fits=gradcam_block)
+          cost="1F+1B", kinds=("vit", "swin", "clip", "hvt"), fits=gradcam_block)
 def gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     """Grad-CAM on the patch tokens T entering block ``block`` (default: the last):
     R = ReLU(Σ_d α_d T[:, d]), α_d = mean over patches of ∂y_t/∂T[:, d]. On Swin, T is the output of block
     ``block`` (default: the last stage's feature map that the final norm and the mean-pooling head read), on its
-    stage's map. On an image-text model, the blocks of its image tower, y_t the pair's similarity."""
+    stage's map. On HVT, T is the output of block ``block`` of the first stage (default: its last, the patch tokens
+    just before the first pooling). On an image-text model, the blocks of its image tower, y_t the pair's
+    similarity."""
     index = gradcam_block(batch.model, {"block": block})
     logits, tr = batch.run(attentions=False)
-    if batch.model.config.kind == "swin":
+    kind = batch.model.config.kind
+    if kind == "swin":
         tokens, patches, grid = tr.tokens[index], slice(None), batch.model.adapter.windows(index).grid
+    elif kind == "hvt":
+        tokens, patches, grid = tr.tokens[index], batch.layout.patches, batch.layout.grid
     else:
         tokens, patches, grid = tr.tokens[index - 1], batch.layout.patches, batch.layout.grid
     gradient, = torch.autograd.grad(batch.score(logits), tokens)
@@ -68,7 +78,7 @@ def saliency_attributions(batch: Batch) -> torch.Tensor:
 
 
 @register("saliency", family="gradient", paper="Simonyan, Vedaldi & Zisserman, ICLR 2014 workshop, Deep Inside Convolutional Networks",
-          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa", "clip", "detr"))
+          needs={"gradients"}, output="pixels", cost="1F+1B", kinds=(*ANY_MODEL, "vqa", "clip", "detr", "hvt"))
 def saliency(batch: Batch) -> torch.Tensor:
     """Gradient saliency: R(p) = max_c |∂y_t/∂x_c(p)|. On a bi-modal model also R_j = max_d |∂y_t/∂e_jd| on each
     token's word embedding e_j (:mod:`vitx.methods.bimodal_baselines`)."""
@@ -111,7 +121,7 @@ def integrated_gradients_attributions(batch: Batch, steps: int = 50, baseline: s
 
 
 @register("integrated-gradients", family="gradient", paper="Sundararajan, Taly & Yan, ICML 2017, Axiomatic Attribution for Deep Networks",
-          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa", "clip", "detr"),
+          needs={"gradients"}, output="pixels", cost="steps×(1F+1B)", kinds=(*ANY_MODEL, "vqa", "clip", "detr", "hvt"),
           memory=graphs(1.0, 1.0))
 def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = "black",
                          internal_batch_size: int = 64) -> torch.Tensor:
@@ -125,7 +135,7 @@ def integrated_gradients(batch: Batch, steps: int = 50, baseline: str | float = 
 
 
 @register("smoothgrad", family="gradient", paper="Smilkov et al., 2017, SmoothGrad: removing noise by adding noise",
-          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=(*ANY_MODEL, "clip", "detr"),
+          needs={"gradients"}, output="pixels", cost="samples×(1F+1B)", kinds=(*ANY_MODEL, "clip", "detr", "hvt"),
           memory=graphs(1.0, 1.0))
 def smoothgrad(batch: Batch, samples: int = 25, noise_level: float = 0.15, seed: int = 0,
                internal_batch_size: int = 64) -> torch.Tensor:

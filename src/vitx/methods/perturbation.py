@@ -183,7 +183,7 @@ def occlusion_windows(grid: tuple[int, int], window: int, stride: int) -> torch.
     return (rows[:, None, :, None] & cols[None, :, None, :]).flatten(0, 1)
 
 
-@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=(*ANY_MODEL, "clip", "detr"),
+@register("occlusion", family="perturbation", paper=ZEILER_2014, cost="(1+windows)F", kinds=(*ANY_MODEL, "clip", "detr", "hvt"),
           memory=graphs(FORWARD, COPY), requires=removal_fits)
 def occlusion(batch: Batch, window: int = 2, stride: int = 1, removal: str = "baseline", baseline="zeros",
               score: str = "logit", internal_batch_size: int = 64) -> torch.Tensor:
@@ -232,7 +232,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, cell: tuple[int, int],
 
 
 @register("rise", family="perturbation", paper=PETSIUK_2018, output="pixels", cost="masks×F + 1F",
-          kinds=(*ANY_MODEL, "clip", "detr"), requires=lambda config, params: one_score(config, params["score"]),
+          kinds=(*ANY_MODEL, "clip", "detr", "hvt"), requires=lambda config, params: one_score(config, params["score"]),
           memory=graphs(FORWARD, COPY))
 def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, baseline="zeros",
          score: str | None = None, seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
@@ -264,7 +264,7 @@ def rise(batch: Batch, masks: int = 2000, cell: int = 2, keep: float = 0.5, base
 
 
 @register("kernel-shap", family="perturbation", paper=LUNDBERG_2017, cost="samples×F + 2F",
-          kinds=(*ANY_MODEL, "clip", "detr"), memory=graphs(FORWARD, COPY), requires=removal_fits)
+          kinds=(*ANY_MODEL, "clip", "detr", "hvt"), memory=graphs(FORWARD, COPY), requires=removal_fits)
 def kernel_shap(batch: Batch, samples: int = 2048, removal: str = "baseline", baseline="zeros",
                 score: str = "logit", seed: int = 0, internal_batch_size: int = 64) -> torch.Tensor:
     """KernelSHAP with the patches as players: φ = argmin Σ_k (v(S_k) − v(∅) − z_kᵀφ)² subject to
