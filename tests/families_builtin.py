@@ -1,4 +1,5 @@
-"""Families vitx read before issue 21: its own ViT, timm's ViT/DeiT/hybrid/NesT and Hugging Face's ViT/DeiT."""
+"""Families vitx read before issue 21: its own ViT, timm's ViT/DeiT/hybrid/NesT and Hugging Face's ViT/DeiT; and vitx's
+HVT (issue 17)."""
 import copy
 
 from families import Family, jittered
@@ -67,6 +68,8 @@ FAMILIES = [
            _timm("vit_small_r26_s32_224"), timm_hooked_attentions),
     Family("vitx NesT", jittered(_vitx("nest_shapes", image_size=64, num_classes=5)), (64, 64), _vitx("nest_tiny")),
     Family("timm NesT (nest_*)", jittered(_timm_nest), (64, 64), _timm("nest_tiny")),
+    Family("vitx HVT (max pooling between stages)", jittered(_vitx("hvt_shapes", embed_dim=64, num_classes=5)), (64, 64),
+           _vitx("hvt_shapes", image_size=224, patch_size=16)),
     Family("Hugging Face ViT (ViTForImageClassification)",
            jittered(_hf("ViTForImageClassification", "ViTConfig", **HF_SMALL, attn_implementation="sdpa")), (64, 64),
            _hf("ViTForImageClassification", "ViTConfig"), hf_output_attentions),
