@@ -15,7 +15,8 @@ from vitx.evaluate import evaluate
 from vitx.flops import count_flops
 from vitx.methods.pruning.hvt import pooling_trace
 from vitx.models import create_model
-from vitx.training.classifier import score_shapes
+from vitx.training.classifier import score_shapes, sincos_2d
+from vitx.training.run import train
 
 SAMPLES = Path(vitx.__file__).parent / "data" / "samples"
 GRADIENT = {"saliency": {}, "integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}, "gradcam": {}}
@@ -63,6 +64,20 @@ def test_stages_shapes_and_flops():
     assert int(winners[0].max()) == 62        # patch 63 never wins
     saved = 1 - count_flops(net, x[:1]) / count_flops(create_model("vitx_shapes").eval(), x[:1])
     assert 0.35 < saved < 0.45
+
+
+def test_recipe_writes_a_checkpoint_and_a_card_beside_shapes_vit(tmp_path):
+    metrics = train("shapes-hvt", tmp_path, seed=1, steps=2, batch_size=4, progress=False)
+    assert metrics["reference_accuracy"] > 0.99 and metrics["flops"] < 0.7 * metrics["reference_flops"]
+    assert metrics["images_per_second"] > 0 and metrics["reference_images_per_second"] > 0
+    card = (tmp_path / "shapes-hvt.md").read_text()
+    for fact in ("vitx train shapes-hvt --seed 1 --steps 2", "3 stages of 2, 2, 2 blocks over 64, 31, 15 tokens",
+                 "kernel 3, stride 2, padding 0", "mimetic", f"{metrics['flops'] / 1e6:.1f} M (40% fewer)",
+                 "images/s at batch 32", "hvt-pooling"):
+        assert fact in card, fact
+    net = vitx.load_model(tmp_path / "shapes-hvt.safetensors").net
+    assert net.cfg.depths == (2, 2, 2) and torch.allclose(net.pos_embed[0, :, :4], sincos_2d((8, 8), 96)[:, :4],
+                                                          atol=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from ..flops import count_flops
 from ..model import evaluating
 from ..models import ARCHITECTURES, create_model
 from ..zoo import zoo_path
-from .classifier import Classifier, frozen
+from .classifier import Classifier, frozen, score_shapes
 from .recipes import TEST_IMAGES, Recipe
 
 REFERENCE = "shapes-vit"   # the classifier whose size HVT takes, measured beside it
@@ -30,7 +30,7 @@ class HierarchicalClassifier(Classifier):
             speed = {name: images_per_second(net, x) for name, net in (("hvt", self.net), (REFERENCE, reference.net))}
             return {**scores, "flops": count_flops(self.net, x[:1]), "reference_flops": count_flops(reference.net, x[:1]),
                     "images_per_second": speed["hvt"], "reference_images_per_second": speed[REFERENCE],
-                    "reference_accuracy": reference_accuracy(reference, test_seed)}
+                    "reference_accuracy": score_shapes(reference, "single", test_seed)["accuracy"]}
 
     def card(self, name: str, recipe: Recipe, meta: dict) -> str:
         return hvt_card(name, recipe, meta, super().card(name, recipe, meta))
@@ -46,11 +46,6 @@ def images_per_second(net, x: torch.Tensor, warmup: int = 3) -> float:
     for _ in range(warmup):
         once()
     return round(len(x) / statistics.median(once() for _ in range(SPEED_REPEATS)), 1)
-
-
-def reference_accuracy(reference, test_seed: int) -> float:
-    from .classifier import score_shapes
-    return score_shapes(reference, "single", test_seed)["accuracy"]
 
 
 def hvt_card(name: str, recipe: Recipe, meta: dict, classifier_card: str) -> str:
@@ -77,4 +72,10 @@ images per second: median of {SPEED_REPEATS} forwards of a batch of {SPEED_BATCH
 |---|---:|---:|---:|
 | `{REFERENCE}` | {m['reference_accuracy']:.3f} | {m['reference_flops'] / 1e6:.1f} M | {m['reference_images_per_second']:.0f} |
 | `{name}` | {m['accuracy']:.3f} | {m['flops'] / 1e6:.1f} M ({1 - m['flops'] / m['reference_flops']:.0%} fewer) | {m['images_per_second']:.0f} ({m['images_per_second'] / m['reference_images_per_second']:.2f}x) |
+
+## Explaining it
+
+`vitx.explain(model, x, method="hvt-pooling")` reads its max poolings (how much of the tokens the head reads each
+patch won, traced down the stages); the gradient methods and occlusion, RISE and KernelSHAP run on it through the
+tap; Grad-CAM reads the first stage, the last tokens that are the patch grid (docs/pruning_hvt.md).
 """
