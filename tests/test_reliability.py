@@ -29,6 +29,11 @@ def nest():
     return vitx.load_model("shapes-nest")
 
 
+@pytest.fixture(scope="module")
+def hvt():
+    return vitx.load_model("shapes-hvt")
+
+
 def frozen_twin(model: vitx.Model) -> vitx.Model:
     net = copy.deepcopy(model.net).requires_grad_(False)
     return vitx.load_model(net, **{k: getattr(model.config, k) for k in ("mean", "std", "class_names", "name")})
@@ -40,9 +45,9 @@ def clip():
 
 
 @pytest.mark.parametrize("name", method_names())
-def test_every_method_gives_the_same_maps_on_a_frozen_model(name, vit, nest, clip):
+def test_every_method_gives_the_same_maps_on_a_frozen_model(name, vit, nest, hvt, clip):
     kinds = get_method(name).kinds
-    model = vit if "vit" in kinds else nest if "nest" in kinds else clip
+    model = vit if "vit" in kinds else nest if "nest" in kinds else hvt if "hvt" in kinds else clip
     x = model.preprocess(CAPTIONED if model is clip else SAMPLES)
     params = CHEAP.get(name, {})   # vit-shapley: the zoo's explainer, whose fingerprint the twin shares
     if model is clip:
