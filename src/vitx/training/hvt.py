@@ -6,6 +6,7 @@ import statistics
 import time
 import torch
 
+from ..checkpoint import read_metadata
 from ..data import shapes
 from ..flops import count_flops
 from ..model import evaluating
@@ -62,6 +63,7 @@ def hvt_card(name: str, recipe: Recipe, meta: dict, classifier_card: str) -> str
             f"(kernel {cfg.pool_kernel}, stride {cfg.pool_stride}, padding {cfg.pool_padding}) followed by the stage's "
             f"own position embedding;\nhead: LayerNorm, mean over the tokens, linear")
     params = sum(p.numel() for p in create_model(recipe.arch, **recipe.config).parameters())
+    ref = read_metadata(zoo_path(REFERENCE))
     return head + "## Architecture\n\n" + body + f",\n{params:,} parameters.\n" + rest + f"""
 ## Cost beside `{REFERENCE}`
 
@@ -72,6 +74,8 @@ images per second: median of {SPEED_REPEATS} forwards of a batch of {SPEED_BATCH
 |---|---:|---:|---:|
 | `{REFERENCE}` | {m['reference_accuracy']:.3f} | {m['reference_flops'] / 1e6:.1f} M | {m['reference_images_per_second']:.0f} |
 | `{name}` | {m['accuracy']:.3f} | {m['flops'] / 1e6:.1f} M ({1 - m['flops'] / m['reference_flops']:.0%} fewer) | {m['images_per_second']:.0f} ({m['images_per_second'] / m['reference_images_per_second']:.2f}x) |
+
+`{name}` trained for {meta['steps']:,} steps of {meta['batch_size']}, `{REFERENCE}` for {ref['steps']:,} of {ref['batch_size']}.
 
 ## Explaining it
 
