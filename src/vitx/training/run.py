@@ -68,6 +68,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "diffmask":
         from .diffmask import Masker
         job = Masker(recipe, out_dir, seed)
+    elif recipe.kind == "xpruner":
+        from .xpruner import XPruner
+        job = XPruner(recipe, out_dir, seed, batch_size)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)
