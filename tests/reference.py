@@ -1,6 +1,7 @@
 """Shared by the framework tests: tiny timm / Hugging Face / vitx ViTs with the same random weights, and
 the attention methods' formulas written out here, independently of vitx's tap and methods."""
 import atexit
+import copy
 import shutil
 import tempfile
 from dataclasses import replace
@@ -16,6 +17,7 @@ from vitx.pruning.diffmask import STRETCH, TEMPERATURE, DiffMask
 from vitx.pruning.dynamicvit import DynamicViT
 from vitx.pruning.evit import EViT
 from vitx.pruning.iared2 import IARed2
+from vitx.pruning.xpruner import ClassMasks, XPrunerTwin, layer_plan, prune
 from vitx.registry import get_method, method_names
 
 VIT_METHODS = [name for name in method_names() if "vit" in get_method(name).kinds]   # NesT's own aside
@@ -240,13 +242,28 @@ def tiny_gates(model) -> str:
                                meta))
 
 
+def tiny_xpruner(model) -> str:
+    """Jittered random X-Pruner class masks for ``model`` (vitx's own ViT) and the twin they prune to at 70% of its
+    FLOPs, saved in a temporary directory; the file's path."""
+    c, cfg = model.config, model.net.cfg
+    masks = jitter(ClassMasks.like(model.net), seed=5, scale=2.0)
+    plan = layer_plan(model.net, masks, 0.7)
+    meta = {"kind": "xpruner", "arch": "vit_small_patch16_224", "config": cfg.to_dict(), "attn": plan["attn"],
+            "mlp": plan["mlp"], "flops_target": 0.7, "mean": c.mean, "std": c.std, "class_names": c.class_names,
+            "explains": c.name, "fingerprints": [fingerprint(model.net)]}
+    directory = Path(tempfile.mkdtemp(prefix="vitx-xpruner-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    twin = XPrunerTwin(prune(copy.deepcopy(model.net), plan), masks)
+    return str(save_checkpoint(twin, directory / "xpruner.safetensors", meta))
+
+
 def trained_modules(model) -> dict[str, dict]:
     """Per method that needs a trained module, the parameters that hand it a random one made for ``model`` (IA-RED²'s
     only for a model with a class token: it needs one, and the method refuses the others before looking)."""
     modules = {"vit-shapley": {"explainer": tiny_explainer(model)},
                "dynamicvit": {"module": tiny_twin(model, "dynamicvit")},
                "evit-finetuned": {"module": tiny_twin(model, "evit")},
-               "diffmask": {"module": tiny_gates(model)}}
+               "diffmask": {"module": tiny_gates(model)}, "x-pruner": {"module": tiny_xpruner(model)}}
     if model.net.cls_token is not None:
         modules["ia-red2"] = {"module": tiny_twin(model, "iared2")}
     return modules

@@ -35,6 +35,8 @@ masked forward with the binary (kept) mask. It is then fine-tuned with cross-ent
 shapes-vit-xpruner``)."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -220,15 +222,14 @@ def binary_masks(vit: nn.Module, plan: dict) -> tuple[torch.Tensor, torch.Tensor
 
 
 class SlimAttention(nn.Module):
-    """Attention over the kept heads, each with its kept value channels: q and k keep ``head_dim`` per kept head, v and
-    the projection's input only the kept channels (``widths``: per kept head, its number of value channels)."""
+    """Attention over the kept heads, each with its kept value channels: ``qk`` gives q and k of ``head_dim`` per kept
+    head, ``v`` and ``proj``'s input only the kept channels (``widths``: per kept head, its number of value
+    channels)."""
 
-    def __init__(self, dim: int, head_dim: int, widths: list[int], qkv_bias: bool):
+    def __init__(self, qk: nn.Linear, v: nn.Linear, proj: nn.Linear, head_dim: int, widths: list[int]):
         super().__init__()
+        self.qk, self.v, self.proj = qk, v, proj
         self.head_dim, self.widths, self.scale = head_dim, list(widths), head_dim ** -0.5
-        self.qk = nn.Linear(dim, 2 * len(widths) * head_dim, bias=qkv_bias)
-        self.v = nn.Linear(dim, sum(widths), bias=qkv_bias)
-        self.proj = nn.Linear(sum(widths), dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -239,35 +240,34 @@ class SlimAttention(nn.Module):
         return self.proj(torch.cat(parts, -1) if parts else x.new_zeros(B, N, 0))
 
 
-def slim_block(block: nn.Module, channels: list[int], neurons: list[int]) -> dict:
+def cut(layer: nn.Linear, rows: torch.Tensor | None = None, columns: torch.Tensor | None = None) -> nn.Linear:
+    """A new Linear holding ``layer``'s output ``rows`` and input ``columns`` (None: all)."""
+    weight = layer.weight if rows is None else layer.weight[rows]
+    weight = weight if columns is None else weight[:, columns]
+    with warnings.catch_warnings():      # a layer left with no unit: torch warns that it cannot initialise it
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        new = nn.utils.skip_init(nn.Linear, weight.shape[1], weight.shape[0], bias=layer.bias is not None,
+                                 device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias if rows is None else layer.bias[rows])
+    return new
+
+
+def slim_block(block: nn.Module, channels: list[int], neurons: list[int]) -> None:
     """Replace ``block``'s attention and MLP layers by smaller ones holding only the kept units (channels indexed
-    h x head_dim + j, neurons of fc1); the weights are copied when the block holds full-size trained ones. Returns
-    the kept heads' value widths."""
+    h x head_dim + j, neurons of fc1), their weights copied."""
     attn, mlp = block.attn, block.mlp
-    dim, hd = attn.qkv.in_features, attn.head_dim
-    channels_t = torch.as_tensor(channels, dtype=torch.long, device=attn.qkv.weight.device)
+    dim, hd, device = attn.qkv.in_features, attn.head_dim, attn.qkv.weight.device
     heads = sorted({c // hd for c in channels})
     widths = [sum(1 for c in channels if c // hd == h) for h in heads]
-    slim = SlimAttention(dim, hd, widths, attn.qkv.bias is not None).to(attn.qkv.weight)
-    rows = torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads] or [torch.zeros(0, dtype=torch.long)])
-    rows = rows.to(channels_t.device)
-    with torch.no_grad():
-        weight, bias = attn.qkv.weight.view(3, dim, dim), None if attn.qkv.bias is None else attn.qkv.bias.view(3, dim)
-        slim.qk.weight.copy_(torch.cat([weight[0, rows], weight[1, rows]]))
-        slim.v.weight.copy_(weight[2, channels_t])
-        if bias is not None:
-            slim.qk.bias.copy_(torch.cat([bias[0, rows], bias[1, rows]]))
-            slim.v.bias.copy_(bias[2, channels_t])
-        slim.proj.weight.copy_(attn.proj.weight[:, channels_t])
-        slim.proj.bias.copy_(attn.proj.bias)
-        neurons_t = torch.as_tensor(neurons, dtype=torch.long, device=channels_t.device)
-        fc1, fc2 = nn.Linear(dim, len(neurons)).to(mlp.fc1.weight), nn.Linear(len(neurons), dim).to(mlp.fc2.weight)
-        fc1.weight.copy_(mlp.fc1.weight[neurons_t])
-        fc1.bias.copy_(mlp.fc1.bias[neurons_t])
-        fc2.weight.copy_(mlp.fc2.weight[:, neurons_t])
-        fc2.bias.copy_(mlp.fc2.bias)
-    block.attn, mlp.fc1, mlp.fc2 = slim, fc1, fc2
-    return widths
+    rows = [h * hd + j for h in heads for j in range(hd)]
+    index = lambda units: torch.as_tensor(units, dtype=torch.long, device=device)
+    qk = cut(attn.qkv, index(rows + [dim + r for r in rows]))
+    v = cut(attn.qkv, index([2 * dim + c for c in channels]))
+    block.attn = SlimAttention(qk, v, cut(attn.proj, columns=index(channels)), hd, widths)
+    mlp.fc1, mlp.fc2 = cut(mlp.fc1, index(neurons)), cut(mlp.fc2, columns=index(neurons))
 
 
 def prune(vit: nn.Module, plan: dict) -> nn.Module:
