@@ -1,20 +1,24 @@
 """X-Pruner (Yu & Xiang, CVPR 2023, X-Pruner: eXplainable Pruning for Vision Transformers) on vitx's own ViT.
 
+Sources: the paper's abstract (the official repository is empty) and two unofficial reproductions read as references
+(LeoMinty/Xpruner-reproduction, elmoprimmer/XPruner); every formula they leave open is vitx's choice, said below
+and in docs/pruning_xpruner.md.
+
 Units. Per block l, the attention's context channels (head h, channel j: U = heads x head_dim, the input of the
 output projection, i.e. what a head-dim channel of head h carries) and the MLP's hidden neurons. The paper's units are
 the heads' channels; it does not say whether the MLP's neurons count too (the stored reproductions mask attention
 only). vitx counts them: on ``shapes-vit`` the attention side is ~40% of a block's FLOPs, so a >= 30% cut of the
 whole model cannot come from attention alone.
 
-Explainability-aware masks (the paper's Eq. for the masked unit). One mask row per class and unit,
+Explainability-aware masks. One mask row per class and unit,
 M_l = σ(Θ_l) ∈ (0, 1)^{C×U_l} (the paper leaves the parameterisation open; vitx: a sigmoid of free logits, Θ = 3
 at the start, so M ≈ 0.95). An image of class y runs with its class's row: the unit's output is scaled,
     ctx_l[:, h, :, j] ← M_l[y, (h, j)] · ctx_l[:, h, :, j],   hidden_l[:, :, u] ← M_l[y, u] · hidden_l[:, :, u],
-which equals scaling the unit's weights (the value row of channel (h, j); fc1's row and bias of neuron u), so a
-binary row is the network with those units zeroed. In mask learning y is the label; when explaining, the target.
+which equals scaling the unit's weights (the value row of channel (h, j); fc2's column of neuron u), so a binary row
+is the network with those units zeroed (for a neuron, equally its fc1 row and bias: GELU(0) = 0). In mask learning y is the label; when explaining, the target.
 
 Mask learning, backbone frozen:  L = CE(f(x; M_y), y) + λ_s · L_sparse + λ_t · L_smooth.
-The paper names a sparsity and a smoothness term without fixing them in what we could read. vitx:
+The paper names a sparsity and a smoothness term; what we could read does not fix them. vitx:
     L_sparse = mean over layers, classes and units of M (an L1 norm: M > 0),
     L_smooth = mean of (M[u-1] − 2 M[u] + M[u+1])² along each head's channels (a 1-D Laplacian, as the
                reproduction elmoprimmer/XPruner reads it; MLP neurons have no order, so no smoothness there),
@@ -32,7 +36,9 @@ all leave takes its query and key rows with it.
 The structural prune (:func:`prune`) builds really smaller layers: per block, the kept heads' q and k rows, the kept
 channels' value rows and projection columns, the kept neurons' fc1 rows and fc2 columns. Its forward equals the
 masked forward with the binary (kept) mask. It is then fine-tuned with cross-entropy (``vitx train
-shapes-vit-xpruner``)."""
+shapes-vit-xpruner``).
+
+The token map of the method ``x-pruner`` is vitx's addition, not the paper's (:func:`token_relevance`)."""
 from __future__ import annotations
 
 import warnings
