@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+import vitx
+
 from vitx.checkpoint import fingerprint, save_checkpoint
 from vitx.models import ARCHITECTURES, VisionTransformer, create_model
 from vitx.models.shapley import ShapleyExplainer
@@ -255,6 +257,13 @@ def tiny_xpruner(model) -> str:
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     twin = XPrunerTwin(prune(copy.deepcopy(model.net), plan), masks)
     return str(save_checkpoint(twin, directory / "xpruner.safetensors", meta))
+
+
+def posing_as(net, model):
+    """``net`` loaded under ``model``'s name, normalisation and classes: a model a trained module's checks must
+    refuse by its weights or shape alone."""
+    c = model.config
+    return vitx.load_model(net, name=c.name, mean=c.mean, std=c.std, class_names=c.class_names)
 
 
 def trained_modules(model) -> dict[str, dict]:
