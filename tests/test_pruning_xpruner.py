@@ -128,7 +128,8 @@ def test_xpruner_through_explain(shapes_vit, twin, tmp_path):
     assert other.details["units"][0] != exp.details["units"][0]                   # another class, another row
     written = exp.save(tmp_path)
     assert tmp_path / "000_x-pruner_units.png" in written
-    assert vitx.methods()["x-pruner"]["shows"].startswith("a class-by-unit importance table")
+    row = next(m for m in vitx.methods() if m["name"] == "x-pruner")
+    assert row["shows"].startswith("a class-by-unit importance table") and row["family"] == "pruning"
 
 
 def test_xpruner_refuses_what_it_was_not_built_for(shapes_vit, tmp_path):
