@@ -37,6 +37,8 @@ Both sums are taken as means over heads: a constant factor per block, which chan
   time, until the patches it drops carry at most ε of its total score. ε is found by bisection so that the twin
   meets a target: ``flops`` (the twin's FLOPs over the model's, :func:`vitx.flops.count_flops` at batch 1) or
   ``keep`` (the mean share of patch tokens the blocks compute), each in (0, 1].
+- The pruned attention computes keys, values and (in one ``qkv`` product) queries for every input token, then
+  attends from the kept queries only; the paper's split query projection would save a few percent more FLOPs.
 """
 from __future__ import annotations
 

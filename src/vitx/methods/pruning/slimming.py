@@ -17,7 +17,8 @@ _requires, _fits = module_checks("slimming", "patch-slimming", "a Patch Slimming
 
 @register("patch-slimming", family="pruning", paper=TANG_2022, needs={"trained_module", "cls_token"},
           cost="2F (the slimmed twin, and again with its first block whole for the score)", requires=_requires,
-          fits=_fits)
+          fits=_fits, shows="per image, the impact of each patch at the first block; beside it the twin's static "
+                            "keep mask of every block (exp.details['kept']), the same for every image")
 def patch_slimming(batch: Batch, module: str | None = None, allow_stale: bool = False) -> torch.Tensor:
     """Patch Slimming: the impact of each patch at the twin's first block on the image, Theorem 1 of the paper,
     s_i = G[i, i] · mean_h ‖(P_0^h |Z|)[i, :]‖², G the head-path mean of ‖A[:, i]‖² through the masked attention of
