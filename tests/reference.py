@@ -19,6 +19,7 @@ from vitx.pruning.diffmask import STRETCH, TEMPERATURE, DiffMask
 from vitx.pruning.dynamicvit import DynamicViT
 from vitx.pruning.evit import EViT
 from vitx.pruning.iared2 import IARed2
+from vitx.pruning.slimming import Slimmed
 from vitx.pruning.xpruner import ClassMasks, XPrunerTwin, layer_plan, prune
 from vitx.registry import get_method, method_names
 
@@ -208,12 +209,18 @@ def tiny_explainer(model) -> str:
 
 
 def tiny_twin(model, kind: str) -> str:
-    """A pruned twin of metadata ``kind`` ("dynamicvit", "evit" or "iared2") for ``model`` (vitx's own ViT): its very
-    weights, DynamicViT's prediction modules or IA-RED²'s interpreters jittered random ones, ρ = 0.7 (IA-RED² has no
-    ratio: interpreters before blocks 0, D/3, 2D/3), saved in a temporary directory; the file's path."""
+    """A pruned twin of metadata ``kind`` ("dynamicvit", "evit", "iared2" or "slimming") for ``model`` (vitx's own
+    ViT): its very weights, DynamicViT's prediction modules or IA-RED²'s interpreters jittered random ones, ρ = 0.7
+    (IA-RED² has no ratio: interpreters before blocks 0, D/3, 2D/3; Patch Slimming's masks keep the first
+    P − lP/(2D) patches in block l and the class token alone in the last), saved in a temporary directory; the
+    file's path."""
     c, cfg = model.config, model.net.cfg
     stages, ratio = default_stages(cfg.depth), 0.7
-    if kind == "iared2":
+    if kind == "slimming":
+        patches = model.net.grid_size[0] * model.net.grid_size[1]
+        stages = [list(range(patches - l * patches // (2 * cfg.depth))) for l in range(cfg.depth - 1)] + [[]]
+        net, ratio = Slimmed(model.net, stages), None
+    elif kind == "iared2":
         stages, ratio = tuple(sorted({0, cfg.depth // 3, 2 * cfg.depth // 3})), None
         net = IARed2(model.net, stages)
         jitter(net.interpreters, seed=3)
@@ -275,4 +282,5 @@ def trained_modules(model) -> dict[str, dict]:
                "diffmask": {"module": tiny_gates(model)}, "x-pruner": {"module": tiny_xpruner(model)}}
     if model.net.cls_token is not None:
         modules["ia-red2"] = {"module": tiny_twin(model, "iared2")}
+        modules["patch-slimming"] = {"module": tiny_twin(model, "slimming")}
     return modules

@@ -24,6 +24,7 @@ NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through
                    "evit": "an EViT twin (use it through the method 'evit-finetuned')",
                    "iared2": "an IA-RED² pruned twin (use it through the method 'ia-red2')",
                    "diffmask": "Vision DiffMask's gates (use them through the method 'diffmask')",
+                   "slimming": "a Patch Slimming twin (use it through the method 'patch-slimming')",
                    "xpruner": "an X-Pruner twin and its class masks (use them through the method 'x-pruner')"}
 
 

@@ -74,6 +74,8 @@ RECIPES = {
                                 batch_size=64),
     "shapes-vit-diffmask": Recipe("vitx_shapes", "single", steps=1500, lr=1e-3, weight_decay=0.0, warmup=0.2,
                                   start="shapes-vit", kind="diffmask", batch_size=64),
+    "shapes-vit-slim": Recipe("vitx_shapes", "single", steps=400, lr=2e-4, start="shapes-vit", kind="slimming",
+                              batch_size=64),
     "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
                                  batch_size=64, flops=0.67, mask_steps=400),
 }

@@ -14,11 +14,12 @@ from ...models import ARCHITECTURES, VisionTransformer
 from ...pruning.dynamicvit import DynamicViT
 from ...pruning.evit import EViT
 from ...pruning.iared2 import IARed2
+from ...pruning.slimming import Slimmed
 from ...pruning.stages import Stage, kept_lists, survival_map
 from ...registry import register
 from ...trained import check_fingerprint, module_path
 
-PRUNED = {"dynamicvit": DynamicViT, "evit": EViT, "iared2": IARed2}   # a pruned twin's metadata kind -> its module
+PRUNED = {"dynamicvit": DynamicViT, "evit": EViT, "iared2": IARed2, "slimming": Slimmed}   # a pruned twin's metadata kind -> its module
 def load_pruned(path: Path, device) -> torch.nn.Module:
     """The pruned twin saved at ``path`` by ``vitx train`` (metadata: kind, arch, config, stages, ratio)."""
     state, meta = read_checkpoint(path)
