@@ -105,7 +105,7 @@ def test_pruned_forward_computes_only_the_kept_tokens():
 
 @pytest.mark.parametrize("target", [0, -0.1, 1.5, "0.5", True, float("nan")])
 def test_targets_outside_zero_one_are_refused(target):
-    with pytest.raises(VitxError, match="target must be a number in \\(0, 1\\]"):
+    with pytest.raises(VitxError, match="target is a share of the original model's, in \\(0, 1\\]"):
         search(tiny(), images(2), flops=target)
 
 

@@ -14,8 +14,9 @@ from vitx.checkpoint import fingerprint, read_metadata
 from vitx.data import shapes
 from vitx.errors import StaleModuleError
 from vitx.flops import count_flops
+from vitx.methods.pruning.twins import load_pruned
 from vitx.models import VisionTransformer, ViTConfig, create_model
-from vitx.pruning.xpruner import (ClassMasks, binary_masks, class_units, layer_plan, load_twin, masked_forward,
+from vitx.pruning.xpruner import (ClassMasks, binary_masks, class_units, layer_plan, masked_forward,
                                   mean_jaccard, prune, unit_table)
 from vitx.zoo import ZOO_DIR
 
@@ -66,7 +67,7 @@ def test_masked_forward_equals_the_network_with_its_units_zeroed_by_hand(small, 
 
 @pytest.mark.parametrize("target", [0, -0.2, 1.5, True, "0.5", None])
 def test_flops_target_must_be_a_share_in_0_1(small, target):
-    with pytest.raises(vitx.VitxError, match=r"FLOPs target is the share of the original FLOPs to keep, in \(0, 1\]"):
+    with pytest.raises(vitx.VitxError, match=r"FLOPs target is a share of the original model's, in \(0, 1\]"):
         layer_plan(small, ClassMasks.like(small), target)
 
 
@@ -108,7 +109,7 @@ def shapes_vit():
 
 @pytest.fixture(scope="module")
 def twin():
-    return load_twin(ZOO_TWIN, "cpu")
+    return load_pruned(ZOO_TWIN, "cpu")
 
 
 def test_xpruner_through_explain(shapes_vit, twin, tmp_path):

@@ -84,3 +84,9 @@ def parse_stages(stages: str | None, depth: int) -> tuple[int, ...]:
                         f"model's {depth} (block 0 sees every token)")
     return blocks
 
+
+def check_share(value, what: str) -> float:
+    """A target given as a share of the original model (its FLOPs, or the patch tokens it computes), in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise VitxError(f"the {what} target is a share of the original model's, in (0, 1]; got {value!r}")
+    return float(value)

@@ -47,15 +47,9 @@ from torch import nn
 
 from ..errors import VitxError
 from ..flops import count_flops
-from .blocks import run_block
+from .blocks import check_share, run_block
 
 BISECTIONS = 12     # steps of the bisection over the tolerance ε
-
-
-def check_target(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise VitxError(f"Patch Slimming's {name} target must be a number in (0, 1], got {value!r}")
-    return float(value)
 
 
 def _positions(kept: list[int] | None, prefix: int, patches: int) -> list[int]:
@@ -160,7 +154,7 @@ def search(vit: nn.Module, images: torch.Tensor, flops: float | None = None, kee
     bisection whose masks meet it. Returns the masks, ε and the measured value."""
     if (flops is None) == (keep is None):
         raise VitxError("Patch Slimming searches for one target: flops or keep")
-    target = check_target(flops if keep is None else keep, "flops" if keep is None else "keep")
+    target = check_share(flops if keep is None else keep, "FLOPs" if keep is None else "keep")
     patches = vit.grid_size[0] * vit.grid_size[1]
     full = count_flops(vit, images[:1]) if keep is None else None
 

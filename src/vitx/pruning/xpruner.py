@@ -49,16 +49,10 @@ from torch import nn
 
 from ..errors import VitxError
 from ..flops import count_flops
+from .blocks import check_share
 
 SPARSITY, SMOOTHNESS = 0.5, 0.1
 MASK_START = 3.0          # Θ at the start: M = σ(3) ≈ 0.95
-
-
-def check_target(flops: float) -> float:
-    """A FLOPs target: the share of the original model's FLOPs the pruned one may use, in (0, 1]."""
-    if isinstance(flops, bool) or not isinstance(flops, (int, float)) or not 0 < flops <= 1:
-        raise VitxError(f"the FLOPs target is the share of the original FLOPs to keep, in (0, 1]; got {flops!r}")
-    return float(flops)
 
 
 class ClassMasks(nn.Module):
@@ -178,7 +172,7 @@ def block_flops(tokens: int, dim: int, head_dim: int, heads: int, channels: int,
 def layer_plan(vit: nn.Module, masks: ClassMasks, target: float) -> dict:
     """The units kept per layer under FLOPs ``target`` (module docstring): ``{"attn": [[channels] per layer],
     "mlp": [[neurons] per layer], "thresholds": {"attn": [θ_l], "mlp": [θ_l]}}``."""
-    target = check_target(target)
+    target = check_share(target, "FLOPs")
     attn_score, mlp_score = importance(masks)
     depth, channels = attn_score.shape
     heads, head_dim = vit.blocks[0].attn.num_heads, vit.blocks[0].attn.head_dim
@@ -294,19 +288,12 @@ class XPrunerTwin(nn.Module):
         super().__init__()
         self.vit, self.masks = vit, masks.requires_grad_(False)
 
+    @classmethod
+    def saved(cls, vit: nn.Module, meta: dict) -> "XPrunerTwin":
+        """The twin's layout from the saved metadata (the kept units ``attn`` and ``mlp`` per layer) on the unpruned
+        ``vit``, for its state to be loaded into (:func:`vitx.methods.pruning.twins.load_pruned`)."""
+        masks = ClassMasks.like(vit)              # before the prune, which cuts ``vit``'s layers in place
+        return cls(prune(vit, meta), masks)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.vit(x)
-
-
-def load_twin(path, device) -> XPrunerTwin:
-    """The twin saved at ``path`` (metadata: arch, config, the kept units ``attn`` and ``mlp`` per layer)."""
-    from dataclasses import replace
-
-    from ..checkpoint import read_checkpoint
-    from ..models import ARCHITECTURES, VisionTransformer
-    state, meta = read_checkpoint(path)
-    vit = VisionTransformer(replace(ARCHITECTURES[meta["arch"]], **meta["config"]))
-    masks = ClassMasks.like(vit)
-    twin = XPrunerTwin(prune(vit, meta), masks)
-    twin.load_state_dict(state)
-    return twin.eval().to(device)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ..data import shapes
 from ..flops import count_flops
 from ..model import evaluating
-from ..pruning.xpruner import (SMOOTHNESS, SPARSITY, ClassMasks, XPrunerTwin, check_target, layer_plan, masked_forward, mean_jaccard,
+from ..pruning.blocks import check_share
+from ..pruning.xpruner import (SMOOTHNESS, SPARSITY, ClassMasks, XPrunerTwin, layer_plan, masked_forward, mean_jaccard,
                                prune)
 from .classifier import explained
 from .draws import step_batches
@@ -27,7 +28,7 @@ class XPruner:
     """Masks, plan and prune at construction; ``net`` (an :class:`XPrunerTwin`) is what the loop fine-tunes."""
 
     def __init__(self, recipe: Recipe, out_dir: Path, seed: int, batch_size: int):
-        check_target(recipe.flops)
+        check_share(recipe.flops, "FLOPs")
         self.teacher, explains = explained(recipe, out_dir)
         vit = self.teacher.net
         start = time.perf_counter()

@@ -9,10 +9,10 @@ import torch
 from ...batch import Batch
 from ...checkpoint import read_metadata
 from ...errors import VitxError
-from ...pruning.xpruner import load_twin, token_relevance, unit_forward, unit_table
+from ...pruning.xpruner import token_relevance, unit_forward, unit_table
 from ...registry import register
 from ...trained import module_path
-from .twins import module_checks, vitx_vit
+from .twins import load_pruned, module_checks, vitx_vit
 
 YU_2023 = "Yu & Xiang, CVPR 2023, X-Pruner: eXplainable Pruning for Vision Transformers"
 
@@ -43,7 +43,7 @@ def x_pruner(batch: Batch, module: str | None = None, allow_stale: bool = False)
     unit u at token n (:func:`vitx.pruning.xpruner.token_relevance`). ``module``: a zoo name or a file from
     ``vitx train`` (default: the zoo's, ``shapes-vit-xpruner`` for ``shapes-vit``), refused for other weights
     unless ``allow_stale``."""
-    masks = load_twin(module_path(batch.model.config, "xpruner", "x-pruner", module), batch.x.device).masks
+    masks = load_pruned(module_path(batch.model.config, "xpruner", "x-pruner", module), batch.x.device).masks
     logits, ones = unit_forward(batch.model.net, batch.x)
     batch.record(logits)                                           # the model's own forward: no second one
     targets = batch.targets
