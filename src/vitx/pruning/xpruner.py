@@ -2,7 +2,7 @@
 
 Sources: the paper's abstract (the official repository is empty) and two unofficial reproductions read as references
 (LeoMinty/Xpruner-reproduction, elmoprimmer/XPruner); every formula they leave open is vitx's choice, said below
-and in docs/pruning_xpruner.md.
+and in docs/pruning.md (X-Pruner).
 
 Units. Per block l, the attention's context channels (head h, channel j: U = heads x head_dim, the input of the
 output projection, i.e. what a head-dim channel of head h carries) and the MLP's hidden neurons. The paper's units are
