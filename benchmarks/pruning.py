@@ -1,4 +1,4 @@
-"""Token pruning as an efficiency method (issue 16): each pruned model of ``shapes-vit`` beside it, in one run —
+"""Pruning as an efficiency method (issues 16 and 17): each pruned model of ``shapes-vit`` beside it, in one run —
 accuracy on fresh images, FLOPs per image, and measured images per second at batch 32 — and the cost of reading each
 pruning method's keep map (``vitx.explain`` at batch 32) against one forward of ``shapes-vit``.
 
@@ -7,7 +7,7 @@ pruning method's keep map (``vitx.explain`` at batch 32) against one forward of 
     python benchmarks/pruning.py --device cuda
 
 The pruned models: EViT on ``shapes-vit`` as it is (no training) and each zoo twin (DynamicViT, EViT fine-tuned,
-IA-RED²). FLOPs are counted by ``torch.utils.flop_counter`` at batch 1 (:func:`vitx.flops.count_flops`). Median of
+IA-RED², Patch Slimming, X-Pruner). FLOPs are counted by ``torch.utils.flop_counter`` at batch 1 (:func:`vitx.flops.count_flops`). Median of
 ``--repeats`` runs after ``--warmup``.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ from vitx.pruning.evit import EViT
 from vitx.registry import get_method, method_names
 from vitx.zoo import ZOO_DIR
 
-TWINS = {"dynamicvit": "shapes-vit-dynamicvit", "evit-finetuned": "shapes-vit-evit", "ia-red2": "shapes-vit-iared2"}
+TWINS = {"dynamicvit": "shapes-vit-dynamicvit", "evit-finetuned": "shapes-vit-evit", "ia-red2": "shapes-vit-iared2",
+         "patch-slimming": "shapes-vit-slim", "x-pruner": "shapes-vit-xpruner"}
 
 
 def pruned_models(model: vitx.Model, device: torch.device) -> dict:

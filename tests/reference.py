@@ -1,12 +1,15 @@
 """Shared by the framework tests: tiny timm / Hugging Face / vitx ViTs with the same random weights, and
 the attention methods' formulas written out here, independently of vitx's tap and methods."""
 import atexit
+import copy
 import shutil
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
+
+import vitx
 
 from vitx.checkpoint import fingerprint, save_checkpoint
 from vitx.models import ARCHITECTURES, VisionTransformer, create_model
@@ -16,6 +19,8 @@ from vitx.pruning.diffmask import STRETCH, TEMPERATURE, DiffMask
 from vitx.pruning.dynamicvit import DynamicViT
 from vitx.pruning.evit import EViT
 from vitx.pruning.iared2 import IARed2
+from vitx.pruning.slimming import Slimmed
+from vitx.pruning.xpruner import ClassMasks, XPrunerTwin, layer_plan, prune
 from vitx.registry import get_method, method_names
 
 VIT_METHODS = [name for name in method_names() if "vit" in get_method(name).kinds]   # NesT's own aside
@@ -204,12 +209,18 @@ def tiny_explainer(model) -> str:
 
 
 def tiny_twin(model, kind: str) -> str:
-    """A pruned twin of metadata ``kind`` ("dynamicvit", "evit" or "iared2") for ``model`` (vitx's own ViT): its very
-    weights, DynamicViT's prediction modules or IA-RED²'s interpreters jittered random ones, ρ = 0.7 (IA-RED² has no
-    ratio: interpreters before blocks 0, D/3, 2D/3), saved in a temporary directory; the file's path."""
+    """A pruned twin of metadata ``kind`` ("dynamicvit", "evit", "iared2" or "slimming") for ``model`` (vitx's own
+    ViT): its very weights, DynamicViT's prediction modules or IA-RED²'s interpreters jittered random ones, ρ = 0.7
+    (IA-RED² has no ratio: interpreters before blocks 0, D/3, 2D/3; Patch Slimming's masks keep the first
+    P − lP/(2D) patches in block l and the class token alone in the last), saved in a temporary directory; the
+    file's path."""
     c, cfg = model.config, model.net.cfg
     stages, ratio = default_stages(cfg.depth), 0.7
-    if kind == "iared2":
+    if kind == "slimming":
+        patches = model.net.grid_size[0] * model.net.grid_size[1]
+        stages = [list(range(patches - l * patches // (2 * cfg.depth))) for l in range(cfg.depth - 1)] + [[]]
+        net, ratio = Slimmed(model.net, stages), None
+    elif kind == "iared2":
         stages, ratio = tuple(sorted({0, cfg.depth // 3, 2 * cfg.depth // 3})), None
         net = IARed2(model.net, stages)
         jitter(net.interpreters, seed=3)
@@ -240,13 +251,36 @@ def tiny_gates(model) -> str:
                                meta))
 
 
+def tiny_xpruner(model) -> str:
+    """Jittered random X-Pruner class masks for ``model`` (vitx's own ViT) and the twin they prune to at 70% of its
+    FLOPs, saved in a temporary directory; the file's path."""
+    c, cfg = model.config, model.net.cfg
+    masks = jitter(ClassMasks.like(model.net), seed=5, scale=2.0)
+    plan = layer_plan(model.net, masks, 0.7)
+    meta = {"kind": "xpruner", "arch": "vit_small_patch16_224", "config": cfg.to_dict(), "attn": plan["attn"],
+            "mlp": plan["mlp"], "flops_target": 0.7, "mean": c.mean, "std": c.std, "class_names": c.class_names,
+            "explains": c.name, "fingerprints": [fingerprint(model.net)]}
+    directory = Path(tempfile.mkdtemp(prefix="vitx-xpruner-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    twin = XPrunerTwin(prune(copy.deepcopy(model.net), plan), masks)
+    return str(save_checkpoint(twin, directory / "xpruner.safetensors", meta))
+
+
+def posing_as(net, model):
+    """``net`` loaded under ``model``'s name, normalisation and classes: a model a trained module's checks must
+    refuse by its weights or shape alone."""
+    c = model.config
+    return vitx.load_model(net, name=c.name, mean=c.mean, std=c.std, class_names=c.class_names)
+
+
 def trained_modules(model) -> dict[str, dict]:
     """Per method that needs a trained module, the parameters that hand it a random one made for ``model`` (IA-RED²'s
     only for a model with a class token: it needs one, and the method refuses the others before looking)."""
     modules = {"vit-shapley": {"explainer": tiny_explainer(model)},
                "dynamicvit": {"module": tiny_twin(model, "dynamicvit")},
                "evit-finetuned": {"module": tiny_twin(model, "evit")},
-               "diffmask": {"module": tiny_gates(model)}}
+               "diffmask": {"module": tiny_gates(model)}, "x-pruner": {"module": tiny_xpruner(model)}}
     if model.net.cls_token is not None:
         modules["ia-red2"] = {"module": tiny_twin(model, "iared2")}
+        modules["patch-slimming"] = {"module": tiny_twin(model, "slimming")}
     return modules

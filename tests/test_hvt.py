@@ -132,7 +132,7 @@ def test_hvt_pooling_details(hvt, images):
 
 REFUSED = {"rollout": "follows attention token by token", "generic-attention": "follows attention token by token",
            "lrp": "relevance rules know a flat ViT's blocks", "atman": "HVT's later blocks hold pooled tokens",
-           "evit": "prunes the patch tokens of a flat ViT", "vit-shapley": "trained for a ViT with a class token",
+           "evit": "prunes a flat ViT that reads its class token", "vit-shapley": "trained for a ViT with a class token",
            "nest-cam": "NesT's levels"}
 
 

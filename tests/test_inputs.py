@@ -17,7 +17,7 @@ from vitx.images import TOLERANCE
 from vitx.registry import get_method, method_names
 from vitx.scaling import screen
 
-from reference import HF_SMALL, TIMM_SMALL, VIT_METHODS
+from reference import HF_SMALL, TIMM_SMALL
 
 SAMPLES = sorted((Path(vitx.__file__).parent / "data" / "samples").glob("*.png"))
 

@@ -1,4 +1,4 @@
-"""Issue 16's gates on the zoo's pruned twins and pruning maps of shapes-vit, on fresh images with fixed seeds
+"""Issues 16's and 17's gates on the zoo's pruned twins and pruning maps of shapes-vit, on fresh images with fixed seeds
 (training draws data seeds >= 1,000,000; the model cards report data seed 10,000)."""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from vitx.zoo import ZOO_DIR
 
 SEED = 20_000
 TWINS = {"shapes-vit-dynamicvit": 0.7, "shapes-vit-evit": 0.7}   # each twin's stated keep ratio ρ
-MAPS = ["dynamicvit", "evit", "evit-finetuned", "ia-red2", "diffmask"]   # ia-red2: its default, group 0
+MAPS = ["dynamicvit", "evit", "evit-finetuned", "ia-red2", "diffmask", "patch-slimming"]   # ia-red2: group 0
 
 
 @pytest.fixture(scope="module")

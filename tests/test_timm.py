@@ -23,7 +23,7 @@ VARIANTS = {
 PREFIX = {"vit": 1, "deit-distilled": 2, "registers": 5, "no-cls": 0}
 FAST = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 3}}
 CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]          # the class token itself
-VITX_BLOCKS = {"evit", "diffmask"}   # run vitx's own ViT blocks: timm's ViT is refused, with the way round
+VITX_BLOCKS = {"evit", "diffmask", "x-pruner"}   # run vitx's own ViT blocks: timm's ViT is refused, with the way round
 ROW_METHODS = [m["name"] for m in vitx.methods() if "head_row" in m["needs"] and "vit" in m["kinds"]]  # the head's row
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from .errors import VitxError
 from .images import Frame
 from .naming import OBJECTS_FILE, explanation_file, object_stem, update_object_index
-from .viz import answer_lines, overlay as draw_overlay, probability, pruned_stages
+from .viz import answer_lines, overlay as draw_overlay, probability, pruned_stages, unit_heatmap
 from .viz.boxes import boxed
 from .viz.words import captioned, word_colours
 
@@ -156,7 +156,8 @@ class Explanation:
              original_size: bool = False) -> list[Path]:
         """Write ``<name>_<method>.png`` (:meth:`overlay`, with the coloured words and the answer for a bi-modal
         explanation, the box and label of the object for a detector's) and ``<name>_<method>.npy`` (map) per map into
-        ``directory``, as ``vitx explain`` does; for a pruning method ``<name>_<method>_stages.png`` (:meth:`stages`);
+        ``directory``, as ``vitx explain`` does; for a pruning method ``<name>_<method>_stages.png`` (:meth:`stages`), for X-Pruner
+        ``<name>_<method>_units.png`` (its class-by-unit table, :func:`vitx.viz.unit_heatmap`);
         for a bi-modal explanation ``<name>_<method>_text.json``
         (:meth:`text_relevance`); ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...; per object for
         a detector). A detector's explanation also writes ``objects.json``: a row per object (``exp.objects``' entry,
@@ -186,6 +187,10 @@ class Explanation:
             if "kept" in self.details:
                 written.append(directory / explanation_file(name, self.method, "_stages.png"))
                 self.stages(i, scale).save(written[-1])
+            if "unit_table" in self.details:
+                written.append(directory / explanation_file(name, self.method, "_units.png"))
+                unit_heatmap(self.details["unit_table"][i], len(self.details["units"][i]["attn"]),
+                             int(self.targets[i])).save(written[-1])
             if self.bimodal:
                 written.append(directory / explanation_file(name, self.method, "_text.json"))
                 written[-1].write_text(json.dumps(self.text_relevance(i)) + "\n", encoding="utf-8")

@@ -23,7 +23,9 @@ NOT_CLASSIFIERS = {"shapley-explainer": "a ViT Shapley explainer (use it through
                    "dynamicvit": "a DynamicViT twin (use it through the method 'dynamicvit')",
                    "evit": "an EViT twin (use it through the method 'evit-finetuned')",
                    "iared2": "an IA-RED² pruned twin (use it through the method 'ia-red2')",
-                   "diffmask": "Vision DiffMask's gates (use them through the method 'diffmask')"}
+                   "diffmask": "Vision DiffMask's gates (use them through the method 'diffmask')",
+                   "slimming": "a Patch Slimming twin (use it through the method 'patch-slimming')",
+                   "xpruner": "an X-Pruner twin and its class masks (use them through the method 'x-pruner')"}
 
 
 def load_model(source, arch: str | None = None, *, weights: str | None = None, device=None, **config) -> Model:

@@ -44,8 +44,8 @@ KIND_LIMITS = {
                             "block's patch tokens, and HVT's later blocks hold pooled tokens, not patches; ViT "
                             "Shapley's explainer is trained for a ViT with a class token (occlusion, rise and "
                             "kernel-shap apply)",
-            "pruning": "it prunes the patch tokens of a flat ViT that reads its class token (hvt-pooling reads HVT's "
-                       "own pooling)"},
+            "pruning": "it prunes a flat ViT that reads its class token (its patch tokens, or X-Pruner's heads and "
+                       "channels), and HVT pools its tokens instead (hvt-pooling reads that pooling)"},
     "swin": {"": "Swin has no class token, and its blocks attend within shifted windows on token maps that shrink "
                  "stage by stage, which this method's per-token formulas do not follow",
              "nest": "it reads NesT's levels of image blocks, which Swin does not have"},

@@ -16,9 +16,14 @@ from ..errors import VitxError
 POLICY_EPS = 1e-6
 
 
-def attend(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A vitx ``Attention`` module on tokens x (B, N, D): its output (B, N, D) and probabilities (B, heads, N, N)."""
+def attend(attn: nn.Module, x: torch.Tensor, policy: torch.Tensor | None = None, queries: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vitx ``Attention`` module on tokens x (B, N, D): its output (B, N, D) and probabilities (B, heads, N, N).
+    ``queries`` (n,): only those tokens ask (Patch Slimming's pruned attention): output (B, n, D), probabilities
+    (B, heads, n, N), every token still a key and a value."""
     q, k, v = attn.split_heads(x)
+    if queries is not None:
+        q = q[:, :, queries]
     scores = torch.matmul(q, k.transpose(-2, -1)) * attn.scale
     probs = scores.softmax(-1) if policy is None else policy_softmax(scores, policy)
     return attn.merge_heads(torch.matmul(probs, v)), probs
@@ -34,11 +39,12 @@ def policy_softmax(scores: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
     return (exp + POLICY_EPS / N) / (exp.sum(-1, keepdim=True) + POLICY_EPS)
 
 
-def attention_step(block: nn.Module, x: torch.Tensor, policy: torch.Tensor | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A vitx ``Block``'s attention half, x + ls1(MHSA(LN(x))), and the attention probabilities."""
-    out, probs = attend(block.attn, block.norm1(x), policy)
-    return x + block.ls1(out), probs
+def attention_step(block: nn.Module, x: torch.Tensor, policy: torch.Tensor | None = None,
+                   queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A vitx ``Block``'s attention half, x + ls1(MHSA(LN(x))), and the attention probabilities; with ``queries``
+    (n,) only those tokens' rows (see :func:`attend`)."""
+    out, probs = attend(block.attn, block.norm1(x), policy, queries)
+    return (x if queries is None else x[:, queries]) + block.ls1(out), probs
 
 
 def mlp_step(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -46,10 +52,11 @@ def mlp_step(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls2(block.mlp(block.norm2(x)))
 
 
-def run_block(block: nn.Module, x: torch.Tensor, policy: torch.Tensor | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One vitx ``Block`` with explicit (optionally policy-masked) attention: its output tokens and probabilities."""
-    x, probs = attention_step(block, x, policy)
+def run_block(block: nn.Module, x: torch.Tensor, policy: torch.Tensor | None = None,
+              queries: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One vitx ``Block`` with explicit (optionally policy-masked) attention: its output tokens and probabilities;
+    with ``queries`` (n,) the block computes those tokens' outputs only, every input token still read."""
+    x, probs = attention_step(block, x, policy, queries)
     return mlp_step(block, x), probs
 
 
@@ -77,3 +84,9 @@ def parse_stages(stages: str | None, depth: int) -> tuple[int, ...]:
                         f"model's {depth} (block 0 sees every token)")
     return blocks
 
+
+def check_share(value, what: str) -> float:
+    """A target given as a share of the original model (its FLOPs, or the patch tokens it computes), in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise VitxError(f"the {what} target is a share of the original model's, in (0, 1]; got {value!r}")
+    return float(value)

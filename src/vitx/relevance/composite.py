@@ -136,19 +136,19 @@ class ResidualAdds:
 
     def _enter(self, _module, args):
         skip = args[0]
-        copy = skip.view_as(skip) if skip.requires_grad else skip
-        self.stream.append((skip, copy))
-        return (copy, *args[1:])
+        branch = skip.view_as(skip) if skip.requires_grad else skip
+        self.stream.append((skip, branch))
+        return (branch, *args[1:])
 
     def _block_done(self, _module, _inputs, output) -> None:
         output = output[0] if isinstance(output, (tuple, list)) else output
         totals = [skip for skip, _ in self.stream[1:]] + [output]
-        for (skip, copy), total in zip(self.stream, totals):
-            if not (total.requires_grad and copy.requires_grad):
+        for (skip, branch), total in zip(self.stream, totals):
+            if not (total.requires_grad and branch.requires_grad):
                 continue
             addition = _Addition(skip, total, self.switch)
             total.register_hook(addition.total_backward)
-            copy.register_hook(addition.skip_backward)
+            branch.register_hook(addition.skip_backward)
         self.stream.clear()
 
 

@@ -38,6 +38,8 @@ class Recipe:
     config: dict = field(default_factory=dict)  # classifier: overrides of the architecture's configuration
     pool: int = 0          # vqa: items drawn once and sampled in shuffled epochs (0: a fresh batch every step)
     keep_ratio: float = 1.0  # a pruned twin ("dynamicvit", "evit"): ρ, the share of patch tokens kept per stage
+    flops: float = 1.0     # xpruner: the share of ``start``'s FLOPs the pruned twin may use, in (0, 1]
+    mask_steps: int = 0    # xpruner: steps of class-mask learning on the frozen ``start``, before the loop
 
     @property
     def multi_label(self) -> bool:
@@ -72,6 +74,10 @@ RECIPES = {
                                 batch_size=64),
     "shapes-vit-diffmask": Recipe("vitx_shapes", "single", steps=1500, lr=1e-3, weight_decay=0.0, warmup=0.2,
                                   start="shapes-vit", kind="diffmask", batch_size=64),
+    "shapes-vit-slim": Recipe("vitx_shapes", "single", steps=400, lr=2e-4, start="shapes-vit", kind="slimming",
+                              batch_size=64),
+    "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
+                                 batch_size=64, flops=0.67, mask_steps=400),
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=1600, lr=1e-3),
 }
 

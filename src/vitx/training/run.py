@@ -67,9 +67,15 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "iared2":
         from .iared2 import IARed2Trainer
         job = IARed2Trainer(recipe, out_dir, steps)
+    elif recipe.kind == "slimming":
+        from .slimming import SlimmingTrainer
+        job = SlimmingTrainer(recipe, out_dir, seed, steps)
     elif recipe.kind == "diffmask":
         from .diffmask import Masker
         job = Masker(recipe, out_dir, seed)
+    elif recipe.kind == "xpruner":
+        from .xpruner import XPruner
+        job = XPruner(recipe, out_dir, seed, batch_size)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)

@@ -3,4 +3,6 @@ says what its maps are of (the model itself, or a pruned twin fine-tuned from it
 package registers them all."""
 from . import tokens  # noqa: F401  (first: the registry, and so every table, lists methods in import order)
 from . import diffmask  # noqa: F401
+from . import slimming  # noqa: F401
+from . import xpruner  # noqa: F401
 from . import hvt  # noqa: F401

@@ -14,16 +14,27 @@ from ...models import ARCHITECTURES, VisionTransformer
 from ...pruning.dynamicvit import DynamicViT
 from ...pruning.evit import EViT
 from ...pruning.iared2 import IARed2
+from ...pruning.slimming import Slimmed
+from ...pruning.xpruner import XPrunerTwin
 from ...pruning.stages import Stage, kept_lists, survival_map
 from ...registry import register
 from ...trained import check_fingerprint, module_path
 
-PRUNED = {"dynamicvit": DynamicViT, "evit": EViT, "iared2": IARed2}   # a pruned twin's metadata kind -> its module
+
+
+def _staged(module):
+    """A twin whose metadata holds its ``stages`` and its keep ``ratio``."""
+    return lambda vit, meta: module(vit, tuple(meta["stages"]), meta["ratio"])
+
+
+# a pruned twin's metadata kind -> its module's layout from (the unpruned ViT, the metadata)
+PRUNED = {"dynamicvit": _staged(DynamicViT), "evit": _staged(EViT), "iared2": _staged(IARed2),
+          "slimming": _staged(Slimmed), "xpruner": XPrunerTwin.saved}
 def load_pruned(path: Path, device) -> torch.nn.Module:
-    """The pruned twin saved at ``path`` by ``vitx train`` (metadata: kind, arch, config, stages, ratio)."""
+    """The pruned twin saved at ``path`` by ``vitx train`` (metadata: kind, arch, config and the layout of its kind)."""
     state, meta = read_checkpoint(path)
     vit = VisionTransformer(replace(ARCHITECTURES[meta["arch"]], **meta["config"]))
-    net = PRUNED[meta["kind"]](vit, tuple(meta["stages"]), meta["ratio"])
+    net = PRUNED[meta["kind"]](vit, meta)
     net.load_state_dict(state)
     return net.eval().to(device)
 
