@@ -6,9 +6,10 @@ pruning method's keep map (``vitx.explain`` at batch 32) against one forward of 
     python benchmarks/pruning.py --threads 1 --clock cpu  # on a machine shared with other jobs
     python benchmarks/pruning.py --device cuda
 
-The pruned models: EViT on ``shapes-vit`` as it is (no training) and each zoo twin (DynamicViT, EViT fine-tuned,
-IA-RED², Patch Slimming, X-Pruner). FLOPs are counted by ``torch.utils.flop_counter`` at batch 1 (:func:`vitx.flops.count_flops`). Median of
-``--repeats`` runs after ``--warmup``.
+The pruned models: EViT on ``shapes-vit`` as it is (no training), each zoo twin (DynamicViT, EViT fine-tuned,
+IA-RED², Patch Slimming, X-Pruner), and ``shapes-hvt``, an HVT of ``shapes-vit``'s size trained from scratch (its
+pooling map is read on it, not on ``shapes-vit``). FLOPs are counted by ``torch.utils.flop_counter`` at batch 1
+(:func:`vitx.flops.count_flops`). Median of ``--repeats`` runs after ``--warmup``.
 """
 from __future__ import annotations
 
@@ -39,7 +40,13 @@ def pruned_models(model: vitx.Model, device: torch.device) -> dict:
         path = ZOO_DIR / f"{name}.safetensors"
         if method in method_names() and path.exists():
             found[f"{method} ({name})"] = load_pruned(path, device)
+    if (ZOO_DIR / "shapes-hvt.safetensors").exists():
+        found["hvt (shapes-hvt, its own model)"] = hvt_model(device).net
     return {name: (lambda x, net=net: _logits(net(x))) for name, net in found.items()}
+
+
+def hvt_model(device: torch.device) -> vitx.Model:
+    return vitx.load_model("shapes-hvt", device=device)
 
 
 def _logits(output):
@@ -77,7 +84,8 @@ def main(argv=None) -> None:
     print("| method | ms per batch | x one forward |")
     print("|---|---:|---:|")
     for method in [m for m in method_names() if get_method(m).family == "pruning"]:
-        seconds = timed(lambda: vitx.explain(model, x, method, batch_size=args.batch), device, args.warmup,
+        explained = model if "vit" in get_method(method).kinds else hvt_model(device)
+        seconds = timed(lambda: vitx.explain(explained, x, method, batch_size=args.batch), device, args.warmup,
                         args.repeats, clock)
         print(f"| {method} | {seconds * 1e3:.1f} | {seconds / forward:.2f} |", flush=True)
 

@@ -2,21 +2,16 @@
 scratch as the classifiers are, scored for accuracy, FLOPs and images per second beside ``shapes-vit``, and its card."""
 from __future__ import annotations
 
-import statistics
-import time
-import torch
-
 from ..checkpoint import read_metadata
 from ..data import shapes
-from ..flops import count_flops
+from ..flops import SPEED_BATCH, SPEED_REPEATS, count_flops, images_per_second
 from ..model import evaluating
 from ..models import ARCHITECTURES, create_model
 from ..zoo import zoo_path
 from .classifier import Classifier, frozen, score_shapes
-from .recipes import TEST_IMAGES, Recipe
+from .recipes import Recipe
 
 REFERENCE = "shapes-vit"   # the classifier whose size HVT takes, measured beside it
-SPEED_BATCH, SPEED_REPEATS = 32, 20
 
 
 class HierarchicalClassifier(Classifier):
@@ -35,18 +30,6 @@ class HierarchicalClassifier(Classifier):
 
     def card(self, name: str, recipe: Recipe, meta: dict) -> str:
         return hvt_card(name, recipe, meta, super().card(name, recipe, meta))
-
-
-@torch.no_grad()
-def images_per_second(net, x: torch.Tensor, warmup: int = 3) -> float:
-    """Images per second of ``net`` on the batch ``x``: the median of SPEED_REPEATS timed forwards after ``warmup``."""
-    def once() -> float:
-        start = time.perf_counter()
-        net(x)
-        return time.perf_counter() - start
-    for _ in range(warmup):
-        once()
-    return round(len(x) / statistics.median(once() for _ in range(SPEED_REPEATS)), 1)
 
 
 def hvt_card(name: str, recipe: Recipe, meta: dict, classifier_card: str) -> str:
@@ -81,5 +64,5 @@ images per second: median of {SPEED_REPEATS} forwards of a batch of {SPEED_BATCH
 
 `vitx.explain(model, x, method="hvt-pooling")` reads its max poolings (how much of the tokens the head reads each
 patch won, traced down the stages); the gradient methods and occlusion, RISE and KernelSHAP run on it through the
-tap; Grad-CAM reads the first stage, the last tokens that are the patch grid (docs/pruning_hvt.md).
+tap; Grad-CAM reads the first stage, the last tokens that are the patch grid (docs/pruning.md, HVT).
 """

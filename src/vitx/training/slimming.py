@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import shapes
-from ..flops import count_flops
+from ..flops import SPEED_BATCH, SPEED_REPEATS, count_flops, images_per_second
 from ..models import create_model
 from ..pruning.slimming import Slimmed, search
 from .classifier import explained, start_from
@@ -20,7 +20,6 @@ from .recipes import _TRAIN_SEED_STRIDE, TEST_IMAGES, Recipe
 KIND = "slimming"
 FLOPS_TARGET = 0.65     # the twin computes at most this share of the original's FLOPs (35% fewer)
 CALIBRATION = 256       # training images whose mean impact scores decide the masks
-SPEED_BATCH, SPEED_REPEATS = 32, 15
 
 
 class SlimmingTrainer:
@@ -104,7 +103,7 @@ On {TEST_IMAGES:,} fresh images (data seed {meta['test_seed']}), in one run:
 | this twin | {m['accuracy']:.3f} | {m['flops'] / 1e6:.1f} M ({1 - m['flops'] / m['original_flops']:.1%} fewer) | {m['images_per_second']:.0f} |
 
 FLOPs by `torch.utils.flop_counter` (a multiply-add counts 2); images per second: the median of {SPEED_REPEATS} forwards
-of 32 images, process CPU time, on the shared machine (noisy).
+of {SPEED_BATCH} images, wall clock, on the shared machine (noisy).
 
 ## Intended use and limits
 
@@ -112,13 +111,3 @@ The keep masks and impact maps of `patch-slimming` and a faster twin of `{recipe
 only. The masks are the same for every image. Its metadata records the fingerprint of the weights it was searched
 from ({', '.join(meta['fingerprints'])}), so the method refuses any other weights unless `allow_stale=True`.
 """
-
-
-def images_per_second(net, x: torch.Tensor, repeats: int = SPEED_REPEATS) -> float:
-    """Images per second of ``net`` on the batch ``x``: the median of ``repeats`` forwards, process CPU time."""
-    times = []
-    for _ in range(repeats + 1):
-        start = time.process_time()
-        net(x)
-        times.append(time.process_time() - start)
-    return round(len(x) / sorted(times[1:])[repeats // 2], 1)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import shapes
-from ..flops import count_flops
+from ..flops import SPEED_BATCH, count_flops, images_per_second
 from ..model import evaluating
 from ..pruning.blocks import check_share
 from ..pruning.xpruner import (SMOOTHNESS, SPARSITY, ClassMasks, XPrunerTwin, layer_plan, masked_forward, mean_jaccard,
@@ -74,7 +74,7 @@ class XPruner:
             for prefix, net in (("", self.net), ("original_", self.teacher.net)):
                 found[f"{prefix}accuracy"] = round((net(x).argmax(-1) == labels).float().mean().item(), 4)
                 found[f"{prefix}flops"] = count_flops(net, x[:1])
-                found[f"{prefix}images_per_second"] = round(images_per_second(net, x[:32]), 1)
+                found[f"{prefix}images_per_second"] = images_per_second(net, x[:SPEED_BATCH])
         return {**found, "mean_jaccard": round(mean_jaccard(self.net.masks), 4)}
 
     def card(self, name: str, recipe: Recipe, meta: dict) -> str:
@@ -128,17 +128,3 @@ FLOPs are counted by `torch.utils.flop_counter` at batch 1 (a multiply-add count
 
 A test subject for structured pruning read as explanation (which units serve which class), on shapes only.
 """
-
-
-def images_per_second(net, x: torch.Tensor, repeats: int = 5) -> float:
-    """Images per second of ``net`` on the batch ``x``: the median of ``repeats`` timed forwards after one warm-up."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    net(x)
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        net(x)
-        sync()
-        times.append(time.perf_counter() - start)
-    return len(x) / sorted(times)[len(times) // 2]
