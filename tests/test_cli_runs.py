@@ -80,6 +80,9 @@ def test_cost_is_counted_from_the_registry():
     windows = occlusion_windows((8, 8), 3, 2).shape[0]
     assert cost("occlusion", window=3, stride=2) == (Passes(1 + windows, 0), [])
     assert cost("attention-flow") == (Passes(1, 0), ["one max-flow per patch"])
+    assert cost("evit") == (Passes(1, 0), [])                            # a note with a comma: "(the model, ...)"
+    assert cost("patch-slimming") == (Passes(2, 0), [])
+    assert cost("x-pruner") == (Passes(1, 1), [])
     line = estimate([(get_method("rise"), get_method("rise").bind({"masks": 10})),
                      (get_method("saliency"), {})], 3, layout)
     assert line == "estimated cost of 2 methods on 3 images: 36 forward and 3 backward passes (most in rise 79%, " \

@@ -48,7 +48,8 @@ def method_cost(info: Method, params: dict, layout: TokenLayout) -> tuple[Passes
             names["windows"] = occlusion_windows(layout.grid, params["window"], params["stride"]).shape[0]
         except Exception:  # a window the method will refuse: nothing to count
             pass
-    text = re.sub(r"\s*\([A-Za-z ]+\)", "", info.cost.split(",")[0])       # "(CPU)", "(surrogate)": notes
+    # notes in words, "(CPU)" or "(the model, reorganised)", out first; then the cost ends at its first comma
+    text = re.sub(r"\s*\([A-Za-z][^()0-9+×]*\)", "", info.cost).split(",")[0]
     total, unknown = Passes(), []
     for term in _terms(text):
         expression = re.sub(r"(\d|\))\s*(?=[A-Za-z(])", r"\1*", term.replace("×", "*"))
