@@ -129,14 +129,14 @@ def unit_forward(vit: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[to
         return masked_forward(vit, x, *ones), ones
 
 
-def token_relevance(logits: torch.Tensor, ones: list[torch.Tensor], masks: ClassMasks, targets: torch.Tensor
-                    ) -> torch.Tensor:
+def token_relevance(logits: torch.Tensor, ones: list[torch.Tensor], rows: dict[str, torch.Tensor],
+                    targets: torch.Tensor) -> torch.Tensor:
     """vitx's addition, not the paper's: each token's relevance through the target's units (B, N),
     r_n = Σ_l Σ_u M_l[y, u] · a_{l,n,u} ∂z_y/∂a_{l,n,u}, gradient x activation of every unit at every token weighted
-    by the class's mask, from :func:`unit_forward`'s logits and masks of ones."""
-    table = unit_table(masks, targets)
+    by the class's mask, from :func:`unit_forward`'s logits and masks of ones; ``rows``: the targets' rows of the
+    table (:func:`unit_table`)."""
     grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), ones)
-    return sum((g * t.transpose(0, 1)[:, :, None]).sum((0, 3)) for g, t in zip(grads, table.values())).detach()
+    return sum((g * rows[k].transpose(0, 1)[:, :, None]).sum((0, 3)) for g, k in zip(grads, ("attn", "mlp"))).detach()
 
 
 def importance(masks: ClassMasks) -> tuple[torch.Tensor, torch.Tensor]:

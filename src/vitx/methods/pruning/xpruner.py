@@ -48,7 +48,7 @@ def x_pruner(batch: Batch, module: str | None = None, allow_stale: bool = False)
     batch.record(logits)                                           # the model's own forward: no second one
     targets = batch.targets
     rows = unit_table(masks, targets)
-    relevance = token_relevance(logits, ones, masks, targets)
+    relevance = token_relevance(logits, ones, rows, targets)
     batch.details["units"] = [{"attn": a.tolist(), "mlp": m.tolist()} for a, m in zip(rows["attn"], rows["mlp"])]
     table = unit_table(masks)
     flat = torch.cat([table["attn"], table["mlp"]], -1).flatten(1).cpu()
