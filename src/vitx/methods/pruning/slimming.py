@@ -8,7 +8,7 @@ from ...batch import Batch
 from ...pruning.slimming import impact
 from ...registry import register
 from ...trained import module_path
-from .twins import load_pruned, module_checks
+from .twins import load_pruned, module_checks, record_stages
 
 TANG_2022 = "Tang et al., CVPR 2022, Patch Slimming for Efficient Vision Transformers"
 
@@ -33,7 +33,6 @@ def patch_slimming(batch: Batch, module: str | None = None, allow_stale: bool = 
     prefix, B = net.vit.num_prefix_tokens, len(batch.x)
     with torch.no_grad():
         scores = impact(net.vit, batch.x, net.masks, 0)[:, prefix:]
-        batch.details["pruned_prediction"] = net(batch.x).argmax(-1).tolist()
-    batch.details["kept"] = [[list(kept) for kept in net.masks] for _ in range(B)]
-    batch.details["stage_blocks"] = [list(range(len(net.masks))) for _ in range(B)]
+        logits = net(batch.x)
+    record_stages(batch, logits, [[list(kept) for kept in net.masks] for _ in range(B)], list(range(len(net.masks))))
     return batch.layout.to_grid(scores)

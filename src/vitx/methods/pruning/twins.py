@@ -43,10 +43,16 @@ def report(batch: Batch, logits: torch.Tensor, stages: list[Stage]) -> torch.Ten
     """The survival map of ``stages`` as a token map; the kept patches per stage, the stages' blocks and the pruned
     model's prediction per image go to ``exp.details``."""
     patches = batch.layout.num_patches
-    batch.details["kept"] = kept_lists(stages, patches)
-    batch.details["stage_blocks"] = [[s.block for s in stages] for _ in range(len(logits))]
-    batch.details["pruned_prediction"] = logits.argmax(-1).tolist()
+    record_stages(batch, logits, kept_lists(stages, patches), [s.block for s in stages])
     return batch.layout.to_grid(survival_map(stages, patches))
+
+
+def record_stages(batch: Batch, logits: torch.Tensor, kept: list, blocks: list[int]) -> None:
+    """``exp.details`` of a pruned model: ``kept`` (per image, the patches kept at each stage), ``stage_blocks``
+    (the stages' ``blocks``) and ``pruned_prediction`` (from its ``logits``)."""
+    batch.details["kept"] = kept
+    batch.details["stage_blocks"] = [list(blocks) for _ in range(len(logits))]
+    batch.details["pruned_prediction"] = logits.argmax(-1).tolist()
 
 
 def vitx_vit(model, method: str) -> VisionTransformer:
