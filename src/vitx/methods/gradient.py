@@ -15,6 +15,9 @@ from ..registry import ANY_MODEL, register
 from . import bimodal_baselines
 
 
+READS_OUTPUT = ("swin", "hvt")   # kinds whose Grad-CAM reads a block's output (the others: the tokens entering it)
+
+
 def gradcam_block(model, params: dict) -> int:
     """``fits`` for gradcam: the index of the block whose tokens it reads, once that block is known to exist (any
     block's output on Swin; on HVT the output of a block of the first stage, the last tokens that are the patch grid;
@@ -25,7 +28,7 @@ def gradcam_block(model, params: dict) -> int:
     if model.config.kind == "hvt":
         depth = model.config.levels[0]
     index = block + depth if block < 0 else block
-    outputs = model.config.kind in ("swin", "hvt")
+    outputs = model.config.kind in READS_OUTPUT
     if not (0 if outputs else 1) <= index < depth:
         uses = "the output of" if outputs else "the tokens entering"
         within = " of the first stage (the later stages' pooled tokens are not the patch grid)" \
@@ -47,12 +50,9 @@ def gradcam(batch: Batch, block: int = -1) -> torch.Tensor:
     index = gradcam_block(batch.model, {"block": block})
     logits, tr = batch.run(attentions=False)
     kind = batch.model.config.kind
-    if kind == "swin":
-        tokens, patches, grid = tr.tokens[index], slice(None), batch.model.adapter.windows(index).grid
-    elif kind == "hvt":
-        tokens, patches, grid = tr.tokens[index], batch.layout.patches, batch.layout.grid
-    else:
-        tokens, patches, grid = tr.tokens[index - 1], batch.layout.patches, batch.layout.grid
+    tokens = tr.tokens[index if kind in READS_OUTPUT else index - 1]
+    patches, grid = ((slice(None), batch.model.adapter.windows(index).grid) if kind == "swin"
+                     else (batch.layout.patches, batch.layout.grid))
     gradient, = torch.autograd.grad(batch.score(logits), tokens)
     weights = gradient[:, patches].mean(1, keepdim=True)
     cam = (weights * tokens.detach()[:, patches]).sum(-1).clamp(min=0)
