@@ -40,6 +40,7 @@ class Recipe:
     keep_ratio: float = 1.0  # a pruned twin ("dynamicvit", "evit"): ρ, the share of patch tokens kept per stage
     flops: float = 1.0     # xpruner: the share of ``start``'s FLOPs the pruned twin may use, in (0, 1]
     mask_steps: int = 0    # xpruner: steps of class-mask learning on the frozen ``start``, before the loop
+    explanation: float = 0.0  # concepts: λ, the weight of the explanation loss
 
     @property
     def multi_label(self) -> bool:
@@ -79,6 +80,8 @@ RECIPES = {
     "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
                                  batch_size=64, flops=0.67, mask_steps=400),
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=6000, lr=1e-3),
+    "shapes-vit-concepts": Recipe("vitx_shapes_concepts", "single", steps=400, lr=5e-4, start="shapes-vit",
+                                  kind="concepts", batch_size=64, explanation=5.0),
 }
 
 
