@@ -5,15 +5,18 @@ the agreement of its concept attention with the concept labels; described by its
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import read_checkpoint, save_checkpoint
 from ..data.concepts import GLOBAL_CONCEPTS, GROUPS, SPATIAL_CONCEPTS, shapes_concepts
 from ..model import evaluating
+from ..models import create_model
 from ..zoo import zoo_path
 from .classifier import Classifier, frozen, score_shapes
-from .recipes import TEST_IMAGES, Recipe
+from .recipes import RECIPES, TEST_IMAGES, Recipe
 
 KIND = "concepts"
 
@@ -83,6 +86,20 @@ class ConceptTrainer(Classifier):
         return concept_card(name, recipe, meta)
 
 
+def add_study(path, study_path) -> None:
+    """Record in the checkpoint at ``path`` (written by ``vitx train``) the metrics and command of the same recipe's
+    study run at ``study_path`` (trained with another λ, not shipped), and rewrite its model card with them."""
+    state, meta = read_checkpoint(path)
+    _, study = read_checkpoint(study_path)
+    meta["study"] = {"metrics": study["metrics"], "command": study["command"],
+                     "explanation_weight": study["explanation_weight"], "train_seconds": study["train_seconds"]}
+    net = create_model(meta["arch"], **meta["config"])
+    net.load_state_dict(state)
+    save_checkpoint(net, path, meta)
+    name = Path(path).stem
+    Path(path).with_suffix(".md").write_text(concept_card(name, RECIPES[name], meta))
+
+
 def concept_card(name: str, recipe: Recipe, meta: dict) -> str:
     m = meta["metrics"]
     groups = ", ".join(f"{group} **{value:.3f}**" for group, value in m["global_top1"].items())
@@ -91,8 +108,9 @@ def concept_card(name: str, recipe: Recipe, meta: dict) -> str:
     without = ""
     if study:
         s = study["metrics"]
-        without = (f"\n\nThe same recipe without the explanation loss (λ = 0; `{study['command']}`, a study run, not "
-                   f"shipped): accuracy {s['accuracy']:.3f}; global concepts top-1 "
+        without = (f"\n\nThe same recipe with λ = {study['explanation_weight']:g} (`{study['command']}` with the "
+                   f"recipe's `explanation` set to {study['explanation_weight']:g}; a study run, not shipped, "
+                   f"{study['train_seconds'] / 60:.1f} minutes): accuracy {s['accuracy']:.3f}; global concepts top-1 "
                    + ", ".join(f"{g} {v:.3f}" for g, v in s["global_top1"].items())
                    + f"; spatial concepts per patch {s['spatial_top1']:.3f}.")
     return f"""# {name}
