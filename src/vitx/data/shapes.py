@@ -182,7 +182,8 @@ def _render(rng, variant, size, poses=None):
     else:
         classes = [int(c) for c in rng.choice(len(CLASS_NAMES), rng.integers(2, 4), replace=False)]
         centres, radii = _layout(rng, size, len(classes), lo, hi)
-    objects = [(c, _draw_object(rng, img, CLASS_NAMES[c], p, r, poses=poses)) for c, p, r in zip(classes, centres, radii)]
+    objects = [(c, _draw_object(rng, img, CLASS_NAMES[c], p, r, poses=poses))
+               for c, p, r in zip(classes, centres, radii)]
     return img, objects
 
 

@@ -38,7 +38,8 @@ ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=
                                          num_heads=4, num_classes=8)
 # vitx_shapes with a Concept Transformer head (Rigotti et al., ICLR 2022) over vitx.data.concepts' shapes concepts
 ARCHITECTURES["vitx_shapes_concepts"] = ConceptViTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(),
-                                                         global_concepts=GLOBAL_CONCEPTS, spatial_concepts=SPATIAL_CONCEPTS)
+                                                         global_concepts=GLOBAL_CONCEPTS,
+                                                         spatial_concepts=SPATIAL_CONCEPTS)
 
 
 # NesT (Zhang et al., AAAI 2022) by timm's names, and a small one for the shapes data: 64x64 images in 4x4

@@ -83,7 +83,8 @@ class ConceptViT(VisionTransformer):
     def __init__(self, cfg: ConceptViTConfig):
         super().__init__(cfg)
         if not cfg.class_token or cfg.distilled or not (cfg.global_concepts and cfg.spatial_concepts):
-            raise ValueError("a concept ViT needs a class token, no distillation token, and global and spatial concepts")
+            raise ValueError("a concept ViT needs a class token, no distillation token, and global and spatial "
+                             "concepts")
         del self.head
         dim, classes, heads = cfg.embed_dim, cfg.num_classes, cfg.concept_heads
         self.global_head = ConceptAttention(dim, len(cfg.global_concepts), classes, heads)

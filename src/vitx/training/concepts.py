@@ -34,7 +34,8 @@ def concept_losses(net, x: torch.Tensor, data) -> tuple[torch.Tensor, torch.Tens
     """Cross-entropy, the global and the spatial explanation loss of ``net`` on images ``x`` with ``data``'s labels."""
     out = net.concepts(x)
     spatial = F.one_hot(data.spatial_concepts, len(SPATIAL_CONCEPTS)).to(x.dtype)
-    return (F.cross_entropy(out.logits, data.labels), explanation_loss(out.global_attention.mean(1), data.global_concepts),
+    return (F.cross_entropy(out.logits, data.labels),
+            explanation_loss(out.global_attention.mean(1), data.global_concepts),
             explanation_loss(out.spatial_attention.mean(1), spatial))
 
 

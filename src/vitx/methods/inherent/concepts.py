@@ -15,8 +15,8 @@ RIGOTTI_2022 = "Rigotti et al., ICLR 2022, Attention-based Interpretability with
 def _has_concepts(model, params: dict) -> None:
     if not isinstance(model.net, ConceptViT):
         raise VitxError(f"method 'concept-transformer' reads a Concept Transformer head, and this model "
-                        f"({model.config.name or type(model.net).__name__}) has none: use a model with concepts, such as "
-                        "the zoo's 'shapes-vit-concepts'")
+                        f"({model.config.name or type(model.net).__name__}) has none: use a model with concepts, "
+                        "such as the zoo's 'shapes-vit-concepts'")
 
 
 @register("concept-transformer", family="inherent", paper=RIGOTTI_2022, cost="1F", fits=_has_concepts,
@@ -24,7 +24,8 @@ def _has_concepts(model, params: dict) -> None:
                 "over the spatial concepts; the map is each patch's exact share of the target logit")
 def concept_transformer(batch: Batch) -> torch.Tensor:
     """Each patch's exact share of the target logit through the spatial concept attention. The logits are linear in
-    the concept attention: y_t = Σ_h Σ_j a_h[j] M^g_h[j, t] + (1/N) Σ_i Σ_h Σ_j A_h[i, j] M^s_h[j, t] + b_g,t + b_s,t
+    the concept attention:
+    y_t = Σ_h Σ_j a_h[j] M^g_h[j, t] + (1/N) Σ_i Σ_h Σ_j A_h[i, j] M^s_h[j, t] + b^g_t + b^s_t
     (a_h the class token's attention over the global concepts, A_h patch i's over the spatial ones, M_h the value maps,
     :meth:`vitx.models.concepts.ConceptAttention.value_map`), so the map is m_t(i) = (1/N) Σ_h Σ_j A_h[i, j]
     M^s_h[j, t], and Σ_i m_t(i) + the global share = y_t exactly. ``exp.details``: ``global_concepts`` (per image,
