@@ -189,3 +189,32 @@ def test_refuses_a_model_without_concepts(x):
     with pytest.raises(vitx.VitxError, match="has none") as err:
         vitx.explain(vitx.load_model("shapes-vit"), x[:1], method="concept-transformer")
     assert "\n" not in str(err.value)
+
+
+def test_recipe_trains_scores_and_records_its_study(tmp_path):
+    """Two steps of shapes-vit-concepts from shapes-vit, and of its λ = 0 study; the card holds both."""
+    import shutil
+    from dataclasses import replace
+
+    from vitx.checkpoint import read_metadata
+    from vitx.training import RECIPES, train
+    from vitx.training.concepts import add_study
+    from vitx.zoo import zoo_path
+
+    for out in ("zoo", "study"):
+        (tmp_path / out).mkdir()
+        shutil.copy(zoo_path("shapes-vit"), tmp_path / out)
+    recipe = RECIPES["shapes-vit-concepts"]
+    metrics = train("shapes-vit-concepts", tmp_path / "zoo", steps=2, batch_size=4, progress=False)
+    train("shapes-vit-concepts", tmp_path / "study", steps=2, batch_size=4, progress=False,
+          recipe=replace(recipe, explanation=0.0))
+    assert set(metrics["global_top1"]) == {"colour", "corners", "number of corners", "outline"}
+    assert metrics["reference_accuracy"] > 0.99 and 0 <= metrics["spatial_top1"] <= 1
+    path = tmp_path / "zoo" / "shapes-vit-concepts.safetensors"
+    add_study(path, tmp_path / "study" / "shapes-vit-concepts.safetensors")
+    meta = read_metadata(path)
+    assert meta["kind"] == "concepts" and meta["explanation_weight"] == recipe.explanation
+    assert meta["study"]["explanation_weight"] == 0.0
+    card = path.with_suffix(".md").read_text()
+    assert f"λ = {recipe.explanation:g}" in card and "The same recipe with λ = 0" in card
+    assert vitx.load_model(str(path)).net.global_head.concepts.shape == (len(GLOBAL_CONCEPTS), 96)
