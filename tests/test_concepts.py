@@ -25,13 +25,14 @@ def names(indices):
 
 def test_class_concepts_follow_the_shapes():
     assert names(class_concepts("circle")) == {"no corners", "curved"}
-    assert names(class_concepts("square")) == {"has corners", "4 corners", "straight"}
-    assert names(class_concepts("triangle")) == {"has corners", "3 corners", "straight"}
-    assert names(class_concepts("star")) == {"has corners", "10 corners", "straight"}
-    assert names(class_concepts("cross")) == {"has corners", "12 corners", "straight"}
-    assert names(class_concepts("heart")) == {"has corners", "2 corners", "curved"}
-    assert names(class_concepts("crescent")) == {"has corners", "2 corners", "curved"}
-    assert names(class_concepts("lshape")) == {"has corners", "6 corners", "straight"}
+    assert names(class_concepts("square")) == {"has corners", "4 corners", "straight", "convex corners"}
+    assert names(class_concepts("triangle")) == {"has corners", "3 corners", "straight", "convex corners"}
+    assert names(class_concepts("star")) == {"has corners", "10 corners", "straight", "concave corner"}
+    assert names(class_concepts("cross")) == {"has corners", "12 corners", "straight", "concave corner"}
+    assert names(class_concepts("heart")) == {"has corners", "2 corners", "curved", "concave corner"}
+    assert names(class_concepts("crescent")) == {"has corners", "2 corners", "curved", "convex corners"}
+    assert names(class_concepts("lshape")) == {"has corners", "6 corners", "straight", "concave corner"}
+    assert len({frozenset(class_concepts(name)) for name in CLASS_NAMES}) == len(CLASS_NAMES)   # each class its own
 
 
 def test_spatial_labels_of_a_hand_drawn_square():

@@ -8,7 +8,11 @@ Global concepts (one set per image, the class token attends to them; the labels 
   two tips count as corners);
 - number of corners (only for a shape with corners): 2 (heart, crescent), 3 (triangle), 4 (square), 6 (L-shape),
   10 (star: 5 convex and 5 concave), 12 (cross: 8 convex and 4 concave);
-- outline: "curved" (circle, heart, crescent) or "straight" (square, triangle, star, cross, L-shape).
+- outline: "curved" (circle, heart, crescent) or "straight" (square, triangle, star, cross, L-shape);
+- concavity (only for a shape with corners): "concave corner" where a corner points into the shape (star, cross,
+  L-shape, and the heart's dimple) or "convex corners" (square, triangle, crescent). Without it the heart and the
+  crescent share every other concept, and a model whose logits are a map of its concept attention cannot tell them
+  apart without straying from the labels.
 
 Spatial concepts (one per patch of the patch grid, the patch tokens attend to them), by this rule, first match wins:
 "background" when no pixel of the patch is the object's; "corner" when a vertex of the shape (its exact position from
@@ -29,12 +33,13 @@ COLOURS = ("red", "green", "blue")
 COLOUR_MARGIN = 0.1   # of the dominant channel over the next (colours are in [0, 1])
 CORNER_COUNTS = (2, 3, 4, 6, 10, 12)
 GLOBAL_CONCEPTS = (*COLOURS, "no corners", "has corners", *(f"{k} corners" for k in CORNER_COUNTS), "curved",
-                   "straight")
+                   "straight", "convex corners", "concave corner")
 # the global concepts in groups, each an exclusive choice: the top-1 agreement is scored within a group
 GROUPS = {"colour": (0, 1, 2), "corners": (3, 4), "number of corners": tuple(range(5, 5 + len(CORNER_COUNTS))),
-          "outline": (11, 12)}
+          "outline": (11, 12), "concavity": (13, 14)}
 SPATIAL_CONCEPTS = ("background", "interior", "straight edge", "curved edge", "corner")
 CURVED = ("circle", "heart", "crescent")
+CONCAVE = ("star", "cross", "lshape", "heart")
 
 
 def _star(n: int, inner: float) -> list[tuple[float, float]]:
@@ -72,6 +77,7 @@ def class_concepts(name: str) -> list[int]:
     found = [GLOBAL_CONCEPTS.index("has corners" if corners else "no corners")]
     if corners:
         found.append(GLOBAL_CONCEPTS.index(f"{corners} corners"))
+        found.append(GLOBAL_CONCEPTS.index("concave corner" if name in CONCAVE else "convex corners"))
     return found + [GLOBAL_CONCEPTS.index("curved" if name in CURVED else "straight")]
 
 

@@ -19,6 +19,7 @@ from .classifier import Classifier, frozen, score_shapes
 from .recipes import RECIPES, TEST_IMAGES, Recipe
 
 KIND = "concepts"
+HEAD_LR = 20.0   # the concept heads' learning rate, a multiple of the recipe's (the body's, which starts trained)
 
 
 def explanation_loss(attention: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,11 @@ class ConceptTrainer(Classifier):
         super().__init__(recipe, out_dir)
         self.draw = partial(shapes_concepts, grid=self.net.grid_size[0])
         self.meta = {"kind": KIND, "explanation_weight": recipe.explanation}
+
+    def param_groups(self, lr: float) -> list[dict]:
+        heads = [*self.net.global_head.parameters(), *self.net.spatial_head.parameters()]
+        body = [p for name, p in self.net.named_parameters() if not name.startswith(("global_head.", "spatial_head."))]
+        return [{"params": body}, {"params": heads, "lr": lr * HEAD_LR}]
 
     def loss(self, data) -> torch.Tensor:
         self.net.patch_embed.eval()    # the stem's BatchNorm keeps shapes-vit's statistics

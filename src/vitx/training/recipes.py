@@ -80,7 +80,7 @@ RECIPES = {
     "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
                                  batch_size=64, flops=0.67, mask_steps=400),
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=6000, lr=1e-3),
-    "shapes-vit-concepts": Recipe("vitx_shapes_concepts", "single", steps=400, lr=5e-4, start="shapes-vit",
+    "shapes-vit-concepts": Recipe("vitx_shapes_concepts", "single", steps=400, lr=2e-4, start="shapes-vit",
                                   kind="concepts", batch_size=64, explanation=5.0),
 }
 
