@@ -144,8 +144,8 @@ concepts ({', '.join(GLOBAL_CONCEPTS)}), each patch token to {len(SPATIAL_CONCEP
   authors' `concepts_cost`); images whose colour is a near-tie carry no colour label
 - Data: `vitx.data.concepts.shapes_concepts`, a fresh batch of {meta['batch_size']} single-object images at every step
   (data seeds 1,000,000 x (seed + 1) + step), {meta['steps']} steps
-- AdamW, learning rate {recipe.lr:g}, weight decay {recipe.weight_decay:g}, gradient norm clipped at {recipe.clip:g},
-  {recipe.warmup:.0%} linear warm-up then cosine decay
+- AdamW, learning rate {recipe.lr:g} for the body, {recipe.lr * HEAD_LR:g} for the concept heads, weight decay
+  {recipe.weight_decay:g}, gradient norm clipped at {recipe.clip:g}, {recipe.warmup:.0%} linear warm-up then cosine decay
 - Training time: {meta['train_seconds'] / 60:.1f} minutes on {meta['train_device']}, a shared 2-core machine
 
 ## Results
