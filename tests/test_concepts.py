@@ -209,7 +209,7 @@ def test_recipe_trains_scores_and_records_its_study(tmp_path):
     metrics = train("shapes-vit-concepts", tmp_path / "zoo", steps=2, batch_size=4, progress=False)
     train("shapes-vit-concepts", tmp_path / "study", steps=2, batch_size=4, progress=False,
           recipe=replace(recipe, explanation=0.0))
-    assert set(metrics["global_top1"]) == {"colour", "corners", "number of corners", "outline"}
+    assert set(metrics["global_top1"]) == {"colour", "corners", "number of corners", "outline", "concavity"}
     assert metrics["reference_accuracy"] > 0.99 and 0 <= metrics["spatial_top1"] <= 1
     path = tmp_path / "zoo" / "shapes-vit-concepts.safetensors"
     add_study(path, tmp_path / "study" / "shapes-vit-concepts.safetensors")
