@@ -124,7 +124,10 @@ class ViTNeT(VisionTransformer):
         return self.tree(tokens[:, self.num_prefix_tokens:], super().forward_head(tokens))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.decode(x)
+        return self.logits(self.decode(x))
+
+    def logits(self, out: TreeOutput) -> torch.Tensor:
+        """The tree's logits: log of the soft mixture (training, or ``routing="soft"``) or of the hard path's leaf."""
         if self.training or self.routing == "soft":
             return (out.reach[..., None] * out.leaves).sum(1).clamp_min(1e-12).log()
-        return out.leaves[torch.arange(len(out.leaf), device=x.device), out.leaf].clamp_min(1e-12).log()
+        return out.leaves[torch.arange(len(out.leaf), device=out.leaf.device), out.leaf].clamp_min(1e-12).log()
