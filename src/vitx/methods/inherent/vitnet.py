@@ -2,9 +2,12 @@
 prototype (the training patch it was projected to) and its similarity map on the input (:mod:`vitx.models.vitnet`)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from ...batch import Batch
+from ...data import shapes
 from ...errors import VitxError
 from ...models.vitnet import ViTNeT
 from ...registry import register
@@ -42,17 +45,36 @@ def path_details(out, net: ViTNeT, targets: torch.Tensor, grid: tuple[int, int])
     return images
 
 
+@lru_cache(maxsize=8)
+def prototype_pixels(sources: tuple[tuple[int, int, int], ...], grid: tuple[int, int]) -> torch.Tensor:
+    """The pixels (I, 3, p, p) of each prototype's training patch, redrawn from ``vitx.data.shapes`` (zeros for a
+    prototype not projected)."""
+    crops = []
+    for seed, image, patch in sources:
+        if seed < 0:
+            crops.append(None)
+            continue
+        drawn = shapes(n=image + 1, seed=seed).images[image]
+        ph, pw = drawn.shape[1] // grid[0], drawn.shape[2] // grid[1]
+        row, col = divmod(patch, grid[1])
+        crops.append(drawn[:, row * ph:(row + 1) * ph, col * pw:(col + 1) * pw])
+    shape = next((c.shape for c in crops if c is not None), (3, 1, 1))
+    return torch.stack([torch.zeros(shape) if c is None else c for c in crops])
+
+
 @register("vit-net", family="inherent", paper=KIM_2022, cost="1F", fits=lambda model, params: tree_of(model),
           shows="the hard path through the tree (exp.details['path']: per node the branch taken, its prototype's "
                 "training patch and the input patch most like it; exp.details['similarity']: the path's similarity "
-                "maps); the map is their mean")
+                "maps; the figure <name>_vit-net_path.png); the map is their mean")
 def vit_net(batch: Batch) -> torch.Tensor:
     """ViT-NeT's hard path: from the root, node i goes left where p_i^L = max_n exp(−‖z^i_n − p_i‖) > 1/2, down to
     a leaf whose class distribution is the prediction. The path does not depend on the target (the tree routes
     before any class is read); the target only picks the leaf probability reported. ``exp.details["path"]``: per
     image ``{"nodes": [...], "leaf", "leaf_probability"}``, each node with its branch, p^L, the prototype's training
     patch (data seed and image index of ``vitx.data.shapes(n, seed)``, patch index and (row, col)), the input patch
-    most like it and that similarity; ``["similarity"]``: the path's maps s_i(n) (depth, gh, gw). The map is their
+    most like it and that similarity; ``["similarity"]``: the path's maps s_i(n) (depth, gh, gw); ``["prototypes"]``:
+    the pixels of the path's prototype patches (depth, 3, p, p), drawn by ``exp.save`` as ``<name>_vit-net_path.png``
+    (:func:`vitx.viz.vitnet.tree_path`). The map is their
     mean after each is divided by its maximum: each node decides on its best-matching patch only, so every decision
     counts once, where its own evidence lies."""
     net = tree_of(batch.model)
@@ -63,4 +85,6 @@ def vit_net(batch: Batch) -> torch.Tensor:
     grid = batch.layout.grid
     batch.details["path"] = path_details(out, net, batch.targets, grid)
     batch.details["similarity"] = list(batch.layout.to_grid(maps).cpu())
+    pixels = prototype_pixels(tuple(map(tuple, net.tree.prototype_source.tolist())), grid)
+    batch.details["prototypes"] = list(pixels[out.path.cpu()])
     return batch.layout.to_grid((maps / maps.amax(-1, keepdim=True)).mean(1))
