@@ -85,7 +85,7 @@ def test_hard_path_takes_the_likelier_branch_at_every_node(model):
 
 def test_accuracy_within_a_point_of_shapes_vit(model, test_images):
     """The hard path's accuracy on the 1,000 images of the cards (data seed 10,000) is within 1 point of
-    shapes-vit's; measured 0.998 against 0.998 (soft routing 0.998)."""
+    shapes-vit's; measured 0.999 against 0.998 (soft routing 0.999; the card's figures)."""
     reference = vitx.load_model("shapes-vit")
     x = model.normalize(test_images.images)
     with torch.no_grad():
@@ -146,10 +146,13 @@ def scored(model):
 
 
 def test_path_map_points_at_the_object(scored):
-    """Gate: tolerant pointing game at least 0.5; measured: see docs/inherent_vitnet.md."""
-    assert scored["vit-net"]["pointing_game_tolerant"] >= 0.5, scored["vit-net"]
+    """Gate: tolerant pointing game at least 0.75 on these 200 images; measured 0.821 (random map 0.220)."""
+    assert scored["vit-net"]["pointing_game_tolerant"] >= 0.75, scored["vit-net"]
 
 
-def test_path_map_energy_above_random(scored):
-    """Gate: energy pointing game above the random map's; measured: see docs/inherent_vitnet.md."""
-    assert scored["vit-net"]["energy_pointing_game"] > scored["random"]["energy_pointing_game"], scored
+def test_path_map_puts_more_energy_in_the_mask_than_noise(scored):
+    """Gate: energy in the mask above the random map's by more than 3 standard errors of the difference; measured
+    0.132 against 0.094, 5.7 standard errors (a weak map: the tree routes on one bit, docs/inherent_vitnet.md)."""
+    ours, noise = scored["vit-net"], scored["random"]
+    sem = (ours["energy_pointing_game_sem"] ** 2 + noise["energy_pointing_game_sem"] ** 2) ** 0.5
+    assert (ours["energy_pointing_game"] - noise["energy_pointing_game"]) / sem > 3, scored

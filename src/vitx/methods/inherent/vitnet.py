@@ -65,7 +65,7 @@ def prototype_pixels(sources: tuple[tuple[int, int, int], ...], grid: tuple[int,
 @register("vit-net", family="inherent", paper=KIM_2022, cost="1F", fits=lambda model, params: tree_of(model),
           shows="the hard path through the tree (exp.details['path']: per node the branch taken, its prototype's "
                 "training patch and the input patch most like it; exp.details['similarity']: the path's similarity "
-                "maps; the figure <name>_vit-net_path.png); the map is their mean")
+                "maps; the figure <name>_vit-net_path.png); the map is their mean, each min-max scaled")
 def vit_net(batch: Batch) -> torch.Tensor:
     """ViT-NeT's hard path: from the root, node i goes left where p_i^L = max_n exp(−‖z^i_n − p_i‖) > 1/2, down to
     a leaf whose class distribution is the prediction. The path does not depend on the target (the tree routes
@@ -75,8 +75,8 @@ def vit_net(batch: Batch) -> torch.Tensor:
     most like it and that similarity; ``["similarity"]``: the path's maps s_i(n) (depth, gh, gw); ``["prototypes"]``:
     the pixels of the path's prototype patches (depth, 3, p, p), drawn by ``exp.save`` as ``<name>_vit-net_path.png``
     (:func:`vitx.viz.vitnet.tree_path`). The map is their
-    mean after each is divided by its maximum: each node decides on its best-matching patch only, so every decision
-    counts once, where its own evidence lies."""
+    mean after each is min-max scaled over the patches: each node decides on its best-matching patch alone (at 1
+    after scaling), the floor of exp(−d) is a node's own and carries no place, and every decision counts once."""
     net = tree_of(batch.model)
     with torch.no_grad():
         out = net.decode(net.forward_features(batch.x))
@@ -87,4 +87,5 @@ def vit_net(batch: Batch) -> torch.Tensor:
     batch.details["similarity"] = list(batch.layout.to_grid(maps).cpu())
     pixels = prototype_pixels(tuple(map(tuple, net.tree.prototype_source.tolist())), grid)
     batch.details["prototypes"] = list(pixels[out.path.cpu()])
-    return batch.layout.to_grid((maps / maps.amax(-1, keepdim=True)).mean(1))
+    low, high = maps.amin(-1, keepdim=True), maps.amax(-1, keepdim=True)
+    return batch.layout.to_grid(((maps - low) / (high - low).clamp_min(1e-12)).mean(1))
