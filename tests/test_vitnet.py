@@ -156,3 +156,22 @@ def test_path_map_puts_more_energy_in_the_mask_than_noise(scored):
     ours, noise = scored["vit-net"], scored["random"]
     sem = (ours["energy_pointing_game_sem"] ** 2 + noise["energy_pointing_game_sem"] ** 2) ** 0.5
     assert (ours["energy_pointing_game"] - noise["energy_pointing_game"]) / sem > 3, scored
+
+
+def test_projection_replaces_each_prototype_by_its_nearest_training_patch():
+    """On a random tree: after the projection each prototype is the feature of the patch it records (similarity 1
+    there), and no patch of the projection images was nearer to the old prototype than the one chosen."""
+    from vitx.model import wrap
+    from vitx.training.vitnet import project_prototypes
+    torch.manual_seed(0)
+    net = create_model("vitnet_shapes").eval()
+    model = wrap(net, mean=(0.5,) * 3, std=(0.25,) * 3)
+    old = net.tree.prototypes.detach().clone()
+    moved = project_prototypes(model, [7, 8], batch_size=3)
+    images = {s: model.normalize(shapes(n=3, seed=s).images) for s in (7, 8)}
+    with torch.no_grad():
+        z = {s: torch.stack(net.tree.streams(net.forward_features(x)[:, 1:])[:7], 1) for s, x in images.items()}
+    for i, (seed, image, patch) in enumerate(net.tree.prototype_source.tolist()):
+        assert torch.allclose(net.tree.prototypes[i], z[seed][image, i, patch], atol=1e-5)
+        nearest = min((f[:, i] - old[i]).norm(dim=-1).min().item() for f in z.values())
+        assert moved[i].item() == pytest.approx(nearest, abs=1e-5)

@@ -13,7 +13,8 @@ next 2^D nodes. As the authors' code (jumpsnack/ViT-NeT, ``swin_tree.py``, ``tre
   exceeds 1 (and makes 1 − p^L negative) for d < 0.58; we use ProtoTree's exp(−d), in (0, 1], so the routing is a
   probability;
 - leaf ℓ's class distribution depends on the input, as the authors': q_ℓ = softmax(LN_ℓ(V_ℓ max_n z^ℓ_n + y)), y
-  the backbone's own logits (its head on the class token; the authors' Swin pools the patches);
+  the backbone's own logits (its head on the class token; the authors' Swin pools the patches), or 0 where
+  ``leaf_logits`` is off (our ablation: the leaves then read the tree alone);
 - soft routing (training): P(c) = Σ_ℓ π_ℓ q_ℓ(c), π_ℓ the product of the branch probabilities on the way to ℓ;
   hard routing (inference): the path that goes left exactly where p_i^L > 1/2 (the authors' ``hard_forward``), and
   the prediction is that leaf's q_ℓ. The logits returned are log P (soft) or log q_ℓ (hard).
@@ -38,6 +39,7 @@ PROTOTYPE_MEAN, PROTOTYPE_STD = 0.5, 0.1   # the authors' initialisation of the 
 class ViTNeTConfig(ViTConfig):
     tree_depth: int = 3       # 2^D leaves, 2^D − 1 prototypes
     proto_dim: int = 0        # dimensions of the tree's features; 0: embed_dim // 4 (the authors')
+    leaf_logits: bool = True  # the leaves add the backbone's logits (the authors'); False: they read the tree alone
 
     @property
     def tree_dim(self) -> int:
@@ -121,7 +123,8 @@ class ViTNeT(VisionTransformer):
 
     def decode(self, tokens: torch.Tensor) -> TreeOutput:
         """The tree on the final tokens (B, prefix + N, D)."""
-        return self.tree(tokens[:, self.num_prefix_tokens:], super().forward_head(tokens))
+        logits = super().forward_head(tokens)
+        return self.tree(tokens[:, self.num_prefix_tokens:], logits if self.cfg.leaf_logits else torch.zeros_like(logits))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(self.decode(x))
