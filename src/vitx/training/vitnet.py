@@ -9,17 +9,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import read_checkpoint
 from ..data import CLASS_NAMES, shapes
 from ..loading import load_model
 from ..model import evaluating, wrap
 from ..models import create_model
-from ..checkpoint import read_checkpoint
 from .classifier import require_start, score_shapes
 from .recipes import _TRAIN_SEED_STRIDE, MEAN, STD, TEST_IMAGES, Recipe
 from .vitnet_card import BACKBONE_LR, PROJECTION_STEPS, vitnet_card
-
-KIND = "vitnet"
-
 
 def projection_seeds(seed: int, steps: int) -> list[int]:
     """The data seeds of the last PROJECTION_STEPS training batches of a run (its step seeds, :mod:`.recipes`)."""
@@ -57,7 +54,8 @@ class TreeTrainer:
     def __init__(self, recipe: Recipe, out_dir: Path, seed: int, steps: int, batch_size: int):
         self.recipe, self.seed, self.steps, self.batch_size = recipe, seed, steps, batch_size
         self.net = create_model(recipe.arch, **recipe.config)
-        start_from_backbone(self.net, out_dir / f"{recipe.start}.safetensors")
+        self.start = out_dir / f"{recipe.start}.safetensors"
+        start_from_backbone(self.net, self.start)
         self.model = wrap(self.net, mean=MEAN, std=STD, class_names=CLASS_NAMES)
         self.meta: dict = {}
 
@@ -81,7 +79,7 @@ class TreeTrainer:
         net.routing = "soft"
         soft = score_shapes(self.model, "single", test_seed)["accuracy"]
         net.routing = "hard"
-        reference = score_shapes(load_model(self.recipe.start), "single", test_seed)["accuracy"]
+        reference = score_shapes(load_model(str(self.start)), "single", test_seed)["accuracy"]
         data = shapes(n=TEST_IMAGES, seed=test_seed)
         with torch.no_grad(), evaluating(net):
             leaves = torch.cat([net.decode(net.forward_features(self.model.normalize(data.images[i:i + 250]))).leaf

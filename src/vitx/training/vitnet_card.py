@@ -10,8 +10,8 @@ PROJECTION_STEPS = 8     # the prototypes are projected onto the patches of the 
 
 def vitnet_card(name: str, recipe: Recipe, meta: dict, cfg) -> str:
     m = meta["metrics"]
-    internal, leaves = 2 ** cfg.tree_depth - 1, 2 ** cfg.tree_depth
-    sources = "\n".join(f"| {i} | {s} | {im} | {p} ({p // 8}, {p % 8}) | {d:.3f} |" for i, ((s, im, p), d) in
+    internal, leaves, side = 2 ** cfg.tree_depth - 1, 2 ** cfg.tree_depth, cfg.image_size // cfg.patch_size
+    sources = "\n".join(f"| {i} | {s} | {im} | {p} ({p // side}, {p % side}) | {d:.3f} |" for i, ((s, im, p), d) in
                         enumerate(zip(m["prototype_source"], m["projection_distance"])))
     usage = "\n".join(f"| {c} | " + " | ".join(str(v) for v in row) + " |" for c, row in zip(CLASS_NAMES, m["leaf_usage"]))
     return f"""# {name}
@@ -53,7 +53,7 @@ On {TEST_IMAGES:,} fresh images (data seed {meta['test_seed']}): accuracy with t
 `{recipe.start}` on the same images: {m['reference_accuracy']:.3f}.
 
 Where each prototype was projected (`shapes(n={meta['batch_size']}, seed=...)[image]`, patch index row-major on the
-8x8 grid, and how far the prototype moved):
+{side}x{side} grid, and how far the prototype moved):
 
 | node | data seed | image | patch (row, col) | distance moved |
 |---:|---:|---:|---:|---:|
