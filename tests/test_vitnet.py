@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 import vitx
 from vitx.data import shapes
@@ -175,3 +176,13 @@ def test_projection_replaces_each_prototype_by_its_nearest_training_patch():
         assert torch.allclose(net.tree.prototypes[i], z[seed][image, i, patch], atol=1e-5)
         nearest = min((f[:, i] - old[i]).norm(dim=-1).min().item() for f in z.values())
         assert moved[i].item() == pytest.approx(nearest, abs=1e-5)
+
+
+def test_save_draws_the_path(model, tmp_path):
+    """exp.save writes the path figure: the image and one column per node, two rows (patch above map)."""
+    exp = vitx.explain(model, model.normalize(shapes(n=1, seed=SEED).images), method="vit-net")
+    written = exp.save(tmp_path, names=["one"])
+    figure = tmp_path / "one_vit-net_path.png"
+    assert figure in written
+    width, height = Image.open(figure).size
+    assert (width, height) == (4 * (4 * 64 + 3 * 4), 4 * (2 * 64 + 4))
