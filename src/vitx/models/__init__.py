@@ -14,6 +14,7 @@ from .detr import DETR, DETRConfig
 from .hvt import HVT, HVTConfig
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
+from .vitnet import ViTNeT, ViTNeTConfig
 from .vqa import VQAConfig, VQATransformer
 
 _VIT = {
@@ -34,6 +35,8 @@ for _size, _dims in _VIT.items():
 # the plain patch projection needed many times more steps to learn shapes from scratch on this CPU.
 ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
                                          num_heads=4, num_classes=8)
+# ViT-NeT (Kim et al., ICML 2022): vitx_shapes with a neural tree decoder of depth 3 (8 leaves, 7 prototypes) as head.
+ARCHITECTURES["vitnet_shapes"] = ViTNeTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(), tree_depth=3)
 
 
 # NesT (Zhang et al., AAAI 2022) by timm's names, and a small one for the shapes data: 64x64 images in 4x4
@@ -74,9 +77,9 @@ def create_model(arch: str, **overrides) -> nn.Module:
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
     builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, CLIPConfig: CLIP, ViTConfig: VisionTransformer,
-                HVTConfig: HVT}
+                HVTConfig: HVT, ViTNeTConfig: ViTNeT}
     return builders[type(cfg)](cfg)
 
 
-__all__ = ["ARCHITECTURES", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer",
+__all__ = ["ARCHITECTURES", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer", "ViTNeT", "ViTNeTConfig",
            "create_model"]
