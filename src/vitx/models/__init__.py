@@ -11,6 +11,7 @@ from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, TOKENIZER
 from ..errors import VitxError
 from .clip import CLIP, CLIPConfig
 from .detr import DETR, DETRConfig
+from .exvit import ExViT, ExViTConfig
 from .hvt import HVT, HVTConfig
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
@@ -34,6 +35,9 @@ for _size, _dims in _VIT.items():
 # the plain patch projection needed many times more steps to learn shapes from scratch on this CPU.
 ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
                                          num_heads=4, num_classes=8)
+# eX-ViT (Yu et al. 2022) on vitx_shapes' body: E-MHA in the last block, AttE (4 attributes) as the head.
+ARCHITECTURES["exvit_shapes"] = ExViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
+                                            num_heads=4, num_classes=8)
 
 
 # NesT (Zhang et al., AAAI 2022) by timm's names, and a small one for the shapes data: 64x64 images in 4x4
@@ -74,9 +78,9 @@ def create_model(arch: str, **overrides) -> nn.Module:
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
     builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, CLIPConfig: CLIP, ViTConfig: VisionTransformer,
-                HVTConfig: HVT}
+                HVTConfig: HVT, ExViTConfig: ExViT}
     return builders[type(cfg)](cfg)
 
 
-__all__ = ["ARCHITECTURES", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer",
+__all__ = ["ARCHITECTURES", "ExViT", "ExViTConfig", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer",
            "create_model"]
