@@ -79,6 +79,8 @@ RECIPES = {
     "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
                                  batch_size=64, flops=0.67, mask_steps=400),
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=6000, lr=1e-3),
+    "shapes-vit-exvit": Recipe("exvit_shapes", "single", steps=350, lr=3e-4, start="shapes-vit", kind="exvit",
+                               batch_size=64),
 }
 
 
