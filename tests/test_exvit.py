@@ -78,8 +78,8 @@ def test_class_map_sums_to_the_logit(fresh):
         features = fresh.forward_features(x)
         maps, attributes = fresh.class_maps(features, targets)
         logits = fresh.forward_head(features)
-    assert maps.shape == (3, 64) and attributes.shape == (3, 4, 64)
-    assert torch.allclose(attributes.sum(-1), torch.ones(3, 4), atol=1e-5)
+    assert maps.shape == (3, 64) and attributes.shape == (3, 2, 64)
+    assert torch.allclose(attributes.sum(-1), torch.ones(3, 2), atol=1e-5)
     assert torch.allclose(maps.sum(1), logits[torch.arange(3), targets] - fresh.head.bias[targets], atol=1e-5)
 
 
@@ -99,8 +99,8 @@ def test_recipe_starts_from_shapes_vit_and_writes_its_card(tmp_path):
     metrics = train("shapes-vit-exvit", tmp_path, seed=1, steps=1, batch_size=4, progress=False)
     assert 0 <= metrics["class_map_miou"] <= 1 and metrics["accuracy"] > 0.5   # the body is shapes-vit's
     card = (tmp_path / "shapes-vit-exvit.md").read_text()
-    for fact in ("vitx train shapes-vit-exvit --seed 1 --steps 1", "OURS", "E-MHA in the last 1 block", "4 attribute",
-                 f"**{metrics['class_map_miou']:.3f}**", "masks are never read in training"):
+    for fact in ("vitx train shapes-vit-exvit --seed 1 --steps 1", "OURS", "E-MHA in the last 1 block",
+                 "2 attribute maps", f"**{metrics['class_map_miou']:.3f}**", "masks are never read in training"):
         assert fact in card, fact
     net = vitx.load_model(tmp_path / "shapes-vit-exvit.safetensors").net
     start = vitx.load_model("shapes-vit").net
@@ -127,7 +127,7 @@ def test_batched_equals_one_image_at_a_time(exvit):
     assert torch.allclose(together.token_maps, torch.cat([e.token_maps for e in alone]), atol=1e-5)
     assert torch.equal(together.targets, torch.cat([e.targets for e in alone]))
     attributes = torch.tensor(together.details["attribute_maps"])
-    assert attributes.shape == (6, 4, 8, 8)
+    assert attributes.shape == (6, 2, 8, 8)
     assert torch.allclose(attributes, torch.cat([torch.tensor(e.details["attribute_maps"]) for e in alone]), atol=1e-5)
 
 

@@ -34,7 +34,7 @@ from .vit import Attention, ViTConfig, VisionTransformer
 
 @dataclass(frozen=True)
 class ExViTConfig(ViTConfig):
-    attributes: int = 4             # AttE's attribute queries K (OURS)
+    attributes: int = 4             # AttE's attribute queries K (OURS; exvit_shapes uses 2)
     explainable_blocks: int = 1     # the last blocks whose MHSA is E-MHA (OURS)
     global_pool: str = "avg"        # the head reads the patch tokens (through AttE), not the class token
 
@@ -83,7 +83,8 @@ class ExViT(VisionTransformer):
 
     def __init__(self, cfg: ExViTConfig):
         if cfg.global_pool != "avg" or not 1 <= cfg.explainable_blocks <= cfg.depth or cfg.attributes < 1:
-            raise ValueError(f"eX-ViT needs global_pool 'avg', 1..depth explainable blocks and >= 1 attribute; got {cfg}")
+            raise ValueError(f"eX-ViT needs global_pool 'avg', 1..depth explainable blocks and >= 1 attribute; "
+                             f"got {cfg}")
         super().__init__(cfg)
         for block in self.blocks[cfg.depth - cfg.explainable_blocks:]:
             block.attn = ExplainableAttention(cfg.embed_dim, cfg.num_heads, cfg.qkv_bias)

@@ -68,7 +68,12 @@ def segmentation_score(net, normalize, seed: int, n: int = TEST_IMAGES, batch_si
 def exvit_card(name: str, recipe: Recipe, meta: dict, classifier_card: str) -> str:
     """The classifier card with eX-ViT's parts, its losses and the segmentation score of its class maps."""
     cfg, m = ARCHITECTURES[recipe.arch], meta["metrics"]
-    return classifier_card.replace("(vitx's own ViT)", "(vitx's ViT body with eX-ViT's parts, Yu et al. 2022)") + f"""
+    for said, meant in (("(vitx's own ViT)", "(vitx's ViT body with eX-ViT's parts, Yu et al. 2022)"),
+                        ("- Loss: cross-entropy", "- Loss: cross-entropy and the attribute losses (below)"),
+                        ("(all but its head, which starts afresh)", "(its final norm as the patches' norm, its head "
+                         "as AttE's class weights; E-MHA's gate and AttE's queries start afresh)")):
+        classifier_card = classifier_card.replace(said, meant)
+    return classifier_card + f"""
 ## eX-ViT's parts (every formula OURS: the paper's text gives none; docs/inherent_exvit.md)
 
 - E-MHA in the last {cfg.explainable_blocks} block(s): the MHSA's values gated per token and head,
