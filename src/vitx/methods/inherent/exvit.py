@@ -20,7 +20,7 @@ def _has_attributes(model, params: dict) -> None:
                         f"({type(model.net).__name__}) has none: use an eX-ViT such as the zoo's 'shapes-vit-exvit'")
 
 
-@register("ex-vit", family="inherent", paper=YU_2022, cost="1F", fits=_has_attributes,
+@register("ex-vit", family="inherent", paper=YU_2022, needs={"trained_module"}, cost="1F", fits=_has_attributes,
           shows="the class map is the target's share of the logit per patch; exp.details['attribute_maps'] holds "
                 "the K attribute maps it is built from")
 def ex_vit(batch: Batch) -> torch.Tensor:
