@@ -11,6 +11,7 @@ from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, TOKENIZER
 from ..errors import VitxError
 from .clip import CLIP, CLIPConfig
 from .detr import DETR, DETRConfig
+from .exvit import ExViT, ExViTConfig
 from .hvt import HVT, HVTConfig
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
@@ -37,6 +38,10 @@ ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=
                                          num_heads=4, num_classes=8)
 # ViT-NeT (Kim et al., ICML 2022): vitx_shapes with a neural tree decoder of depth 3 (8 leaves, 7 prototypes) as head.
 ARCHITECTURES["vitnet_shapes"] = ViTNeTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(), tree_depth=3)
+# eX-ViT (Yu et al. 2022) on vitx_shapes' body: E-MHA in the last block, AttE with 2 attributes as the head (4 segmented
+# worse: docs/inherent_exvit.md).
+ARCHITECTURES["exvit_shapes"] = ExViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
+                                            num_heads=4, num_classes=8, attributes=2)
 
 
 # NesT (Zhang et al., AAAI 2022) by timm's names, and a small one for the shapes data: 64x64 images in 4x4
@@ -77,9 +82,10 @@ def create_model(arch: str, **overrides) -> nn.Module:
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
     builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, CLIPConfig: CLIP, ViTConfig: VisionTransformer,
-                HVTConfig: HVT, ViTNeTConfig: ViTNeT}
+                HVTConfig: HVT, ViTNeTConfig: ViTNeT, ExViTConfig: ExViT}
     return builders[type(cfg)](cfg)
 
 
-__all__ = ["ARCHITECTURES", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer", "ViTNeT", "ViTNeTConfig",
+__all__ = ["ARCHITECTURES", "ExViT", "ExViTConfig", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig",
+           "VisionTransformer", "VQAConfig", "VQATransformer", "ViTNeT", "ViTNeTConfig",
            "create_model"]

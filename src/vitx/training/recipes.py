@@ -81,6 +81,8 @@ RECIPES = {
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=6000, lr=1e-3),
     "shapes-vit-net": Recipe("vitnet_shapes", "single", steps=560, lr=1e-3, start="shapes-vit", kind="vitnet",
                              batch_size=64),
+    "shapes-vit-exvit": Recipe("exvit_shapes", "single", steps=350, lr=3e-4, start="shapes-vit", kind="exvit",
+                               batch_size=64),
 }
 
 
