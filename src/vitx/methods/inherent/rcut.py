@@ -41,15 +41,15 @@ def block_index(model, params: dict) -> int:
                         f"(0..{depth - 1} or -{depth}..-1)")
     try:
         model.adapter.residual_branches(model.adapter.blocks()[block])
-    except NotImplementedError:
+    except (NotImplementedError, VitxError):
         raise VitxError(f"r-cut reads the LayerNorm that opens a block's attention branch, and vitx's adapter for "
                         f"{type(model.net).__name__} does not name it") from None
     return block % depth
 
 
-def _fits(model, params: dict) -> None:
-    block_index(model, params)
-    one_score(model.config, params["score"])
+def _requires(config, params: dict) -> None:
+    check_choice("score", params["score"], SCORES)
+    one_score(config, params["score"])
 
 
 def token_features(batch: Batch, block: int) -> torch.Tensor:
@@ -104,7 +104,7 @@ def normalized_cut(features: np.ndarray, tau: float) -> tuple[np.ndarray, np.nda
 
 @register("r-cut", family="inherent", paper=NIU_2024,
           cost="(1+D)F, D the features' channels (the embedding width), and one generalised eigenproblem of N "
-               "patches", memory=graphs(FORWARD, COPY), fits=_fits, ranges={"tau": "[-1, 1)"})
+               "patches", memory=graphs(FORWARD, COPY), requires=_requires, fits=block_index, ranges={"tau": "[-1, 1)"})
 def r_cut(batch: Batch, block: int = -1, tau: float = 0.2, score: str = "probability",
           internal_batch_size: int = 64) -> torch.Tensor:
     """R-Cut: max(y, 0) on the patch grid, y the normalised cut's eigenvector on the features of block ``block``'s
@@ -112,7 +112,6 @@ def r_cut(batch: Batch, block: int = -1, tau: float = 0.2, score: str = "probabi
     k's min-max scaled map upsampled to the image (Relationship Weighted Out), with edges where the cosine
     similarity exceeds ``tau`` (the authors' 0.2). ``score``: the authors' softmax probability of the target, or the
     logit. ``exp.details["object"]``: each image's object side of the cut (gh, gw) bool; ``["eigenvalue"]``: λ."""
-    check_choice("score", score, SCORES)
     index = block_index(batch.model, {"block": block})
     with torch.no_grad():
         features = token_features(batch, index)                                # (B, D, gh, gw)
