@@ -11,8 +11,10 @@ the weighted features are F'[:, k] = w_k F[:, k].
 Cut: the normalised cut of Shi & Malik (TPAMI 2000) on a graph of the patches, as TokenCut (Wang et al., CVPR 2022)
 builds it: W_ij = 1 where the cosine similarity of F'_i and F'_j exceeds τ, else 1e-5; D = diag(W 1); the
 second-smallest generalised eigenvector y of (D − W) y = λ D y splits the patches at its mean into object and
-background, the object being the side that holds the largest |y_i|, y signed so that this side is positive. The map
-is max(y, 0) on the patch grid.
+background, the object being the side that holds the largest |y_i|, y signed so that this side lies above the
+mean. The map is max(y, 0) on the patch grid. That rule picks the most distinct cluster of patches whatever the
+target; ``side="relevance"`` (ours, not the authors') picks instead the side where the weighted features' channel sum
+is higher, so that the target also decides which object the cut keeps (docs/inherent_rcut.md).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from ...registry import register
 
 NIU_2024 = ("Niu, Ding, Ge, Karlsson, Zhang & Takeda, Sensors 2024 (arXiv 2307.09050), R-Cut: Enhancing "
             "Explainability in Vision Transformers with Relationship Weighted Out and Cut")
+SIDES = ("largest", "relevance")   # which side of the cut is the object: the authors' rule, or ours
 NO_EDGE = 1e-5   # the authors' weight between patches less similar than τ (TokenCut's), which keeps the graph connected
 
 
@@ -49,6 +52,7 @@ def block_index(model, params: dict) -> int:
 
 def _requires(config, params: dict) -> None:
     check_choice("score", params["score"], SCORES)
+    check_choice("side", params["side"], SIDES)
     one_score(config, params["score"])
 
 
@@ -86,18 +90,20 @@ def channel_scores(batch: Batch, features: torch.Tensor, score: str, internal_ba
     return torch.cat(scores).view(B, D)
 
 
-def normalized_cut(features: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray, float]:
+def normalized_cut(features: np.ndarray, tau: float, relevance: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
     """The normalised cut of the patches' features (N, D), float64: W_ij = 1 where cos(f_i, f_j) > τ else 1e-5,
     D = diag(W 1), y the eigenvector of the second-smallest λ of (D − W) y = λ D y (scipy.linalg.eigh on the dense
-    pair, D-normalised: yᵀ D y = 1). Returns (y signed so that the object side is positive, the object side (N,)
-    bool, λ): the side of the mean of y that holds the largest |y_i|."""
+    pair, D-normalised: yᵀ D y = 1). The patches split at the mean of y; the object is the side that holds the
+    largest |y_i| (the authors' rule), or with ``relevance`` (N,) the side of the higher mean relevance. Returns
+    (y signed so that the object side lies above the mean, the object side (N,) bool, λ)."""
     unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     weights = np.where(unit @ unit.T > tau, 1.0, NO_EDGE)
     degree = np.diag(weights.sum(1))
     values, vectors = eigh(degree - weights, degree, subset_by_index=[1, 1])
     y = vectors[:, 0]
     side = y > y.mean()
-    if not side[np.abs(y).argmax()]:
+    if not (side[np.abs(y).argmax()] if relevance is None else relevance[side].mean() > relevance[~side].mean()):
         y, side = -y, ~side
     return y, side, float(values[0])
 
@@ -105,23 +111,26 @@ def normalized_cut(features: np.ndarray, tau: float) -> tuple[np.ndarray, np.nda
 @register("r-cut", family="inherent", paper=NIU_2024,
           cost="(1+D)F, D the features' channels (the embedding width), and one generalised eigenproblem of N "
                "patches", memory=graphs(FORWARD, COPY), requires=_requires, fits=block_index, ranges={"tau": "[-1, 1)"})
-def r_cut(batch: Batch, block: int = -1, tau: float = 0.2, score: str = "probability",
+def r_cut(batch: Batch, block: int = -1, tau: float = 0.2, score: str = "probability", side: str = "largest",
           internal_batch_size: int = 64) -> torch.Tensor:
     """R-Cut: max(y, 0) on the patch grid, y the normalised cut's eigenvector on the features of block ``block``'s
     norm1 (default: the last, as the authors) weighted by softmax over channels of s_k = f_t(x ⊙ M_k), M_k channel
     k's min-max scaled map upsampled to the image (Relationship Weighted Out), with edges where the cosine
     similarity exceeds ``tau`` (the authors' 0.2). ``score``: the authors' softmax probability of the target, or the
-    logit. ``exp.details["object"]``: each image's object side of the cut (gh, gw) bool; ``["eigenvalue"]``: λ."""
+    logit. ``side``: which side of the cut is the object, "largest" the side of the largest |y_i| (the authors'),
+    "relevance" (ours) the side where the weighted channels' sum Σ_k w_k F[:, k] is higher on average, which keeps
+    the target's say in the choice. ``exp.details["object"]``: each image's object side (gh, gw) bool;
+    ``["eigenvalue"]``: λ."""
     index = block_index(batch.model, {"block": block})
     with torch.no_grad():
         features = token_features(batch, index)                                # (B, D, gh, gw)
         weights = channel_scores(batch, features, score, internal_batch_size).softmax(1)
-        weighted = (weights[:, :, None, None] * features).flatten(2).transpose(1, 2)   # (B, N, D)
+        weighted = (weights[:, :, None, None] * features).flatten(2).transpose(1, 2).double().cpu().numpy()
     maps, sides = [], []
-    for tokens in weighted.double().cpu().numpy():
-        y, side, value = normalized_cut(tokens, tau)
+    for tokens in weighted:                                                    # (N, D) per image
+        y, chosen, value = normalized_cut(tokens, tau, tokens.sum(1) if side == "relevance" else None)
         maps.append(np.maximum(y, 0))
-        sides.append(torch.from_numpy(side).view(batch.layout.grid))
+        sides.append(torch.from_numpy(chosen).view(batch.layout.grid))
         batch.details.setdefault("eigenvalue", []).append(value)
     batch.details.setdefault("object", []).extend(sides)
     return batch.layout.to_grid(torch.from_numpy(np.stack(maps)).to(device=batch.x.device, dtype=batch.x.dtype))
