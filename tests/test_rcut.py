@@ -12,9 +12,8 @@ import torch
 
 import vitx
 from reference import snapshot
-from vitx.batch import Batch
 from vitx.data import shapes
-from vitx.methods.inherent.rcut import channel_masks, channel_scores, normalized_cut, token_features
+from vitx.methods.inherent.rcut import channel_masks, channel_scores, normalized_cut
 
 SEED = 20_000
 _spec = importlib.util.spec_from_file_location("rcut_benchmark", Path(__file__).parents[1] / "benchmarks" / "rcut.py")
@@ -84,17 +83,11 @@ def x(model):
     return model.normalize(shapes(n=3, seed=SEED).images)
 
 
-def prepared(model, x, targets=None):
-    batch = Batch(model, x, model.layout(x), targets)
-    with torch.no_grad():
-        return batch, token_features(batch, len(model.adapter.blocks()) - 1)
-
-
 @pytest.mark.parametrize("score, internal_batch_size", [("probability", 64), ("logit", 50)])
 def test_batched_channel_scores_equal_the_per_channel_loop(model, x, score, internal_batch_size):
     """Every channel of 3 images in forwards of ``internal_batch_size`` (50 does not divide 3 × 96) against one
     forward per channel."""
-    batch, features = prepared(model, x)
+    batch, features = benchmark.prepared(model, x)
     assert features.shape == (3, 96, 8, 8)
     with torch.no_grad():
         batched = channel_scores(batch, features, score, internal_batch_size)
