@@ -34,14 +34,25 @@ def test_rcut_puts_its_energy_on_the_object(single):
 # patches, whichever object the target names. The target reaches the graph only through the channel weights
 # softmax(s), and with s a probability in [0, 1] they differ by at most a factor e, too little to move the cut
 # from one object to another (docs/inherent_rcut.md).
-ONE_OBJECT = ("class sensitivity 0.402 ± 0.040 (random 0.5) on 50 images: the cut picks the most distinct object "
+ONE_OBJECT = ("class sensitivity 0.402 ± 0.040 (random 0.5) on the 128 targets of 50 images: the cut picks the most distinct object "
               "whatever the target, the target only reweighing channels by at most a factor e")
+
+
+def class_sensitivity(side: str) -> float:
+    model = vitx.load_model("shapes-vit-multi")
+    return evaluate(model, shapes(n=50, seed=SEED, variant="multi"), ["r-cut"], params={"r-cut": {"side": side}},
+                    batch_size=50, sanity_images=None, metrics=["class_sensitivity"]).results["methods"]["r-cut"][
+        "class_sensitivity"]
 
 
 @pytest.mark.xfail(strict=True, reason=ONE_OBJECT)
 def test_rcut_prefers_the_target_object_on_multi_object_images():
     """Class sensitivity above random's 0.5: the target's object gets more relevance per pixel than the others."""
-    model = vitx.load_model("shapes-vit-multi")
-    rows = evaluate(model, shapes(n=50, seed=SEED, variant="multi"), ["r-cut"], batch_size=50, sanity_images=None,
-                    metrics=["class_sensitivity"]).results["methods"]
-    assert rows["r-cut"]["class_sensitivity"] > 0.5
+    assert class_sensitivity("largest") > 0.5
+
+
+def test_relevance_side_prefers_the_target_object():
+    """With side="relevance" (ours) class sensitivity at least 0.65 (measured 0.742 ± 0.034 on the 128 targets of
+    the 50 images). The price, measured on the 200 single-object images: tolerant pointing 0.629 and energy 0.358
+    instead of 0.987 and 0.542 (docs/inherent_rcut.md), so the default stays the authors' rule."""
+    assert class_sensitivity("relevance") >= 0.65
