@@ -34,8 +34,8 @@ def test_rcut_puts_its_energy_on_the_object(single):
 # patches, whichever object the target names. The target reaches the graph only through the channel weights
 # softmax(s), and with s a probability in [0, 1] they differ by at most a factor e, too little to move the cut
 # from one object to another (docs/inherent_rcut.md).
-ONE_OBJECT = ("class sensitivity 0.402 ± 0.040 (random 0.5) on the 128 targets of 50 images: the cut picks the most distinct object "
-              "whatever the target, the target only reweighing channels by at most a factor e")
+ONE_OBJECT = ("class sensitivity 0.402 ± 0.040 (random 0.5) on the 128 targets of 50 images: the cut picks the most "
+              "distinct object whatever the target, the target only reweighing channels by at most a factor e")
 
 
 def class_sensitivity(side: str) -> float:

@@ -1,4 +1,4 @@
-"""R-Cut (Niu et al., Sensors 2024; arXiv 2307.09050): a training-free, class-specific map from the patch tokens of
+"""R-Cut (Niu et al., Sensors 2024; arXiv 2307.09050): a training-free, target-dependent map from the patch tokens of
 a ViT, in two modules, as the authors' code (oniu-uin0/R-Cut, ``pytorch_grad_cam/score_cam.py`` and ``base_cam.py``)
 computes them.
 
@@ -28,11 +28,12 @@ from ...batch import Batch
 from ...errors import VitxError
 from ...memory import COPY, FORWARD, graphs
 from ...registry import register
+from ...scaling import minmax
 
 NIU_2024 = ("Niu, Ding, Ge, Karlsson, Zhang & Takeda, Sensors 2024 (arXiv 2307.09050), R-Cut: Enhancing "
             "Explainability in Vision Transformers with Relationship Weighted Out and Cut")
 SIDES = ("largest", "relevance")   # which side of the cut is the object: the authors' rule, or ours
-NO_EDGE = 1e-5   # the authors' weight between patches less similar than τ (TokenCut's), which keeps the graph connected
+NO_EDGE = 1e-5   # the authors' (TokenCut's) weight between patches less similar than τ: the graph stays connected
 
 
 def block_index(model, params: dict) -> int:
@@ -69,10 +70,7 @@ def channel_masks(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor
     """(R, H, W) masks from channel maps (R, gh, gw): each min-max scaled to [0, 1] and upsampled bilinearly with
     aligned corners (the authors' ``UpsamplingBilinear2d``, whose values keep the grid's extremes, so scaling before
     upsampling is the authors' scaling after it). A constant channel gives a mask of zeros."""
-    flat = features.flatten(1)
-    low, high = flat.amin(1, keepdim=True), flat.amax(1, keepdim=True)
-    scaled = ((flat - low) / (high - low).clamp(min=torch.finfo(flat.dtype).tiny)).view_as(features)
-    return F.interpolate(scaled[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
+    return F.interpolate(minmax(features)[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
 def channel_scores(batch: Batch, features: torch.Tensor, score: str, internal_batch_size: int) -> torch.Tensor:
