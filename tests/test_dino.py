@@ -55,8 +55,8 @@ def test_ema_moves_the_teacher_towards_the_student():
     steps = 100
     assert dino.cosine(0.996, 1.0, 0, steps) == pytest.approx(0.996)
     assert dino.cosine(0.996, 1.0, steps // 2, steps) == pytest.approx(0.998)
-    assert dino.teacher_temperature(0, steps) == pytest.approx(0.04)
-    assert dino.teacher_temperature(steps - 1, steps) == pytest.approx(0.07)
+    assert dino.teacher_temperature(0, steps) == pytest.approx(dino.WARMUP_TEACHER_TEMP)
+    assert dino.teacher_temperature(steps - 1, steps) == pytest.approx(dino.TEACHER_TEMP)
 
 
 def test_projection_head_is_normalised():

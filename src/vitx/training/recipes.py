@@ -79,7 +79,7 @@ RECIPES = {
     "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
                                  batch_size=64, flops=0.67, mask_steps=400),
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=6000, lr=1e-3),
-    "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=850, lr=5e-4, weight_decay=0.04, warmup=0.1, clip=3.0,
+    "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=430, lr=1e-3, weight_decay=0.04, warmup=0.1, clip=3.0,
                               kind="dino", batch_size=32),
 }
 
