@@ -30,7 +30,7 @@ class Recipe:
     clip: float = 1.0      # gradient-norm clipping
     start: str | None = None  # a recipe whose trained weights start this one
     kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``),
-                              # "generator" (a GAN generator; ``arch`` "nest" or "conv"), "vqa" (on shapes_vqa)
+                              # "generator" (a GAN generator; ``arch`` "nest" or "conv"), "vqa" (on shapes_vqa), "dino"
     batch_size: int = 128
     coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
@@ -83,6 +83,8 @@ RECIPES = {
                              batch_size=64),
     "shapes-vit-exvit": Recipe("exvit_shapes", "single", steps=350, lr=3e-4, start="shapes-vit", kind="exvit",
                                batch_size=64),
+    "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=430, lr=1e-3, weight_decay=0.04, warmup=0.1, clip=3.0,
+                              kind="dino", batch_size=32),
 }
 
 
