@@ -23,6 +23,8 @@ from vitx.data import CLASS_NAMES
 from vitx.models import create_model
 from vitx.registry import get_method, method_names
 
+from reference import OWN_ARCHITECTURE
+
 SAMPLES = Path(vitx.__file__).parent / "data" / "samples"
 CIRCLE, STAR = SAMPLES / "1_circle.png", SAMPLES / "18_star.png"
 CLS_METHODS = [m["name"] for m in vitx.methods() if "cls_token" in m["needs"]]
@@ -110,7 +112,8 @@ def test_explain_all_runs_every_registered_method(files, tmp_path, capsys):
     code, _, err = run(capsys, "explain", CIRCLE, "--model", files / "tiny.safetensors", "--method", "all", "--out", out)
     assert code == 0 and "vitx: estimated cost of " in err
     # every ViT method but vit-shapley, which needs an explainer trained for the model (the zoo has none for it)
-    ran = [m for m in method_names() if "vit" in get_method(m).kinds and "trained_module" not in get_method(m).needs]
+    ran = [m for m in method_names() if "vit" in get_method(m).kinds and "trained_module" not in get_method(m).needs
+           and m not in OWN_ARCHITECTURE]
     assert sorted(p.name for p in out.glob("*.npy")) == sorted(f"1_circle_{m}.npy" for m in ran)
     assert (out / "index.html").read_text().count("<h2 ") == len(ran)
 
@@ -122,7 +125,8 @@ def test_all_skips_methods_that_do_not_apply(files, capsys):
     other_kinds = [m for m in method_names() if "vit" not in get_method(m).kinds]   # NesT's own methods
     untrained = [m for m in method_names() if "trained_module" in get_method(m).needs and m not in CLS_METHODS
                  and m not in other_kinds]     # no module trained for this model (diffmask)
-    assert capsys.readouterr().err.count("vitx: skipped:") == len(CLS_METHODS) + len(other_kinds) + len(untrained)
+    skipped = len(CLS_METHODS) + len(other_kinds) + len(untrained) + len(OWN_ARCHITECTURE)
+    assert capsys.readouterr().err.count("vitx: skipped:") == skipped
 
 
 def test_entry_point_in_a_subprocess(files, tmp_path):

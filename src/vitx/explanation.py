@@ -15,6 +15,7 @@ from .naming import OBJECTS_FILE, explanation_file, object_stem, update_object_i
 from .viz import answer_lines, overlay as draw_overlay, probability, pruned_stages, unit_heatmap
 from .viz.boxes import boxed
 from .viz.words import captioned, word_colours
+from .viz.vitnet import tree_path
 
 
 @dataclass
@@ -157,7 +158,8 @@ class Explanation:
         """Write ``<name>_<method>.png`` (:meth:`overlay`, with the coloured words and the answer for a bi-modal
         explanation, the box and label of the object for a detector's) and ``<name>_<method>.npy`` (map) per map into
         ``directory``, as ``vitx explain`` does; for a pruning method ``<name>_<method>_stages.png`` (:meth:`stages`), for X-Pruner
-        ``<name>_<method>_units.png`` (its class-by-unit table, :func:`vitx.viz.unit_heatmap`);
+        ``<name>_<method>_units.png`` (its class-by-unit table, :func:`vitx.viz.unit_heatmap`), for ViT-NeT
+        ``<name>_<method>_path.png`` (its hard path, :func:`vitx.viz.vitnet.tree_path`);
         for a bi-modal explanation ``<name>_<method>_text.json``
         (:meth:`text_relevance`); ``names`` defaults to :meth:`names` (file stems, else 000, 001, ...; per object for
         a detector). A detector's explanation also writes ``objects.json``: a row per object (``exp.objects``' entry,
@@ -191,6 +193,10 @@ class Explanation:
                 written.append(directory / explanation_file(name, self.method, "_units.png"))
                 unit_heatmap(self.details["unit_table"][i], len(self.details["units"][i]["attn"]),
                              int(self.targets[i])).save(written[-1])
+            if "prototypes" in self.details:
+                written.append(directory / explanation_file(name, self.method, "_path.png"))
+                tree_path(self.images[i], self.details["path"][i], self.details["similarity"][i],
+                          self.details["prototypes"][i], self.maps[i]).save(written[-1])
             if self.bimodal:
                 written.append(directory / explanation_file(name, self.method, "_text.json"))
                 written[-1].write_text(json.dumps(self.text_relevance(i)) + "\n", encoding="utf-8")

@@ -13,9 +13,11 @@ from ..data.concepts import GLOBAL_CONCEPTS, SPATIAL_CONCEPTS
 from .clip import CLIP, CLIPConfig
 from .concepts import ConceptViT, ConceptViTConfig
 from .detr import DETR, DETRConfig
+from .exvit import ExViT, ExViTConfig
 from .hvt import HVT, HVTConfig
 from .nest import Nest, NestConfig
 from .vit import ViTConfig, VisionTransformer
+from .vitnet import ViTNeT, ViTNeTConfig
 from .vqa import VQAConfig, VQATransformer
 
 _VIT = {
@@ -36,6 +38,12 @@ for _size, _dims in _VIT.items():
 # the plain patch projection needed many times more steps to learn shapes from scratch on this CPU.
 ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
                                          num_heads=4, num_classes=8)
+# ViT-NeT (Kim et al., ICML 2022): vitx_shapes with a neural tree decoder of depth 3 (8 leaves, 7 prototypes) as head.
+ARCHITECTURES["vitnet_shapes"] = ViTNeTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(), tree_depth=3)
+# eX-ViT (Yu et al. 2022) on vitx_shapes' body: E-MHA in the last block, AttE with 2 attributes as the head (4 segmented
+# worse: docs/inherent_exvit.md).
+ARCHITECTURES["exvit_shapes"] = ExViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
+                                            num_heads=4, num_classes=8, attributes=2)
 # vitx_shapes with a Concept Transformer head (Rigotti et al., ICLR 2022) over vitx.data.concepts' shapes concepts
 ARCHITECTURES["vitx_shapes_concepts"] = ConceptViTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(),
                                                          global_concepts=GLOBAL_CONCEPTS,
@@ -80,9 +88,10 @@ def create_model(arch: str, **overrides) -> nn.Module:
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
     builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, CLIPConfig: CLIP, ViTConfig: VisionTransformer,
-                HVTConfig: HVT, ConceptViTConfig: ConceptViT}
+                HVTConfig: HVT, ViTNeTConfig: ViTNeT, ExViTConfig: ExViT, ConceptViTConfig: ConceptViT}
     return builders[type(cfg)](cfg)
 
 
-__all__ = ["ARCHITECTURES", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig", "VisionTransformer", "VQAConfig", "VQATransformer",
+__all__ = ["ARCHITECTURES", "ExViT", "ExViTConfig", "HVT", "HVTConfig", "Nest", "NestConfig", "ViTConfig",
+           "VisionTransformer", "VQAConfig", "VQATransformer", "ViTNeT", "ViTNeTConfig",
            "create_model"]

@@ -30,7 +30,7 @@ class Recipe:
     clip: float = 1.0      # gradient-norm clipping
     start: str | None = None  # a recipe whose trained weights start this one
     kind: str = "classifier"  # or "surrogate" (of ``start``), "shapley-explainer" (of the surrogate ``start``),
-                              # "generator" (a GAN generator; ``arch`` "nest" or "conv"), "vqa" (on shapes_vqa)
+                              # "generator" (a GAN generator; ``arch`` "nest" or "conv"), "vqa" (on shapes_vqa), "dino"
     batch_size: int = 128
     coalitions: int = 0    # shapley-explainer: coalitions per image and step, in complementary pairs
     betas: tuple[float, float] = (0.9, 0.999)  # Adam(W)'s
@@ -80,6 +80,12 @@ RECIPES = {
     "shapes-vit-xpruner": Recipe("vitx_shapes", "single", steps=700, lr=3e-4, start="shapes-vit", kind="xpruner",
                                  batch_size=64, flops=0.67, mask_steps=400),
     "shapes-hvt": Recipe("hvt_shapes", "single", steps=6000, lr=1e-3),
+    "shapes-vit-net": Recipe("vitnet_shapes", "single", steps=560, lr=1e-3, start="shapes-vit", kind="vitnet",
+                             batch_size=64),
+    "shapes-vit-exvit": Recipe("exvit_shapes", "single", steps=350, lr=3e-4, start="shapes-vit", kind="exvit",
+                               batch_size=64),
+    "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=430, lr=1e-3, weight_decay=0.04, warmup=0.1, clip=3.0,
+                              kind="dino", batch_size=32),
     "shapes-vit-concepts": Recipe("vitx_shapes_concepts", "single", steps=400, lr=2e-4, start="shapes-vit",
                                   kind="concepts", batch_size=64, explanation=5.0),
 }

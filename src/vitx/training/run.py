@@ -67,6 +67,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "iared2":
         from .iared2 import IARed2Trainer
         job = IARed2Trainer(recipe, out_dir, steps)
+    elif recipe.kind == "vitnet":
+        from .vitnet import TreeTrainer
+        job = TreeTrainer(recipe, out_dir, seed, steps, batch_size)
     elif recipe.kind == "slimming":
         from .slimming import SlimmingTrainer
         job = SlimmingTrainer(recipe, out_dir, seed, steps)
@@ -76,6 +79,12 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "xpruner":
         from .xpruner import XPruner
         job = XPruner(recipe, out_dir, seed, batch_size)
+    elif recipe.kind == "exvit":
+        from .exvit import ExViTTrainer
+        job = ExViTTrainer(recipe, out_dir)
+    elif recipe.kind == "dino":
+        from .dino import DINOTrainer
+        job = DINOTrainer(recipe, out_dir, seed, steps)
     elif recipe.kind == "concepts":
         from .concepts import ConceptTrainer
         job = ConceptTrainer(recipe, out_dir)

@@ -10,8 +10,8 @@ ZOO_DIR = Path(__file__).parent
 NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-shapley", "shapes-nest",
          "shapes-nest-gan", "shapes-vqa-single", "shapes-vqa-dual", "shapes-detr", "shapes-clip",
          "shapes-vit-dynamicvit", "shapes-vit-evit", "shapes-vit-iared2",
-         "shapes-vit-diffmask", "shapes-vit-slim", "shapes-vit-xpruner", "shapes-hvt",
-         "shapes-vit-concepts")
+         "shapes-vit-diffmask", "shapes-vit-slim", "shapes-vit-xpruner", "shapes-hvt", "shapes-vit-net",
+         "shapes-vit-exvit", "shapes-vit-dino", "shapes-vit-concepts")
 
 
 def zoo_path(name: str) -> Path:

@@ -19,8 +19,7 @@ def _has_concepts(model, params: dict) -> None:
                         "such as the zoo's 'shapes-vit-concepts'")
 
 
-@register("concept-transformer", family="inherent", paper=RIGOTTI_2022, needs={"trained_module"}, cost="1F",
-          fits=_has_concepts,
+@register("concept-transformer", family="inherent", paper=RIGOTTI_2022, cost="1F", fits=_has_concepts,
           shows="per image, the class token's attention over the named global concepts and each patch's attention "
                 "over the spatial concepts; the map is each patch's exact share of the target logit")
 def concept_transformer(batch: Batch) -> torch.Tensor:
