@@ -138,13 +138,16 @@ def _layout(rng, size, k, lo, hi):
         radii = radii * 0.95  # rare: crowded layout, shrink and retry
 
 
-def _draw_object(rng, img, name, centre, radius, colour=None):
+def _draw_object(rng, img, name, centre, radius, colour=None, poses=None):
     """Paint one solid object; return its full-size boolean mask.
 
     A given ``colour`` (3,) float32 is painted only where it keeps the contrast rule; otherwise nothing is painted
-    and None is returned (the caller redraws the image). Without one, a random colour that keeps it is drawn."""
+    and None is returned (the caller redraws the image). Without one, a random colour that keeps it is drawn.
+    ``poses``, a list, receives the object's (cx, cy, radius, rotation) in pixels and radians."""
     size = img.shape[-1]
     (cx, cy), theta = centre, rng.uniform(0, 2 * np.pi)
+    if poses is not None:
+        poses.append((float(cx), float(cy), float(radius), float(theta)))
     y0, x0, ys, xs = _window(size, cx - radius, cx + radius, cy - radius, cy + radius)
     dx, dy = xs - cx, ys - cy
     u = (dx * np.cos(theta) + dy * np.sin(theta)) / radius
@@ -167,8 +170,8 @@ def _draw_object(rng, img, name, centre, radius, colour=None):
     return mask
 
 
-def _render(rng, variant, size):
-    """One image (3, S, S) and its objects as a list of (class id, mask)."""
+def _render(rng, variant, size, poses=None):
+    """One image (3, S, S) and its objects as a list of (class id, mask); ``poses`` receives each object's pose."""
     img = _background(rng, size)
     _clutter(rng, img, size)
     lo, hi = _SIZE[variant]
@@ -179,7 +182,8 @@ def _render(rng, variant, size):
     else:
         classes = [int(c) for c in rng.choice(len(CLASS_NAMES), rng.integers(2, 4), replace=False)]
         centres, radii = _layout(rng, size, len(classes), lo, hi)
-    objects = [(c, _draw_object(rng, img, CLASS_NAMES[c], p, r)) for c, p, r in zip(classes, centres, radii)]
+    objects = [(c, _draw_object(rng, img, CLASS_NAMES[c], p, r, poses=poses))
+               for c, p, r in zip(classes, centres, radii)]
     return img, objects
 
 

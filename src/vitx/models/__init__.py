@@ -9,7 +9,9 @@ from ..data.shapes import CLASS_NAMES
 from ..data.shapes_captions import MAX_LENGTH as CAPTION_LENGTH, TOKENIZER as CAPTION_TOKENIZER
 from ..data.shapes_vqa import ANSWERS, MAX_LENGTH, TOKENIZER
 from ..errors import VitxError
+from ..data.concepts import GLOBAL_CONCEPTS, SPATIAL_CONCEPTS
 from .clip import CLIP, CLIPConfig
+from .concepts import ConceptViT, ConceptViTConfig
 from .detr import DETR, DETRConfig
 from .exvit import ExViT, ExViTConfig
 from .hvt import HVT, HVTConfig
@@ -42,6 +44,10 @@ ARCHITECTURES["vitnet_shapes"] = ViTNeTConfig(**ARCHITECTURES["vitx_shapes"].to_
 # worse: docs/inherent_exvit.md).
 ARCHITECTURES["exvit_shapes"] = ExViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
                                             num_heads=4, num_classes=8, attributes=2)
+# vitx_shapes with a Concept Transformer head (Rigotti et al., ICLR 2022) over vitx.data.concepts' shapes concepts
+ARCHITECTURES["vitx_shapes_concepts"] = ConceptViTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(),
+                                                         global_concepts=GLOBAL_CONCEPTS,
+                                                         spatial_concepts=SPATIAL_CONCEPTS)
 
 
 # NesT (Zhang et al., AAAI 2022) by timm's names, and a small one for the shapes data: 64x64 images in 4x4
@@ -82,7 +88,7 @@ def create_model(arch: str, **overrides) -> nn.Module:
     except (TypeError, ValueError) as err:
         raise VitxError(f"bad configuration for {arch!r}: {err}") from None
     builders = {NestConfig: Nest, VQAConfig: VQATransformer, DETRConfig: DETR, CLIPConfig: CLIP, ViTConfig: VisionTransformer,
-                HVTConfig: HVT, ViTNeTConfig: ViTNeT, ExViTConfig: ExViT}
+                HVTConfig: HVT, ViTNeTConfig: ViTNeT, ExViTConfig: ExViT, ConceptViTConfig: ConceptViT}
     return builders[type(cfg)](cfg)
 
 

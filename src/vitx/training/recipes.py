@@ -40,6 +40,7 @@ class Recipe:
     keep_ratio: float = 1.0  # a pruned twin ("dynamicvit", "evit"): ρ, the share of patch tokens kept per stage
     flops: float = 1.0     # xpruner: the share of ``start``'s FLOPs the pruned twin may use, in (0, 1]
     mask_steps: int = 0    # xpruner: steps of class-mask learning on the frozen ``start``, before the loop
+    explanation: float = 0.0  # concepts: λ, the weight of the explanation loss
 
     @property
     def multi_label(self) -> bool:
@@ -85,6 +86,8 @@ RECIPES = {
                                batch_size=64),
     "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=430, lr=1e-3, weight_decay=0.04, warmup=0.1, clip=3.0,
                               kind="dino", batch_size=32),
+    "shapes-vit-concepts": Recipe("vitx_shapes_concepts", "single", steps=400, lr=2e-4, start="shapes-vit",
+                                  kind="concepts", batch_size=64, explanation=5.0),
 }
 
 

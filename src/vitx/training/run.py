@@ -85,6 +85,9 @@ def train(name: str, out_dir=ZOO_DIR, *, seed: int = 0, steps: int | None = None
     elif recipe.kind == "dino":
         from .dino import DINOTrainer
         job = DINOTrainer(recipe, out_dir, seed, steps)
+    elif recipe.kind == "concepts":
+        from .concepts import ConceptTrainer
+        job = ConceptTrainer(recipe, out_dir)
     elif recipe.kind == "generator":
         from .gan import Generator
         job = Generator(recipe, out_dir, seed)

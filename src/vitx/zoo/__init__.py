@@ -11,7 +11,7 @@ NAMES = ("shapes-vit", "shapes-vit-multi", "shapes-vit-surrogate", "shapes-vit-s
          "shapes-nest-gan", "shapes-vqa-single", "shapes-vqa-dual", "shapes-detr", "shapes-clip",
          "shapes-vit-dynamicvit", "shapes-vit-evit", "shapes-vit-iared2",
          "shapes-vit-diffmask", "shapes-vit-slim", "shapes-vit-xpruner", "shapes-hvt", "shapes-vit-net",
-         "shapes-vit-exvit", "shapes-vit-dino")
+         "shapes-vit-exvit", "shapes-vit-dino", "shapes-vit-concepts")
 
 
 def zoo_path(name: str) -> Path:
