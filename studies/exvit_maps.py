@@ -1,6 +1,6 @@
-"""eX-ViT's class maps and attribute maps beside Chefer's generic attention on shapes-vit (docs/inherent_exvit.md).
+"""eX-ViT's class maps and attribute maps beside Chefer's generic attention on shapes-vit (docs/inherent.md).
 
-    python studies/exvit_maps.py docs/exvit/class_maps.png
+    python studies/exvit_maps.py docs/inherent/exvit_class_maps.png
 
 Six fresh images (data seed 20,000, the quality gates' first six), each explained for its true class: the image with
 its object mask outlined, the ex-vit class map, its attribute maps (details["attribute_maps"]), and generic-attention

@@ -40,7 +40,7 @@ def scores(model, data):
 
 # The colour concepts stay at chance: 0.357 on the card's images (0.305 in a first run at one learning rate), though a
 # linear probe on shapes-vit's class token reads the colour group at 0.86; the attention puts ~0.03 on each colour
-# where the label asks 0.25 (docs/inherent_concepts.md).
+# where the label asks 0.25 (docs/inherent.md).
 COLOUR = "0.36: the colour concepts stay at chance in 400 steps; the class token carries colour (probe 0.86)"
 
 

@@ -1,7 +1,7 @@
 """DINO's attention maps on the zoo's self-supervised ``shapes-vit-dino`` (issue 18): the pointing game and energy of
 ``dino-attention`` on fresh images, and the paper's Jaccard comparison of the best head's 60% mask with the supervised
 ``shapes-vit``'s and a randomly initialised ViT's (Caron et al., ICCV 2021, Table 5). Gates at a smaller N than
-docs/inherent_dino.md's N = 500 figures; each states the figure measured."""
+docs/inherent.md's N = 500 figures; each states the figure measured."""
 import pytest
 import torch
 
@@ -40,7 +40,7 @@ def scored(dino_model, supervised):
 
 SHORT_RUN = ("shapes-vit-dino's 430 steps left its features near chance (k-NN 0.137, linear probe 0.180) and its "
              "class token attending away from the object: at N = 200 pointing 0.129, energy 0.075 against noise's 0.094 "
-             "(-4.7 standard errors); docs/inherent_dino.md")
+             "(-4.7 standard errors); docs/inherent.md")
 
 
 @pytest.mark.parametrize("model", [pytest.param("dino", marks=pytest.mark.xfail(strict=True, reason=SHORT_RUN)),
@@ -78,6 +78,6 @@ def jaccards(dino_model, supervised):
 def test_best_dino_head_segments_better_than_the_supervised_and_random_vits(jaccards):
     """The paper's claim on shapes: the best DINO head's 60% mask has a higher Jaccard index against the object
     patches than the best head of shapes-vit and of a random ViT. Not so here (N = 200: 0.059, 0.242, 0.096; at
-    N = 500: 0.056, 0.240, 0.100): the budget's DINO run learned too little (docs/inherent_dino.md)."""
+    N = 500: 0.056, 0.240, 0.100): the budget's DINO run learned too little (docs/inherent.md)."""
     best = {name: scores["best"] for name, scores in jaccards.items()}
     assert best["dino"] > best["supervised"] and best["dino"] > best["random"], best

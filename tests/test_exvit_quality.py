@@ -1,7 +1,7 @@
 """Issue 18's gates on eX-ViT's class maps (method 'ex-vit' on the zoo's shapes-vit-exvit), on 200 fresh images with
 fixed seeds (training draws data seeds >= 1,000,000), and the weakly supervised segmentation score beside an existing
 method on shapes-vit on the same images. evaluate() explains each image's true class (the WSSS protocol: maps from
-image-level labels). Figures measured on these images are in the comments and in docs/inherent_exvit.md."""
+image-level labels). Figures measured on these images are in the comments and in docs/inherent.md."""
 from __future__ import annotations
 
 import pytest
@@ -47,7 +47,7 @@ def test_class_maps_segment_the_object(scored):
 # The paper's claim, checked on shapes: eX-ViT's class maps segment better than post-hoc maps. Not here: Chefer's
 # generic attention on shapes-vit reaches 0.658. The class map averages AttE's two attributes, and one of them sits on
 # the background (5% of its mass on the object, yet it names the class alone, since after six blocks of attention
-# every token carries the class); the object's attribute alone scores 0.675 (docs/inherent_exvit.md).
+# every token carries the class); the object's attribute alone scores 0.675 (docs/inherent.md).
 CLAIM = "mIoU 0.520 against generic-attention's 0.658 on shapes-vit: one of AttE's two attributes sits on the background"
 
 

@@ -1,6 +1,6 @@
 """Issue 18's gates for R-Cut on the zoo's shapes-vit (200 fresh single-object images) and shapes-vit-multi (50
 fresh images of 2 or 3 objects), data seed 20,000 (training draws seeds >= 1,000,000). Slow: R-Cut runs 97
-forwards per image. The figures at N=500 are in docs/inherent_rcut.md."""
+forwards per image. The figures at N=500 are in docs/inherent.md."""
 from __future__ import annotations
 
 import pytest
@@ -33,7 +33,7 @@ def test_rcut_puts_its_energy_on_the_object(single):
 # The cut's object side is the side of the largest |y_i| (the authors' TokenCut rule): the most distinct cluster of
 # patches, whichever object the target names. The target reaches the graph only through the channel weights
 # softmax(s), and with s a probability in [0, 1] they differ by at most a factor e, too little to move the cut
-# from one object to another (docs/inherent_rcut.md).
+# from one object to another (docs/inherent.md).
 ONE_OBJECT = ("class sensitivity 0.402 ± 0.040 (random 0.5) on the 128 targets of 50 images: the cut picks the most "
               "distinct object whatever the target, the target only reweighing channels by at most a factor e")
 
@@ -54,5 +54,5 @@ def test_rcut_prefers_the_target_object_on_multi_object_images():
 def test_relevance_side_prefers_the_target_object():
     """With side="relevance" (ours) class sensitivity at least 0.65 (measured 0.742 ± 0.034 on the 128 targets of
     the 50 images). The price, measured on the 200 single-object images: tolerant pointing 0.629 and energy 0.358
-    instead of 0.987 and 0.542 (docs/inherent_rcut.md), so the default stays the authors' rule."""
+    instead of 0.987 and 0.542 (docs/inherent.md), so the default stays the authors' rule."""
     assert class_sensitivity("relevance") >= 0.65

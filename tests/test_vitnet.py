@@ -153,7 +153,7 @@ def test_path_map_points_at_the_object(scored):
 
 def test_path_map_puts_more_energy_in_the_mask_than_noise(scored):
     """Gate: energy in the mask above the random map's by more than 3 standard errors of the difference; measured
-    0.132 against 0.094, 5.7 standard errors (a weak map: the tree routes on one bit, docs/inherent_vitnet.md)."""
+    0.132 against 0.094, 5.7 standard errors (a weak map: the tree routes on one bit, docs/inherent.md)."""
     ours, noise = scored["vit-net"], scored["random"]
     sem = (ours["energy_pointing_game_sem"] ** 2 + noise["energy_pointing_game_sem"] ** 2) ** 0.5
     assert (ours["energy_pointing_game"] - noise["energy_pointing_game"]) / sem > 3, scored

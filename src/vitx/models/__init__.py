@@ -41,7 +41,7 @@ ARCHITECTURES["vitx_shapes"] = ViTConfig(image_size=64, patch_size=8, embed_dim=
 # ViT-NeT (Kim et al., ICML 2022): vitx_shapes with a neural tree decoder of depth 3 (8 leaves, 7 prototypes) as head.
 ARCHITECTURES["vitnet_shapes"] = ViTNeTConfig(**ARCHITECTURES["vitx_shapes"].to_dict(), tree_depth=3)
 # eX-ViT (Yu et al. 2022) on vitx_shapes' body: E-MHA in the last block, AttE with 2 attributes as the head (4 segmented
-# worse: docs/inherent_exvit.md).
+# worse: docs/inherent.md).
 ARCHITECTURES["exvit_shapes"] = ExViTConfig(image_size=64, patch_size=8, embed_dim=96, depth=6, stem="conv",
                                             num_heads=4, num_classes=8, attributes=2)
 # vitx_shapes with a Concept Transformer head (Rigotti et al., ICLR 2022) over vitx.data.concepts' shapes concepts

@@ -2,7 +2,7 @@
 Weakly Supervised Semantic Segmentation) on vitx's ViT body.
 
 The paper's public text (its abstract) names three parts and no formulas; there is no code. Every equation below is
-OURS: the closest reading of the abstract we could build, labelled so (docs/inherent_exvit.md).
+OURS: the closest reading of the abstract we could build, labelled so (docs/inherent.md).
 
 - E-MHA, explainable multi-head attention (OURS): "explainable attention weights ... from local patches in terms of
   model decisions with noise robustness" read as a per-token, per-head saliency gate on the values. Head h of token

@@ -125,7 +125,7 @@ def concept_card(name: str, recipe: Recipe, meta: dict) -> str:
 A Concept Transformer (Rigotti et al., ICLR 2022, Attention-based Interpretability with Concept Transformers) on
 `{recipe.start}`: its ViT body with a head of concept cross-attention whose logits are linear in the concept attention
 (`vitx.models.concepts`). Load it with `vitx.load_model("{name}")`; explain it with
-`vitx.explain(model, x, method="concept-transformer")` (docs/inherent_concepts.md).
+`vitx.explain(model, x, method="concept-transformer")` (docs/inherent.md).
 
 ## Architecture
 

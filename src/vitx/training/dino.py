@@ -13,7 +13,7 @@ the student every view. With the centre c and temperatures τ_t, τ_s:
 
 then after each optimiser step θ_t ← m θ_t + (1 − m) θ_s (m: cosine from 0.996 to 1 over the run) and
 c ← 0.9 c + 0.1 · mean of g_t over the batch's global views. τ_t = 0.04 (the authors' default; their README's
-warm-up to 0.07 over 30 epochs left a run of 850 steps at the uniform loss, log K: docs/inherent_dino.md), τ_s = 0.1; the last layer's gradients are dropped during the first 1% of the steps (the authors' first
+warm-up to 0.07 over 30 epochs left a run of 850 steps at the uniform loss, log K: docs/inherent.md), τ_s = 0.1; the last layer's gradients are dropped during the first 1% of the steps (the authors' first
 epoch). Differs from the authors: a fixed weight decay (theirs rises 0.04 -> 0.4 by cosine), no stochastic depth, the
 teacher's EMA applied at the start of the next step's loss (the same sequence of weights) and once before scoring.
 

@@ -74,7 +74,7 @@ def exvit_card(name: str, recipe: Recipe, meta: dict, classifier_card: str) -> s
                          "as AttE's class weights; E-MHA's gate and AttE's queries start afresh)")):
         classifier_card = classifier_card.replace(said, meant)
     return classifier_card + f"""
-## eX-ViT's parts (every formula OURS: the paper's text gives none; docs/inherent_exvit.md)
+## eX-ViT's parts (every formula OURS: the paper's text gives none; docs/inherent.md)
 
 - E-MHA in the last {cfg.explainable_blocks} block(s): the MHSA's values gated per token and head,
   o_i = Σ_j A_ij s_j v_j, s_j = σ(g·x_j + c) (the gate new, the rest of the weights from `{recipe.start}`).

@@ -1,6 +1,6 @@
 """eX-ViT's explanation (Yu et al. 2022, arXiv 2207.05358): the class map its attribute-guided explainer (AttE) builds
 for the target class, read off the model itself (:mod:`vitx.models.exvit`; every formula there is OURS, the paper's
-text giving none). On shapes it is scored as weakly supervised segmentation (docs/inherent_exvit.md)."""
+text giving none). On shapes it is scored as weakly supervised segmentation (docs/inherent.md)."""
 from __future__ import annotations
 
 import torch

@@ -14,7 +14,7 @@ second-smallest generalised eigenvector y of (D − W) y = λ D y splits the pat
 background, the object being the side that holds the largest |y_i|, y signed so that this side lies above the
 mean. The map is max(y, 0) on the patch grid. That rule picks the most distinct cluster of patches whatever the
 target; ``side="relevance"`` (ours, not the authors') picks instead the side where the weighted features' channel sum
-is higher, so that the target also decides which object the cut keeps (docs/inherent_rcut.md).
+is higher, so that the target also decides which object the cut keeps (docs/inherent.md).
 """
 from __future__ import annotations
 
