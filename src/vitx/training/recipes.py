@@ -84,7 +84,7 @@ RECIPES = {
                              batch_size=64),
     "shapes-vit-exvit": Recipe("exvit_shapes", "single", steps=350, lr=3e-4, start="shapes-vit", kind="exvit",
                                batch_size=64),
-    "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=430, lr=1e-3, weight_decay=0.04, warmup=0.1, clip=3.0,
+    "shapes-vit-dino": Recipe("vitx_shapes", "single", steps=1500, lr=1e-3, weight_decay=0.04, warmup=0.1, clip=3.0,
                               kind="dino", batch_size=32),
     "shapes-vit-concepts": Recipe("vitx_shapes_concepts", "single", steps=400, lr=2e-4, start="shapes-vit",
                                   kind="concepts", batch_size=64, explanation=5.0),
