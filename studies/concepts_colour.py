@@ -57,7 +57,8 @@ def main() -> None:
     concepts = vitx.load_model("shapes-vit-concepts")
     shipped = concepts.net.eval()
     test_tokens, test_labels = tokens_and_labels(concepts, shipped, 1000, TEST_SEED)
-    print(f"shipped head, class token: colour top-1 {colour_top1(shipped.global_head, test_tokens[:, :1], test_labels):.3f}")
+    shipped_top1 = colour_top1(shipped.global_head, test_tokens[:, :1], test_labels)
+    print(f"shipped head, class token: colour top-1 {shipped_top1:.3f}")
     for body_name in ("shapes-vit-concepts", "shapes-vit"):
         body = vitx.load_model(body_name).net.eval()
         train = tokens_and_labels(concepts, body, TRAIN_IMAGES, TRAIN_SEED)

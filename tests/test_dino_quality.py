@@ -38,9 +38,9 @@ def scored(dino_model, supervised):
     return {"dino": scores(dino_model), "supervised": scores(supervised)}
 
 
-BACKGROUND = ("shapes-vit-dino's 1,500 steps left its features near chance (k-NN 0.127, linear probe 0.171) and its "
-             "class token attending away from the object: at N = 200 pointing 0.017, energy 0.037 against noise's 0.094 "
-             "(-17.2 standard errors); docs/inherent.md")
+BACKGROUND = ("shapes-vit-dino's 1,500 steps left its features near chance (k-NN 0.127, linear probe 0.171) and "
+              "its class token attending away from the object: at N = 200 pointing 0.017, energy 0.037 against "
+              "noise's 0.094 (-17.2 standard errors); docs/inherent.md")
 
 
 @pytest.mark.parametrize("model", [pytest.param("dino", marks=pytest.mark.xfail(strict=True, reason=BACKGROUND)),
@@ -56,7 +56,7 @@ def test_dino_attention_points_at_the_object(scored, model):
                                    "supervised"])
 def test_dino_attention_puts_more_energy_in_the_mask_than_noise(scored, model):
     """Energy inside the mask above a noise map's by more than 3 standard errors of the difference (measured at
-    N = 200: shapes-vit 0.437 against 0.094, 37.7 standard errors; shapes-vit-dino 0.037, -17.2, an expected failure)."""
+    N = 200: shapes-vit 0.437 against 0.094, 37.7 standard errors; shapes-vit-dino 0.037, -17.2: expected to fail)."""
     ours, noise = scored[model]["dino-attention"], scored[model]["random"]
     sem = (ours["energy_pointing_game_sem"] ** 2 + noise["energy_pointing_game_sem"] ** 2) ** 0.5
     margin = (ours["energy_pointing_game"] - noise["energy_pointing_game"]) / sem
@@ -74,7 +74,7 @@ def jaccards(dino_model, supervised):
 
 
 @pytest.mark.xfail(strict=True, reason="the best heads' Jaccard at N = 200: shapes-vit-dino 0.034, shapes-vit 0.242, "
-                                      "a random ViT 0.096: on shapes the DINO teacher learns to attend to the background")
+                                      "a random ViT 0.096: on shapes the DINO teacher attends to the background")
 def test_best_dino_head_segments_better_than_the_supervised_and_random_vits(jaccards):
     """The paper's claim on shapes: the best DINO head's 60% mask has a higher Jaccard index against the object
     patches than the best head of shapes-vit and of a random ViT. Not so here (N = 200: 0.034, 0.242, 0.096; at
