@@ -23,9 +23,10 @@ from vitx.pruning.slimming import Slimmed
 from vitx.pruning.xpruner import ClassMasks, XPrunerTwin, layer_plan, prune
 from vitx.registry import get_method, method_names
 
-OWN_ARCHITECTURE = {"vit-net", "ex-vit", "concept-transformer"}   # methods that read parts only their own architecture
-                                         # has (ViT-NeT's tree, eX-ViT's AttE, the concept head), refused elsewhere and
-                                         # tested in their own files
+# Methods that read parts only their own architecture has (ViT-NeT's tree, eX-ViT's AttE, the concept head), refused
+# elsewhere: each with the zoo model it explains.
+OWN_ARCHITECTURE = {"vit-net": "shapes-vit-net", "ex-vit": "shapes-vit-exvit",
+                    "concept-transformer": "shapes-vit-concepts"}
 VIT_METHODS = [name for name in method_names() if "vit" in get_method(name).kinds and name not in OWN_ARCHITECTURE]
 
 # A small config of timm's and vitx's "vit_small_patch16_224": 64x64 images, an 8x8 grid of 8x8 patches.

@@ -11,7 +11,7 @@ import vitx
 from vitx.errors import StaleModuleError
 from vitx.memory import graph_bytes, parse_size, plan
 from vitx.registry import get_method, method_names
-from reference import tiny_explainer
+from reference import OWN_ARCHITECTURE, tiny_explainer
 
 CHEAP = {"integrated-gradients": {"steps": 4}, "smoothgrad": {"samples": 4}, "rise": {"masks": 64},
          "kernel-shap": {"samples": 64}, "beyond-intuition-head": {"steps": 4}, "beyond-intuition-token": {"steps": 4}}
@@ -48,6 +48,8 @@ def clip():
 def test_every_method_gives_the_same_maps_on_a_frozen_model(name, vit, nest, hvt, clip):
     kinds = get_method(name).kinds
     model = vit if "vit" in kinds else nest if "nest" in kinds else hvt if "hvt" in kinds else clip
+    if name in OWN_ARCHITECTURE:
+        model = vitx.load_model(OWN_ARCHITECTURE[name])
     x = model.preprocess(CAPTIONED if model is clip else SAMPLES)
     params = CHEAP.get(name, {})   # vit-shapley: the zoo's explainer, whose fingerprint the twin shares
     if model is clip:

@@ -70,7 +70,12 @@ KIND_LIMITS = {
                              "its object queries), ViT Shapley's explainer is trained for a classifier "
                              "(occlusion, rise and kernel-shap apply)",
              "pruning": "it prunes the patch tokens of a classifier that reads its class token, and a detector's "
-                        "objects are decoder queries reading every image token"}}
+                        "objects are decoder queries reading every image token",
+             "inherent": "it reads a classifier's own explanation (a tree of prototypes, concepts, attribute maps) or "
+                         "cuts a classifier's patch tokens by the target's score, and a detector's objects are decoder "
+                         "queries, not classes of the image",
+             "self-supervised": "it reads the class token's attention in the last block, and a detector's last "
+                                "blocks are decoder layers whose tokens are its object queries"}}
 
 # The ranges of parameters that mean the same wherever they appear; a method narrows or adds its own with
 # ``register(..., ranges=...)``. Intervals are written as in mathematics: "[1, inf)" is 1 <= value.
