@@ -9,7 +9,9 @@ import torch
 import vitx
 from vitx.data import shapes
 from vitx.errors import VitxError
-from vitx.methods.inherent.dino import head_jaccard, jaccard, mass_mask, object_patches
+from vitx.evaluate_heads import head_jaccard
+from vitx.methods.inherent.dino import mass_mask
+from vitx.metrics.segmentation import jaccard, object_patches
 from vitx.model import wrap
 from vitx.models import create_model
 from vitx.training import dino

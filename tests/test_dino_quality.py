@@ -8,7 +8,7 @@ import torch
 import vitx
 from vitx.data import shapes
 from vitx.evaluate import evaluate
-from vitx.methods.inherent.dino import head_jaccard
+from vitx.evaluate_heads import head_jaccard
 from vitx.model import wrap
 from vitx.models import create_model
 from vitx.training.recipes import MEAN, STD

@@ -3,6 +3,7 @@ of Chefer, Gur & Wolf (CVPR 2021, Transformer Interpretability Beyond Attention 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .checks import as_maps, as_masks, nonempty
 
@@ -51,3 +52,14 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     group_end = torch.searchsorted(negated.contiguous(), negated.contiguous(), right=True) - 1
     positives = hits.sum(1)
     return (hits * precision.gather(1, group_end)).sum(1) / positives.clamp(min=1)
+
+
+def object_patches(masks: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
+    """Pixel masks (B, H, W) -> patch masks (B, gh, gw): a patch is object when more than half its pixels are."""
+    return F.avg_pool2d(masks[:, None].float(), patch, patch)[:, 0] > 0.5
+
+
+def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Jaccard index of boolean masks over their last two dims (1 where both are empty)."""
+    inter, union = (a & b).sum((-2, -1)).float(), (a | b).sum((-2, -1)).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))

@@ -2,7 +2,7 @@
 and Fig. 3): the class token's attention to the patches in the last block, head by head, and the paper's mask, the
 smallest set of patches holding a share ``mass`` (60%) of a head's attention (facebookresearch/dino's
 visualize_attention.py: sort, cumulative sum, keep what lies above 1 − mass); and the paper's Jaccard comparison of
-those masks against the object masks (its Table 5 on VOC12, here on shapes).
+those masks against the object masks (its Table 5 on VOC12, here on shapes: :func:`vitx.evaluate_heads.head_jaccard`).
 
 The maps apply to any ViT with a class token (the zoo's ``shapes-vit-dino``, trained by :mod:`vitx.training.dino`,
 ``shapes-vit``, a randomly initialised ViT); nothing is trained for the method itself.
@@ -10,7 +10,6 @@ The maps apply to any ViT with a class token (the zoo's ``shapes-vit-dino``, tra
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ...batch import Batch
 from ...errors import VitxError
@@ -74,36 +73,3 @@ def dino_attention(batch: Batch, head: int | None = None, mass: float = MASS) ->
     batch.details["heads"] = [[[[round(v, 5) for v in row] for row in h] for h in a] for a in attention.tolist()]
     batch.details["masks"] = masks.int().tolist()
     return attention.mean(1) if head is None else attention[:, head]
-
-
-def object_patches(masks: torch.Tensor, patch: tuple[int, int]) -> torch.Tensor:
-    """Pixel masks (B, H, W) -> patch masks (B, gh, gw): a patch is object when more than half its pixels are."""
-    return F.avg_pool2d(masks[:, None].float(), patch, patch)[:, 0] > 0.5
-
-
-@torch.no_grad()
-def head_jaccard(model, data, mass: float = MASS, batch_size: int = 100) -> dict:
-    """The paper's comparison (its Table 5) on shapes: per head of the last block, the mean over images of the Jaccard
-    index |M ∩ O| / |M ∪ O| between the head's ``mass`` mask M and the object's patches O (:func:`object_patches`),
-    and the best head. ``data``: a single-object ShapesData (images in [0, 1], masks (B, H, W)).
-    Returns ``{"per_head": [...], "best_head": h, "best": J_h, "mean_map": J of the heads' mean map's mask}``."""
-    from ...explain import explain
-    sums, mean_sum = None, 0.0
-    for start in range(0, len(data.images), batch_size):
-        x = model.normalize(data.images[start:start + batch_size].to(model.device))
-        exp = explain(model, x, method="dino-attention", mass=mass, normalize=False, batch_size=batch_size)
-        truth = object_patches(data.masks[start:start + batch_size], model.config.patch_size).to(exp.token_maps.device)
-        masks = torch.tensor(exp.details["masks"], dtype=torch.bool, device=truth.device)
-        sums = jaccard(masks, truth[:, None]).sum(0) + (0 if sums is None else sums)
-        mean_mask = mass_mask(exp.token_maps.flatten(1), mass).view_as(truth)
-        mean_sum += jaccard(mean_mask, truth).sum().item()
-    per_head = (sums / len(data.images)).tolist()
-    best = max(range(len(per_head)), key=per_head.__getitem__)
-    return {"per_head": [round(v, 4) for v in per_head], "best_head": best, "best": round(per_head[best], 4),
-            "mean_map": round(mean_sum / len(data.images), 4)}
-
-
-def jaccard(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Jaccard index of boolean masks over their last two dims (1 where both are empty)."""
-    inter, union = (a & b).sum((-2, -1)).float(), (a | b).sum((-2, -1)).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
