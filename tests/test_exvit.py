@@ -76,7 +76,7 @@ def test_class_map_sums_to_the_logit(fresh):
     targets = torch.tensor([0, 5, 7])
     with torch.no_grad():
         features = fresh.forward_features(x)
-        maps, attributes = fresh.class_maps(features, targets)
+        maps, attributes = fresh.class_maps(fresh.attributes(features), targets)
         logits = fresh.forward_head(features)
     assert maps.shape == (3, 64) and attributes.shape == (3, 2, 64)
     assert torch.allclose(attributes.sum(-1), torch.ones(3, 2), atol=1e-5)

@@ -98,12 +98,18 @@ class ExViT(VisionTransformer):
         return maps, self.head(features), patches
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attributes(x)[1].mean(1)
+        return self.logits(self.attributes(x))
 
-    def class_maps(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The output of :meth:`forward_features` and classes (B,) -> each target's class map
+    @staticmethod
+    def logits(attributes: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """The output of :meth:`attributes` -> the class logits (B, classes): the mean of the attributes' logits."""
+        return attributes[1].mean(1)
+
+    def class_maps(self, attributes: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output of :meth:`attributes` and classes (B,) -> each target's class map
         M_t(n) = (1/K) Σ_k a_k(n) w_tᵀ x_n (B, N), which sums to y_t − b_t, and the attribute maps (B, K, N)."""
-        maps, _, patches = self.attributes(x)
+        maps, _, patches = attributes
         evidence = (patches * self.head.weight[targets][:, None, :]).sum(-1)
         return maps.mean(1) * evidence, maps
 

@@ -58,7 +58,7 @@ def segmentation_score(net, normalize, seed: int, n: int = TEST_IMAGES, batch_si
     with evaluating(net):
         for i in range(0, n, batch_size):
             x, labels = normalize(data.images[i:i + batch_size]), data.labels[i:i + batch_size]
-            maps, _ = net.class_maps(net.forward_features(x), labels)
+            maps, _ = net.class_maps(net.attributes(net.forward_features(x)), labels)
             side = net.grid_size
             pixels = F.interpolate(maps.view(-1, 1, *side), size=x.shape[-2:], mode="bilinear", align_corners=False)
             scores.append(segmentation(pixels[:, 0], data.masks[i:i + batch_size])["miou"])

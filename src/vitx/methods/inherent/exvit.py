@@ -30,8 +30,8 @@ def ex_vit(batch: Batch) -> torch.Tensor:
     depend on the target."""
     net = batch.model.net
     with torch.no_grad():
-        features = net.forward_features(batch.x)
-        batch.record(net.forward_head(features))
-        maps, attributes = net.class_maps(features, batch.targets)
-    batch.details["attribute_maps"] = batch.layout.to_grid(attributes).cpu().tolist()
+        attributes = net.attributes(net.forward_features(batch.x))     # AttE once: the logits and the maps
+        batch.record(net.logits(attributes))
+        maps, attribute_maps = net.class_maps(attributes, batch.targets)
+    batch.details["attribute_maps"] = batch.layout.to_grid(attribute_maps).cpu().tolist()
     return batch.layout.to_grid(maps)
