@@ -274,3 +274,13 @@ def test_serve_without_the_extra(monkeypatch, capsys):
     assert main(["serve"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == "vitx: error: vitx serve needs uvicorn: pip install 'vitx[serve]'"
+
+
+def test_serve_command_line(capsys):
+    from vitx.cli import build_parser
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.max_upload_mb, args.queue, args.model) == ("127.0.0.1", 8000, 8.0, 8, [])
+    assert main(["serve", "--model", "nosuch"]) == 2   # a model given by name is loaded before serving
+    assert capsys.readouterr().err.startswith("vitx: error: unknown model 'nosuch'")
+    assert main(["serve", "--max-upload-mb", "0"]) == 2
+    assert "expected a positive number" in capsys.readouterr().err
