@@ -151,7 +151,7 @@ function renderPredictions(answer) {
     return;
   }
   for (const row of answer.predictions) {
-    const percent = (100 * row.probability).toFixed(1);
+    const percent = row.probability < 0.001 ? "<0.1" : (100 * row.probability).toFixed(1);
     const bar = element("span", {class: "bar"});
     bar.style.width = `${Math.max(1, 100 * row.probability)}%`;
     const button = element("button", {type: "button", title: `explain ${row.class}`},
@@ -192,7 +192,7 @@ async function loadMethods() {
     const open = rows.some((row) => row.applies);
     const group = element("details", {class: "family", open, "data-family": family},
       element("summary", {text: `${family} `}, element("span", {class: "muted",
-        text: `${rows.filter((row) => row.applies).length}/${rows.length}`})));
+        text: `${rows.filter((row) => row.applies).length}/${rows.length} apply`})));
     for (const row of rows) group.append(methodRow(row, row.applies && ticked.has(row.name)));
     box.append(group);
   }
