@@ -26,7 +26,7 @@ IMAGES_LOADED = """n => { const images = [...document.querySelectorAll('.map-car
 
 @pytest.fixture(scope="module")
 def origin():
-    from vitx.serve import create_app
+    from vitx.serve.app import create_app
     with running(create_app()) as url:
         yield url
 
@@ -114,7 +114,7 @@ def test_a_method_that_does_not_apply_is_greyed_out_with_its_reason(page):
     assert row.locator("input[data-method]").is_disabled()
     reason = row.locator(".reason")
     assert reason.is_visible()
-    assert reason.inner_text() == str(refused.value)
+    assert reason.text_content() == str(refused.value)
     assert row.get_attribute("title") == str(refused.value)
     assert page.locator("#methods input[data-method=generic-attention]").is_enabled()
 

@@ -4,6 +4,8 @@
 const $ = (selector) => document.querySelector(selector);
 const state = {models: {}, samples: [], methods: [], image: null, target: null, job: null, timer: null, asked: 0};
 const POLL_MS = 250;
+const SHOWN = 4;   // leaderboard scores shown on a card before the rest fold away
+const EXPLAINED = {vqa: "answer", clip: "prompt"};   // what a target is called, by model kind; else class
 
 // ---- talking to the server ----------------------------------------------------------------------------------
 
@@ -191,8 +193,8 @@ async function loadMethods() {
     rows.sort((a, b) => Number(b.applies) - Number(a.applies));
     const open = rows.some((row) => row.applies);
     const group = element("details", {class: "family", open, "data-family": family},
-      element("summary", {text: `${family} `}, element("span", {class: "muted",
-        text: `${rows.filter((row) => row.applies).length}/${rows.length} apply`})));
+      element("summary", {}, element("span", {class: "family-name", text: family}), " ",
+        element("span", {class: "muted", text: `${rows.filter((row) => row.applies).length}/${rows.length} apply`})));
     for (const row of rows) group.append(methodRow(row, row.applies && ticked.has(row.name)));
     box.append(group);
   }
@@ -347,8 +349,9 @@ function renderResults(job) {
   box.replaceChildren();
   $("#maps-hint").hidden = true;
   const target = job.target && job.target.class !== undefined && job.target.class !== null ? job.target : null;
-  $("#explained").textContent = target ? `class: ${target.class}` : "";
-  for (const result of job.results) box.append(mapCard(result, target));
+  const noun = EXPLAINED[(currentModel() || {}).kind] || "class";
+  $("#explained").textContent = target ? `${noun}: ${target.class}` : "";
+  for (const result of job.results) box.append(mapCard(result, target && `${noun}: ${target.class}`));
   $("#command").textContent = job.command;
   $("#command-box").hidden = !job.command;
 }
@@ -356,9 +359,9 @@ function renderResults(job) {
 function mapCard(result, target) {
   const row = state.methods.find((method) => method.name === result.method) || {};
   const card = element("article", {class: "map-card", "data-method": result.method},
-    element("header", {}, element("h3", {text: result.method}),
+    element("header", {}, element("h3", {text: result.method, title: row.summary || ""}),
       element("span", {class: "muted", text: [row.family, row.cost].filter(Boolean).join(" · ")})));
-  if (target) card.append(element("p", {class: "target", text: `class: ${target.class}`}));
+  if (target) card.append(element("p", {class: "target", text: target}));
   if (result.error) {
     card.append(element("p", {class: "reason", text: result.error}));
     return card;
@@ -393,12 +396,18 @@ function scoreTable(scores, command) {
   if (!scores || !Object.keys(scores).length) {
     return element("p", {class: "scores muted", text: "no leaderboard scores for this model"});
   }
-  const table = element("table", {class: "scores", title: command ? `measured with: ${command}` : "leaderboard"});
-  for (const [metric, value] of Object.entries(scores)) {
-    const shown = typeof value === "number" ? value.toFixed(3) : String(value);
-    table.append(element("tr", {}, element("th", {text: metric}), element("td", {text: shown})));
+  const rows = Object.entries(scores).map(([metric, value]) => element("tr", {},
+    element("th", {text: metric.replaceAll("_", " ")}),
+    element("td", {text: typeof value === "number" ? String(Number(value.toFixed(3))) : String(value)})));
+  const tooltip = command ? `from the leaderboard: ${command}` : "from the leaderboard";
+  const box = element("div", {class: "score-box", title: tooltip},
+    element("span", {class: "muted", text: "leaderboard"}),
+    element("table", {class: "scores"}, ...rows.slice(0, SHOWN)));
+  if (rows.length > SHOWN) {
+    box.append(element("details", {}, element("summary", {text: `${rows.length - SHOWN} more scores`}),
+      element("table", {class: "scores"}, ...rows.slice(SHOWN))));
   }
-  return element("div", {class: "score-box"}, element("span", {class: "muted", text: "leaderboard"}), table);
+  return box;
 }
 
 // ---- start-up -----------------------------------------------------------------------------------------------
