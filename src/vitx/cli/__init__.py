@@ -20,7 +20,9 @@ from ..zoo import ZOO_DIR
 from .benching import run_bench
 from .explaining import applicable_methods, run_explain
 from .listings import run_generate, run_methods, run_models, run_train
-from .options import config_override, device, fraction, literal, memory_size, method_param, positive_int
+from .options import config_override, device, fraction, literal, memory_size, method_param, positive_int, \
+    positive_number
+from .serving import run_serve
 
 __all__ = ["applicable_methods", "build_parser", "literal", "main"]
 
@@ -146,6 +148,23 @@ def build_parser() -> Parser:
     p.add_argument("--device", type=device, help="torch device the model trains on, e.g. cpu or cuda (the VQA, "
                                                  "detector and image-text recipes; default: cpu)")
     p.set_defaults(run=run_train)
+
+    p = commands.add_parser("serve", parents=[common], help="serve the web page and its HTTP API",
+                            description="Serve a web page to explain images with any method side by side, and the "
+                                        "HTTP API under it (see the README's \"Web page and HTTP API\"). Needs "
+                                        "pip install 'vitx[serve]'.")
+    p.add_argument("--model", action="append", default=[], metavar="M",
+                   help="a model offered beside the zoo's: zoo name, timm:<name>, hf:<directory> or a .safetensors "
+                        "file (repeatable)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=positive_int, default=8000, help="port (default: 8000)")
+    p.add_argument("--max-upload-mb", type=positive_number, default=8.0, metavar="MB",
+                   help="largest image upload in megabytes (default: 8)")
+    p.add_argument("--max-pixels", type=positive_int, default=4096 * 4096,
+                   help="most pixels of an uploaded image, read from its header before decoding (default: 4096x4096)")
+    p.add_argument("--queue", type=positive_int, default=8,
+                   help="explanation jobs that may wait; more are answered 503 busy (default: 8)")
+    p.set_defaults(run=run_serve)
     return parser
 
 

@@ -27,6 +27,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def fraction(text: str) -> float:
     """A number in [0, 1], e.g. a score threshold."""
     try:

@@ -3,9 +3,10 @@ value}}}}``, shipped beside this module as scores.json for the page to show each
 
 A leaderboard is a table whose first column is ``method``, read under the last ``vitx bench --model M`` command above
 it; a ``###`` heading naming a model in backticks after that command (the same command run for another model) takes
-its place, with the method it names in backticks after it first among ``--methods``. Each model keeps its first leaderboard (the later tables of a model are studies on fewer images or
-metrics). A cell's value is its mean (the number before ``±``); ``n/a`` cells are left out. The reference rows keep
-their names without `` (reference)``. ``python -m vitx.serve.scores [docs/benchmarks.md]`` rewrites scores.json.
+its place, with the method it names in backticks after it first among ``--methods``. Each model keeps its first
+leaderboard (the later tables of a model are studies on fewer images or metrics). A cell's value is its mean (the
+number before ``±``); ``n/a`` cells are left out. The reference rows keep their names without `` (reference)``.
+``python -m vitx.serve.scores [docs/benchmarks.md]`` rewrites scores.json.
 """
 from __future__ import annotations
 

@@ -54,8 +54,8 @@ def read_upload(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise BadRequest(400, "the upload is not an image that can be read (PNG, JPEG, GIF, BMP, WebP or TIFF)") \
             from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise BadRequest(413, "the image is a decompression bomb: its header claims far more pixels than allowed") \
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadRequest(413, f"the image is refused as a decompression bomb ({' '.join(str(err).split())})") \
             from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
