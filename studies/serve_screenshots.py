@@ -22,8 +22,6 @@ SHOTS = [   # file, model, sample, text, methods, which prediction to click (Non
     ("page.png", "shapes-vit", "18_star.png", None, ["generic-attention", "rollout", "integrated-gradients",
                                                     "attention-gradcam"], None),
     ("page_detector.png", "shapes-detr", None, None, ["generic-attention", "raw-attention"], None),
-    ("page_vqa.png", "shapes-vqa-dual", None, "what colour is the star?", ["generic-attention", "raw-attention"],
-     None),
 ]
 
 
