@@ -84,10 +84,23 @@ def test_explain_two_methods_then_another_class(page, origin):
     name = other.get_attribute("data-class")
     other.locator("button").click()
     page.wait_for_function("name => { const t = [...document.querySelectorAll('.map-card .target')];"
-                           " return t.length === 2 && t.every(p => p.textContent.includes(name)); }", arg=name)
+                           " return t.length === 2 && t.every(p => p.textContent === 'class: ' + name); }", arg=name)
     page.wait_for_function(IMAGES_LOADED, arg=2)
     assert page.locator(".map-card").count() == 2
     assert page.locator("#error").is_hidden()
+    assert_same_origin(page.requests, origin)
+
+
+def test_an_image_dropped_on_the_page_is_predicted(page, origin):
+    page.evaluate("""async url => {
+        const blob = await (await fetch(url)).blob();
+        const data = new DataTransfer();
+        data.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+        document.querySelector('#drop').dispatchEvent(new DragEvent('drop', {dataTransfer: data, bubbles: true}));
+    }""", "/api/samples/18_star.png")
+    page.wait_for_function("document.querySelectorAll('#predictions li').length === 5")
+    assert page.locator("#chosen-name").inner_text() == "dropped.png"
+    assert page.locator("#predictions li").nth(0).get_attribute("data-class") == "star"
     assert_same_origin(page.requests, origin)
 
 

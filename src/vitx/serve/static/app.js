@@ -67,6 +67,8 @@ function chooseImage(image) {
   if (state.image && state.image.file) URL.revokeObjectURL(state.image.url);
   state.image = image;
   state.target = null;
+  clearResults();
+  $("#preview").hidden = false;
   $("#preview").src = image.url;
   $("#chosen-name").textContent = image.name;
   $("#chosen").hidden = false;
@@ -94,6 +96,7 @@ function imageForm() {
 async function chooseModel() {
   const model = currentModel();
   state.target = null;
+  clearResults();
   const needs = model.text;
   $("#text-box").hidden = !needs;
   $("#predict").hidden = !needs;
@@ -344,6 +347,16 @@ function setRunning(running, job = null) {
 
 // ---- the maps -----------------------------------------------------------------------------------------------
 
+function clearResults() {
+  stopPolling();
+  state.job = null;
+  setRunning(false);
+  $("#maps").replaceChildren();
+  $("#maps-hint").hidden = false;
+  $("#explained").textContent = "";
+  $("#command-box").hidden = true;
+}
+
 function renderResults(job) {
   const box = $("#maps");
   box.replaceChildren();
@@ -440,6 +453,7 @@ function wire() {
   $("#explain").addEventListener("click", explain);
   $("#cancel").addEventListener("click", cancel);
   $("#copy").addEventListener("click", copyCommand);
+  $("#preview").addEventListener("error", () => { $("#preview").hidden = true; });   // not an image the browser reads
 }
 
 async function start() {
