@@ -42,12 +42,14 @@ def browser():
 
 @pytest.fixture
 def page(browser, origin):
-    """The page, loaded, on shapes-vit; ``page.requests`` lists every URL it asked for."""
+    """The page, loaded, on shapes-vit; ``page.requests`` lists every URL it asked for, ``page.errors`` every
+    uncaught error of its script."""
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
-    page.requests = []
+    page.requests, page.errors = [], []
     page.on("request", lambda request: page.requests.append(request.url))
+    page.on("pageerror", lambda error: page.errors.append(str(error)))
     page.goto(origin + "/")
     page.wait_for_selector("body[data-ready=true]")
     page.select_option("#model", "shapes-vit")
@@ -88,7 +90,7 @@ def test_explain_two_methods_then_another_class(page, origin):
     page.wait_for_function(IMAGES_LOADED, arg=2)
     assert page.locator(".map-card").count() == 2
     assert page.locator("#error").is_hidden()
-    assert_same_origin(page.requests, origin)
+    assert_clean(page, origin)
 
 
 def test_an_image_dropped_on_the_page_is_predicted(page, origin):
@@ -101,7 +103,7 @@ def test_an_image_dropped_on_the_page_is_predicted(page, origin):
     page.wait_for_function("document.querySelectorAll('#predictions li').length === 5")
     assert page.locator("#chosen-name").inner_text() == "dropped.png"
     assert page.locator("#predictions li").nth(0).get_attribute("data-class") == "star"
-    assert_same_origin(page.requests, origin)
+    assert_clean(page, origin)
 
 
 def test_garbage_upload_shows_the_error(page, origin):
@@ -113,10 +115,10 @@ def test_garbage_upload_shows_the_error(page, origin):
     page.wait_for_selector("#error:not([hidden])")
     assert page.locator("#error").inner_text() == message
     assert message and "\n" not in message
-    assert_same_origin(page.requests, origin)
+    assert_clean(page, origin)
 
 
-def test_a_method_that_does_not_apply_is_greyed_out_with_its_reason(page):
+def test_a_method_that_does_not_apply_is_greyed_out_with_its_reason(page, origin):
     model = vitx.load_model("shapes-vit")
     with pytest.raises(VitxError) as refused:
         get_method("nest-cam").check_model(model, model.layout(model.preprocess([str(SAMPLE)])))
@@ -130,10 +132,14 @@ def test_a_method_that_does_not_apply_is_greyed_out_with_its_reason(page):
     assert reason.text_content() == str(refused.value)
     assert row.get_attribute("title") == str(refused.value)
     assert page.locator("#methods input[data-method=generic-attention]").is_enabled()
+    assert_clean(page, origin)
 
 
-def assert_same_origin(urls: list[str], origin: str):
-    """Every request went to the server (a blob: URL of the page's own upload preview is the page's, no host's)."""
-    assert urls, "the page made no request at all"
-    strangers = [url for url in urls if not (url.startswith(origin + "/") or url.startswith(f"blob:{origin}/"))]
+def assert_clean(page, origin: str):
+    """The script raised nothing, and every request went to the server (a blob: URL of the page's own upload preview
+    is the page's, no host's)."""
+    assert not page.errors, f"the page's script failed: {page.errors}"
+    assert page.requests, "the page made no request at all"
+    strangers = [url for url in page.requests
+                 if not (url.startswith(origin + "/") or url.startswith(f"blob:{origin}/"))]
     assert not strangers, f"requests to other hosts: {strangers}"

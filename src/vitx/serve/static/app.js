@@ -1,47 +1,12 @@
-// vitx serve: the page. Plain JavaScript talking to the server's JSON API (same origin, nothing else).
-"use strict";
+// vitx serve: the page. Plain JavaScript modules talking to the server's JSON API (same origin, nothing else):
+// the image, the model and its predictions, explanation jobs (progress, cancel); the panels are methods.js and maps.js.
+import {$, api, clearError, element, showError} from "./dom.js";
+import {mapCard} from "./maps.js";
+import {editedParams, loadMethods, tickedMethods} from "./methods.js";
 
-const $ = (selector) => document.querySelector(selector);
 const state = {models: {}, samples: [], methods: [], image: null, target: null, job: null, timer: null, asked: 0};
 const POLL_MS = 250;
-const SHOWN = 4;   // leaderboard scores shown on a card before the rest fold away
 const EXPLAINED = {vqa: "answer", clip: "prompt"};   // what a target is called, by model kind; else class
-
-// ---- talking to the server ----------------------------------------------------------------------------------
-
-async function api(path, options = {}) {
-  const response = await fetch(path, options);
-  let body = null;
-  try { body = await response.json(); } catch (_) { body = null; }
-  if (!response.ok) {
-    const reason = body && body.error ? body.error : `${response.status} ${response.statusText}`;
-    throw new Error(reason);
-  }
-  return body;
-}
-
-function showError(message) {
-  const box = $("#error");
-  box.textContent = message;
-  box.hidden = false;
-}
-
-function clearError() {
-  $("#error").hidden = true;
-  $("#error").textContent = "";
-}
-
-function element(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [key, value] of Object.entries(attributes)) {
-    if (key === "class") node.className = value;
-    else if (key === "text") node.textContent = value;
-    else if (key.startsWith("data-")) node.setAttribute(key, value);
-    else node[key] = value;
-  }
-  node.append(...children.filter((child) => child !== null && child !== undefined));
-  return node;
-}
 
 function currentModel() {
   return state.models[$("#model").value];
@@ -106,7 +71,11 @@ async function chooseModel() {
   if (state.image && state.image.sample && !sampleFits(state.image.sample)) state.image = null;
   renderSamples();
   if (!state.image) $("#chosen").hidden = true;
-  await loadMethods();
+  try {
+    state.methods = await loadMethods(model.name);
+  } catch (error) {
+    showError(error.message);
+  }
   predict();
 }
 
@@ -175,103 +144,6 @@ function renderPredictions(answer) {
 
 // ---- methods ------------------------------------------------------------------------------------------------
 
-async function loadMethods() {
-  const box = $("#methods");
-  const ticked = new Set(tickedMethods());
-  try {
-    const answer = await api(`/api/methods?model=${encodeURIComponent($("#model").value)}`);
-    state.methods = answer.methods;
-  } catch (error) {
-    showError(error.message);
-    return;
-  }
-  if (!ticked.size) ticked.add("generic-attention");
-  const families = new Map();
-  for (const row of state.methods) {
-    if (!families.has(row.family)) families.set(row.family, []);
-    families.get(row.family).push(row);
-  }
-  box.replaceChildren();
-  for (const [family, rows] of families) {
-    rows.sort((a, b) => Number(b.applies) - Number(a.applies));
-    const open = rows.some((row) => row.applies);
-    const group = element("details", {class: "family", open, "data-family": family},
-      element("summary", {}, element("span", {class: "family-name", text: family}), " ",
-        element("span", {class: "muted", text: `${rows.filter((row) => row.applies).length}/${rows.length} apply`})));
-    for (const row of rows) group.append(methodRow(row, row.applies && ticked.has(row.name)));
-    box.append(group);
-  }
-}
-
-function methodRow(row, checked) {
-  const box = element("input", {type: "checkbox", checked, disabled: !row.applies, "data-method": row.name});
-  const title = `${row.summary}\n${row.paper}`;
-  const label = element("label", {title}, box, element("span", {class: "name", text: row.name}),
-    element("span", {class: "cost", title: "forward (F) and backward (B) passes per image", text: row.cost}));
-  const item = element("div", {class: row.applies ? "method" : "method disabled", "data-method": row.name}, label);
-  if (!row.applies) {
-    item.title = row.reason || "does not apply to this model";
-    item.append(element("p", {class: "reason", text: row.reason || "does not apply to this model"}));
-    return item;
-  }
-  const names = Object.keys(row.params || {});
-  if (names.length) {
-    const fields = element("div", {class: "params"});
-    for (const name of names) fields.append(paramInput(row, name));
-    item.append(element("details", {class: "param-box"}, element("summary", {text: "parameters"}), fields));
-  }
-  return item;
-}
-
-function paramInput(row, name) {
-  const value = row.params[name];
-  const range = row.ranges && row.ranges[name] ? `range ${row.ranges[name]}` : "";
-  const input = element("input", {"data-param": name, title: range || name});
-  if (typeof value === "boolean") {
-    input.type = "checkbox";
-    input.checked = value;
-  } else if (typeof value === "number") {
-    input.type = "number";
-    input.step = "any";
-    input.value = String(value);
-  } else {
-    input.type = "text";
-    input.value = value === null ? "" : typeof value === "string" ? value : JSON.stringify(value);
-    input.placeholder = value === null ? "none" : "";
-  }
-  return element("label", {class: "param"}, element("span", {text: name}), input,
-    range ? element("span", {class: "muted", text: range}) : null);
-}
-
-function readParam(input, fallback) {
-  if (input.type === "checkbox") return input.checked;
-  if (input.type === "number") return input.value === "" ? fallback : Number(input.value);
-  if (input.value === "") return null;
-  if (typeof fallback === "string") return input.value;
-  try { return JSON.parse(input.value); } catch (_) { return input.value; }
-}
-
-function tickedMethods() {
-  return [...document.querySelectorAll("#methods input[type=checkbox][data-method]:checked")]
-    .map((box) => box.dataset.method);
-}
-
-function editedParams(names) {
-  const params = {};
-  for (const name of names) {
-    const row = state.methods.find((method) => method.name === name);
-    const item = document.querySelector(`#methods .method[data-method="${CSS.escape(name)}"]`);
-    for (const input of item ? item.querySelectorAll("input[data-param]") : []) {
-      const key = input.dataset.param;
-      const value = readParam(input, row.params[key]);
-      if (JSON.stringify(value) === JSON.stringify(row.params[key])) continue;
-      params[name] = params[name] || {};
-      params[name][key] = value;
-    }
-  }
-  return params;
-}
-
 // ---- explaining ---------------------------------------------------------------------------------------------
 
 async function explain() {
@@ -282,7 +154,7 @@ async function explain() {
   const form = imageForm();
   form.append("methods", methods.join(","));
   if (state.target !== null) form.append("target", String(state.target));
-  const params = editedParams(methods);
+  const params = editedParams(state.methods, methods);
   if (Object.keys(params).length) form.append("params", JSON.stringify(params));
   stopPolling();
   try {
@@ -364,63 +236,9 @@ function renderResults(job) {
   const target = job.target && job.target.class !== undefined && job.target.class !== null ? job.target : null;
   const noun = EXPLAINED[(currentModel() || {}).kind] || "class";
   $("#explained").textContent = target ? `${noun}: ${target.class}` : "";
-  for (const result of job.results) box.append(mapCard(result, target && `${noun}: ${target.class}`));
+  for (const result of job.results) box.append(mapCard(result, target && `${noun}: ${target.class}`, state.methods));
   $("#command").textContent = job.command;
   $("#command-box").hidden = !job.command;
-}
-
-function mapCard(result, target) {
-  const row = state.methods.find((method) => method.name === result.method) || {};
-  const card = element("article", {class: "map-card", "data-method": result.method},
-    element("header", {}, element("h3", {text: result.method, title: row.summary || ""}),
-      element("span", {class: "muted", text: [row.family, row.cost].filter(Boolean).join(" · ")})));
-  if (target) card.append(element("p", {class: "target", text: target}));
-  if (result.error) {
-    card.append(element("p", {class: "reason", text: result.error}));
-    return card;
-  }
-  const maps = element("div", {class: "maps"});
-  for (const map of result.maps) {
-    maps.append(element("figure", {},
-      element("img", {src: map.overlay, alt: `${result.method}: ${map.label}`, title: map.label}),
-      element("figcaption", {}, element("span", {class: "label", text: map.label}),
-        element("a", {href: map.png, download: "", text: "PNG"}),
-        element("a", {href: map.overlay, download: "", text: "overlay"}),
-        element("a", {href: map.npy, download: "", text: "NPY"}))));
-  }
-  card.append(maps);
-  if (result.text) card.append(textRelevance(result.text));
-  card.append(scoreTable(result.scores || row.scores, row.scores_command));
-  return card;
-}
-
-function textRelevance(text) {
-  const line = element("p", {class: "tokens", title: "relevance of each word of the text"});
-  const top = Math.max(1e-9, ...text.relevance);
-  text.tokens.forEach((token, i) => {
-    const word = element("span", {text: token, title: text.relevance[i].toFixed(3)});
-    word.style.setProperty("--relevance", String(Math.max(0, text.relevance[i]) / top));
-    line.append(word, " ");
-  });
-  return line;
-}
-
-function scoreTable(scores, command) {
-  if (!scores || !Object.keys(scores).length) {
-    return element("p", {class: "scores muted", text: "no leaderboard scores for this model"});
-  }
-  const rows = Object.entries(scores).map(([metric, value]) => element("tr", {},
-    element("th", {text: metric.replaceAll("_", " ")}),
-    element("td", {text: typeof value === "number" ? String(Number(value.toFixed(3))) : String(value)})));
-  const tooltip = command ? `from the leaderboard: ${command}` : "from the leaderboard";
-  const box = element("div", {class: "score-box", title: tooltip},
-    element("span", {class: "muted", text: "leaderboard"}),
-    element("table", {class: "scores"}, ...rows.slice(0, SHOWN)));
-  if (rows.length > SHOWN) {
-    box.append(element("details", {}, element("summary", {text: `${rows.length - SHOWN} more scores`}),
-      element("table", {class: "scores"}, ...rows.slice(SHOWN))));
-  }
-  return box;
 }
 
 // ---- start-up -----------------------------------------------------------------------------------------------
