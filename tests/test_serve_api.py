@@ -274,3 +274,30 @@ def test_serve_without_the_extra(monkeypatch, capsys):
     assert main(["serve"]) == 2
     error = capsys.readouterr().err.strip()
     assert error == "vitx: error: vitx serve needs uvicorn: pip install 'vitx[serve]'"
+
+
+def test_serve_command_line(capsys):
+    from vitx.cli import build_parser
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.max_upload_mb, args.queue, args.model) == ("127.0.0.1", 8000, 8.0, 8, [])
+    assert main(["serve", "--model", "nosuch"]) == 2   # a model given by name is loaded before serving
+    assert capsys.readouterr().err.startswith("vitx: error: unknown model 'nosuch'")
+    assert main(["serve", "--max-upload-mb", "0"]) == 2
+    assert "expected a positive number" in capsys.readouterr().err
+
+
+def test_a_long_body_without_its_length_is_cut_off():
+    """A chunked upload (no Content-Length) is counted as it arrives and refused once past the limit."""
+    def chunks():
+        yield (b'--b\r\nContent-Disposition: form-data; name="model"\r\n\r\nshapes-vit\r\n--b\r\nContent-Disposition: '
+               b'form-data; name="image"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n')
+        for _ in range(100):
+            yield b"\0" * 10_000
+        yield b"\r\n--b--\r\n"
+
+    with TestClient(create_app(max_bytes=100_000)) as client:
+        answer = client.post("/api/predictions", content=chunks(),
+                             headers={"content-type": "multipart/form-data; boundary=b"})
+        assert answer.status_code == 413 and "100,000 bytes" in answer.json()["error"]
+        after = client.post("/api/predictions", data={"model": "shapes-vit", "sample": "1_circle.png"})
+        assert after.status_code == 200

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import FastAPI, File, Form, Query, Request as HttpRequest, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException as FastAPIHTTPException, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -37,7 +37,8 @@ def create_app(models: list[str] | None = None, *, max_bytes: int = 8_000_000, m
             catalogue.model(name)
     app = FastAPI(title="vitx", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.catalogue, app.state.jobs = catalogue, jobs
-    install_errors(app, max_bytes)
+    install_errors(app)
+    app.add_middleware(BodyLimit, limit=max_bytes + FORM_SLACK, message=too_long(max_bytes))
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -141,26 +142,49 @@ def job_json(job: Job, catalogue: Catalogue) -> dict:
             "command": job.command, "target": job.target, "results": results}
 
 
-def install_errors(app: FastAPI, max_bytes: int) -> None:
-    """Every error answered as ``{"error": "<one line>"}``; bodies over the upload limit refused before reading."""
+def too_long(max_bytes: int) -> str:
+    return f"the request is longer than the server's limit of {max_bytes:,} bytes for an image"
+
+
+class BodyLimit:
+    """ASGI middleware: a request body longer than ``limit`` bytes refused with 413 before it is read, by its
+    Content-Length, or, sent without one (chunked), as soon as the bytes received pass the limit (FastAPI passes its
+    own HTTPException through the form parser to the handlers), before the form parser spools any more of it."""
+
+    def __init__(self, app, limit: int, message: str):
+        self.app, self.limit, self.message = app, limit, message
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"error": self.message}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise FastAPIHTTPException(413, self.message)
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+def install_errors(app: FastAPI) -> None:
+    """Every error answered as ``{"error": "<one line>"}``."""
 
     def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    @app.middleware("http")
-    async def limit_body(request: HttpRequest, call_next):
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > max_bytes + FORM_SLACK:
-            return error(413, f"the request has {int(length):,} bytes, more than the server's limit of {max_bytes:,} "
-                              "bytes for an image")
-        return await call_next(request)
 
     app.add_exception_handler(BadRequest, lambda request, err: error(err.status, str(err)))
     app.add_exception_handler(UnknownName, lambda request, err: error(404, str(err)))
     app.add_exception_handler(VitxError, lambda request, err: error(400, one_line(err)))
     app.add_exception_handler(Busy, lambda request, err: error(503, str(err), {"Retry-After": "2"}))
-    app.add_exception_handler(HTTPException, lambda request, err: error(err.status_code, one_line(err.detail)
-                                                                          if err.detail else "error"))
+    app.add_exception_handler(HTTPException, lambda request, err: error(err.status_code,
+                                                                        one_line(err.detail or "error")))
 
     @app.exception_handler(RequestValidationError)
     def invalid(request, err: RequestValidationError):
