@@ -5,7 +5,7 @@ import {mapCard} from "./maps.js";
 import {editedParams, loadMethods, tickedMethods} from "./methods.js";
 
 const state = {models: {}, samples: [], methods: [], image: null, target: null, job: null, timer: null, asked: 0};
-const POLL_MS = 250;
+const POLL_MS = [40, 400];   // the job is asked for its state soon, then less and less often, up to this
 const EXPLAINED = {vqa: "answer", clip: "prompt"};   // what a target is called, by model kind; else class
 
 function currentModel() {
@@ -168,7 +168,7 @@ async function explain() {
   }
 }
 
-function poll(url) {
+function poll(url, delay = POLL_MS[0]) {
   state.timer = setTimeout(async () => {
     let job;
     try {
@@ -182,8 +182,8 @@ function poll(url) {
     if (job.state === "done") renderResults(job);
     else if (job.state === "error") showError(job.error || "the explanation failed");
     else if (job.state === "cancelled") $("#progress-text").textContent = "cancelled";
-    else poll(url);
-  }, POLL_MS);
+    else poll(url, Math.min(POLL_MS[1], delay * 1.5));
+  }, delay);
 }
 
 function stopPolling() {
