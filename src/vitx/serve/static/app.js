@@ -233,10 +233,14 @@ function renderResults(job) {
   const box = $("#maps");
   box.replaceChildren();
   $("#maps-hint").hidden = true;
-  const target = job.target && job.target.class !== undefined && job.target.class !== null ? job.target : null;
+  // one explained class for the whole job: a chosen one, or the prediction of a model with one map per method
+  // (not a detector's objects, nor an image-text model's prompts, each named under its own map)
+  const single = job.results.every((result) => result.maps.length <= 1);
+  const known = job.target && job.target.class !== undefined && job.target.class !== null;
   const noun = EXPLAINED[(currentModel() || {}).kind] || "class";
-  $("#explained").textContent = target ? `${noun}: ${target.class}` : "";
-  for (const result of job.results) box.append(mapCard(result, target && `${noun}: ${target.class}`, state.methods));
+  const line = known && (single || state.target !== null) ? `${noun}: ${job.target.class}` : null;
+  $("#explained").textContent = line || "";
+  for (const result of job.results) box.append(mapCard(result, line, state.methods));
   $("#command").textContent = job.command;
   $("#command-box").hidden = !job.command;
 }

@@ -2,13 +2,16 @@
 // defaults) and, where it does not apply to the model, greyed out with the reason.
 import {$, api, element} from "./dom.js";
 
-/** Fill the panel with the methods of ``model``, keeping ticked those that were (generic-attention at first);
- * returns the method rows. */
+/** Fill the panel with the methods of ``model``, keeping ticked those that were and apply (where none does:
+ * generic-attention, or the first method that applies); returns the method rows. */
 export async function loadMethods(model) {
   const box = $("#methods");
   const ticked = new Set(tickedMethods());
   const {methods} = await api(`/api/methods?model=${encodeURIComponent(model)}`);
-  if (!ticked.size) ticked.add("generic-attention");
+  const applying = methods.filter((row) => row.applies).map((row) => row.name);
+  if (!applying.some((name) => ticked.has(name))) {
+    ticked.add(applying.includes("generic-attention") ? "generic-attention" : applying[0]);
+  }
   const families = new Map();
   for (const row of methods) {
     if (!families.has(row.family)) families.set(row.family, []);
