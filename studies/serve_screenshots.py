@@ -4,15 +4,12 @@ object. Run: ``python studies/serve_screenshots.py [--out docs/serve]`` (needs t
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
-import time
 from pathlib import Path
 
-import uvicorn
 from playwright.sync_api import sync_playwright
 
 from vitx.serve.app import create_app
+from vitx.serve.background import serving
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -23,17 +20,6 @@ SHOTS = [   # file, model, sample, text, methods, which prediction to click (Non
                                                     "attention-gradcam"], None),
     ("page_detector.png", "shapes-detr", None, None, ["generic-attention", "raw-attention"], None),
 ]
-
-
-def serve() -> str:
-    """uvicorn serving the app in a daemon thread; its origin once it answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(), log_level="warning"))
-    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def shoot(page, origin: str, out: Path, file: str, model: str, sample: str | None, text: str | None,
@@ -68,8 +54,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/serve"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    origin = serve()
-    with sync_playwright() as playwright:
+    with serving(create_app()) as origin, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport=VIEWPORT)
         page.on("pageerror", lambda error: print("page error:", error))

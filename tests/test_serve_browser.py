@@ -11,7 +11,6 @@ import vitx
 from vitx.errors import VitxError
 from vitx.registry import get_method
 
-from serving import running
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
@@ -27,7 +26,8 @@ IMAGES_LOADED = """n => { const images = [...document.querySelectorAll('.map-car
 @pytest.fixture(scope="module")
 def origin():
     from vitx.serve.app import create_app
-    with running(create_app()) as url:
+    from vitx.serve.background import serving
+    with serving(create_app()) as url:
         yield url
 
 

@@ -3,8 +3,6 @@ timeout: each good request answered with its maps, each bad one with its 4xx, an
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -19,6 +17,7 @@ httpx = pytest.importorskip("httpx")
 
 import vitx  # noqa: E402
 from vitx.serve.app import create_app  # noqa: E402
+from vitx.serve.background import serving  # noqa: E402
 
 SAMPLES = Path(vitx.__file__).parent / "data" / "samples"
 REQUESTS = 32
@@ -26,26 +25,10 @@ TIMEOUT_S = 60       # each request
 TOTAL_S = 120        # the whole load
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server():
-    port = free_port()
-    app = create_app(queue_size=REQUESTS)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start within 30 s"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serving(create_app(queue_size=REQUESTS)) as origin:
+        yield origin
 
 
 def requests() -> list[tuple[str, dict, int, str | None]]:

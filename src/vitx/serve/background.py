@@ -1,4 +1,5 @@
-"""A real uvicorn serving an app on 127.0.0.1 on a free port, in a thread, for the tests that need a real server."""
+"""``vitx serve``'s application served from a background thread (a notebook, a test, a screenshot or benchmark script):
+a real uvicorn on 127.0.0.1 on a free port."""
 from __future__ import annotations
 
 import socket
@@ -12,8 +13,9 @@ START_TIMEOUT_S = 30
 
 
 @contextmanager
-def running(app):
-    """Serve ``app`` while the block runs; yields its origin, e.g. ``http://127.0.0.1:43117``."""
+def serving(app):
+    """Serve ``app`` (:func:`vitx.serve.app.create_app`) while the block runs; yields its origin, e.g.
+    ``http://127.0.0.1:43117``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
