@@ -67,6 +67,8 @@ def test_models_methods_samples(client):
     assert rows["generic-attention"]["applies"] and rows["generic-attention"]["reason"] is None
     assert rows["generic-attention"]["scores"]["pointing_game"] == pytest.approx(0.764)
     assert rows["generic-attention"]["scores_command"].startswith("vitx bench --model shapes-vit ")
+    better = rows["generic-attention"]["scores_better"]
+    assert (better["pointing_game"], better["perturbation_positive_auc"]) == ("higher", "lower")
     assert not rows["vit-net"]["applies"] and "ViT-NeT" in rows["vit-net"]["reason"]
     every = client.get("/api/methods").json()["methods"]
     assert len(every) == len(vitx.methods()) and all(row["applies"] and row["reason"] is None for row in every)
@@ -89,6 +91,12 @@ def test_predictions(client):
                                                         .read_bytes()),
                        data={"model": "shapes-clip", "text": "a blue star\na red cross\n"}).json()
     assert [row["class"] for row in clip["predictions"]] == ["a blue star", "a red cross"]
+    assert clip["warnings"] == [] and answer["warnings"] == []
+    unknown = client.post("/api/predictions", data={"model": "shapes-clip", "sample": "1_circle.png",
+                                                    "text": "a blue zebra"}).json()
+    assert len(unknown["warnings"]) == 1 and "zebra" in unknown["warnings"][0]   # said to the page, not the log
+    job = explain(client, model="shapes-clip", sample="1_circle.png", methods="generic-attention", text="a blue zebra")
+    assert job.json()["warnings"] == unknown["warnings"]
 
 
 def test_api_maps_equal_vitx_explain(client):

@@ -139,7 +139,7 @@ def job_json(job: Job, catalogue: Catalogue) -> dict:
                         "text": maps[0]["text"] if maps and "text" in maps[0] else None,
                         "scores": board.get(result["method"]), "error": result["error"]})
     return {"job": job.id, "state": job.state, "done": job.done, "total": job.total, "error": job.error,
-            "command": job.command, "target": job.target, "results": results}
+            "command": job.command, "target": job.target, "warnings": job.warnings, "results": results}
 
 
 def too_long(max_bytes: int) -> str:

@@ -113,7 +113,9 @@ def method_row(info, model: Model | None = None, layout=None, board: dict | None
     return {"name": info.name, "family": info.family, "paper": info.paper, "cost": info.cost, "output": info.output,
             "summary": info.summary, "params": dict(info.defaults), "ranges": dict(info.ranges),
             "applies": reason is None, "reason": reason, "scores": found,
-            "scores_command": board.get("command") if found else None}
+            "scores_command": board.get("command") if found else None,
+            "scores_better": {metric: board["better"][metric] for metric in found if metric in board["better"]}
+            if found else None}
 
 
 def find_samples() -> dict[str, tuple[bytes, tuple[str, ...]]]:

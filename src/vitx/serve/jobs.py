@@ -37,6 +37,7 @@ class Job:
     done: int = 0
     error: str | None = None
     target: dict | None = None
+    warnings: list = field(default_factory=list)    # one line each, for the page to show beside the maps
     results: list = field(default_factory=list)
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,7 @@ class Request:
     target: int | str | None = None
     methods: tuple[Method, ...] = ()
     params: dict | None = None
+    warnings: tuple[str, ...] = ()     # what vitx warned of while reading the input (e.g. words it does not know)
 
 
 def prepare(catalogue: Catalogue, name: str, picture: Image.Image, image_name: str, text: str | None) -> Request:
@@ -46,16 +48,19 @@ def prepare(catalogue: Catalogue, name: str, picture: Image.Image, image_name: s
     text = (text or "").strip()
     prompts = None
     try:
-        x = model.preprocess([picture])
-        if kind == "clip":
-            prompts = [line.strip() for line in text.splitlines() if line.strip()]
-            encode_prompts(model, prompts or None)
-        elif kind == "vqa":
-            prompts = [" ".join(text.split())] if text else None
-            questions(model, prompts, 1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            x = model.preprocess([picture])
+            if kind == "clip":
+                prompts = [line.strip() for line in text.splitlines() if line.strip()]
+                encode_prompts(model, prompts or None)
+            elif kind == "vqa":
+                prompts = [" ".join(text.split())] if text else None
+                questions(model, prompts, 1)
     except VitxError as err:
         raise BadRequest(400, one_line(err)) from None
-    return Request(name, entry, model, kind, x, prompts, image_name)
+    said = tuple(dict.fromkeys(one_line(str(w.message)) for w in caught))
+    return Request(name, entry, model, kind, x, prompts, image_name, warnings=said)
 
 
 def with_explanation(request: Request, methods: str | None, target: str | None, params: str | None) -> Request:
@@ -136,7 +141,7 @@ def predictions(request: Request) -> dict:
                     for p, k in zip(best.values, best.indices)]
     objects = None if objects is None else [{"query": row["query"], "class": row["class"], "score": row["score"],
                                              "box": row["box"]} for row in objects]
-    return {"model": request.name, "predictions": rows, "objects": objects}
+    return {"model": request.name, "predictions": rows, "objects": objects, "warnings": list(request.warnings)}
 
 
 def rows_per_method(request: Request) -> int:
@@ -157,8 +162,12 @@ def explanation_job(request: Request) -> Job:
             for info in request.methods:
                 job.check()
                 try:
-                    exp = explain(request.model, request.x, method=info.name, target=target, text=request.text,
-                                  progress=job.advance, **request.params.get(info.name, {}))
+                    with warnings.catch_warnings(record=True) as caught:   # to the page, not the server's log
+                        warnings.simplefilter("always")
+                        exp = explain(request.model, request.x, method=info.name, target=target, text=request.text,
+                                      progress=job.advance, **request.params.get(info.name, {}))
+                    said = (one_line(str(w.message)) for w in caught)
+                    job.warnings += [line for line in dict.fromkeys(said) if line not in job.warnings]
                 except VitxError as err:
                     job.results.append({"method": info.name, "exp": None, "error": one_line(err)})
                     continue
@@ -167,7 +176,8 @@ def explanation_job(request: Request) -> Job:
                 job.results.append({"method": info.name, "exp": exp,
                                     "error": None if len(exp) else "no detection with a score above 0.5"})
 
-    return Job(work, rows_per_method(request) * len(request.methods), command_line(request), request.name)
+    return Job(work, rows_per_method(request) * len(request.methods), command_line(request), request.name,
+               warnings=list(request.warnings))
 
 
 def command_line(request: Request) -> str:

@@ -1,5 +1,5 @@
-"""The leaderboards of docs/benchmarks.md as data: ``{model: {"command": bench command, "methods": {method: {metric:
-value}}}}``, shipped beside this module as scores.json for the page to show each method's scores beside its map.
+"""The leaderboards of docs/benchmarks.md as data: ``{model: {"command": bench command, "better": {metric: "higher" or
+"lower"} (the table's ↑ and ↓), "methods": {method: {metric: value}}}}``, shipped beside this module as scores.json for the page to show each method's scores beside its map.
 
 A leaderboard is a table whose first column is ``method``, read under the last ``vitx bench --model M`` command above
 it; a ``###`` heading naming a model in backticks after that command (the same command run for another model) takes
@@ -38,7 +38,10 @@ def parse(text: str) -> dict:
             if heading[2]:   # the heading's method runs where the first command's own method ran
                 command = re.sub(r"--methods [\w-]+", f"--methods {heading[2]}", command)
         elif line.startswith("| method |") and model and model not in boards:
-            metrics = [cell(name).rstrip(" ↑↓").strip() for name in row(line)[1:]]
+            names = [cell(name) for name in row(line)[1:]]
+            metrics = [name.rstrip(" ↑↓").strip() for name in names]
+            better = {metric: "higher" if name.endswith("↑") else "lower"
+                      for metric, name in zip(metrics, names) if name.endswith(("↑", "↓"))}
             rows = {}
             i += 2   # the header's separator line
             while i < len(lines) and lines[i].startswith("|"):
@@ -46,7 +49,7 @@ def parse(text: str) -> dict:
                 values = {metric: value(text) for metric, text in zip(metrics, cells[1:])}
                 rows[cell(cells[0]).removesuffix(" (reference)")] = {k: v for k, v in values.items() if v is not None}
                 i += 1
-            boards[model] = {"command": command, "methods": rows}
+            boards[model] = {"command": command, "better": better, "methods": rows}
             continue
         i += 1
     return boards

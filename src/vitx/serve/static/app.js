@@ -1,6 +1,6 @@
 // vitx serve: the page. Plain JavaScript modules talking to the server's JSON API (same origin, nothing else):
 // the image, the model and its predictions, explanation jobs (progress, cancel); the panels are methods.js and maps.js.
-import {$, api, clearError, element, showError} from "./dom.js";
+import {$, api, clearError, element, showError, showNotice} from "./dom.js";
 import {mapCard} from "./maps.js";
 import {editedParams, loadMethods, tickedMethods} from "./methods.js";
 
@@ -108,6 +108,7 @@ async function predict() {
 }
 
 function renderPredictions(answer) {
+  showNotice(answer.warnings);
   const list = $("#predictions");
   const detector = Array.isArray(answer.objects);
   $("#objects").hidden = !detector;
@@ -230,6 +231,7 @@ function clearResults() {
 }
 
 function renderResults(job) {
+  showNotice(job.warnings);
   const box = $("#maps");
   box.replaceChildren();
   $("#maps-hint").hidden = true;

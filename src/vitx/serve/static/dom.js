@@ -20,6 +20,13 @@ export function showError(message) {
   box.hidden = false;
 }
 
+/** Show what the server warned of (e.g. words the model does not know) in the notice line (#notice), or hide it. */
+export function showNotice(messages) {
+  const box = $("#notice");
+  box.textContent = (messages || []).join(" ");
+  box.hidden = !box.textContent;
+}
+
 export function clearError() {
   $("#error").hidden = true;
   $("#error").textContent = "";

@@ -26,7 +26,7 @@ export function mapCard(result, target, rows) {
   }
   card.append(maps);
   if (result.text) card.append(textRelevance(result.text));
-  card.append(scoreTable(result.scores || row.scores, row.scores_command));
+  card.append(scoreTable(result.scores || row.scores, row.scores_command, row.scores_better || {}));
   return card;
 }
 
@@ -41,12 +41,15 @@ function textRelevance(text) {
   return line;
 }
 
-function scoreTable(scores, command) {
+const ARROWS = {higher: " ↑", lower: " ↓"};   // which way is better, as the leaderboard's headers say
+
+function scoreTable(scores, command, better) {
   if (!scores || !Object.keys(scores).length) {
     return element("p", {class: "scores muted", text: "no leaderboard scores for this model"});
   }
   const rows = Object.entries(scores).map(([metric, value]) => element("tr", {},
-    element("th", {text: metric.replaceAll("_", " ")}),
+    element("th", {text: metric.replaceAll("_", " ") + (ARROWS[better[metric]] || ""),
+                   title: better[metric] ? `${better[metric]} is better` : ""}),
     element("td", {text: typeof value === "number" ? String(Number(value.toFixed(3))) : String(value)})));
   const tooltip = command ? `from the leaderboard: ${command}` : "from the leaderboard";
   const box = element("div", {class: "score-box", title: tooltip},
