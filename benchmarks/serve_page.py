@@ -15,9 +15,8 @@ import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+from vitx.serve.background import CHROMIUM, CHROMIUM_ARGS
+
 FIRST_MAP = """() => { const image = document.querySelector('.map-card img');
   return image !== null && image.complete && image.naturalWidth > 0; }"""
 
@@ -77,7 +76,7 @@ def main() -> None:
     try:
         wait_until_up(origin, server)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
             runs = [first_map(browser, origin, args.model, args.sample, args.method)
                     for _ in range(1 + args.repeats)]
             browser.close()

@@ -9,11 +9,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from vitx.serve.app import create_app
-from vitx.serve.background import serving
+from vitx.serve.background import CHROMIUM, CHROMIUM_ARGS, serving
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 VIEWPORT = {"width": 1360, "height": 980}
 SHOTS = [   # file, model, sample, text, methods, which prediction to click (None: Explain as is)
     ("page.png", "shapes-vit", "18_star.png", None, ["generic-attention", "rollout", "integrated-gradients",
@@ -55,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with serving(create_app()) as origin, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         page = browser.new_page(viewport=VIEWPORT)
         page.on("pageerror", lambda error: print("page error:", error))
         for shot in SHOTS:

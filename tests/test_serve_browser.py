@@ -12,11 +12,9 @@ from vitx.errors import VitxError
 from vitx.registry import get_method
 
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path("/usr/bin/chromium")   # vitx.serve.background.CHROMIUM, without importing the extra
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="Debian's chromium is not installed: apt-get install chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 SAMPLE = Path(vitx.__file__).parent / "data" / "samples" / "1_circle.png"
 WAIT_MS = 45_000
 IMAGES_LOADED = """n => { const images = [...document.querySelectorAll('.map-card img')];
@@ -34,8 +32,9 @@ def origin():
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+    from vitx.serve.background import CHROMIUM_ARGS
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=list(CHROMIUM_ARGS))
         yield chromium
         chromium.close()
 

@@ -10,6 +10,11 @@ from contextlib import contextmanager
 import uvicorn
 
 START_TIMEOUT_S = 30
+# Debian's chromium, as the browser test, the screenshot script and the page benchmark drive it (never a browser
+# that Playwright downloads), with the flags that keep it off the network and inside a container's limits
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync")
 
 
 @contextmanager
