@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +39,7 @@ class Request:
     target: int | str | None = None
     methods: tuple[Method, ...] = ()
     params: dict | None = None
-    warnings: tuple[str, ...] = ()     # what vitx warned of while reading the input (e.g. words it does not know)
+    warnings: list[str] | None = None   # what vitx warned of while reading the input (e.g. words it does not know)
 
 
 def prepare(catalogue: Catalogue, name: str, picture: Image.Image, image_name: str, text: str | None) -> Request:
@@ -46,10 +47,9 @@ def prepare(catalogue: Catalogue, name: str, picture: Image.Image, image_name: s
     model, kind = catalogue.model(name), catalogue.kind(name)
     entry = catalogue.entry(name)
     text = (text or "").strip()
-    prompts = None
+    prompts, said = None, []
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with recorded(said):
             x = model.preprocess([picture])
             if kind == "clip":
                 prompts = [line.strip() for line in text.splitlines() if line.strip()]
@@ -59,8 +59,17 @@ def prepare(catalogue: Catalogue, name: str, picture: Image.Image, image_name: s
                 questions(model, prompts, 1)
     except VitxError as err:
         raise BadRequest(400, one_line(err)) from None
-    said = tuple(dict.fromkeys(one_line(str(w.message)) for w in caught))
     return Request(name, entry, model, kind, x, prompts, image_name, warnings=said)
+
+
+@contextmanager
+def recorded(into: list[str]):
+    """What vitx warns of in the block, appended to ``into`` (one line each, once) for the page, not the server's log.
+    (The warnings filter is the process's: a warning of another thread meanwhile may land here too.)"""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    into += [line for line in dict.fromkeys(one_line(str(w.message)) for w in caught) if line not in into]
 
 
 def with_explanation(request: Request, methods: str | None, target: str | None, params: str | None) -> Request:
@@ -123,7 +132,7 @@ def predictions(request: Request) -> dict:
     """The top predictions (a detector's: its detections, by score) and a detector's objects."""
     model, x = request.model, request.x.to(request.model.device)
     objects = None
-    with request.entry.running, torch.no_grad(), evaluating(model):
+    with request.entry.running, torch.no_grad(), evaluating(model), recorded(request.warnings):
         if request.kind == "detr":
             objects = find_objects(model, x, None, None, 1).rows(model.config.class_names)
             top = sorted(objects, key=lambda row: -row["score"])[:TOP]
@@ -141,7 +150,7 @@ def predictions(request: Request) -> dict:
                     for p, k in zip(best.values, best.indices)]
     objects = None if objects is None else [{"query": row["query"], "class": row["class"], "score": row["score"],
                                              "box": row["box"]} for row in objects]
-    return {"model": request.name, "predictions": rows, "objects": objects, "warnings": list(request.warnings)}
+    return {"model": request.name, "predictions": rows, "objects": objects, "warnings": request.warnings}
 
 
 def rows_per_method(request: Request) -> int:
@@ -162,12 +171,9 @@ def explanation_job(request: Request) -> Job:
             for info in request.methods:
                 job.check()
                 try:
-                    with warnings.catch_warnings(record=True) as caught:   # to the page, not the server's log
-                        warnings.simplefilter("always")
+                    with recorded(job.warnings):
                         exp = explain(request.model, request.x, method=info.name, target=target, text=request.text,
                                       progress=job.advance, **request.params.get(info.name, {}))
-                    said = (one_line(str(w.message)) for w in caught)
-                    job.warnings += [line for line in dict.fromkeys(said) if line not in job.warnings]
                 except VitxError as err:
                     job.results.append({"method": info.name, "exp": None, "error": one_line(err)})
                     continue
