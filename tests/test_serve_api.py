@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import struct
 import threading
 import zlib
@@ -120,11 +121,18 @@ def test_api_maps_equal_vitx_explain(client):
         assert picture.format == "PNG" and picture.size == (256, 256)
 
 
-def test_params_and_target(client):
+def test_params_and_target(client, tmp_path, capsys):
     job = explain(client, methods="rollout", target="star", params=json.dumps({"rollout": {"discard_ratio": 0.5}}))
     job = job.json()
     assert job["target"] == {"index": 3, "class": "star"} and job["results"][0]["maps"][0]["label"] == "star"
     assert "--target star" in job["command"] and "--param=rollout.discard_ratio=0.5" in job["command"]
+    # the command line the page shows gives the very map the server gave
+    argv = shlex.split(job["command"])[1:]
+    argv[argv.index("1_circle.png")], argv[argv.index("--out") + 1] = str(SAMPLES / "1_circle.png"), str(tmp_path)
+    assert main(argv) == 0
+    capsys.readouterr()
+    served = np.load(io.BytesIO(client.get(job["results"][0]["maps"][0]["npy"]).content))
+    np.testing.assert_allclose(served, np.load(tmp_path / "1_circle_rollout.npy"), atol=1e-6)
 
 
 def test_detector_gives_one_map_per_object(client):
