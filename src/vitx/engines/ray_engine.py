@@ -197,8 +197,9 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
         with connected(ray, address):
             if gpus_per_actor is None:
                 gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-            items = ray.data.from_items(todo).map_batches(read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS,
-                                                           batch_size=batch_size)
+            blocks = -(-len(todo) // batch_size)   # a read task per batch (Ray's default: a block per few items)
+            items = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
+                read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
             rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
                                    actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays)
             try:
