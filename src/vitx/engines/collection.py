@@ -92,10 +92,11 @@ def _glob_root(spec: str) -> str:
 
 
 def is_collection_spec(spec: str) -> bool:
-    """Whether a single command-line argument names a collection rather than one image file."""
-    spec = str(spec)
-    return (Path(spec).is_dir() or any(c in spec for c in "*?[")
-            or spec.lower().endswith(LIST_SUFFIXES + (".parquet",)))
+    """Whether a single command-line argument names a collection rather than one image file: a folder, a glob, a
+    list or a table, or a missing path that is not named like an image."""
+    spec, path = str(spec), Path(spec)
+    return (path.is_dir() or any(c in spec for c in "*?[") or spec.lower().endswith(LIST_SUFFIXES + (".parquet",))
+            or (not path.exists() and path.suffix.lower() not in IMAGE_SUFFIXES))
 
 
 def open_collection(spec) -> Collection:

@@ -70,7 +70,7 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
-    bar = tqdm(total=collection.size if shard == WHOLE else None, unit="image", disable=not progress)
+    bar = tqdm(total=collection.size if shard == WHOLE else None, unit="image", disable=not progress, delay=1)
     batch: list[Item] = []
     try:
         for item in collection.items(shard):
