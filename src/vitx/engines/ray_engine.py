@@ -28,6 +28,7 @@ from ..errors import VitxError, one_line
 from ..explain import explain
 from ..loading import load_model
 from ..model import as_model
+from ..registry import get_method, method_names
 from .collection import Item
 from .local import OVERLAY_SCALE, _save_atomic as save_atomic, _target_groups as target_groups, overlay_file, prepare
 from .rows import ROW_SCHEMA, explanation_rows
@@ -174,15 +175,21 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     (``host:port`` or ``ray://host:port``; an unreachable one is refused within :data:`CONNECT_TIMEOUT` seconds);
     None starts a local one on 127.0.0.1 (or uses the Ray this process has already started). ``model_source``: a
     :func:`vitx.load_model` spec, loaded once here (checks) and once per actor; a model object is shipped to the
-    actors. ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0."""
+    actors. ``methods``: names, one comma-separated string, or ``"all"`` (every method that applies to the model).
+    ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0. A Ray this process has already initialised is
+    used as it is (``address`` then only checked for reachability)."""
     ray = require_ray()
     if actors < 1 or batch_size < 1:
         raise VitxError(f"actors and batch_size must be at least 1, got {actors} and {batch_size}")
     if address is not None:
         check_reachable(address)
-    model, collection, names, bound, target, shard = prepare(model_source, collection, methods, shard=shard,
-                                                             params=params, target=target)
-    source = model_source if isinstance(model_source, (str, os.PathLike)) else model
+    named = isinstance(model_source, (str, os.PathLike))
+    model = load_model(model_source) if named else as_model(model_source)
+    if methods == "all":
+        methods = applicable_methods(model)
+    model, collection, names, bound, target, shard = prepare(model, collection, methods, shard=shard, params=params,
+                                                             target=target)
+    source = model_source if named else model
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
@@ -209,6 +216,19 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
                 store.flush()
     store.finish()
     return counts
+
+
+def applicable_methods(model) -> list[str]:
+    """The registered methods that apply to ``model`` (what ``--method all`` explains)."""
+    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    names = []
+    for name in method_names():
+        try:
+            get_method(name).check_model(model, layout)
+            names.append(name)
+        except VitxError:
+            continue
+    return names
 
 
 def write_batch(batch: pa.Table, store: Store, counts: dict, overlays: bool) -> None:
@@ -263,8 +283,6 @@ def connected(ray, address):
 
 
 def quiet(ray) -> None:
-    """No progress bars or per-operator logs from Ray Data on the driver's terminal."""
+    """Ray Data's warnings and progress bars on the driver's terminal, not its per-run logs."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
