@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import vitx
 from vitx.cli import main
@@ -80,10 +81,12 @@ def test_corrupt_files_land_in_the_errors_and_the_rest_is_explained(tmp_path, mo
     (tmp_path / "imgs" / "garbage.png").write_bytes(os.urandom(300))
     whole = (tmp_path / "imgs" / "img_004.png").read_bytes()
     (tmp_path / "imgs" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    Image.fromarray(np.full((64, 64), 200.0, np.float32), mode="F").save(tmp_path / "imgs" / "levels.tif")
     counts = explain_collection(model, tmp_path / "imgs", METHODS, tmp_path / "out", batch_size=3)
-    assert counts == {"done": 10, "skipped": 0, "errors": 2}
+    assert counts == {"done": 10, "skipped": 0, "errors": 3}
     errors = {row["key"]: row for row in read_errors(tmp_path / "out").to_pylist()}
-    assert sorted(errors) == ["garbage.png", "truncated.png"]
+    assert sorted(errors) == ["garbage.png", "levels.tif", "truncated.png"]
+    assert "values up to 200" in errors["levels.tif"]["reason"]
     assert "cannot identify image file" in errors["garbage.png"]["reason"]
     assert "truncated" in errors["truncated.png"]["reason"] and errors["truncated.png"]["method"] is None
     assert sorted(set(read_rows(tmp_path / "out").column("key").to_pylist())) == [f"img_{i:03d}.png" for i in range(5)]

@@ -92,14 +92,18 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
 
 
 def _explain_batch(model: Model, items, names, bound, target, done, store, counts, overlays, resize) -> None:
-    good, inputs = [], []
+    good, pictures = [], []
     for item in items:
         try:
-            inputs.append(model.preprocess(read_image(item.path), resize=resize))
+            pictures.append(read_image(item.path))
             good.append(item)
-        except Exception as err:   # undecodable, truncated, a bomb, refused pixels: logged, and the run goes on
+        except Exception as err:   # undecodable, truncated, a bomb: logged, and the run goes on
             store.error(item.key, item.path, None, one_line(err))
             counts["errors"] += 1
+    try:
+        inputs = list(model.preprocess(pictures, resize=resize)[:, None]) if pictures else []
+    except VitxError:   # pixels refused: find which, one by one
+        good, inputs = _preprocess_each(model, good, pictures, resize, store, counts)
     for name in names:
         chosen = [i for i, item in enumerate(good) if (item.key, name) not in done]
         for group in _target_groups(good, chosen, target):
@@ -119,6 +123,18 @@ def _explain_batch(model: Model, items, names, bound, target, done, store, count
             if overlays:
                 for j, i in enumerate(group):
                     _save_atomic(exp.overlay(j, scale=OVERLAY_SCALE), overlay_file(store.out, good[i].key, name))
+
+
+def _preprocess_each(model, items, pictures, resize, store, counts):
+    good, inputs = [], []
+    for item, picture in zip(items, pictures):
+        try:
+            inputs.append(model.preprocess(picture, resize=resize))
+            good.append(item)
+        except VitxError as err:
+            store.error(item.key, item.path, None, one_line(err))
+            counts["errors"] += 1
+    return good, inputs
 
 
 def _target_groups(items, chosen, target):
