@@ -167,3 +167,9 @@ def test_image_files_keep_todays_behaviour_and_refuse_collection_options(tmp_pat
     assert "--shard is for a collection" in capsys.readouterr().err and not (tmp_path / "files").exists()
     assert main(cli(*images, "--out", str(tmp_path / "files"))) == 0
     assert (tmp_path / "files" / "img_000_rollout.npy").is_file() and not (tmp_path / "files" / "rows").exists()
+
+
+@pytest.mark.parametrize("extra, words", [([], "holds no collection run"), (["--out", "x.csv"], "must be a .parquet")])
+def test_merge_refuses_a_folder_without_a_run_and_a_table_not_parquet(tmp_path, capsys, extra, words):
+    assert main(["merge", str(tmp_path), *extra]) == 2
+    assert words in capsys.readouterr().err
