@@ -173,3 +173,19 @@ def test_image_files_keep_todays_behaviour_and_refuse_collection_options(tmp_pat
 def test_merge_refuses_a_folder_without_a_run_and_a_table_not_parquet(tmp_path, capsys, extra, words):
     assert main(["merge", str(tmp_path), *extra]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_a_key_listed_twice_is_explained_once_and_a_bad_target_is_an_error_row(tmp_path, model):
+    write_shapes(tmp_path / "imgs", 3)
+    (tmp_path / "list.txt").write_text("imgs/img_000.png\nimgs/img_001.png\nimgs/img_000.png\n")
+    assert explain_collection(model, tmp_path / "list.txt", "rollout", tmp_path / "a")["done"] == 2
+    assert sorted(read_rows(tmp_path / "a").column("key").to_pylist()) == ["imgs/img_000.png", "imgs/img_001.png"]
+    pq.write_table(pa.table({"path": ["imgs/img_000.png", "imgs/img_001.png"], "target": [1, 99]}),
+                   tmp_path / "set.parquet")
+    counts = explain_collection(model, tmp_path / "set.parquet", "rollout", tmp_path / "b")
+    assert counts == {"done": 1, "skipped": 0, "errors": 1}
+    assert read_errors(tmp_path / "b").to_pylist() == [{
+        "key": "imgs/img_001.png", "path": str(tmp_path / "imgs/img_001.png"), "method": None,
+        "reason": f"target 99 is out of range: this model has {model.config.num_classes} classes "
+                  f"(0-{model.config.num_classes - 1})"}]
+    assert read_rows(tmp_path / "b").column("target").to_pylist() == [1]
