@@ -60,14 +60,13 @@ def run_collection(args) -> int:
     params = method_params(args.param, names, model, layout, "explained")
     prepare(model, collection, names, shard=shard, params=params, target=args.target)   # refused before --out
     options = dict(shard=shard, params=params, target=args.target, batch_size=args.batch_size, overlays=args.overlays,
-                   rows_per_part=rows_per_part)
+                   rows_per_part=rows_per_part, resize=args.resize)
     with output_dir(args.out):
         if run_ray is not None:   # the actors load the model themselves, from its name
             counts = run_ray(collection, args.model, names, args.out, address=args.ray_address,
                              actors=args.actors or 1, **options)
         else:
-            counts = explain_collection(model, collection, names, args.out, progress=True, resize=args.resize,
-                                        **options)
+            counts = explain_collection(model, collection, names, args.out, progress=True, **options)
     part = "" if shard == (0, 1) else f" (shard {shard[0]}/{shard[1]})"
     print(f"{plural(counts['done'], 'row')} written{part}, {counts['skipped']} already done, "
           f"{plural(counts['errors'], 'error')}: {args.out / 'rows'}"
