@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 import vitx
 from vitx.cli import main
@@ -80,10 +81,12 @@ def test_corrupt_files_land_in_the_errors_and_the_rest_is_explained(tmp_path, mo
     (tmp_path / "imgs" / "garbage.png").write_bytes(os.urandom(300))
     whole = (tmp_path / "imgs" / "img_004.png").read_bytes()
     (tmp_path / "imgs" / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    Image.fromarray(np.full((64, 64), 200.0, np.float32), mode="F").save(tmp_path / "imgs" / "levels.tif")
     counts = explain_collection(model, tmp_path / "imgs", METHODS, tmp_path / "out", batch_size=3)
-    assert counts == {"done": 10, "skipped": 0, "errors": 2}
+    assert counts == {"done": 10, "skipped": 0, "errors": 3}
     errors = {row["key"]: row for row in read_errors(tmp_path / "out").to_pylist()}
-    assert sorted(errors) == ["garbage.png", "truncated.png"]
+    assert sorted(errors) == ["garbage.png", "levels.tif", "truncated.png"]
+    assert "values up to 200" in errors["levels.tif"]["reason"]
     assert "cannot identify image file" in errors["garbage.png"]["reason"]
     assert "truncated" in errors["truncated.png"]["reason"] and errors["truncated.png"]["method"] is None
     assert sorted(set(read_rows(tmp_path / "out").column("key").to_pylist())) == [f"img_{i:03d}.png" for i in range(5)]
@@ -164,3 +167,25 @@ def test_image_files_keep_todays_behaviour_and_refuse_collection_options(tmp_pat
     assert "--shard is for a collection" in capsys.readouterr().err and not (tmp_path / "files").exists()
     assert main(cli(*images, "--out", str(tmp_path / "files"))) == 0
     assert (tmp_path / "files" / "img_000_rollout.npy").is_file() and not (tmp_path / "files" / "rows").exists()
+
+
+@pytest.mark.parametrize("extra, words", [([], "holds no collection run"), (["--out", "x.csv"], "must be a .parquet")])
+def test_merge_refuses_a_folder_without_a_run_and_a_table_not_parquet(tmp_path, capsys, extra, words):
+    assert main(["merge", str(tmp_path), *extra]) == 2
+    assert words in capsys.readouterr().err
+
+
+def test_a_key_listed_twice_is_explained_once_and_a_bad_target_is_an_error_row(tmp_path, model):
+    write_shapes(tmp_path / "imgs", 3)
+    (tmp_path / "list.txt").write_text("imgs/img_000.png\nimgs/img_001.png\nimgs/img_000.png\n")
+    assert explain_collection(model, tmp_path / "list.txt", "rollout", tmp_path / "a")["done"] == 2
+    assert sorted(read_rows(tmp_path / "a").column("key").to_pylist()) == ["imgs/img_000.png", "imgs/img_001.png"]
+    pq.write_table(pa.table({"path": ["imgs/img_000.png", "imgs/img_001.png"], "target": [1, 99]}),
+                   tmp_path / "set.parquet")
+    counts = explain_collection(model, tmp_path / "set.parquet", "rollout", tmp_path / "b")
+    assert counts == {"done": 1, "skipped": 0, "errors": 1}
+    assert read_errors(tmp_path / "b").to_pylist() == [{
+        "key": "imgs/img_001.png", "path": str(tmp_path / "imgs/img_001.png"), "method": None,
+        "reason": f"target 99 is out of range: this model has {model.config.num_classes} classes "
+                  f"(0-{model.config.num_classes - 1})"}]
+    assert read_rows(tmp_path / "b").column("target").to_pylist() == [1]

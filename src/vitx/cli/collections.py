@@ -52,35 +52,26 @@ def run_collection(args) -> int:
         raise VitxError("--weights is for timm:<name> and torchvision:<name> models only")
     collection = open_collection(args.images[0])
     rows_per_part = args.rows_per_part or ROWS_PER_PART
-    names = None if args.method == "all" else comma_list(args.method)
-    if args.engine == "ray":
-        run_ray = _ray_engine()
-        counts = run_ray(collection, args.model, names or "all", args.out, address=args.ray_address,
-                         actors=args.actors or 1, shard=shard, params=_params(args.param), target=args.target,
-                         batch_size=args.batch_size, overlays=args.overlays, rows_per_part=rows_per_part)
-    else:
-        model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
-        layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
-        if names is None:
-            names = [info.name for info in applicable_methods(model, layout)]
-        params = method_params(args.param, names, model, layout, "explained")
-        prepare(model, collection, names, shard=shard, params=params, target=args.target)   # refused before --out
-        with output_dir(args.out):
-            counts = explain_collection(model, collection, names, args.out, shard=shard, params=params,
-                                        target=args.target, batch_size=args.batch_size, overlays=args.overlays,
-                                        progress=True, rows_per_part=rows_per_part, resize=args.resize)
+    run_ray = _ray_engine() if args.engine == "ray" else None
+    model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
+    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    names = ([info.name for info in applicable_methods(model, layout)] if args.method == "all"
+             else comma_list(args.method))
+    params = method_params(args.param, names, model, layout, "explained")
+    prepare(model, collection, names, shard=shard, params=params, target=args.target)   # refused before --out
+    options = dict(shard=shard, params=params, target=args.target, batch_size=args.batch_size, overlays=args.overlays,
+                   rows_per_part=rows_per_part, resize=args.resize)
+    with output_dir(args.out):
+        if run_ray is not None:   # the actors load the model themselves, from its name
+            counts = run_ray(collection, args.model, names, args.out, address=args.ray_address,
+                             actors=args.actors or 1, **options)
+        else:
+            counts = explain_collection(model, collection, names, args.out, progress=True, **options)
     part = "" if shard == (0, 1) else f" (shard {shard[0]}/{shard[1]})"
     print(f"{plural(counts['done'], 'row')} written{part}, {counts['skipped']} already done, "
           f"{plural(counts['errors'], 'error')}: {args.out / 'rows'}"
           + (f"; why: {args.out / 'errors'}" if counts["errors"] else "") + f"\none table: vitx merge {args.out}")
     return 0
-
-
-def _params(given) -> dict:
-    params: dict[str, dict] = {}
-    for method, name, value in given:
-        params.setdefault(method, {})[name] = value
-    return params
 
 
 def _ray_engine():

@@ -37,8 +37,8 @@ class Item:
 
 
 class Collection:
-    """A spec's images: :meth:`items` streams them (one shard of them), ``len()`` counts them (``None`` when the
-    collection is a table that is streamed; :attr:`size` then says so)."""
+    """A spec's images: :meth:`items` streams them (one shard of them); ``len()`` and :attr:`size` count them (a
+    table's count comes from its metadata, without reading it)."""
 
     def __init__(self, spec: str, kind: str, source):
         self.spec, self.kind, self._source = spec, kind, source
