@@ -59,22 +59,27 @@ def test_same_rows_as_in_process_and_corrupt_file_logged(cluster, tmp_path):
     assert errors == read_errors(tmp_path / "local").to_pylist()
 
 
-def test_resume_redoes_only_what_is_missing(cluster, tmp_path):
-    images = write_images(tmp_path / "images", 12, seed=1)
+def test_resume_redoes_only_what_is_missing_also_from_the_command_line(cluster, tmp_path, capsys):
+    from vitx.cli import main
+    images = write_images(tmp_path / "images", 8, seed=1)
     out = tmp_path / "out"
-    assert run_ray(str(images), "shapes-vit", METHODS, out, rows_per_part=5) == {"done": 24, "skipped": 0,
+    assert run_ray(str(images), "shapes-vit", METHODS, out, rows_per_part=5) == {"done": 16, "skipped": 0,
                                                                                 "errors": 0}
     whole = by_pair(read_rows(out))
     lost = sorted((out / "rows").glob("part-*.parquet"))[1]   # a part a crash would not have flushed
     lost_pairs = set(by_pair(pq.read_table(lost)))
     lost.unlink()
-    assert run_ray(str(images), "shapes-vit", METHODS, out) == {"done": len(lost_pairs),
-                                                                "skipped": 24 - len(lost_pairs), "errors": 0}
+    assert main(["explain", str(images), "--model", "shapes-vit", "--method", ",".join(METHODS), "--out", str(out),
+                 "--engine", "ray", "--overlays"]) == 0
+    assert f"{len(lost_pairs)} rows written, {16 - len(lost_pairs)} already done" in capsys.readouterr().out
     again = by_pair(read_rows(out))
-    assert set(again) == set(whole) and len(read_rows(out)) == 24
+    assert set(again) == set(whole) and len(read_rows(out)) == 16
     for pair in lost_pairs:
         np.testing.assert_allclose(again[pair]["map"], whole[pair]["map"], atol=1e-5)
-    assert run_ray(str(images), "shapes-vit", METHODS, out) == {"done": 0, "skipped": 24, "errors": 0}
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())   # drawn by the actors for the redone rows
+    assert overlays == sorted(f"{key[:-4]}_{method}.png" for key, method in lost_pairs)
+    assert Image.open(out / "overlays" / overlays[0]).size[0] >= 256
+    assert run_ray(str(images), "shapes-vit", METHODS, out) == {"done": 0, "skipped": 16, "errors": 0}
 
 
 def test_explain_dataset_gives_error_rows_not_failed_blocks(cluster, tmp_path):
@@ -120,3 +125,13 @@ def test_all_methods_are_those_that_apply_to_the_model():
     names = applicable_methods(vitx.load_model("shapes-vit"))
     assert {"raw-attention", "generic-attention", "rollout"} <= set(names)
     assert not {"nest-cam", "gradcat", "hvt-pooling", "ex-vit"} & set(names)   # other architectures' methods
+
+
+def test_command_line_unreachable_address_is_one_line_before_out(tmp_path, capsys):
+    from vitx.cli import main
+    images = write_images(tmp_path / "images", 1)
+    code = main(["explain", str(images), "--model", "shapes-vit", "--method", "raw-attention", "--out",
+                 str(tmp_path / "out"), "--engine", "ray", "--ray-address", "127.0.0.1:1"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("vitx: error: cannot reach the Ray cluster at '127.0.0.1:1'")
+    assert "\n" not in err and not (tmp_path / "out").exists()
