@@ -135,3 +135,8 @@ def test_command_line_unreachable_address_is_one_line_before_out(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("vitx: error: cannot reach the Ray cluster at '127.0.0.1:1'")
     assert "\n" not in err and not (tmp_path / "out").exists()
+
+
+def test_explain_dataset_refuses_an_unknown_method_before_running():
+    with pytest.raises(VitxError, match="unknown method 'no-such-method'"):
+        explain_dataset(None, "shapes-vit", "raw-attention,no-such-method")

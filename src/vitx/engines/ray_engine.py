@@ -164,18 +164,21 @@ def explain_dataset(ds, model_source, methods, *, params=None, target=None, batc
                     overlays: bool = False, model_options: dict | None = None):
     """``ds`` (a Ray Dataset with columns ``bytes``, ``path``, ``key``, optionally ``label``, ``target``,
     ``methods``, ``error``) explained by an actor pool of ``actors`` (see the module's docstring for the rows).
-    ``methods``: names; ``params``: ``{method: {name: value}}`` already bound (:func:`.local.prepare` binds them);
+    ``methods``: names (or one comma-separated string); ``params``: ``{method: {name: value}}``, bound here (an
+    unknown method or parameter is refused before anything runs);
     ``target``: a class index for every image without its own. ``gpus_per_actor``: GPUs each actor takes;
     ``cpus_per_actor``: default :func:`actor_cpus` of the cluster's CPUs. ``model_options``: more arguments of
     :func:`vitx.load_model` (``arch``, ``weights``). Lazy: nothing runs until it is read."""
     ray = require_ray()
     if actors < 1 or batch_size < 1:
         raise VitxError(f"actors and batch_size must be at least 1, got {actors} and {batch_size}")
-    params = {name: dict((params or {}).get(name, {})) for name in methods}
-    if cpus_per_actor is None:
-        cpus_per_actor = actor_cpus(ray.cluster_resources().get("CPU", 1), actors)
+    methods = [name.strip() for name in methods.split(",")] if isinstance(methods, str) else list(methods)
+    params = {name: get_method(name).bind((params or {}).get(name, {})) for name in methods}   # refused here
+    if cpus_per_actor is None:   # before its first read, Ray may not be started: this machine stands for the cluster
+        total = ray.cluster_resources().get("CPU", 1) if ray.is_initialized() else os.cpu_count()
+        cpus_per_actor = actor_cpus(total, actors)
     threads = max(1, int(cpus_per_actor))
-    return ds.map_batches(Explainer, fn_constructor_args=(model_source, list(methods), params, target, resize,
+    return ds.map_batches(Explainer, fn_constructor_args=(model_source, methods, params, target, resize,
                                                           overlays, threads, model_options),
                           compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
                           batch_format="pyarrow", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
