@@ -21,8 +21,8 @@ METHODS = ["raw-attention", "generic-attention"]
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-             logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, logging_level="WARNING")   # "local": a new cluster, whatever `ray start` left
     yield
     ray.shutdown()
 

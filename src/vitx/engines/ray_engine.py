@@ -17,7 +17,7 @@ import io
 import logging
 import os
 import socket
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from urllib.parse import urlsplit
 
 import pyarrow as pa
@@ -223,6 +223,29 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     model, collection, names, bound, target, shard = prepare(model, collection, methods, shard=shard, params=params,
                                                              target=target)
     source = model_source if named else model
+    with connected(ray, address) if address is not None else nullcontext():   # joined before out_dir is touched
+        store, todo, counts = pending(collection, shard, names, out_dir, rows_per_part)
+        if todo:
+            with connected(ray, None):   # a local cluster, unless Ray is up
+                if gpus_per_actor is None:
+                    gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+                blocks = -(-len(todo) // batch_size)   # a read task per batch (Ray's default: a block per few items)
+                items = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
+                    read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
+                rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
+                                       actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays,
+                                       model_options=model_options)
+                try:
+                    for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
+                        write_batch(batch, store, counts, overlays)
+                finally:   # what is explained is kept, also when interrupted
+                    store.flush()
+        store.finish()
+    return counts
+
+
+def pending(collection, shard, names, out_dir, rows_per_part):
+    """The shard's store, its items with the methods each still needs, and the counts so far (the skipped pairs)."""
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
@@ -234,23 +257,7 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
         if wanted:
             todo.append({"key": item.key, "path": item.path, "label": item.label, "target": item.target,
                          "methods": wanted})
-    if todo:
-        with connected(ray, address):
-            if gpus_per_actor is None:
-                gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-            blocks = -(-len(todo) // batch_size)   # a read task per batch (Ray's default: a block per few items)
-            items = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
-                read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
-            rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
-                                   actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays,
-                                   model_options=model_options)
-            try:
-                for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
-                    write_batch(batch, store, counts, overlays)
-            finally:   # what is explained is kept, also when interrupted
-                store.flush()
-    store.finish()
-    return counts
+    return store, todo, counts
 
 
 def applicable_methods(model) -> list[str]:
@@ -322,15 +329,31 @@ def connected(ray, address):
         yield
         return
     if address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
                  log_to_driver=False, logging_level="WARNING")
     else:
-        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+        except Exception as err:   # ConnectionError (caused by an AuthenticationError when a token is missing)
+            raise VitxError(connect_failure(address, err)) from None
     quiet(ray)
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def connect_failure(address: str, err: BaseException) -> str:
+    """Why ``ray.init(address=...)`` failed, in one line; for a cluster with token authentication (what Ray 2.5x+
+    enables by default) that this client did not authenticate to, what to set."""
+    causes = []
+    while err is not None and len(causes) < 8:
+        causes.append(err)
+        err = err.__cause__ or err.__context__
+    if any(type(cause).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(cause) for cause in causes):
+        return (f"the Ray cluster at {address!r} asks for its authentication token: set RAY_AUTH_MODE=token here, "
+                "with the cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token")
+    return f"cannot connect to the Ray cluster at {address!r} ({one_line(causes[0])})"
 
 
 def quiet(ray) -> None:
