@@ -140,3 +140,20 @@ def test_command_line_unreachable_address_is_one_line_before_out(tmp_path, capsy
 def test_explain_dataset_refuses_an_unknown_method_before_running():
     with pytest.raises(VitxError, match="unknown method 'no-such-method'"):
         explain_dataset(None, "shapes-vit", "raw-attention,no-such-method")
+
+
+def test_a_cluster_wanting_a_token_is_told_in_one_line():
+    from vitx.engines.ray_engine import connect_failure
+
+    class AuthenticationError(Exception):
+        pass
+
+    try:
+        try:
+            raise AuthenticationError("RPC error: InvalidAuthToken")
+        except AuthenticationError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 192.0.2.2:6379") from cause
+    except ConnectionError as err:
+        message = connect_failure("10.0.0.5:6379", err)
+    assert "'10.0.0.5:6379'" in message and "RAY_AUTH_MODE=token" in message
+    assert connect_failure("h:1", ConnectionError("no\nroute")) == "cannot connect to the Ray cluster at 'h:1' (no route)"
