@@ -13,10 +13,20 @@ from ..errors import VitxError
 from ..evaluate import evaluate, method_list, metric_list
 from ..loading import load_model
 from ..objects import refuse_threshold
+from .bench_collection import run_bench_collection, run_bench_merge
 from .options import comma_list, method_params, output_dir
 
 
 def run_bench(args) -> int:
+    if args.merge is not None:
+        return run_bench_merge(args)
+    missing = [flag for flag, value in (("--model", args.model), ("--out", args.out)) if value is None]
+    if missing:
+        raise VitxError(f"the following arguments are required: {', '.join(missing)} (see `vitx bench --help`)")
+    if args.collection is not None:
+        return run_bench_collection(args)
+    if args.shard is not None or args.engine != "local":
+        raise VitxError(f"{'--shard' if args.shard is not None else '--engine'} applies to --collection runs only")
     if args.seed < 0:
         raise VitxError(f"--seed must be 0 or more, got {args.seed}")
     methods = "all" if args.methods == "all" else comma_list(args.methods)
