@@ -11,7 +11,7 @@ draws its noise per chunk, and stochastic methods are seeded per chunk, so their
 """
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
 from itertools import islice
 
 import numpy as np
@@ -31,6 +31,24 @@ from .shards import WHOLE, check_shard
 from .store import Store
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a collection benchmark runs, checked: method names, metric names, ``{method: params}``, the seed, the
+    images per chunk, and whether the items need masks."""
+    methods: list
+    metrics: list
+    params: dict
+    seed: int
+    batch_size: int
+    needs_masks: bool
+
+    def settings(self, model, collection, command: str) -> dict:
+        """The run's ``bench.json`` (:func:`.scores.check_settings`)."""
+        return {"model": model.config.name or type(model.net).__name__, "methods": self.methods,
+                "metrics": self.metrics, "params": self.params, "seed": self.seed, "variant": "single",
+                "collection": collection.spec, "command": command}
+
+
 def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard=WHOLE, params: dict | None = None,
                      seed: int = 0, batch_size: int = 32, command: str = "", progress: bool = False) -> dict:
     """Score ``methods`` (names; the references ``random`` and ``ground-truth`` allowed) by ``metrics`` (None:
@@ -40,6 +58,30 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
     work (the methods, their ``params``, the metrics, every item's class and mask, in one streamed pass); a rerun
     skips the (image, method) pairs done. Returns counts: ``done`` (pairs scored now), ``skipped`` (done before),
     ``errors`` (images or pairs that failed, recorded with their reason)."""
+    model, plan, shard, count = prepare_bench(model, collection, methods, metrics, shard, params, seed, batch_size)
+    check_settings(out_dir, plan.settings(model, collection, command))
+    scores, errors = ScoreStore(out_dir, shard), Store(out_dir, shard)
+    done = scores.done()
+    counts = {"done": 0, "skipped": 0, "errors": 0}
+    items = collection.items(shard)
+    with tqdm(total=count, desc="images", disable=not progress) as bar:
+        while chunk := list(islice(items, batch_size)):
+            todo = {name: [i for i, item in enumerate(chunk) if (item.key, name) not in done] for name in plan.methods}
+            counts["skipped"] += sum(len(chunk) - len(keep) for keep in todo.values())
+            rows, failures, scored = score_chunk(model, plan, chunk, todo)
+            scores.add(rows)
+            for failure in failures:
+                errors.error(**failure)
+            counts["done"] += scored
+            counts["errors"] += len(failures)
+            bar.update(len(chunk))
+    scores.flush()
+    errors.finish()
+    return counts
+
+
+def prepare_bench(model, collection, methods, metrics, shard, params, seed: int, batch_size: int):
+    """(model, :class:`Plan`, shard, the shard's item count), every argument and item checked (one streamed pass)."""
     model = load_model(model)
     if model.bimodal or model.image_text or model.detector or model.config.multi_label:
         raise VitxError(f"the collection benchmark scores single-label image classifiers, and this "
@@ -53,57 +95,38 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
     metric_names = [m for m in metric_names if m not in rerun]
     needs_masks = "ground-truth" in names or any("masks" in metric_info(m).needs for m in metric_names)
     count = _check_items(model, collection, shard, needs_masks)
-    check_settings(out_dir, {"model": model.config.name or type(model.net).__name__, "methods": names,
-                             "metrics": metric_names, "params": params, "seed": seed, "variant": "single",
-                             "collection": collection.spec, "command": command})
-    scores, errors = ScoreStore(out_dir, shard), Store(out_dir, shard)
-    done = scores.done()
-    counts = {"done": 0, "skipped": 0, "errors": 0}
-    items = collection.items(shard)
-    with tqdm(total=count, desc="images", disable=not progress) as bar:
-        while chunk := list(islice(items, batch_size)):
-            todo = {name: [i for i, item in enumerate(chunk) if (item.key, name) not in done] for name in names}
-            counts["skipped"] += sum(len(chunk) - len(keep) for keep in todo.values())
-            if any(todo.values()):
-                _score_chunk(model, chunk, todo, metric_names, params, seed, batch_size, needs_masks, scores, errors,
-                             counts)
-            bar.update(len(chunk))
-    scores.flush()
-    errors.finish()
-    return counts
+    return model, Plan(names, metric_names, params, seed, batch_size, needs_masks), shard, count
 
 
-def _score_chunk(model, chunk: list[Item], todo: dict, metric_names: list[str], params: dict, seed: int,
-                 batch_size: int, needs_masks: bool, scores: ScoreStore, errors: Store, counts: dict) -> None:
-    """Decode ``chunk`` and score each method on its images ``todo[method]`` (indices into ``chunk``)."""
-    decoded = {}
+def score_chunk(model, plan: Plan, chunk: list[Item], todo: dict, read=read_image) -> tuple[list, list, int]:
+    """Decode ``chunk`` (``read``: a path to a PIL image) and score each method on its images ``todo[method]``
+    (indices into ``chunk``). Returns (score rows of :data:`.scores.SCORE_SCHEMA`, failures as ``{key, path,
+    method, reason}`` (``method`` None: the image or its mask could not be read), (image, method) pairs scored)."""
+    decoded, failures, scored, rows = {}, [], 0, []
     for i in sorted(set().union(*todo.values())):
         try:
-            decoded[i] = _decode(model, chunk[i], needs_masks)
+            decoded[i] = _decode(model, chunk[i], plan.needs_masks, read)
         except VitxError as err:
-            errors.error(chunk[i].key, chunk[i].path, None, one_line(err))
-            counts["errors"] += 1
+            failures.append({"key": chunk[i].key, "path": chunk[i].path, "method": None, "reason": one_line(err)})
     for name, wanted in todo.items():
         wanted = [i for i in wanted if i in decoded]
         if not wanted:
             continue
         images, labels, masks = (torch.stack([decoded[i][part] for i in wanted]) for part in range(3))
-        settings = {name: params[name]} if name in params else None
-        start = time.perf_counter()
-        run = evaluate(model, _data(model, images, labels, masks, seed), [name], metric_names, params=settings,
-                       batch_size=batch_size, seed=seed, gallery=1, sanity_images=None)
-        seconds = time.perf_counter() - start
+        settings = {name: plan.params[name]} if name in plan.params else None
+        run = evaluate(model, _data(model, images, labels, masks, plan.seed), [name], plan.metrics, params=settings,
+                       batch_size=plan.batch_size, seed=plan.seed, gallery=1, sanity_images=None)
         row = run.results["methods"][name]
         if "error" in row:
-            for i in wanted:
-                errors.error(chunk[i].key, chunk[i].path, name, row["error"])
-            counts["errors"] += len(wanted)
+            failures += [{"key": chunk[i].key, "path": chunk[i].path, "method": name, "reason": row["error"]}
+                         for i in wanted]
             continue
         values = {**run.scores[name], SECONDS: torch.full((len(wanted),), row["seconds"] / len(wanted))}
-        scores.add([{"key": chunk[i].key, "path": chunk[i].path, "method": name, "metric": metric,
-                     "value": float(column[j]), "target": int(labels[j])}
-                    for j, i in enumerate(wanted) for metric, column in values.items()])
-        counts["done"] += len(wanted)
+        rows += [{"key": chunk[i].key, "path": chunk[i].path, "method": name, "metric": metric,
+                  "value": float(column[j]), "target": int(labels[j])}
+                 for j, i in enumerate(wanted) for metric, column in values.items()]
+        scored += len(wanted)
+    return rows, failures, scored
 
 
 def probe_data(model) -> ShapesData:
@@ -144,14 +167,14 @@ def _label(model, item: Item) -> int:
         raise VitxError(f"the label of {item.key!r}: {one_line(err)}") from None
 
 
-def _decode(model, item: Item, needs_masks: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _decode(model, item: Item, needs_masks: bool, read) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(image (3, H, W) in [0, 1] at the model's size, its class, its mask (H, W) bool) of ``item``."""
     size = model.config.image_size
-    image = read_image(item.path)
+    image = read(item.path)
     pixels = load_images(image, size)[0][0]
     if not needs_masks:
         return pixels, torch.tensor(_label(model, item)), torch.zeros(size, dtype=torch.bool)
-    mask = read_image(item.mask)
+    mask = read(item.mask)
     if mask.size != image.size:
         raise VitxError(f"the mask {item.mask!r} is {mask.size[0]}x{mask.size[1]} and its image "
                         f"{image.size[0]}x{image.size[1]}")
@@ -159,4 +182,4 @@ def _decode(model, item: Item, needs_masks: bool) -> tuple[torch.Tensor, torch.T
     return pixels, torch.tensor(_label(model, item)), torch.from_numpy(np.asarray(mask) > 127)
 
 
-__all__ = ["bench_collection", "probe_data"]
+__all__ = ["Plan", "bench_collection", "prepare_bench", "probe_data", "score_chunk"]
