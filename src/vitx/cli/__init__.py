@@ -131,6 +131,10 @@ def build_parser() -> Parser:
                                                   "the shards with --merge")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="with --collection: where the images are scored (default: local, this process)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: an existing cluster's address, host:port "
+                                                         "or ray://host:port (default: start a local one)")
+    p.add_argument("--actors", type=positive_int, default=1,
+                   help="with --engine ray: actors that score chunks, each loading the model once (default: 1)")
     p.add_argument("--merge", type=Path, metavar="DIR",
                    help="merge the shards of a --collection benchmark written in DIR into DIR's results.json and "
                         "leaderboard.md (mean ± standard error over every image)")

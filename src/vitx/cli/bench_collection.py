@@ -17,9 +17,11 @@ from .options import comma_list, method_params, output_dir
 
 def run_bench_collection(args) -> int:
     shard = parse_shard(args.shard) if args.shard is not None else (0, 1)
-    if args.engine != "local":
-        raise VitxError("--engine ray is not available for vitx bench --collection yet: run the shards with "
-                        "--engine local (one process per --shard K/N, on any scheduler) and merge them")
+    if args.engine != "ray" and (args.ray_address is not None or args.actors != 1):
+        raise VitxError(f"{'--ray-address' if args.ray_address is not None else '--actors'} applies to --engine ray")
+    if args.engine == "ray":
+        from ..engines.ray_engine import require_ray
+        require_ray()   # the extra's install command before any work
     collection = open_collection(args.collection)
     model = load_model(args.model, arch=args.arch, device=args.device)
     probe = probe_data(model)
@@ -32,13 +34,20 @@ def run_bench_collection(args) -> int:
                         *(f"--param {m}.{k}={v!r}" for m, k, v in args.param), f"--seed {args.seed}",
                         f"--out {args.out}"])
     with output_dir(args.out) as out:
-        counts = bench_collection(model, collection, names, out, metrics=metrics, shard=shard, params=params,
-                                  seed=args.seed, batch_size=args.batch_size, command=command, progress=True)
+        options = dict(metrics=metrics, shard=shard, params=params, seed=args.seed, batch_size=args.batch_size,
+                       command=command)
+        if args.engine == "ray":
+            from ..engines.ray_scoring import bench_ray   # Ray is an optional extra
+            counts = bench_ray(model, collection, names, out, address=args.ray_address, actors=args.actors,
+                               source=None if args.arch else args.model, **options)   # actors load it by name
+        else:
+            counts = bench_collection(model, collection, names, out, progress=True, **options)
     print(f"shard {shard[0]}/{shard[1]}: {counts['done']} (image, method) pairs scored, {counts['skipped']} done "
           f"before, {counts['errors']} failed" + (f" (see {out}/errors/)" if counts["errors"] else ""))
     if shard[1] == 1:
-        return show_merged(out)
-    print(f"when every shard has run: vitx bench --merge {out}")
+        show_merged(out)
+    else:
+        print(f"when every shard has run: vitx bench --merge {out}")
     return 1 if counts["errors"] else 0
 
 
