@@ -1,0 +1,142 @@
+"""The in-process engine: explain one shard of a collection, batch by batch, into a :class:`~vitx.engines.store.Store`.
+
+Every image is decoded on its own: one that cannot be read or preprocessed becomes an error row with the reason
+(method null) and the run goes on; a method that refuses a batch (a :class:`VitxError`) becomes an error row per
+image of that batch and method. A rerun skips the ``(key, method)`` pairs already written and retries the others.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import VitxError, one_line
+from ..explain import explain
+from ..images import read_image
+from ..loading import load_model
+from ..model import Model, as_model
+from ..registry import get_method
+from ..targets import resolve_targets
+from .collection import Collection, Item, open_collection
+from .rows import explanation_rows
+from .shards import WHOLE, check_shard
+from .store import ROWS_PER_PART, Store
+
+OVERLAY_SCALE = 4
+
+
+def prepare(model, collection, methods, *, shard=WHOLE, params=None, target=None):
+    """Everything checked before any work: the model (a :class:`~vitx.model.Model`, a module or a spec for
+    :func:`vitx.load_model`), the collection (or its spec), the methods (names, or one comma-separated string) and
+    their ``params`` (``{method: {name: value}}``), the shard and the ``target`` (None, or a class index or name for
+    every image). Returns ``(model, collection, methods, bound params, target index or None, shard)``."""
+    shard = check_shard(shard)
+    collection = collection if isinstance(collection, Collection) else open_collection(collection)
+    names = [name.strip() for name in methods.split(",")] if isinstance(methods, str) else list(methods)
+    if not names or len(set(names)) != len(names):
+        raise VitxError(f"methods must be distinct method names, got {names!r}")
+    infos = [get_method(name) for name in names]
+    unknown = sorted(set(params or {}) - set(names))
+    if unknown:
+        raise VitxError(f"parameters given for {', '.join(unknown)}, which is not among the methods {names}")
+    model = load_model(model) if isinstance(model, (str, os.PathLike)) else as_model(model)
+    if model.config.input != "pixels" or model.detector or model.bimodal or model.image_text:
+        raise VitxError(f"a collection is explained with an image classifier; this model is a {model.config.kind!r} "
+                        "model (explain its inputs with vitx.explain)")
+    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    bound = {}
+    for info in infos:
+        bound[info.name] = info.bind((params or {}).get(info.name, {}))
+        info.check_model(model, layout, bound[info.name])
+    if target is not None:
+        target = int(resolve_targets(target, 1, model)[0])
+    return model, collection, names, bound, target, shard
+
+
+def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, params=None, target=None,
+                       batch_size: int = 32, overlays: bool = False, progress: bool = False,
+                       rows_per_part: int = ROWS_PER_PART, resize: str = "stretch") -> dict:
+    """Explain shard ``shard`` of ``collection`` with every method into ``out_dir`` (see :mod:`vitx.engines.store`
+    for the layout); returns the counts ``{"done": rows written, "skipped": (image, method) pairs already there,
+    "errors": error rows written}``. An item's own ``target`` (a Parquet collection's column) wins over ``target``;
+    without either, the predicted class is explained. ``overlays``: also ``out/overlays/<key without its
+    suffix>_<method>.png``. Bad arguments are refused (:func:`prepare`) before ``out_dir`` is touched."""
+    if batch_size < 1:
+        raise VitxError(f"batch_size must be at least 1, got {batch_size}")
+    model, collection, names, bound, target, shard = prepare(model, collection, methods, shard=shard, params=params,
+                                                             target=target)
+    store = Store(out_dir, shard, rows_per_part)
+    done = store.done()
+    counts = {"done": 0, "skipped": 0, "errors": 0}
+    bar = tqdm(total=collection.size if shard == WHOLE else None, unit="image", disable=not progress)
+    batch: list[Item] = []
+    try:
+        for item in collection.items(shard):
+            bar.update()
+            todo = [name for name in names if (item.key, name) not in done]
+            counts["skipped"] += len(names) - len(todo)
+            if todo:
+                batch.append(item)
+            if len(batch) == batch_size:
+                _explain_batch(model, batch, names, bound, target, done, store, counts, overlays, resize)
+                batch = []
+        if batch:
+            _explain_batch(model, batch, names, bound, target, done, store, counts, overlays, resize)
+    finally:   # what is explained is kept, also when interrupted
+        bar.close()
+        store.flush()
+    store.finish()
+    return counts
+
+
+def _explain_batch(model: Model, items, names, bound, target, done, store, counts, overlays, resize) -> None:
+    good, inputs = [], []
+    for item in items:
+        try:
+            inputs.append(model.preprocess(read_image(item.path), resize=resize))
+            good.append(item)
+        except Exception as err:   # undecodable, truncated, a bomb, refused pixels: logged, and the run goes on
+            store.error(item.key, item.path, None, one_line(err))
+            counts["errors"] += 1
+    for name in names:
+        chosen = [i for i, item in enumerate(good) if (item.key, name) not in done]
+        for group in _target_groups(good, chosen, target):
+            x = torch.cat([inputs[i] for i in group])
+            wanted = [good[i].target if good[i].target is not None else target for i in group]
+            try:
+                exp = explain(model, x, method=name, target=None if wanted[0] is None else wanted,
+                              batch_size=len(group), **bound[name])
+            except VitxError as err:
+                for i in group:
+                    store.error(good[i].key, good[i].path, name, one_line(err))
+                counts["errors"] += len(group)
+                continue
+            for row in explanation_rows(exp, [good[i] for i in group], bound[name]):
+                store.add(row)
+            counts["done"] += len(group)
+            if overlays:
+                for j, i in enumerate(group):
+                    _save_atomic(exp.overlay(j, scale=OVERLAY_SCALE), overlay_file(store.out, good[i].key, name))
+
+
+def _target_groups(items, chosen, target):
+    """``chosen`` split into the items with a target (their own or ``target``) and those explained for their
+    predicted class (explain takes one or the other per call)."""
+    given = [i for i in chosen if items[i].target is not None or target is not None]
+    return [group for group in (given, [i for i in chosen if i not in given]) if group]
+
+
+def overlay_file(out: Path, key: str, method: str) -> Path:
+    """``out/overlays/<key without its suffix>_<method>.png`` (the key's folders kept; never outside ``out``)."""
+    parts = [part for part in PurePosixPath(key.replace("\\", "/")).with_suffix("").parts
+             if part not in ("/", "..", ".")] or ["image"]
+    return Path(out, "overlays", *parts[:-1], f"{parts[-1]}_{method}.png")
+
+
+def _save_atomic(picture, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)

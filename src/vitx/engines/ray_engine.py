@@ -1,0 +1,269 @@
+"""The Ray engine: explain a collection on a Ray cluster (an existing one, by address, or a local one) with Ray Data.
+
+:func:`explain_dataset` turns a Ray Dataset of raw image bytes into a Dataset of rows: an actor pool
+(``ray.data.ActorPoolStrategy``) loads the model once per actor (on its GPU when it has one), decodes each image
+inside the worker (an unreadable one becomes an error row, never a failed block) and explains it with every method.
+Its rows are :data:`~vitx.engines.rows.ROW_SCHEMA`'s columns plus ``error`` (null for a good row; for a failed one
+the reason, with ``key``, ``path`` and ``method`` (null when the image itself failed) filled and the rest null) and,
+with ``overlays``, ``overlay`` (the overlay as PNG bytes).
+
+:func:`run_ray` runs one shard of a collection through it and writes the rows on the driver through the same
+:class:`~vitx.engines.store.Store` as the in-process engine (:mod:`.local`), so the layout, the manifest, resume and
+the errors table are the same. Ray is an optional extra: ``pip install 'vitx[ray]'``.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import torch
+from PIL import Image
+
+from ..errors import VitxError, one_line
+from ..explain import explain
+from ..loading import load_model
+from ..model import as_model
+from .collection import Item
+from .local import OVERLAY_SCALE, _save_atomic as save_atomic, _target_groups as target_groups, overlay_file, prepare
+from .rows import ROW_SCHEMA, explanation_rows
+from .shards import WHOLE
+from .store import ROWS_PER_PART, Store
+
+OUT_SCHEMA = ROW_SCHEMA.append(pa.field("error", pa.string()))
+OVERLAY_FIELD = pa.field("overlay", pa.binary())
+CONNECT_TIMEOUT = 5.0   # seconds to reach a cluster's address before it is called unreachable
+READ_CPUS = 0.25        # CPUs a read task asks for (reading bytes is light; the actors keep the rest)
+
+
+def require_ray():
+    """The ``ray`` module with Ray Data, or a one-line :class:`VitxError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (Ray without its data extra lacks it)
+    except ImportError:
+        raise VitxError("the Ray engine needs Ray Data: pip install 'vitx[ray]'") from None
+    return ray
+
+
+class Explainer:
+    """The actors' callable: the model loaded once (``model_source`` for :func:`vitx.load_model`, or a model shipped
+    to the actor), then, per batch of ``bytes``/``path``/``key`` (+ ``label``, ``target``, ``methods``: the methods
+    to run for that image, default all; ``error``: a reason the image was not read), the batch's rows."""
+
+    def __init__(self, model_source, methods, params, target=None, resize="stretch", overlays=False, threads=None):
+        if threads:
+            torch.set_num_threads(threads)
+        device = "cuda" if torch.cuda.is_available() else None
+        if isinstance(model_source, (str, os.PathLike)):
+            self.model = load_model(model_source, device=device)
+        else:
+            self.model = as_model(model_source).to(device or "cpu")
+        self.methods, self.params, self.target = list(methods), params, target
+        self.resize, self.overlays = resize, overlays
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        columns = batch.to_pydict()
+        count = batch.num_rows
+        get = lambda name: columns.get(name, [None] * count)   # noqa: E731
+        rows, good, inputs, todo = [], [], [], []
+        for data, path, key, label, target, methods, failed in zip(
+                get("bytes"), get("path"), get("key"), get("label"), get("target"), get("methods"), get("error")):
+            item = Item(path=path, key=key, label=None if label is None else str(label),
+                        target=None if target is None else int(target))
+            try:
+                if failed is not None:
+                    raise VitxError(failed)
+                if data is None:
+                    raise VitxError(f"no bytes were read from {path!r}")
+                inputs.append(self.model.preprocess(decode(data, path), resize=self.resize))
+                good.append(item)
+                todo.append(set(self.methods if methods is None else methods))
+            except Exception as err:   # undecodable, truncated, refused pixels: an error row, the run goes on
+                rows.append({"key": key, "path": path, "method": None, "error": one_line(err)})
+        for name in self.methods:
+            chosen = [i for i, wanted in enumerate(todo) if name in wanted]
+            for group in target_groups(good, chosen, self.target):
+                rows.extend(self._explain(name, [good[i] for i in group], [inputs[i] for i in group]))
+        return self._table(rows)
+
+    def _explain(self, name: str, items: list[Item], inputs: list[torch.Tensor]) -> list[dict]:
+        wanted = [item.target if item.target is not None else self.target for item in items]
+        try:
+            exp = explain(self.model, torch.cat(inputs), method=name, target=None if wanted[0] is None else wanted,
+                          batch_size=len(items), **self.params[name])
+        except VitxError as err:
+            return [{"key": item.key, "path": item.path, "method": name, "error": one_line(err)} for item in items]
+        rows = explanation_rows(exp, items, self.params[name])
+        if self.overlays:
+            for j, row in enumerate(rows):
+                png = io.BytesIO()
+                exp.overlay(j, scale=OVERLAY_SCALE).save(png, format="PNG")
+                row["overlay"] = png.getvalue()
+        return rows
+
+    def _table(self, rows: list[dict]) -> pa.Table:
+        schema = OUT_SCHEMA.append(OVERLAY_FIELD) if self.overlays else OUT_SCHEMA
+        return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema)
+
+
+def decode(data: bytes, path: str) -> Image.Image:
+    """Raw file bytes -> a loaded PIL image, or a VitxError naming ``path`` and why."""
+    buffer = io.BytesIO(data)
+    try:
+        with Image.open(buffer) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, Image.DecompressionBombError) as err:   # the reason reads as the local engine's
+        reason = one_line(err).replace(repr(buffer), repr(path))
+        raise VitxError(f"cannot read {path!r} as an image ({reason})") from None
+
+
+def actor_cpus(total: float, actors: int) -> float:
+    """CPUs per actor so that the actors leave at least one of the cluster's ``total`` (half of one on a one-CPU
+    cluster) to the read tasks (actors that take every CPU starve the reads, and the run deadlocks); at most 1."""
+    spare = total - 1 if total >= 2 else total / 2
+    return max(min(1.0, spare / actors), 0.01)
+
+
+def explain_dataset(ds, model_source, methods, *, params=None, target=None, batch_size: int = 32, actors: int = 1,
+                    gpus_per_actor: float = 0, cpus_per_actor: float | None = None, resize: str = "stretch",
+                    overlays: bool = False):
+    """``ds`` (a Ray Dataset with columns ``bytes``, ``path``, ``key``, optionally ``label``, ``target``,
+    ``methods``, ``error``) explained by an actor pool of ``actors`` (see the module's docstring for the rows).
+    ``methods``: names; ``params``: ``{method: {name: value}}`` already bound (:func:`.local.prepare` binds them);
+    ``target``: a class index for every image without its own. ``gpus_per_actor``: GPUs each actor takes;
+    ``cpus_per_actor``: default :func:`actor_cpus` of the cluster's CPUs. Lazy: nothing runs until it is read."""
+    ray = require_ray()
+    if actors < 1 or batch_size < 1:
+        raise VitxError(f"actors and batch_size must be at least 1, got {actors} and {batch_size}")
+    params = {name: dict((params or {}).get(name, {})) for name in methods}
+    if cpus_per_actor is None:
+        cpus_per_actor = actor_cpus(ray.cluster_resources().get("CPU", 1), actors)
+    threads = max(1, int(cpus_per_actor))
+    return ds.map_batches(Explainer, fn_constructor_args=(model_source, list(methods), params, target, resize,
+                                                          overlays, threads),
+                          compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
+                          batch_format="pyarrow", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
+
+
+def read_bytes(batch: pa.Table) -> pa.Table:
+    """A Ray task: each ``path``'s bytes in ``bytes`` (null, with the reason in ``error``, when it cannot be read)."""
+    data, errors = [], []
+    for path in batch.column("path").to_pylist():
+        try:
+            with open(path, "rb") as file:
+                data.append(file.read())
+            errors.append(None)
+        except OSError as err:
+            data.append(None)
+            errors.append(f"cannot read {path!r} ({err.strerror or one_line(err)})")
+    return batch.append_column(pa.field("bytes", pa.binary()), pa.array(data, pa.binary())).append_column(
+        pa.field("error", pa.string()), pa.array(errors, pa.string()))
+
+
+def run_ray(collection, model_source, methods, out_dir, *, address=None, actors: int = 1, shard=WHOLE, params=None,
+            target=None, batch_size: int = 32, overlays: bool = False, rows_per_part: int = ROWS_PER_PART,
+            resize: str = "stretch", gpus_per_actor: float | None = None) -> dict:
+    """Explain shard ``shard`` of ``collection`` on Ray into ``out_dir``, like :func:`.local.explain_collection`
+    (same arguments, layout and counts ``{"done", "skipped", "errors"}``). ``address``: an existing cluster
+    (``host:port`` or ``ray://host:port``; an unreachable one is refused within :data:`CONNECT_TIMEOUT` seconds);
+    None starts a local one on 127.0.0.1 (or uses the Ray this process has already started). ``model_source``: a
+    :func:`vitx.load_model` spec, loaded once here (checks) and once per actor; a model object is shipped to the
+    actors. ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0."""
+    ray = require_ray()
+    if actors < 1 or batch_size < 1:
+        raise VitxError(f"actors and batch_size must be at least 1, got {actors} and {batch_size}")
+    if address is not None:
+        check_reachable(address)
+    model, collection, names, bound, target, shard = prepare(model_source, collection, methods, shard=shard,
+                                                             params=params, target=target)
+    source = model_source if isinstance(model_source, (str, os.PathLike)) else model
+    store = Store(out_dir, shard, rows_per_part)
+    done = store.done()
+    counts = {"done": 0, "skipped": 0, "errors": 0}
+    todo = []
+    for item in collection.items(shard):
+        wanted = [name for name in names if (item.key, name) not in done]
+        counts["skipped"] += len(names) - len(wanted)
+        if wanted:
+            todo.append({"key": item.key, "path": item.path, "label": item.label, "target": item.target,
+                         "methods": wanted})
+    if todo:
+        with connected(ray, address):
+            if gpus_per_actor is None:
+                gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+            items = ray.data.from_items(todo).map_batches(read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS,
+                                                           batch_size=batch_size)
+            rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
+                                   actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays)
+            try:
+                for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
+                    write_batch(batch, store, counts, overlays)
+            finally:   # what is explained is kept, also when interrupted
+                store.flush()
+    store.finish()
+    return counts
+
+
+def write_batch(batch: pa.Table, store: Store, counts: dict, overlays: bool) -> None:
+    """One batch of :func:`explain_dataset`'s rows into ``store`` (error rows as errors; overlays as files)."""
+    for row in batch.to_pylist():
+        reason, picture = row.pop("error"), row.pop("overlay", None)
+        if reason is not None:
+            store.error(row["key"], row["path"], row["method"], reason)
+            counts["errors"] += 1
+            continue
+        store.add(row)
+        counts["done"] += 1
+        if overlays and picture is not None:
+            save_atomic(Image.open(io.BytesIO(picture)), overlay_file(store.out, row["key"], row["method"]))
+
+
+def check_reachable(address: str) -> None:
+    """A one-line VitxError naming ``address`` unless a TCP connection to it opens within :data:`CONNECT_TIMEOUT`
+    (``ray.init`` itself would retry for minutes). ``auto`` and ``local`` are left to Ray."""
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or port is None:
+        raise VitxError(f"the Ray address {address!r} is not host:port or ray://host:port")
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+    except OSError as err:
+        raise VitxError(f"cannot reach the Ray cluster at {address!r} ({err.strerror or one_line(err)})") from None
+
+
+@contextmanager
+def connected(ray, address):
+    """Ray connected for the block: to ``address``, or to a local cluster on 127.0.0.1 started here (and shut down
+    after); a Ray this process has already initialised is used as it is."""
+    if ray.is_initialized():
+        yield
+        return
+    if address is None:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False, logging_level="WARNING")
+    else:
+        ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+    quiet(ray)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def quiet(ray) -> None:
+    """No progress bars or per-operator logs from Ray Data on the driver's terminal."""
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

@@ -1,0 +1,111 @@
+"""The Ray engine on a local cluster bound to 127.0.0.1 (started once for the module): the same rows as the in-process
+engine, corrupt files in the errors table, resume, and the refusals (unreachable address, Ray missing)."""
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+
+from vitx.data.shapes import shapes  # noqa: E402
+from vitx.engines import read_errors, read_rows  # noqa: E402
+from vitx.engines.local import explain_collection  # noqa: E402
+from vitx.engines.ray_engine import actor_cpus, explain_dataset, run_ray  # noqa: E402
+from vitx.errors import VitxError  # noqa: E402
+
+METHODS = ["raw-attention", "generic-attention"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+             logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def write_images(folder, n, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    data = shapes(n, seed=seed)
+    for i in range(n):
+        pixels = (data.images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def by_pair(table):
+    return {(row["key"], row["method"]): row for row in table.to_pylist()}
+
+
+def test_same_rows_as_in_process_and_corrupt_file_logged(cluster, tmp_path):
+    images = write_images(tmp_path / "images", 64)
+    (images / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    local = explain_collection("shapes-vit", str(images), METHODS, tmp_path / "local")
+    counts = run_ray(str(images), "shapes-vit", METHODS, tmp_path / "ray", batch_size=16)
+    assert counts == local == {"done": 128, "skipped": 0, "errors": 1}
+    expected, got = by_pair(read_rows(tmp_path / "local")), by_pair(read_rows(tmp_path / "ray"))
+    assert set(got) == set(expected) and len(got) == 128
+    for pair, row in expected.items():
+        assert got[pair]["target"] == row["target"] and got[pair]["params"] == row["params"]
+        assert got[pair]["map_shape"] == row["map_shape"] == [64, 64]
+        np.testing.assert_allclose(got[pair]["map"], row["map"], atol=1e-5)
+        np.testing.assert_allclose(got[pair]["token_map"], row["token_map"], atol=1e-5)
+        np.testing.assert_allclose(got[pair]["logits"], row["logits"], atol=1e-4)
+    errors = read_errors(tmp_path / "ray").to_pylist()
+    assert [(e["key"], e["method"]) for e in errors] == [("corrupt.png", None)]
+    assert errors == read_errors(tmp_path / "local").to_pylist()
+
+
+def test_resume_redoes_only_what_is_missing(cluster, tmp_path):
+    images = write_images(tmp_path / "images", 12, seed=1)
+    out = tmp_path / "out"
+    assert run_ray(str(images), "shapes-vit", METHODS, out, rows_per_part=5) == {"done": 24, "skipped": 0,
+                                                                                "errors": 0}
+    whole = by_pair(read_rows(out))
+    lost = sorted((out / "rows").glob("part-*.parquet"))[1]   # a part a crash would not have flushed
+    lost_pairs = set(by_pair(pq.read_table(lost)))
+    lost.unlink()
+    assert run_ray(str(images), "shapes-vit", METHODS, out) == {"done": len(lost_pairs),
+                                                                "skipped": 24 - len(lost_pairs), "errors": 0}
+    again = by_pair(read_rows(out))
+    assert set(again) == set(whole) and len(read_rows(out)) == 24
+    for pair in lost_pairs:
+        np.testing.assert_allclose(again[pair]["map"], whole[pair]["map"], atol=1e-5)
+    assert run_ray(str(images), "shapes-vit", METHODS, out) == {"done": 0, "skipped": 24, "errors": 0}
+
+
+def test_explain_dataset_gives_error_rows_not_failed_blocks(cluster, tmp_path):
+    images = write_images(tmp_path / "images", 3, seed=2)
+    items = [{"bytes": f.read_bytes(), "path": str(f), "key": f.name} for f in sorted(images.iterdir())]
+    items.append({"bytes": b"GIF89a broken", "path": "broken.gif", "key": "broken.gif"})
+    table = explain_dataset(ray.data.from_items(items), "shapes-vit", ["raw-attention"], batch_size=4).take_all()
+    good = sorted(row["key"] for row in table if row["error"] is None)
+    bad = [row for row in table if row["error"] is not None]
+    assert good == ["000.png", "001.png", "002.png"]
+    assert [(row["key"], row["method"], row["map"]) for row in bad] == [("broken.gif", None, None)]
+    assert "broken.gif" in bad[0]["error"]
+
+
+def test_unreachable_address_is_refused_quickly_with_the_address(tmp_path):
+    images = write_images(tmp_path / "images", 1)
+    start = time.monotonic()
+    with pytest.raises(VitxError, match=r"127\.0\.0\.1:1") as caught:
+        run_ray(str(images), "shapes-vit", METHODS, tmp_path / "out", address="127.0.0.1:1")
+    assert time.monotonic() - start < 10 and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_ray_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(VitxError, match=r"pip install 'vitx\[ray\]'"):
+        run_ray(str(tmp_path), "shapes-vit", METHODS, tmp_path / "out")
+
+
+def test_actors_leave_cpus_to_the_reads():
+    assert actor_cpus(2, 1) == 1.0
+    assert actor_cpus(16, 4) == 1.0
+    assert actor_cpus(4, 6) * 6 <= 3
+    assert 0 < actor_cpus(1, 1) < 1
