@@ -88,7 +88,8 @@ def bench_ray(model, collection, methods, out_dir, *, metrics=None, shard=WHOLE,
         check_reachable(address)
     if source is None:
         source = model
-    model, plan, shard, _ = prepare_bench(model, collection, methods, metrics, shard, params, seed, batch_size)
+    model, collection, plan, shard, _ = prepare_bench(model, collection, methods, metrics, shard, params, seed,
+                                                      batch_size)
     check_settings(out_dir, plan.settings(model, collection, command))
     scores, errors = ScoreStore(out_dir, shard), Store(out_dir, shard)
     done = scores.done()

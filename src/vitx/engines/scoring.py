@@ -25,7 +25,7 @@ from ..evaluate import checked_run, evaluate, metric_info
 from ..images import load_images, read_image
 from ..loading import load_model
 from ..targets import resolve_targets
-from .collection import Item
+from .collection import Collection, Item, open_collection
 from .scores import SECONDS, ScoreStore, check_settings
 from .shards import WHOLE, check_shard
 from .store import Store
@@ -53,12 +53,13 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
                      seed: int = 0, batch_size: int = 32, command: str = "", progress: bool = False) -> dict:
     """Score ``methods`` (names; the references ``random`` and ``ground-truth`` allowed) by ``metrics`` (None:
     every per-image metric) on shard ``shard`` of ``collection`` (a :class:`~vitx.engines.collection.Collection`
-    whose items have a ``label`` or ``target``, the class explained and scored, and a ``mask`` when a metric or
+    or its spec, whose items have a ``label`` or ``target``, the class explained and scored, and a ``mask`` when a metric or
     reference needs one); write the scores under ``out_dir`` (:mod:`.scores`). Everything is checked before any
     work (the methods, their ``params``, the metrics, every item's class and mask, in one streamed pass); a rerun
     skips the (image, method) pairs done. Returns counts: ``done`` (pairs scored now), ``skipped`` (done before),
     ``errors`` (images or pairs that failed, recorded with their reason)."""
-    model, plan, shard, count = prepare_bench(model, collection, methods, metrics, shard, params, seed, batch_size)
+    model, collection, plan, shard, count = prepare_bench(model, collection, methods, metrics, shard, params, seed,
+                                                          batch_size)
     check_settings(out_dir, plan.settings(model, collection, command))
     scores, errors = ScoreStore(out_dir, shard), Store(out_dir, shard)
     done = scores.done()
@@ -81,8 +82,11 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
 
 
 def prepare_bench(model, collection, methods, metrics, shard, params, seed: int, batch_size: int):
-    """(model, :class:`Plan`, shard, the shard's item count), every argument and item checked (one streamed pass)."""
+    """(model, collection, :class:`Plan`, shard, the shard's item count), every argument and item checked (one
+    streamed pass); ``collection``: a :class:`~vitx.engines.collection.Collection` or its spec."""
     model = load_model(model)
+    if not isinstance(collection, Collection):
+        collection = open_collection(collection)
     if model.bimodal or model.image_text or model.detector or model.config.multi_label:
         raise VitxError(f"the collection benchmark scores single-label image classifiers, and this "
                         f"{model.config.kind!r} model is not one: use vitx bench without --collection")
@@ -95,7 +99,7 @@ def prepare_bench(model, collection, methods, metrics, shard, params, seed: int,
     metric_names = [m for m in metric_names if m not in rerun]
     needs_masks = "ground-truth" in names or any("masks" in metric_info(m).needs for m in metric_names)
     count = _check_items(model, collection, shard, needs_masks)
-    return model, Plan(names, metric_names, params, seed, batch_size, needs_masks), shard, count
+    return model, collection, Plan(names, metric_names, params, seed, batch_size, needs_masks), shard, count
 
 
 def score_chunk(model, plan: Plan, chunk: list[Item], todo: dict, read=read_image) -> tuple[list, list, int]:
