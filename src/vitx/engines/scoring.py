@@ -54,8 +54,8 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
     """Score ``methods`` (names; the references ``random`` and ``ground-truth`` allowed) by ``metrics`` (None:
     every per-image metric) on shard ``shard`` of ``collection`` (a :class:`~vitx.engines.collection.Collection`
     or its spec, whose items have a ``label`` or ``target``, the class explained and scored, and a ``mask`` when a
-    metric or reference needs one); write the scores under ``out_dir`` (:mod:`.scores`). Everything is checked before any
-    work (the methods, their ``params``, the metrics, every item's class and mask, in one streamed pass); a rerun
+    metric or reference needs one); write the scores under ``out_dir`` (:mod:`.scores`). Everything is checked before
+    any work (the methods, their ``params``, the metrics, every item's class and mask, in one streamed pass); a rerun
     skips the (image, method) pairs done. Returns counts: ``done`` (pairs scored now), ``skipped`` (done before),
     ``errors`` (images or pairs that failed, recorded with their reason)."""
     model, collection, plan, shard, count = prepare_bench(model, collection, methods, metrics, shard, params, seed,
