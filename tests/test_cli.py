@@ -171,7 +171,7 @@ BAD = {  # what is wrong: (arguments after `explain` or a whole command line, a 
     "missing image": (["nowhere.png"], "does not exist"),
     "non-image file": (["{files}/notes.png"], "cannot read"),
     "truncated image": (["{files}/truncated.png"], "cannot read"),
-    "directory as image": (["{files}/a"], "directory"),
+    "directory among images": ([str(CIRCLE), "{files}/a"], "directory"),   # one folder alone is a collection
     "same file names": ([CIRCLE, "{files}/a/1_circle.png"], "named '1_circle'"),
     "unknown model": (["--model", "no-such-model"], "unknown model"),
     "missing model file": (["--model", "{files}/absent.safetensors"], "does not exist"),

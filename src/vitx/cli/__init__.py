@@ -16,9 +16,11 @@ from pathlib import Path
 from .. import __version__
 from ..errors import VitxError, one_line
 from ..viz import ROWS_PER_PAGE
+from ..engines.store import ROWS_PER_PART
 from ..zoo import ZOO_DIR
 from .benching import run_bench
-from .explaining import applicable_methods, run_explain
+from .collections import run_explain_any, run_merge
+from .explaining import applicable_methods
 from .listings import run_generate, run_methods, run_models, run_train
 from .options import config_override, device, fraction, literal, memory_size, method_param, positive_int, \
     positive_number
@@ -52,7 +54,10 @@ def build_parser() -> Parser:
                                         "box and label drawn, and map (<image>_q<query>_<class>_<method>), listed "
                                         "with its class, score and box in objects.json; no detection: a warning "
                                         "and nothing written.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (PNG, JPEG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (PNG, JPEG, ...), or one collection: a folder (recursive), a quoted glob, a "
+                        ".txt/.lst list of paths or a .parquet table (column path; optional label, target, mask), "
+                        "explained into Parquet rows under --out (see docs/scale.md)")
     p.add_argument("--model", required=True,
                    help="zoo name (see `vitx models`), timm:<name>, torchvision:<name>, hf:<directory> or a "
                         ".safetensors file")
@@ -85,7 +90,24 @@ def build_parser() -> Parser:
     p.add_argument("--memory", type=memory_size, help="memory budget of a chunk, e.g. 4GB; chunks shrink to fit each "
                                                       "method's declared memory (default: half of what is available)")
     p.add_argument("--out", required=True, type=Path, help="output directory")
-    p.set_defaults(run=run_explain)
+    p.add_argument("--shard", metavar="K/N", help="a collection's shard K of N (0 <= K < N), chosen by a hash of each "
+                                                  "image's key, for a scheduler to run the parts (default: 0/1)")
+    p.add_argument("--overlays", action="store_true", help="a collection's overlays too (--out/overlays/)")
+    p.add_argument("--rows-per-part", type=positive_int, metavar="R",
+                   help=f"a collection's rows per Parquet part file, the most a crash loses (default: {ROWS_PER_PART})")
+    p.add_argument("--engine", choices=("local", "ray"), help="a collection's engine: local (this process, the "
+                                                              "default) or ray (needs pip install 'vitx[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR", help="--engine ray: an existing cluster's address (default: a "
+                                                         "local cluster)")
+    p.add_argument("--actors", type=positive_int, help="--engine ray: model actors (default: 1)")
+    p.set_defaults(run=run_explain_any)
+
+    p = commands.add_parser("merge", parents=[common], help="a collection run's shards as one table",
+                            description="Print the rows and errors of each shard of a `vitx explain <collection>` "
+                                        "run; with --out, write every row as one Parquet table.")
+    p.add_argument("dir", type=Path, help="the run's --out directory")
+    p.add_argument("--out", type=Path, help="a .parquet file to write")
+    p.set_defaults(run=run_merge)
 
     for name, rows in (("methods", "the explanation methods"), ("models", "the zoo models")):
         p = commands.add_parser(name, parents=[common], help=f"list {rows}", description=f"List {rows}.")

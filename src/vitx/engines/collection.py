@@ -37,8 +37,8 @@ class Item:
 
 
 class Collection:
-    """A spec's images: :meth:`items` streams them (one shard of them), ``len()`` counts them (``None`` when the
-    collection is a table that is streamed; :attr:`size` then says so)."""
+    """A spec's images: :meth:`items` streams them (one shard of them); ``len()`` and :attr:`size` count them (a
+    table's count comes from its metadata, without reading it)."""
 
     def __init__(self, spec: str, kind: str, source):
         self.spec, self.kind, self._source = spec, kind, source
@@ -92,10 +92,11 @@ def _glob_root(spec: str) -> str:
 
 
 def is_collection_spec(spec: str) -> bool:
-    """Whether a single command-line argument names a collection rather than one image file."""
-    spec = str(spec)
-    return (Path(spec).is_dir() or any(c in spec for c in "*?[")
-            or spec.lower().endswith(LIST_SUFFIXES + (".parquet",)))
+    """Whether a single command-line argument names a collection rather than one image file: a folder, a glob, a
+    list or a table, or a missing path that is not named like an image."""
+    spec, path = str(spec), Path(spec)
+    return (path.is_dir() or any(c in spec for c in "*?[") or spec.lower().endswith(LIST_SUFFIXES + (".parquet",))
+            or (not path.exists() and path.suffix.lower() not in IMAGE_SUFFIXES))
 
 
 def open_collection(spec) -> Collection:

@@ -24,7 +24,7 @@ from .rows import explanation_rows
 from .shards import WHOLE, check_shard
 from .store import ROWS_PER_PART, Store
 
-OVERLAY_SCALE = 4
+OVERLAY_SIZE = 256   # overlays are enlarged by a whole factor to at least this many pixels, as vitx explain's
 
 
 def prepare(model, collection, methods, *, shard=WHOLE, params=None, target=None):
@@ -70,55 +70,81 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
-    bar = tqdm(total=collection.size if shard == WHOLE else None, unit="image", disable=not progress)
-    batch: list[Item] = []
+    bar = tqdm(total=collection.size if shard == WHOLE else None, unit="image", disable=not progress, delay=1)
+    batch: list[tuple[Item, list[str]]] = []   # each item with the methods it still needs
     try:
         for item in collection.items(shard):
             bar.update()
             todo = [name for name in names if (item.key, name) not in done]
             counts["skipped"] += len(names) - len(todo)
-            if todo:
-                batch.append(item)
+            done.update((item.key, name) for name in todo)   # a key listed twice is explained once
+            classes = model.config.num_classes
+            if todo and item.target is not None and not 0 <= item.target < classes:
+                store.error(item.key, item.path, None, f"target {item.target} is out of range: this model has "
+                                                       f"{classes} classes (0-{classes - 1})")
+                counts["errors"] += 1
+            elif todo:
+                batch.append((item, todo))
             if len(batch) == batch_size:
-                _explain_batch(model, batch, names, bound, target, done, store, counts, overlays, resize)
+                _explain_batch(model, batch, names, bound, target, store, counts, overlays, resize)
                 batch = []
         if batch:
-            _explain_batch(model, batch, names, bound, target, done, store, counts, overlays, resize)
-    finally:   # what is explained is kept, also when interrupted
-        bar.close()
+            _explain_batch(model, batch, names, bound, target, store, counts, overlays, resize)
+    except BaseException:   # what is explained is kept, also when interrupted
         store.flush()
+        raise
+    finally:
+        bar.close()
     store.finish()
     return counts
 
 
-def _explain_batch(model: Model, items, names, bound, target, done, store, counts, overlays, resize) -> None:
-    good, inputs = [], []
-    for item in items:
+def _explain_batch(model: Model, batch, names, bound, target, store, counts, overlays, resize) -> None:
+    good, pictures = [], []
+    for item, todo in batch:
         try:
-            inputs.append(model.preprocess(read_image(item.path), resize=resize))
-            good.append(item)
-        except Exception as err:   # undecodable, truncated, a bomb, refused pixels: logged, and the run goes on
+            pictures.append(read_image(item.path))
+            good.append((item, todo))
+        except Exception as err:   # undecodable, truncated, a bomb: logged, and the run goes on
             store.error(item.key, item.path, None, one_line(err))
             counts["errors"] += 1
+    try:
+        inputs = list(model.preprocess(pictures, resize=resize)[:, None]) if pictures else []
+    except VitxError:   # pixels refused: find which, one by one
+        good, inputs = _preprocess_each(model, good, pictures, resize, store, counts)
+    items = [item for item, _ in good]
     for name in names:
-        chosen = [i for i, item in enumerate(good) if (item.key, name) not in done]
-        for group in _target_groups(good, chosen, target):
+        chosen = [i for i, (_, todo) in enumerate(good) if name in todo]
+        for group in _target_groups(items, chosen, target):
             x = torch.cat([inputs[i] for i in group])
-            wanted = [good[i].target if good[i].target is not None else target for i in group]
+            wanted = [items[i].target if items[i].target is not None else target for i in group]
             try:
                 exp = explain(model, x, method=name, target=None if wanted[0] is None else wanted,
                               batch_size=len(group), **bound[name])
             except VitxError as err:
                 for i in group:
-                    store.error(good[i].key, good[i].path, name, one_line(err))
+                    store.error(items[i].key, items[i].path, name, one_line(err))
                 counts["errors"] += len(group)
                 continue
-            for row in explanation_rows(exp, [good[i] for i in group], bound[name]):
+            for row in explanation_rows(exp, [items[i] for i in group], bound[name]):
                 store.add(row)
             counts["done"] += len(group)
             if overlays:
                 for j, i in enumerate(group):
-                    _save_atomic(exp.overlay(j, scale=OVERLAY_SCALE), overlay_file(store.out, good[i].key, name))
+                    picture = exp.overlay(j, scale=-(-OVERLAY_SIZE // max(model.config.image_size)))
+                    _save_atomic(picture, overlay_file(store.out, items[i].key, name))
+
+
+def _preprocess_each(model, batch, pictures, resize, store, counts):
+    good, inputs = [], []
+    for (item, todo), picture in zip(batch, pictures):
+        try:
+            inputs.append(model.preprocess(picture, resize=resize))
+            good.append((item, todo))
+        except VitxError as err:
+            store.error(item.key, item.path, None, one_line(err))
+            counts["errors"] += 1
+    return good, inputs
 
 
 def _target_groups(items, chosen, target):

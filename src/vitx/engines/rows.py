@@ -14,7 +14,7 @@ ROW_SCHEMA = pa.schema([
     ("target", pa.int64()), ("target_name", pa.string()),
     ("label", pa.string()),              # the collection's label, if it has one
     ("logits", pa.list_(pa.float32())),
-    ("token_map", pa.list_(pa.float32())), ("token_shape", pa.list_(pa.int32())),
+    ("token_map", pa.list_(pa.float32())), ("token_shape", pa.list_(pa.int32())),   # null: a pixel-level method
     ("map", pa.list_(pa.float32())), ("map_shape", pa.list_(pa.int32())),   # the pixel map at the model's input size
 ])
 ERROR_SCHEMA = pa.schema([
@@ -35,15 +35,16 @@ def explanation_rows(exp, items, params: dict | None = None) -> list[dict]:
     ``label``), in the same order. ``params``: the method's bound parameters (default: ``exp.params``)."""
     params = params_json(exp.params if params is None else params)
     maps = exp.maps.detach().float().cpu().numpy()
-    tokens = exp.token_maps.detach().float().cpu().numpy()
+    tokens = None if exp.token_maps is None else exp.token_maps.detach().float().cpu().numpy()
     logits = exp.logits.detach().float().cpu().numpy()
     rows = []
     for i, item in enumerate(items):
         target = int(exp.targets[i])
         rows.append({"key": item.key, "path": item.path, "method": exp.method, "params": params, "target": target,
                      "target_name": exp.target_name(i), "label": getattr(item, "label", None),
-                     "logits": logits[i].ravel(), "token_map": tokens[i].ravel(),
-                     "token_shape": np.asarray(tokens[i].shape, np.int32), "map": maps[i].ravel(),
+                     "logits": logits[i].ravel(), "token_map": None if tokens is None else tokens[i].ravel(),
+                     "token_shape": None if tokens is None else np.asarray(tokens[i].shape, np.int32),
+                     "map": maps[i].ravel(),
                      "map_shape": np.asarray(maps[i].shape, np.int32)})
     return rows
 
@@ -57,6 +58,8 @@ def errors_table(rows: list[dict]) -> pa.Table:
 
 
 def row_array(table: pa.Table, i: int, column: str = "map") -> np.ndarray:
-    """Row ``i``'s ``map`` (or ``token_map``) as a float32 array of its shape."""
+    """Row ``i``'s ``map`` (or ``token_map``) as a float32 array of its shape (None for a null token map)."""
     shape = table.column("token_shape" if column == "token_map" else "map_shape")[i].as_py()
+    if shape is None:
+        return None
     return np.asarray(table.column(column)[i].values, dtype=np.float32).reshape(shape)
