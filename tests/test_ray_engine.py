@@ -109,3 +109,11 @@ def test_actors_leave_cpus_to_the_reads():
     assert actor_cpus(16, 4) == 1.0
     assert actor_cpus(4, 6) * 6 <= 3
     assert 0 < actor_cpus(1, 1) < 1
+
+
+def test_all_methods_are_those_that_apply_to_the_model():
+    import vitx
+    from vitx.engines.ray_engine import applicable_methods
+    names = applicable_methods(vitx.load_model("shapes-vit"))
+    assert {"raw-attention", "generic-attention", "rollout"} <= set(names)
+    assert not {"nest-cam", "gradcat", "hvt-pooling", "ex-vit"} & set(names)   # other architectures' methods

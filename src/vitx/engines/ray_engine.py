@@ -28,6 +28,7 @@ from ..errors import VitxError, one_line
 from ..explain import explain
 from ..loading import load_model
 from ..model import as_model
+from ..registry import get_method, method_names
 from .collection import Item
 from .local import OVERLAY_SCALE, _save_atomic as save_atomic, _target_groups as target_groups, overlay_file, prepare
 from .rows import ROW_SCHEMA, explanation_rows
@@ -174,15 +175,21 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     (``host:port`` or ``ray://host:port``; an unreachable one is refused within :data:`CONNECT_TIMEOUT` seconds);
     None starts a local one on 127.0.0.1 (or uses the Ray this process has already started). ``model_source``: a
     :func:`vitx.load_model` spec, loaded once here (checks) and once per actor; a model object is shipped to the
-    actors. ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0."""
+    actors. ``methods``: names, one comma-separated string, or ``"all"`` (every method that applies to the model).
+    ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0. A Ray this process has already initialised is
+    used as it is (``address`` then only checked for reachability)."""
     ray = require_ray()
     if actors < 1 or batch_size < 1:
         raise VitxError(f"actors and batch_size must be at least 1, got {actors} and {batch_size}")
     if address is not None:
         check_reachable(address)
-    model, collection, names, bound, target, shard = prepare(model_source, collection, methods, shard=shard,
-                                                             params=params, target=target)
-    source = model_source if isinstance(model_source, (str, os.PathLike)) else model
+    named = isinstance(model_source, (str, os.PathLike))
+    model = load_model(model_source) if named else as_model(model_source)
+    if methods == "all":
+        methods = applicable_methods(model)
+    model, collection, names, bound, target, shard = prepare(model, collection, methods, shard=shard, params=params,
+                                                             target=target)
+    source = model_source if named else model
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
@@ -197,8 +204,9 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
         with connected(ray, address):
             if gpus_per_actor is None:
                 gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-            items = ray.data.from_items(todo).map_batches(read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS,
-                                                           batch_size=batch_size)
+            blocks = -(-len(todo) // batch_size)   # a read task per batch (Ray's default: a block per few items)
+            items = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
+                read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
             rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
                                    actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays)
             try:
@@ -210,9 +218,22 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     return counts
 
 
+def applicable_methods(model) -> list[str]:
+    """The registered methods that apply to ``model`` (what ``--method all`` explains)."""
+    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    names = []
+    for name in method_names():
+        try:
+            get_method(name).check_model(model, layout)
+            names.append(name)
+        except VitxError:
+            continue
+    return names
+
+
 def write_batch(batch: pa.Table, store: Store, counts: dict, overlays: bool) -> None:
     """One batch of :func:`explain_dataset`'s rows into ``store`` (error rows as errors; overlays as files)."""
-    for row in batch.to_pylist():
+    for row in arrow_rows(batch):
         reason, picture = row.pop("error"), row.pop("overlay", None)
         if reason is not None:
             store.error(row["key"], row["path"], row["method"], reason)
@@ -222,6 +243,22 @@ def write_batch(batch: pa.Table, store: Store, counts: dict, overlays: bool) -> 
         counts["done"] += 1
         if overlays and picture is not None:
             save_atomic(Image.open(io.BytesIO(picture)), overlay_file(store.out, row["key"], row["method"]))
+
+
+def arrow_rows(table: pa.Table) -> list[dict]:
+    """``table``'s rows as dicts, its list columns as numpy views (not Python lists: a 224x224 map is 50,176 floats,
+    and the driver writes every row of the run)."""
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type):
+            offsets = column.offsets.to_numpy()
+            values = column.values.to_numpy(zero_copy_only=False)
+            valid = column.is_valid().to_numpy(zero_copy_only=False)
+            columns[name] = [values[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(len(column))]
+        else:
+            columns[name] = column.to_pylist()
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
 def check_reachable(address: str) -> None:
@@ -262,8 +299,6 @@ def connected(ray, address):
 
 
 def quiet(ray) -> None:
-    """No progress bars or per-operator logs from Ray Data on the driver's terminal."""
+    """Ray Data's warnings and progress bars on the driver's terminal, not its per-run logs."""
     logging.getLogger("ray.data").setLevel(logging.WARNING)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    ray.data.DataContext.get_current().print_on_execution_start = False
