@@ -77,6 +77,9 @@ def test_two_shards_merged_equal_the_in_memory_benchmark(collection, model, tmp_
             np.testing.assert_allclose(rows.value.to_numpy(), memory.scores[method][metric].double().numpy(),
                                        rtol=1e-5, atol=1e-6)
     assert merged["n"] == 40 and merged["incomplete"] == [] and merged["errors"] == 0
+    assert main(["merge", str(out), "--out", str(tmp_path / "scores.parquet")]) == 0   # vitx merge does the same
+    assert json.loads((out / "results.json").read_text())["methods"] == merged["methods"]
+    assert pq.read_table(tmp_path / "scores.parquet").num_rows == 40 * 3 * 7
 
 
 def test_a_rerun_skips_what_is_done_and_a_corrupt_image_is_an_error_row(collection, model, tmp_path):

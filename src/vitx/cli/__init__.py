@@ -104,7 +104,9 @@ def build_parser() -> Parser:
 
     p = commands.add_parser("merge", parents=[common], help="a collection run's shards as one table",
                             description="Print the rows and errors of each shard of a `vitx explain <collection>` "
-                                        "run; with --out, write every row as one Parquet table.")
+                                        "run; with --out, write every row as one Parquet table. Of a `vitx bench "
+                                        "--collection` run: write its results.json and leaderboard.md over every "
+                                        "shard (as `vitx bench --merge`), and with --out its score rows as one table.")
     p.add_argument("dir", type=Path, help="the run's --out directory")
     p.add_argument("--out", type=Path, help="a .parquet file to write")
     p.set_defaults(run=run_merge)
