@@ -113,6 +113,8 @@ def test_a_rerun_skips_what_is_done_and_a_corrupt_image_is_an_error_row(collecti
     (("path", "label", "mask"), ("--metrics", "randomization_spearman"), "left out of the collection benchmark"),
     (("path", "label", "mask"), ("--shard", "2/2"), "K must be at least 0 and less than N"),
     (("path", "label", "mask"), ("--methods", "no-such-method"), "no-such-method"),
+    (("path", "label", "mask"), ("--actors", "2"), "--actors applies to --engine ray"),
+    (("path", "label", "mask"), ("--score-threshold", "0.5"), "--score-threshold applies to detectors"),
 ])
 def test_bad_input_is_one_line_before_any_work(collection, tmp_path, capsys, columns, argv, message):
     root, _, rows = collection
@@ -135,3 +137,6 @@ def test_merge_without_a_benchmark_and_shard_without_a_collection_are_refused(tm
     assert code == 2 and "holds no collection benchmark" in err
     code, _, err = bench(capsys, "--model", "shapes-vit", "--shard", "0/2", "--out", tmp_path / "x")
     assert code == 2 and "--shard applies to --collection runs only" in err
+    code, _, err = bench(capsys, "--model", "shapes-vit", "--actors", "2", "--out", tmp_path / "x")
+    assert code == 2 and "--actors applies to --collection runs only" in err
+    assert not (tmp_path / "x").exists()

@@ -17,6 +17,8 @@ from .options import comma_list, method_params, output_dir
 
 def run_bench_collection(args) -> int:
     shard = parse_shard(args.shard) if args.shard is not None else (0, 1)
+    if args.score_threshold is not None:
+        raise VitxError("--score-threshold applies to detectors, which the collection benchmark does not score")
     if args.engine != "ray" and (args.ray_address is not None or args.actors != 1):
         raise VitxError(f"{'--ray-address' if args.ray_address is not None else '--actors'} applies to --engine ray")
     if args.engine == "ray":

@@ -23,12 +23,14 @@ def run_bench(args) -> int:
     missing = [flag for flag, value in (("--model", args.model), ("--out", args.out)) if value is None]
     if missing:
         raise VitxError(f"the following arguments are required: {', '.join(missing)} (see `vitx bench --help`)")
-    if args.collection is not None:
-        return run_bench_collection(args)
-    if args.shard is not None or args.engine != "local":
-        raise VitxError(f"{'--shard' if args.shard is not None else '--engine'} applies to --collection runs only")
     if args.seed < 0:
         raise VitxError(f"--seed must be 0 or more, got {args.seed}")
+    if args.collection is not None:
+        return run_bench_collection(args)
+    for flag, given in (("--shard", args.shard is not None), ("--engine", args.engine != "local"),
+                        ("--ray-address", args.ray_address is not None), ("--actors", args.actors != 1)):
+        if given:
+            raise VitxError(f"{flag} applies to --collection runs only")
     methods = "all" if args.methods == "all" else comma_list(args.methods)
     metrics = None if args.metrics is None else comma_list(args.metrics)
     model = load_model(args.model, arch=args.arch, device=args.device)
