@@ -79,14 +79,17 @@ def test_resume_redoes_only_what_is_missing(cluster, tmp_path):
 
 def test_explain_dataset_gives_error_rows_not_failed_blocks(cluster, tmp_path):
     images = write_images(tmp_path / "images", 3, seed=2)
-    items = [{"bytes": f.read_bytes(), "path": str(f), "key": f.name} for f in sorted(images.iterdir())]
-    items.append({"bytes": b"GIF89a broken", "path": "broken.gif", "key": "broken.gif"})
+    items = [{"bytes": f.read_bytes(), "path": str(f), "key": f.name, "label": "circle", "target": target}
+             for f, target in zip(sorted(images.iterdir()), (None, 2, 99))]
+    items.append({"bytes": b"GIF89a broken", "path": "broken.gif", "key": "broken.gif", "label": None,
+                  "target": None})
     table = explain_dataset(ray.data.from_items(items), "shapes-vit", ["raw-attention"], batch_size=4).take_all()
-    good = sorted(row["key"] for row in table if row["error"] is None)
-    bad = [row for row in table if row["error"] is not None]
-    assert good == ["000.png", "001.png", "002.png"]
-    assert [(row["key"], row["method"], row["map"]) for row in bad] == [("broken.gif", None, None)]
-    assert "broken.gif" in bad[0]["error"]
+    good = {row["key"]: row for row in table if row["error"] is None}
+    bad = {row["key"]: row for row in table if row["error"] is not None}
+    assert sorted(good) == ["000.png", "001.png"] and sorted(bad) == ["002.png", "broken.gif"]
+    assert good["001.png"]["target"] == 2 and good["000.png"]["label"] == "circle"
+    assert [bad[key]["method"] for key in bad] == [None, None] and bad["broken.gif"]["map"] is None
+    assert "broken.gif" in bad["broken.gif"]["error"] and "target 99 is out of range" in bad["002.png"]["error"]
 
 
 def test_unreachable_address_is_refused_quickly_with_the_address(tmp_path):

@@ -30,7 +30,7 @@ from ..loading import load_model
 from ..model import as_model
 from ..registry import get_method, method_names
 from .collection import Item
-from .local import OVERLAY_SCALE, _save_atomic as save_atomic, _target_groups as target_groups, overlay_file, prepare
+from .local import OVERLAY_SIZE, _save_atomic as save_atomic, _target_groups as target_groups, overlay_file, prepare
 from .rows import ROW_SCHEMA, explanation_rows
 from .shards import WHOLE
 from .store import ROWS_PER_PART, Store
@@ -56,12 +56,13 @@ class Explainer:
     to the actor), then, per batch of ``bytes``/``path``/``key`` (+ ``label``, ``target``, ``methods``: the methods
     to run for that image, default all; ``error``: a reason the image was not read), the batch's rows."""
 
-    def __init__(self, model_source, methods, params, target=None, resize="stretch", overlays=False, threads=None):
+    def __init__(self, model_source, methods, params, target=None, resize="stretch", overlays=False, threads=None,
+                 model_options=None):
         if threads:
             torch.set_num_threads(threads)
         device = "cuda" if torch.cuda.is_available() else None
         if isinstance(model_source, (str, os.PathLike)):
-            self.model = load_model(model_source, device=device)
+            self.model = load_model(model_source, device=device, **(model_options or {}))
         else:
             self.model = as_model(model_source).to(device or "cpu")
         self.methods, self.params, self.target = list(methods), params, target
@@ -71,7 +72,8 @@ class Explainer:
         columns = batch.to_pydict()
         count = batch.num_rows
         get = lambda name: columns.get(name, [None] * count)   # noqa: E731
-        rows, good, inputs, todo = [], [], [], []
+        rows, good, pictures, todo = [], [], [], []
+        classes = self.model.config.num_classes
         for data, path, key, label, target, methods, failed in zip(
                 get("bytes"), get("path"), get("key"), get("label"), get("target"), get("methods"), get("error")):
             item = Item(path=path, key=key, label=None if label is None else str(label),
@@ -81,16 +83,37 @@ class Explainer:
                     raise VitxError(failed)
                 if data is None:
                     raise VitxError(f"no bytes were read from {path!r}")
-                inputs.append(self.model.preprocess(decode(data, path), resize=self.resize))
+                if item.target is not None and not 0 <= item.target < classes:
+                    raise VitxError(f"target {item.target} is out of range: this model has {classes} classes "
+                                    f"(0-{classes - 1})")
+                pictures.append(decode(data, path))
                 good.append(item)
                 todo.append(set(self.methods if methods is None else methods))
-            except Exception as err:   # undecodable, truncated, refused pixels: an error row, the run goes on
-                rows.append({"key": key, "path": path, "method": None, "error": one_line(err)})
+            except Exception as err:   # undecodable, truncated, a bomb: an error row, the run goes on
+                rows.append(failure(item, None, err))
+        inputs = self._preprocess(good, pictures, todo, rows)
         for name in self.methods:
             chosen = [i for i, wanted in enumerate(todo) if name in wanted]
             for group in target_groups(good, chosen, self.target):
                 rows.extend(self._explain(name, [good[i] for i in group], [inputs[i] for i in group]))
         return self._table(rows)
+
+    def _preprocess(self, good: list[Item], pictures: list, todo: list[set], rows: list[dict]) -> list[torch.Tensor]:
+        """The pictures as model inputs, in one call; when pixels are refused, one by one, and the refused ones
+        (taken out of ``good`` and ``todo``) as error rows."""
+        try:
+            return list(self.model.preprocess(pictures, resize=self.resize)[:, None]) if pictures else []
+        except VitxError:
+            pass
+        inputs, kept = [], []
+        for item, picture, wanted in zip(list(good), pictures, list(todo)):
+            try:
+                inputs.append(self.model.preprocess(picture, resize=self.resize))
+                kept.append((item, wanted))
+            except VitxError as err:
+                rows.append(failure(item, None, err))
+        good[:], todo[:] = [item for item, _ in kept], [wanted for _, wanted in kept]
+        return inputs
 
     def _explain(self, name: str, items: list[Item], inputs: list[torch.Tensor]) -> list[dict]:
         wanted = [item.target if item.target is not None else self.target for item in items]
@@ -98,18 +121,23 @@ class Explainer:
             exp = explain(self.model, torch.cat(inputs), method=name, target=None if wanted[0] is None else wanted,
                           batch_size=len(items), **self.params[name])
         except VitxError as err:
-            return [{"key": item.key, "path": item.path, "method": name, "error": one_line(err)} for item in items]
+            return [failure(item, name, err) for item in items]
         rows = explanation_rows(exp, items, self.params[name])
         if self.overlays:
             for j, row in enumerate(rows):
                 png = io.BytesIO()
-                exp.overlay(j, scale=OVERLAY_SCALE).save(png, format="PNG")
+                exp.overlay(j, scale=-(-OVERLAY_SIZE // max(self.model.config.image_size))).save(png, format="PNG")
                 row["overlay"] = png.getvalue()
         return rows
 
     def _table(self, rows: list[dict]) -> pa.Table:
         schema = OUT_SCHEMA.append(OVERLAY_FIELD) if self.overlays else OUT_SCHEMA
         return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema)
+
+
+def failure(item: Item, method: str | None, err: BaseException) -> dict:
+    """An error row: ``item`` (every method when ``method`` is None) not explained, and why."""
+    return {"key": item.key, "path": item.path, "method": method, "error": one_line(err)}
 
 
 def decode(data: bytes, path: str) -> Image.Image:
@@ -133,12 +161,13 @@ def actor_cpus(total: float, actors: int) -> float:
 
 def explain_dataset(ds, model_source, methods, *, params=None, target=None, batch_size: int = 32, actors: int = 1,
                     gpus_per_actor: float = 0, cpus_per_actor: float | None = None, resize: str = "stretch",
-                    overlays: bool = False):
+                    overlays: bool = False, model_options: dict | None = None):
     """``ds`` (a Ray Dataset with columns ``bytes``, ``path``, ``key``, optionally ``label``, ``target``,
     ``methods``, ``error``) explained by an actor pool of ``actors`` (see the module's docstring for the rows).
     ``methods``: names; ``params``: ``{method: {name: value}}`` already bound (:func:`.local.prepare` binds them);
     ``target``: a class index for every image without its own. ``gpus_per_actor``: GPUs each actor takes;
-    ``cpus_per_actor``: default :func:`actor_cpus` of the cluster's CPUs. Lazy: nothing runs until it is read."""
+    ``cpus_per_actor``: default :func:`actor_cpus` of the cluster's CPUs. ``model_options``: more arguments of
+    :func:`vitx.load_model` (``arch``, ``weights``). Lazy: nothing runs until it is read."""
     ray = require_ray()
     if actors < 1 or batch_size < 1:
         raise VitxError(f"actors and batch_size must be at least 1, got {actors} and {batch_size}")
@@ -147,7 +176,7 @@ def explain_dataset(ds, model_source, methods, *, params=None, target=None, batc
         cpus_per_actor = actor_cpus(ray.cluster_resources().get("CPU", 1), actors)
     threads = max(1, int(cpus_per_actor))
     return ds.map_batches(Explainer, fn_constructor_args=(model_source, list(methods), params, target, resize,
-                                                          overlays, threads),
+                                                          overlays, threads, model_options),
                           compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
                           batch_format="pyarrow", num_cpus=cpus_per_actor, num_gpus=gpus_per_actor)
 
@@ -169,13 +198,14 @@ def read_bytes(batch: pa.Table) -> pa.Table:
 
 def run_ray(collection, model_source, methods, out_dir, *, address=None, actors: int = 1, shard=WHOLE, params=None,
             target=None, batch_size: int = 32, overlays: bool = False, rows_per_part: int = ROWS_PER_PART,
-            resize: str = "stretch", gpus_per_actor: float | None = None) -> dict:
+            resize: str = "stretch", gpus_per_actor: float | None = None, model_options: dict | None = None) -> dict:
     """Explain shard ``shard`` of ``collection`` on Ray into ``out_dir``, like :func:`.local.explain_collection`
     (same arguments, layout and counts ``{"done", "skipped", "errors"}``). ``address``: an existing cluster
     (``host:port`` or ``ray://host:port``; an unreachable one is refused within :data:`CONNECT_TIMEOUT` seconds);
     None starts a local one on 127.0.0.1 (or uses the Ray this process has already started). ``model_source``: a
     :func:`vitx.load_model` spec, loaded once here (checks) and once per actor; a model object is shipped to the
-    actors. ``methods``: names, one comma-separated string, or ``"all"`` (every method that applies to the model).
+    actors (``model_options``: more arguments of :func:`vitx.load_model`, ``arch`` and ``weights``, for both).
+    ``methods``: names, one comma-separated string, or ``"all"`` (every method that applies to the model).
     ``gpus_per_actor``: default 1 when the cluster has GPUs, else 0. A Ray this process has already initialised is
     used as it is (``address`` then only checked for reachability)."""
     ray = require_ray()
@@ -184,7 +214,7 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     if address is not None:
         check_reachable(address)
     named = isinstance(model_source, (str, os.PathLike))
-    model = load_model(model_source) if named else as_model(model_source)
+    model = load_model(model_source, **(model_options or {})) if named else as_model(model_source)
     if methods == "all":
         methods = applicable_methods(model)
     model, collection, names, bound, target, shard = prepare(model, collection, methods, shard=shard, params=params,
@@ -197,6 +227,7 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     for item in collection.items(shard):
         wanted = [name for name in names if (item.key, name) not in done]
         counts["skipped"] += len(names) - len(wanted)
+        done.update((item.key, name) for name in wanted)   # a key listed twice is explained once
         if wanted:
             todo.append({"key": item.key, "path": item.path, "label": item.label, "target": item.target,
                          "methods": wanted})
@@ -208,7 +239,8 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
             items = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
                 read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
             rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
-                                   actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays)
+                                   actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays,
+                                   model_options=model_options)
             try:
                 for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
                     write_batch(batch, store, counts, overlays)
