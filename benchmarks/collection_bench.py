@@ -8,7 +8,9 @@ Writes N shapes images and their masks as PNG files and a Parquet table into a t
 this one process: ``vitx.evaluate`` on the images' 8-bit pixels in memory, ``vitx.engines.scoring.bench_collection``
 on the table (decode, score, write the per-image rows), a rerun of it (everything done: the resume cost) and
 ``vitx.evaluate`` again (the spread between the two in-memory runs is the machine's noise). Without ``--metrics``
-both score every per-image metric (the in-memory run adds the randomisation check on one image).
+both score every per-image metric (the in-memory run adds the randomisation check on one image). ``--ray``: also
+``vitx.engines.ray_scoring.bench_ray`` with one actor on a local cluster (127.0.0.1, two CPUs), timed once the
+cluster is up, so that the ratio is the engine's own overhead.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--methods", default="raw-attention")
     parser.add_argument("--metrics", help="comma-separated (default: every per-image metric)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--ray", action="store_true", help="also time the Ray engine (one actor, a local cluster)")
     args = parser.parse_args()
     methods, metrics = args.methods.split(","), args.metrics.split(",") if args.metrics else None
     model = vitx.load_model("shapes-vit")
@@ -69,6 +72,17 @@ def main() -> None:
                              batch_size=args.batch_size)
 
         first, bench, rerun, second = timed(memory), timed(collection), timed(collection), timed(memory)
+        if args.ray:
+            import ray
+
+            from vitx.engines.ray_scoring import bench_ray
+            ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                     logging_level="WARNING")
+            remote = timed(lambda: bench_ray(model, str(root / "table.parquet"), methods, root / "ray",
+                                             metrics=metrics, batch_size=args.batch_size, source="shapes-vit"))
+            ray.shutdown()
+            print(f"Ray, one actor: {remote:.1f} s ({args.n / remote:.1f} images/s, {remote / bench:.2f} x the "
+                  "in-process collection bench; the actor's model load included)")
     print(f"{args.n} images, {', '.join(methods)}, {args.metrics or 'every per-image metric'}: in-memory evaluate "
           f"{first:.1f} s and {second:.1f} s; collection bench {bench:.1f} s ({args.n / bench:.1f} images/s, "
           f"{bench / ((first + second) / 2):.2f} x in-memory); rerun with everything done {rerun:.2f} s")
