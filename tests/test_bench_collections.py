@@ -103,6 +103,12 @@ def test_a_rerun_skips_what_is_done_and_a_corrupt_image_is_an_error_row(collecti
     errors = read_errors(out)
     assert errors.column("key").to_pylist() == ["broken.png"]
     assert "cannot read" in errors.column("reason")[0].as_py()
+    lost = sorted((out / "scores").glob("part-0of2-*.parquet"))   # as if a crash had lost shard 0's rows
+    assert len(lost) == 1
+    lost[0].unlink()
+    redone = bench_collection(model, open_collection(table), ["raw-attention"], out, **options)
+    assert redone["done"] == first["done"] and redone["skipped"] == 12 - first["done"]
+    assert read_scores(out).num_rows == 12 * 3
 
 
 @pytest.mark.parametrize("columns, argv, message", [
