@@ -61,9 +61,12 @@ class Evaluation:
     ``curves``: per method, the mean curves of :data:`CURVES` as ``{name: {"x": [...], "y": [...]}}``;
     ``gallery``: the first explanations' maps per method (min-max scaled), with ``images`` and
     ``targets`` they explain, named by ``class_names`` (on VQA pairs: the ground-truth answers, and ``questions``
-    the questions asked)."""
+    the questions asked); ``scores``: per method scored in this run (not one lent by ``previous``), each metric's
+    per-explanation values ``{method: {metric: (n,) tensor}}`` on the CPU, NaN where undefined (what the collection
+    bench stores per image)."""
     results: dict
     curves: dict = field(default_factory=dict)
+    scores: dict = field(default_factory=dict)
     gallery: dict = field(default_factory=dict)
     images: torch.Tensor | None = None
     targets: torch.Tensor | None = None
@@ -186,6 +189,7 @@ def score_methods(evaluation: Evaluation, model, names: list[str], metric_names:
         row["images_per_second"] = round(count / seconds, 2) if seconds > 0 else None
         results["methods"][name] = row
         evaluation.curves[name] = _curves(raw)
+        evaluation.scores[name] = {metric: values.detach().cpu() for metric, values in scores.items()}
         evaluation.gallery[name] = minmax(maps["maps"][:gallery]).cpu()
         if scored is not None:
             scored(evaluation)

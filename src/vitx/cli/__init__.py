@@ -104,7 +104,9 @@ def build_parser() -> Parser:
 
     p = commands.add_parser("merge", parents=[common], help="a collection run's shards as one table",
                             description="Print the rows and errors of each shard of a `vitx explain <collection>` "
-                                        "run; with --out, write every row as one Parquet table.")
+                                        "run; with --out, write every row as one Parquet table. Of a `vitx bench "
+                                        "--collection` run: write its results.json and leaderboard.md over every "
+                                        "shard (as `vitx bench --merge`), and with --out its score rows as one table.")
     p.add_argument("dir", type=Path, help="the run's --out directory")
     p.add_argument("--out", type=Path, help="a .parquet file to write")
     p.set_defaults(run=run_merge)
@@ -122,8 +124,8 @@ def build_parser() -> Parser:
                                         "objects) and compute every "
                                         "metric; write results.json, results.csv, leaderboard.md, curve plots, "
                                         "gallery.png and report.html into --out.")
-    p.add_argument("--model", required=True, help="a model trained on shapes, shapes_vqa or shapes_captions: zoo name, "
-                                                  "or a file as for explain")
+    p.add_argument("--model", help="a model trained on shapes, shapes_vqa or shapes_captions (or on the --collection's "
+                                    "classes): zoo name, or a file as for explain (required but with --merge)")
     p.add_argument("--arch", help="architecture of a .safetensors file with timm's keys")
     p.add_argument("--methods", default="all", help="comma-separated method names, or 'all' (default), which adds "
                                                     "the reference rows random and ground-truth")
@@ -143,7 +145,23 @@ def build_parser() -> Parser:
                         "seed, parameters and metrics; run only the others")
     p.add_argument("--device", type=device, help="torch device, e.g. cpu, cuda or cuda:1 (default: cpu)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per chunk (default: 32)")
-    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--out", type=Path, help="output directory (required but with --merge)")
+    p.add_argument("--collection", metavar="SPEC",
+                   help="score the methods on a collection instead of fresh shapes images: a Parquet table with "
+                        "'path', 'label' (class name or index) and 'mask' (mask image path) columns; per-image scores "
+                        "go to --out/scores (resumable: a rerun skips what is done), unreadable images to "
+                        "--out/errors; --n and --sanity-images do not apply, nor the randomisation check")
+    p.add_argument("--shard", metavar="K/N", help="with --collection: score only shard K of N (0 <= K < N); merge "
+                                                  "the shards with --merge")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="with --collection: where the images are scored (default: local, this process)")
+    p.add_argument("--ray-address", metavar="ADDR", help="with --engine ray: an existing cluster's address, host:port "
+                                                         "or ray://host:port (default: start a local one)")
+    p.add_argument("--actors", type=positive_int, default=1,
+                   help="with --engine ray: actors that score chunks, each loading the model once (default: 1)")
+    p.add_argument("--merge", type=Path, metavar="DIR",
+                   help="merge the shards of a --collection benchmark written in DIR into DIR's results.json and "
+                        "leaderboard.md (mean ± standard error over every image)")
     p.set_defaults(run=run_bench)
 
     p = commands.add_parser("generate", parents=[common], help="draw shapes images with a trained generator",

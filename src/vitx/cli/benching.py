@@ -13,12 +13,24 @@ from ..errors import VitxError
 from ..evaluate import evaluate, method_list, metric_list
 from ..loading import load_model
 from ..objects import refuse_threshold
+from .bench_collection import run_bench_collection, run_bench_merge
 from .options import comma_list, method_params, output_dir
 
 
 def run_bench(args) -> int:
+    if args.merge is not None:
+        return run_bench_merge(args)
+    missing = [flag for flag, value in (("--model", args.model), ("--out", args.out)) if value is None]
+    if missing:
+        raise VitxError(f"the following arguments are required: {', '.join(missing)} (see `vitx bench --help`)")
     if args.seed < 0:
         raise VitxError(f"--seed must be 0 or more, got {args.seed}")
+    if args.collection is not None:
+        return run_bench_collection(args)
+    for flag, given in (("--shard", args.shard is not None), ("--engine", args.engine != "local"),
+                        ("--ray-address", args.ray_address is not None), ("--actors", args.actors != 1)):
+        if given:
+            raise VitxError(f"{flag} applies to --collection runs only")
     methods = "all" if args.methods == "all" else comma_list(args.methods)
     metrics = None if args.metrics is None else comma_list(args.metrics)
     model = load_model(args.model, arch=args.arch, device=args.device)

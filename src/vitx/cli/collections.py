@@ -1,5 +1,6 @@
 """``vitx explain SPEC`` on a collection (a folder, a glob, a .txt/.lst list or a .parquet table) into Parquet rows,
-one shard at a time, resumable (:mod:`vitx.engines`); ``vitx merge``: the shards of a run as one table."""
+one shard at a time, resumable (:mod:`vitx.engines`); ``vitx merge``: the shards of a run as one table
+(of a ``vitx bench --collection`` run: its leaderboard, as ``vitx bench --merge``)."""
 from __future__ import annotations
 
 import os
@@ -10,10 +11,12 @@ import torch
 
 from ..engines import is_collection_spec, open_collection, parse_shard, read_errors, read_manifest, read_rows
 from ..engines.local import explain_collection, prepare
+from ..engines.scores import SETTINGS, read_scores
 from ..engines.store import ROWS_PER_PART
 from ..errors import VitxError
 from ..loading import WITH_WEIGHTS_FILE, load_model
 from ..viz.text import plural
+from .bench_collection import show_merged
 from .explaining import applicable_methods, run_explain
 from .options import comma_list, method_params, one_line_warnings, output_dir
 
@@ -87,6 +90,11 @@ def _ray_engine():
 def run_merge(args) -> int:
     if args.out is not None and args.out.suffix.lower() != ".parquet":
         raise VitxError(f"--out {str(args.out)!r} must be a .parquet file")
+    if (Path(args.dir) / SETTINGS).exists():   # a collection benchmark: its leaderboard, its scores as one table
+        if args.out is not None:
+            _write_table(read_scores(args.dir), args.out)
+            print(f"wrote {args.out}")
+        return show_merged(Path(args.dir))
     rows, errors = read_rows(args.dir), read_errors(args.dir)
     shards = read_manifest(args.dir)["shards"]
     for tag, entry in sorted(shards.items()):
