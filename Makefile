@@ -23,5 +23,5 @@ test: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -qq --constraint constraints.txt --editable '.[timm,hf,detection,clip,serve,test]'
+	$(BIN)/python -m pip install -qq --constraint constraints.txt --editable '.[timm,hf,detection,clip,serve,ray,test]'
 	touch $@

@@ -67,7 +67,8 @@ def run_collection(args) -> int:
     with output_dir(args.out):
         if run_ray is not None:   # the actors load the model themselves, from its name
             counts = run_ray(collection, args.model, names, args.out, address=args.ray_address,
-                             actors=args.actors or 1, **options)
+                             actors=args.actors or 1, model_options=dict(arch=args.arch, weights=args.weights),
+                             **options)
         else:
             counts = explain_collection(model, collection, names, args.out, progress=True, **options)
     part = "" if shard == (0, 1) else f" (shard {shard[0]}/{shard[1]})"

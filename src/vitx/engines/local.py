@@ -115,7 +115,7 @@ def _explain_batch(model: Model, batch, names, bound, target, store, counts, ove
     items = [item for item, _ in good]
     for name in names:
         chosen = [i for i, (_, todo) in enumerate(good) if name in todo]
-        for group in _target_groups(items, chosen, target):
+        for group in target_groups(items, chosen, target):
             x = torch.cat([inputs[i] for i in group])
             wanted = [items[i].target if items[i].target is not None else target for i in group]
             try:
@@ -132,7 +132,7 @@ def _explain_batch(model: Model, batch, names, bound, target, store, counts, ove
             if overlays:
                 for j, i in enumerate(group):
                     picture = exp.overlay(j, scale=-(-OVERLAY_SIZE // max(model.config.image_size)))
-                    _save_atomic(picture, overlay_file(store.out, items[i].key, name))
+                    save_atomic(picture, overlay_file(store.out, items[i].key, name))
 
 
 def _preprocess_each(model, batch, pictures, resize, store, counts):
@@ -147,7 +147,7 @@ def _preprocess_each(model, batch, pictures, resize, store, counts):
     return good, inputs
 
 
-def _target_groups(items, chosen, target):
+def target_groups(items, chosen, target):
     """``chosen`` split into the items with a target (their own or ``target``) and those explained for their
     predicted class (explain takes one or the other per call)."""
     given = [i for i in chosen if items[i].target is not None or target is not None]
@@ -161,7 +161,7 @@ def overlay_file(out: Path, key: str, method: str) -> Path:
     return Path(out, "overlays", *parts[:-1], f"{parts[-1]}_{method}.png")
 
 
-def _save_atomic(picture, path: Path) -> None:
+def save_atomic(picture, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".tmp-{path.name}")
     picture.save(tmp, format="PNG")

@@ -30,7 +30,7 @@ from ..loading import load_model
 from ..model import as_model
 from ..registry import get_method, method_names
 from .collection import Item
-from .local import OVERLAY_SIZE, _save_atomic as save_atomic, _target_groups as target_groups, overlay_file, prepare
+from .local import OVERLAY_SIZE, overlay_file, prepare, save_atomic, target_groups
 from .rows import ROW_SCHEMA, explanation_rows
 from .shards import WHOLE
 from .store import ROWS_PER_PART, Store

@@ -22,7 +22,7 @@ from ..bench import leaderboard
 from ..errors import VitxError
 from ..evaluate import _mean_sem   # the leaderboard's own statistic, so that both benches agree
 from .shards import WHOLE, check_shard
-from .store import _part_files, _parts, _write_atomic, read_errors, read_manifest
+from .store import part_files, part_names, write_atomic, read_errors, read_manifest
 
 SCORE_SCHEMA = pa.schema([
     ("key", pa.string()), ("path", pa.string()), ("method", pa.string()), ("metric", pa.string()),
@@ -45,13 +45,13 @@ class ScoreStore:
         for stale in self.folder.glob(f".tmp-part-{self.k}of{self.n}-*"):   # a killed run's half file
             stale.unlink(missing_ok=True)
         self.rows_per_part, self._rows = rows_per_part, []
-        self._seq = 1 + max((int(m[3]) for m in _parts(self.folder) if (int(m[1]), int(m[2])) == (self.k, self.n)),
+        self._seq = 1 + max((int(m[3]) for m in part_names(self.folder) if (int(m[1]), int(m[2])) == (self.k, self.n)),
                             default=-1)
 
     def done(self) -> set[tuple[str, str]]:
         """``(key, method)`` pairs already scored by any shard (what a rerun skips)."""
         done = set()
-        for file in _part_files(self.folder):
+        for file in part_files(self.folder):
             table = pq.read_table(file, columns=["key", "method"])
             done.update(zip(table.column("key").to_pylist(), table.column("method").to_pylist()))
         return done
@@ -69,7 +69,7 @@ class ScoreStore:
             return
         rows, self._rows = self._rows, []
         table = pa.Table.from_pydict({name: [row[name] for row in rows] for name in SCORE_SCHEMA.names}, SCORE_SCHEMA)
-        _write_atomic(self.folder / f"part-{self.k}of{self.n}-{self._seq:05d}.parquet",
+        write_atomic(self.folder / f"part-{self.k}of{self.n}-{self._seq:05d}.parquet",
                       lambda tmp: pq.write_table(table, tmp))
         self._seq += 1
 
@@ -87,7 +87,7 @@ def check_settings(out_dir, settings: dict) -> None:
         return
     file.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(settings, indent=1)
-    _write_atomic(file, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
+    write_atomic(file, lambda tmp: Path(tmp).write_text(text + "\n", encoding="utf-8"))
 
 
 def read_settings(out_dir) -> dict:
@@ -103,7 +103,7 @@ def read_settings(out_dir) -> dict:
 def read_scores(out_dir) -> pa.Table:
     """Every shard's score rows in ``out_dir`` as one table (:data:`SCORE_SCHEMA`), a row repeated by overlapping
     runs kept once."""
-    files = _part_files(Path(out_dir) / "scores")
+    files = part_files(Path(out_dir) / "scores")
     table = pa.concat_tables([pq.read_table(f, schema=SCORE_SCHEMA) for f in files]) if files else \
         SCORE_SCHEMA.empty_table()
     seen, keep = set(), []
@@ -160,7 +160,7 @@ def write_results(out_dir, results: dict) -> dict[str, Path]:
     command = read_settings(out)["command"]
     files = {"json": out / "results.json", "leaderboard": out / "leaderboard.md"}
     text = json.dumps({**results, "command": command}, indent=2) + "\n"
-    _write_atomic(files["json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_atomic(files["json"], lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     board = f"`{command}`\n\n{leaderboard(results)}\n"
-    _write_atomic(files["leaderboard"], lambda tmp: Path(tmp).write_text(board, encoding="utf-8"))
+    write_atomic(files["leaderboard"], lambda tmp: Path(tmp).write_text(board, encoding="utf-8"))
     return files

@@ -43,7 +43,7 @@ class Store:
         self._rows: list[dict] = []
         self._errors: list[dict] = []
         self._parts = {folder: {m[0]: pq.ParquetFile(self.out / folder / m[0]).metadata.num_rows
-                                for m in _parts(self.out / folder) if (int(m[1]), int(m[2])) == (self.k, self.n)}
+                                for m in part_names(self.out / folder) if (int(m[1]), int(m[2])) == (self.k, self.n)}
                        for folder in ("rows", "errors")}   # this shard's part files -> their row counts
         self._seq = 1 + max((int(PART.fullmatch(name)[3]) for parts in self._parts.values() for name in parts),
                             default=-1)
@@ -55,7 +55,7 @@ class Store:
     def done(self) -> set[tuple[str, str]]:
         """``(key, method)`` pairs already written by any shard (what a rerun skips)."""
         done = set()
-        for file in _part_files(self.out / "rows"):
+        for file in part_files(self.out / "rows"):
             table = pq.read_table(file, columns=["key", "method"])
             done.update(zip(table.column("key").to_pylist(), table.column("method").to_pylist()))
         return done
@@ -77,7 +77,7 @@ class Store:
         for folder, queued, table in (("rows", self._rows, rows_table), ("errors", self._errors, errors_table)):
             if queued:
                 name = f"part-{self.k}of{self.n}-{self._seq:05d}.parquet"
-                _write_atomic(self.out / folder / name, lambda tmp, t=table(queued): pq.write_table(t, tmp))
+                write_atomic(self.out / folder / name, lambda tmp, t=table(queued): pq.write_table(t, tmp))
                 self._parts[folder][name] = len(queued)
                 self._seq += 1
                 queued.clear()
@@ -93,21 +93,21 @@ class Store:
         manifest["shards"][self.tag] = {"rows": sum(rows.values()), "errors": sum(errors.values()),
                                         "complete": complete, "row_parts": sorted(rows), "error_parts": sorted(errors)}
         text = json.dumps(manifest, indent=1, sort_keys=True)
-        _write_atomic(self.out / MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        write_atomic(self.out / MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def _write_atomic(path: Path, write) -> None:
+def write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     write(str(tmp))
     os.replace(tmp, path)
 
 
-def _parts(folder: Path):
+def part_names(folder: Path):
     return [m for m in (PART.fullmatch(f.name) for f in sorted(folder.glob("part-*.parquet"))) if m]
 
 
-def _part_files(folder: Path) -> list[Path]:
-    return [folder / m[0] for m in _parts(folder)]
+def part_files(folder: Path) -> list[Path]:
+    return [folder / m[0] for m in part_names(folder)]
 
 
 def read_manifest(out_dir) -> dict:
@@ -125,7 +125,7 @@ def _read(out_dir, folder: str, schema: pa.Schema) -> pa.Table:
     out = Path(out_dir)
     if not (out / MANIFEST).exists() and not (out / folder).is_dir():
         raise VitxError(f"{str(out)!r} holds no collection run (no {MANIFEST}, no {folder}/)")
-    files = _part_files(out / folder)
+    files = part_files(out / folder)
     return pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files else schema.empty_table()
 
 
