@@ -27,12 +27,12 @@ from ..registry import Method, get_method, method_names
 from ..report import explanation_pages
 from ..targets import resolve_targets
 from ..viz import ROWS_PER_PAGE, gradcat_tree, grid_pages, prediction_label, probability
+from ..viz.overlay import overlay_scale
 from ..viz.text import plural
 from .cost import estimate
 from .detecting import detector_target, object_label, object_table
 from .options import comma_list, method_params, one_line_warnings, output_dir
 
-OVERLAY_SIZE = 256  # overlays are enlarged by a whole factor to at least this many pixels
 TREE_CLASSES = 3
 
 
@@ -79,7 +79,7 @@ def _run_explain(args) -> int:
         print(f"vitx: {estimate(bound, rows, layout, unit)}", file=sys.stderr)
 
     with output_dir(args.out) as out:
-        scale = -(-OVERLAY_SIZE // max(x.shape[-2:]))
+        scale = overlay_scale(x.shape[-2:])
         explanations, trees = [], []
         for k, info in enumerate(wanted, 1):
             with tqdm(total=rows, unit=unit, desc=f"{info.name} ({k}/{len(wanted)})", delay=1) as bar:

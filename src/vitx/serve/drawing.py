@@ -8,15 +8,9 @@ from matplotlib import colormaps
 from PIL import Image
 
 from ..explanation import Explanation
+from ..viz.overlay import overlay_scale
 
 CMAP = "jet"          # one colormap for every map, so maps compare on one scale: 0 (blue) .. 1 (red)
-PICTURE_SIZE = 256    # maps and overlays are enlarged by a whole factor to at least this many pixels
-
-
-def scale_for(height: int, width: int) -> int:
-    return max(1, -(-PICTURE_SIZE // max(height, width)))
-
-
 def png_bytes(picture: Image.Image) -> bytes:
     out = io.BytesIO()
     picture.save(out, format="PNG")
@@ -29,14 +23,14 @@ def map_png(exp: Explanation, i: int) -> bytes:
     values = exp.maps[i].detach().float().cpu().numpy().clip(0, 1)
     colours = (colormaps[CMAP](values)[..., :3] * 255).round().astype(np.uint8)
     picture = Image.fromarray(colours)
-    scale = scale_for(*values.shape)
+    scale = overlay_scale(values.shape)
     return png_bytes(picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST))
 
 
 def overlay_png(exp: Explanation, i: int) -> bytes:
     """Map ``i`` over its image (:meth:`Explanation.overlay`; a detector's box and label drawn; a question's words
     are left to the page, which has them as text)."""
-    return png_bytes(exp.overlay(i, cmap=CMAP, scale=scale_for(*exp.maps.shape[-2:]), words=False))
+    return png_bytes(exp.overlay(i, cmap=CMAP, scale=overlay_scale(exp.maps.shape[-2:]), words=False))
 
 
 def map_npy(exp: Explanation, i: int) -> bytes:

@@ -6,6 +6,13 @@ import torch
 from matplotlib import colormaps
 from PIL import Image
 
+OVERLAY_SIZE = 256   # overlays and maps are enlarged by a whole factor to at least this many pixels
+
+
+def overlay_scale(size) -> int:
+    """The whole factor that enlarges a picture of ``size`` (H, W) to at least :data:`OVERLAY_SIZE` pixels."""
+    return max(1, -(-OVERLAY_SIZE // max(size)))
+
 
 def heatmap(relevance: torch.Tensor | np.ndarray, cmap: str = "jet") -> np.ndarray:
     """(H, W) relevance -> (H, W, 3) float colours in [0, 1], min-max scaled."""
