@@ -8,6 +8,8 @@ with a :class:`VitxError` naming the image, never clamped into a white or black 
 """
 from __future__ import annotations
 
+import io
+
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +29,20 @@ RESIZES = ("stretch", "crop", "pad")
 INTEGER_LEVELS = {torch.uint8: 255.0, torch.uint16: 65535.0}
 
 
-def read_image(path: str | Path) -> Image.Image:
-    path = Path(path)
-    if not path.exists():
-        raise VitxError(f"image {str(path)!r} does not exist")
-    if path.is_dir():
-        raise VitxError(f"image {str(path)!r} is a directory, not an image file")
+def read_image(path: str | Path, data: bytes | None = None) -> Image.Image:
+    """The image file at ``path``, loaded, or its raw bytes ``data`` (read elsewhere; ``path`` then names it in the
+    errors); a :class:`VitxError` naming ``path`` when it is missing or cannot be read as an image."""
+    if data is None:
+        path = Path(path)
+        if not path.exists():
+            raise VitxError(f"image {str(path)!r} does not exist")
+        if path.is_dir():
+            raise VitxError(f"image {str(path)!r} is a directory, not an image file")
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             image.load()
             return image
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
         reason = str(err).splitlines()[0] if str(err) else err.__class__.__name__
         raise VitxError(f"cannot read {str(path)!r} as an image ({reason})") from None
 

@@ -13,18 +13,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import VitxError, one_line
-from ..explain import explain
 from ..images import read_image
 from ..loading import load_model
 from ..model import Model, as_model
 from ..registry import get_method
 from ..targets import resolve_targets
 from .collection import Collection, Item, open_collection
-from .rows import explanation_rows
+from .batches import explain_pictures
 from .shards import WHOLE, check_shard
-from .store import ROWS_PER_PART, Store
-
-OVERLAY_SIZE = 256   # overlays are enlarged by a whole factor to at least this many pixels, as vitx explain's
+from .store import ROWS_PER_PART, Store, write_atomic
 
 
 def prepare(model, collection, methods, *, shard=WHOLE, params=None, target=None):
@@ -78,12 +75,7 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
             todo = [name for name in names if (item.key, name) not in done]
             counts["skipped"] += len(names) - len(todo)
             done.update((item.key, name) for name in todo)   # a key listed twice is explained once
-            classes = model.config.num_classes
-            if todo and item.target is not None and not 0 <= item.target < classes:
-                store.error(item.key, item.path, None, f"target {item.target} is out of range: this model has "
-                                                       f"{classes} classes (0-{classes - 1})")
-                counts["errors"] += 1
-            elif todo:
+            if todo:
                 batch.append((item, todo))
             if len(batch) == batch_size:
                 _explain_batch(model, batch, names, bound, target, store, counts, overlays, resize)
@@ -100,58 +92,23 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
 
 
 def _explain_batch(model: Model, batch, names, bound, target, store, counts, overlays, resize) -> None:
-    good, pictures = [], []
+    entries = []
     for item, todo in batch:
         try:
-            pictures.append(read_image(item.path))
-            good.append((item, todo))
-        except Exception as err:   # undecodable, truncated, a bomb: logged, and the run goes on
+            entries.append((item, read_image(item.path), todo))
+        except VitxError as err:   # missing, undecodable, truncated, a bomb: logged, and the run goes on
             store.error(item.key, item.path, None, one_line(err))
             counts["errors"] += 1
-    try:
-        inputs = list(model.preprocess(pictures, resize=resize)[:, None]) if pictures else []
-    except VitxError:   # pixels refused: find which, one by one
-        good, inputs = _preprocess_each(model, good, pictures, resize, store, counts)
-    items = [item for item, _ in good]
-    for name in names:
-        chosen = [i for i, (_, todo) in enumerate(good) if name in todo]
-        for group in target_groups(items, chosen, target):
-            x = torch.cat([inputs[i] for i in group])
-            wanted = [items[i].target if items[i].target is not None else target for i in group]
-            try:
-                exp = explain(model, x, method=name, target=None if wanted[0] is None else wanted,
-                              batch_size=len(group), **bound[name])
-            except VitxError as err:
-                for i in group:
-                    store.error(items[i].key, items[i].path, name, one_line(err))
-                counts["errors"] += len(group)
-                continue
-            for row in explanation_rows(exp, [items[i] for i in group], bound[name]):
-                store.add(row)
-            counts["done"] += len(group)
-            if overlays:
-                for j, i in enumerate(group):
-                    picture = exp.overlay(j, scale=-(-OVERLAY_SIZE // max(model.config.image_size)))
-                    save_atomic(picture, overlay_file(store.out, items[i].key, name))
-
-
-def _preprocess_each(model, batch, pictures, resize, store, counts):
-    good, inputs = [], []
-    for (item, todo), picture in zip(batch, pictures):
-        try:
-            inputs.append(model.preprocess(picture, resize=resize))
-            good.append((item, todo))
-        except VitxError as err:
-            store.error(item.key, item.path, None, one_line(err))
-            counts["errors"] += 1
-    return good, inputs
-
-
-def target_groups(items, chosen, target):
-    """``chosen`` split into the items with a target (their own or ``target``) and those explained for their
-    predicted class (explain takes one or the other per call)."""
-    given = [i for i in chosen if items[i].target is not None or target is not None]
-    return [group for group in (given, [i for i in chosen if i not in given]) if group]
+    rows, failures = explain_pictures(model, entries, names, bound, target, resize, overlays)
+    for failed in failures:
+        store.error(failed["key"], failed["path"], failed["method"], failed["error"])
+    for row in rows:
+        picture = row.pop("overlay", None)
+        store.add(row)
+        if picture is not None:
+            save_atomic(picture, overlay_file(store.out, row["key"], row["method"]))
+    counts["done"] += len(rows)
+    counts["errors"] += len(failures)
 
 
 def overlay_file(out: Path, key: str, method: str) -> Path:
@@ -162,7 +119,7 @@ def overlay_file(out: Path, key: str, method: str) -> Path:
 
 
 def save_atomic(picture, path: Path) -> None:
+    """An overlay (a PIL image, or PNG bytes as the Ray actors send it) written atomically at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: Path(tmp).write_bytes(picture) if isinstance(picture, bytes)
+                 else picture.save(tmp, format="PNG"))

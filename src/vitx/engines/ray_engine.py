@@ -22,16 +22,16 @@ from urllib.parse import urlsplit
 
 import pyarrow as pa
 import torch
-from PIL import Image
 
 from ..errors import VitxError, one_line
-from ..explain import explain
+from ..images import read_image
 from ..loading import load_model
 from ..model import as_model
 from ..registry import get_method, method_names
 from .collection import Item
-from .local import OVERLAY_SIZE, overlay_file, prepare, save_atomic, target_groups
-from .rows import ROW_SCHEMA, explanation_rows
+from .batches import explain_pictures, failure
+from .local import overlay_file, prepare, save_atomic
+from .rows import ROW_SCHEMA
 from .shards import WHOLE
 from .store import ROWS_PER_PART, Store
 
@@ -72,84 +72,29 @@ class Explainer:
         columns = batch.to_pydict()
         count = batch.num_rows
         get = lambda name: columns.get(name, [None] * count)   # noqa: E731
-        rows, good, pictures, todo = [], [], [], []
-        classes = self.model.config.num_classes
+        rows, entries = [], []
         for data, path, key, label, target, methods, failed in zip(
                 get("bytes"), get("path"), get("key"), get("label"), get("target"), get("methods"), get("error")):
             item = Item(path=path, key=key, label=None if label is None else str(label),
                         target=None if target is None else int(target))
-            try:
-                if failed is not None:
-                    raise VitxError(failed)
-                if data is None:
-                    raise VitxError(f"no bytes were read from {path!r}")
-                if item.target is not None and not 0 <= item.target < classes:
-                    raise VitxError(f"target {item.target} is out of range: this model has {classes} classes "
-                                    f"(0-{classes - 1})")
-                pictures.append(decode(data, path))
-                good.append(item)
-                todo.append(set(self.methods if methods is None else methods))
-            except Exception as err:   # undecodable, truncated, a bomb: an error row, the run goes on
-                rows.append(failure(item, None, err))
-        inputs = self._preprocess(good, pictures, todo, rows)
-        for name in self.methods:
-            chosen = [i for i, wanted in enumerate(todo) if name in wanted]
-            for group in target_groups(good, chosen, self.target):
-                rows.extend(self._explain(name, [good[i] for i in group], [inputs[i] for i in group]))
-        return self._table(rows)
-
-    def _preprocess(self, good: list[Item], pictures: list, todo: list[set], rows: list[dict]) -> list[torch.Tensor]:
-        """The pictures as model inputs, in one call; when pixels are refused, one by one, and the refused ones
-        (taken out of ``good`` and ``todo``) as error rows."""
-        try:
-            return list(self.model.preprocess(pictures, resize=self.resize)[:, None]) if pictures else []
-        except VitxError:
-            pass
-        inputs, kept = [], []
-        for item, picture, wanted in zip(list(good), pictures, list(todo)):
-            try:
-                inputs.append(self.model.preprocess(picture, resize=self.resize))
-                kept.append((item, wanted))
+            if failed is not None or data is None:
+                rows.append(failure(item, None, failed or f"no bytes were read from {path!r}"))
+                continue
+            try:   # undecodable, truncated, a bomb: an error row, the run goes on
+                entries.append((item, read_image(path, data), self.methods if methods is None else methods))
             except VitxError as err:
                 rows.append(failure(item, None, err))
-        good[:], todo[:] = [item for item, _ in kept], [wanted for _, wanted in kept]
-        return inputs
-
-    def _explain(self, name: str, items: list[Item], inputs: list[torch.Tensor]) -> list[dict]:
-        wanted = [item.target if item.target is not None else self.target for item in items]
-        try:
-            exp = explain(self.model, torch.cat(inputs), method=name, target=None if wanted[0] is None else wanted,
-                          batch_size=len(items), **self.params[name])
-        except VitxError as err:
-            return [failure(item, name, err) for item in items]
-        rows = explanation_rows(exp, items, self.params[name])
-        if self.overlays:
-            for j, row in enumerate(rows):
-                png = io.BytesIO()
-                exp.overlay(j, scale=-(-OVERLAY_SIZE // max(self.model.config.image_size))).save(png, format="PNG")
-                row["overlay"] = png.getvalue()
-        return rows
+        explained, failures = explain_pictures(self.model, entries, self.methods, self.params, self.target,
+                                               self.resize, self.overlays)
+        for row in explained if self.overlays else ():
+            png = io.BytesIO()
+            row["overlay"].save(png, format="PNG")
+            row["overlay"] = png.getvalue()
+        return self._table(rows + failures + explained)
 
     def _table(self, rows: list[dict]) -> pa.Table:
         schema = OUT_SCHEMA.append(OVERLAY_FIELD) if self.overlays else OUT_SCHEMA
         return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema)
-
-
-def failure(item: Item, method: str | None, err: BaseException) -> dict:
-    """An error row: ``item`` (every method when ``method`` is None) not explained, and why."""
-    return {"key": item.key, "path": item.path, "method": method, "error": one_line(err)}
-
-
-def decode(data: bytes, path: str) -> Image.Image:
-    """Raw file bytes -> a loaded PIL image, or a VitxError naming ``path`` and why."""
-    buffer = io.BytesIO(data)
-    try:
-        with Image.open(buffer) as image:
-            image.load()
-            return image
-    except (OSError, ValueError, Image.DecompressionBombError) as err:   # the reason reads as the local engine's
-        reason = one_line(err).replace(repr(buffer), repr(path))
-        raise VitxError(f"cannot read {path!r} as an image ({reason})") from None
 
 
 def actor_cpus(total: float, actors: int) -> float:
@@ -284,7 +229,7 @@ def write_batch(batch: pa.Table, store: Store, counts: dict, overlays: bool) -> 
         store.add(row)
         counts["done"] += 1
         if overlays and picture is not None:
-            save_atomic(Image.open(io.BytesIO(picture)), overlay_file(store.out, row["key"], row["method"]))
+            save_atomic(picture, overlay_file(store.out, row["key"], row["method"]))
 
 
 def arrow_rows(table: pa.Table) -> list[dict]:

@@ -12,9 +12,10 @@ import pyarrow as pa
 import torch
 
 from ..errors import VitxError
+from ..images import read_image
 from ..loading import load_model
 from .collection import Item
-from .ray_engine import READ_CPUS, actor_cpus, check_reachable, connected, decode, read_bytes, require_ray
+from .ray_engine import READ_CPUS, actor_cpus, check_reachable, connected, read_bytes, require_ray
 from .scores import SCORE_SCHEMA, SECONDS, ScoreStore, check_settings
 from .scoring import Plan, prepare_bench, score_chunk
 from .shards import WHOLE
@@ -48,7 +49,7 @@ class Scorer:
             data, error = files[path]
             if data is None:
                 raise VitxError(error)
-            return decode(data, path)
+            return read_image(path, data)
 
         chunk = [Item(row["path"], row["key"], row.get("label"), row.get("target"), row.get("mask")) for row in rows]
         todo = {name: [i for i, row in enumerate(rows) if name in row["methods"]] for name in self.plan.methods}
