@@ -153,9 +153,12 @@ class Model(nn.Module):
             raise VitxError("this model reads images (B, 3, H, W), not regions: use model.preprocess(images)")
         return self.adapter.regions(features, boxes)
 
-    def layout(self, x: torch.Tensor) -> TokenLayout:
-        """The token layout for input ``x`` (B, 3, H, W); a :class:`VitxError` if the model cannot take it. A region
-        model's input (B, R, width) lies on a grid (1, R) with no prefix and no class token."""
+    def layout(self, x: torch.Tensor | None = None) -> TokenLayout:
+        """The token layout for input ``x`` (B, 3, H, W), by default an image of the configured ``image_size``; a
+        :class:`VitxError` if the model cannot take it. A region model's input (B, R, width) lies on a grid (1, R)
+        with no prefix and no class token."""
+        if x is None and self.config.input == "pixels":
+            x = torch.zeros(1, 3, *self.config.image_size)
         if self.config.input == "regions":
             return self.adapter.region_layout(x)
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3:

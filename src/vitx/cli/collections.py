@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import torch
 
 from ..engines import is_collection_spec, open_collection, parse_shard, read_errors, read_manifest, read_rows
 from ..engines.local import explain_collection, prepare
@@ -57,7 +56,7 @@ def run_collection(args) -> int:
     rows_per_part = args.rows_per_part or ROWS_PER_PART
     run_ray = _ray_engine() if args.engine == "ray" else None
     model = load_model(args.model, arch=args.arch, weights=args.weights, device=args.device)
-    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    layout = model.layout()
     names = ([info.name for info in applicable_methods(model, layout)] if args.method == "all"
              else comma_list(args.method))
     params = method_params(args.param, names, model, layout, "explained")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-import torch
 from tqdm.auto import tqdm
 
 from ..errors import VitxError, one_line
@@ -42,7 +41,7 @@ def prepare(model, collection, methods, *, shard=WHOLE, params=None, target=None
     if model.config.input != "pixels" or model.detector or model.bimodal or model.image_text:
         raise VitxError(f"a collection is explained with an image classifier; this model is a {model.config.kind!r} "
                         "model (explain its inputs with vitx.explain)")
-    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    layout = model.layout()
     bound = {}
     for info in infos:
         bound[info.name] = info.bind((params or {}).get(info.name, {}))

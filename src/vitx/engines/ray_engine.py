@@ -207,7 +207,7 @@ def pending(collection, shard, names, out_dir, rows_per_part):
 
 def applicable_methods(model) -> list[str]:
     """The registered methods that apply to ``model`` (what ``--method all`` explains)."""
-    layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+    layout = model.layout()
     names = []
     for name in method_names():
         try:

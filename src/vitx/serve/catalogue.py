@@ -6,8 +6,6 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from ..errors import VitxError, one_line
 from ..loading import load_model
 from ..model import Model
@@ -84,7 +82,7 @@ class Catalogue:
         model = self.model(name)
         with entry.loading:
             if entry.methods is None:
-                layout = model.layout(torch.zeros(1, 3, *model.config.image_size))
+                layout = model.layout()
                 board = self.scores.get(name, {})
                 entry.methods = [method_row(get_method(method), model, layout, board) for method in method_names()]
             return entry.methods

@@ -38,7 +38,7 @@ def kernel_shap_on_game(surrogate: Model, x: torch.Tensor, targets: torch.Tensor
 
 
 def _players(model: Model) -> int:
-    return model.layout(torch.zeros(1, 3, *model.config.image_size)).num_patches
+    return model.layout().num_patches
 
 
 class Surrogate:
