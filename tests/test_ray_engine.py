@@ -121,8 +121,8 @@ def test_actors_leave_cpus_to_the_reads():
 
 def test_all_methods_are_those_that_apply_to_the_model():
     import vitx
-    from vitx.engines.ray_engine import applicable_methods
-    names = applicable_methods(vitx.load_model("shapes-vit"))
+    from vitx.registry import refusals
+    names = [name for name, why in refusals(vitx.load_model("shapes-vit")).items() if why is None]
     assert {"raw-attention", "generic-attention", "rollout"} <= set(names)
     assert not {"nest-cam", "gradcat", "hvt-pooling", "ex-vit"} & set(names)   # other architectures' methods
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import UnionType
 from typing import Callable
 
-from .errors import VitxError
+from .errors import VitxError, one_line
 from .memory import forward_only, one_graph
 
 # what a method needs of the model: "head_row" the row of the token(s) the head reads (the class token's, or the
@@ -263,3 +263,18 @@ def methods() -> list[dict]:
 
 def method_names() -> list[str]:
     return list(_METHODS)
+
+
+def refusals(model, layout=None) -> dict[str, str | None]:
+    """Per registered method, in order, why it cannot apply to ``model`` (one line, what :meth:`Method.check_model`
+    says before anything runs), or None where it applies. ``layout``: the model's input's (default: an image of its
+    configured size)."""
+    layout = model.layout() if layout is None else layout
+    found = {}
+    for name, info in _METHODS.items():
+        try:
+            info.check_model(model, layout)
+            found[name] = None
+        except VitxError as err:
+            found[name] = one_line(err)
+    return found

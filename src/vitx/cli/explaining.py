@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..errors import VitxError, one_line
+from ..errors import VitxError
 from ..explain import explain, questions
 from ..prompts import encode_prompts, prompt_pairs
 from ..explanation import Explanation
@@ -23,7 +23,7 @@ from ..images import read_image
 from ..loading import WITH_WEIGHTS_FILE, load_model
 from ..objects import find_objects, refuse_threshold
 from ..naming import explanation_file, image_stems, numbered
-from ..registry import Method, get_method, method_names
+from ..registry import Method, get_method, refusals
 from ..report import explanation_pages
 from ..targets import resolve_targets
 from ..viz import ROWS_PER_PAGE, gradcat_tree, grid_pages, prediction_label, probability
@@ -170,13 +170,11 @@ def applicable_methods(model, layout) -> list[Method]:
     """Every registered method that applies to the model (its kind, its head, its layers), checked before anything
     runs; the others are named on stderr."""
     usable = []
-    for name in method_names():
-        info = get_method(name)
-        try:
-            info.check_model(model, layout)
-            usable.append(info)
-        except VitxError as err:
-            print(f"vitx: skipped: {one_line(err)}", file=sys.stderr)
+    for name, why in refusals(model, layout).items():
+        if why is None:
+            usable.append(get_method(name))
+        else:
+            print(f"vitx: skipped: {why}", file=sys.stderr)
     if not usable:
         raise VitxError("no registered method applies to this model")
     return usable

@@ -27,7 +27,7 @@ from ..errors import VitxError, one_line
 from ..images import read_image
 from ..loading import load_model
 from ..model import as_model
-from ..registry import get_method, method_names
+from ..registry import get_method, refusals
 from .collection import Item
 from .batches import explain_pictures, failure
 from .local import overlay_file, prepare, save_atomic
@@ -164,7 +164,7 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
     named = isinstance(model_source, (str, os.PathLike))
     model = load_model(model_source, **(model_options or {})) if named else as_model(model_source)
     if methods == "all":
-        methods = applicable_methods(model)
+        methods = [name for name, why in refusals(model).items() if why is None]
     model, collection, names, bound, target, shard = prepare(model, collection, methods, shard=shard, params=params,
                                                              target=target)
     source = model_source if named else model
@@ -203,19 +203,6 @@ def pending(collection, shard, names, out_dir, rows_per_part):
             todo.append({"key": item.key, "path": item.path, "label": item.label, "target": item.target,
                          "methods": wanted})
     return store, todo, counts
-
-
-def applicable_methods(model) -> list[str]:
-    """The registered methods that apply to ``model`` (what ``--method all`` explains)."""
-    layout = model.layout()
-    names = []
-    for name in method_names():
-        try:
-            get_method(name).check_model(model, layout)
-            names.append(name)
-        except VitxError:
-            continue
-    return names
 
 
 def write_batch(batch: pa.Table, store: Store, counts: dict, overlays: bool) -> None:

@@ -6,10 +6,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import VitxError, one_line
 from ..loading import load_model
 from ..model import Model
-from ..registry import get_method, method_names
+from ..registry import get_method, method_names, refusals
 from ..zoo import models as zoo_models
 from . import scores
 
@@ -82,9 +81,8 @@ class Catalogue:
         model = self.model(name)
         with entry.loading:
             if entry.methods is None:
-                layout = model.layout()
                 board = self.scores.get(name, {})
-                entry.methods = [method_row(get_method(method), model, layout, board) for method in method_names()]
+                entry.methods = [method_row(get_method(method), why, board) for method, why in refusals(model).items()]
             return entry.methods
 
     def sample_rows(self) -> list[dict]:
@@ -100,13 +98,7 @@ class Catalogue:
         return self.samples[name][0]
 
 
-def method_row(info, model: Model | None = None, layout=None, board: dict | None = None) -> dict:
-    reason = None
-    if model is not None:
-        try:
-            info.check_model(model, layout)
-        except VitxError as err:
-            reason = one_line(err)
+def method_row(info, reason: str | None = None, board: dict | None = None) -> dict:
     found = (board or {}).get("methods", {}).get(info.name)
     return {"name": info.name, "family": info.family, "paper": info.paper, "cost": info.cost, "output": info.output,
             "summary": info.summary, "params": dict(info.defaults), "ranges": dict(info.ranges),
