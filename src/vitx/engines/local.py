@@ -20,7 +20,7 @@ from ..targets import resolve_targets
 from .collection import Collection, Item, open_collection
 from .batches import explain_pictures
 from .shards import WHOLE, check_shard
-from .store import ROWS_PER_PART, Store, write_atomic
+from .store import ROWS_PER_PART, Store, remaining, write_atomic
 
 
 def prepare(model, collection, methods, *, shard=WHOLE, params=None, target=None):
@@ -66,16 +66,12 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
-    bar = tqdm(total=collection.size if shard == WHOLE else None, unit="image", disable=not progress, delay=1)
+    items = tqdm(collection.items(shard), total=collection.size if shard == WHOLE else None, unit="image",
+                 disable=not progress, delay=1)
     batch: list[tuple[Item, list[str]]] = []   # each item with the methods it still needs
     try:
-        for item in collection.items(shard):
-            bar.update()
-            todo = [name for name in names if (item.key, name) not in done]
-            counts["skipped"] += len(names) - len(todo)
-            done.update((item.key, name) for name in todo)   # a key listed twice is explained once
-            if todo:
-                batch.append((item, todo))
+        for entry in remaining(items, names, done, counts):
+            batch.append(entry)
             if len(batch) == batch_size:
                 _explain_batch(model, batch, names, bound, target, store, counts, overlays, resize)
                 batch = []
@@ -85,7 +81,7 @@ def explain_collection(model, collection, methods, out_dir, *, shard=WHOLE, para
         store.flush()
         raise
     finally:
-        bar.close()
+        items.close()
     store.finish()
     return counts
 

@@ -33,7 +33,7 @@ from .batches import explain_pictures, failure
 from .local import overlay_file, prepare, save_atomic
 from .rows import ROW_SCHEMA
 from .shards import WHOLE
-from .store import ROWS_PER_PART, Store
+from .store import ROWS_PER_PART, Store, remaining
 
 OUT_SCHEMA = ROW_SCHEMA.append(pa.field("error", pa.string()))
 OVERLAY_FIELD = pa.field("overlay", pa.binary())
@@ -194,14 +194,8 @@ def pending(collection, shard, names, out_dir, rows_per_part):
     store = Store(out_dir, shard, rows_per_part)
     done = store.done()
     counts = {"done": 0, "skipped": 0, "errors": 0}
-    todo = []
-    for item in collection.items(shard):
-        wanted = [name for name in names if (item.key, name) not in done]
-        counts["skipped"] += len(names) - len(wanted)
-        done.update((item.key, name) for name in wanted)   # a key listed twice is explained once
-        if wanted:
-            todo.append({"key": item.key, "path": item.path, "label": item.label, "target": item.target,
-                         "methods": wanted})
+    todo = [{"key": item.key, "path": item.path, "label": item.label, "target": item.target, "methods": wanted}
+            for item, wanted in remaining(collection.items(shard), names, done, counts)]
     return store, todo, counts
 
 

@@ -96,6 +96,18 @@ class Store:
         write_atomic(self.out / MANIFEST, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
+def remaining(items, names: list[str], done: set, counts: dict):
+    """Each of ``items`` with the methods of ``names`` it still needs (its ``(key, method)`` not in ``done``), items
+    that need none left out and their pairs counted in ``counts["skipped"]``; a key listed twice is explained once
+    (its pairs join ``done``)."""
+    for item in items:
+        wanted = [name for name in names if (item.key, name) not in done]
+        counts["skipped"] += len(names) - len(wanted)
+        done.update((item.key, name) for name in wanted)
+        if wanted:
+            yield item, wanted
+
+
 def write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     write(str(tmp))
