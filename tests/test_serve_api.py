@@ -93,6 +93,12 @@ def test_predictions(client):
                        data={"model": "shapes-clip", "text": "a blue star\na red cross\n"}).json()
     assert [row["class"] for row in clip["predictions"]] == ["a blue star", "a red cross"]
     assert clip["warnings"] == [] and answer["warnings"] == []
+    multi = client.post("/api/predictions", data={"model": "shapes-vit-multi", "sample": "vqa_0_triangle.png"}).json()
+    model = vitx.load_model("shapes-vit-multi")
+    picture = Image.open(SAMPLES / "vqa" / "0_triangle.png").convert("RGB")
+    sigmoid = model(model.preprocess([picture]))[0].sigmoid()
+    assert [row["probability"] for row in multi["predictions"]] == pytest.approx(
+        sigmoid.sort(descending=True).values[:5].tolist(), abs=1e-4)   # sigmoids of a multi-label head, not a softmax
     unknown = client.post("/api/predictions", data={"model": "shapes-clip", "sample": "1_circle.png",
                                                     "text": "a blue zebra"}).json()
     assert len(unknown["warnings"]) == 1 and "zebra" in unknown["warnings"][0]   # said to the page, not the log

@@ -144,7 +144,8 @@ def predictions(request: Request) -> dict:
                 text = None if request.kind == "classifier" else model.encode_text(request.text)
                 logits = model(x) if text is None else model(x, text)
                 names = [model.class_name(k) for k in range(logits.shape[-1])]
-            probabilities = logits[0].float().softmax(-1)
+            scores = logits[0].float()   # a multi-label model's classes each have their own sigmoid probability
+            probabilities = scores.sigmoid() if model.config.multi_label else scores.softmax(-1)
             best = probabilities.topk(min(TOP, len(probabilities)))
             rows = [{"index": int(k), "class": names[int(k)], "probability": round(float(p), 4)}
                     for p, k in zip(best.values, best.indices)]
