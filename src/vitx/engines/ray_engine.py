@@ -97,6 +97,23 @@ class Explainer:
         return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in schema.names}, schema)
 
 
+def actor_gpus(ray, gpus_per_actor: float | None) -> float:
+    """``gpus_per_actor``, by default one GPU per actor where the cluster has GPUs, else none."""
+    if gpus_per_actor is not None:
+        return gpus_per_actor
+    return 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+
+
+def drain(rows, write, store) -> None:
+    """Every batch of the Ray Dataset ``rows`` through ``write`` on the driver, then ``store`` flushed, also when
+    interrupted (what is done is kept)."""
+    try:
+        for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
+            write(batch)
+    finally:
+        store.flush()
+
+
 def actor_cpus(total: float, actors: int) -> float:
     """CPUs per actor so that the actors leave at least one of the cluster's ``total`` (half of one on a one-CPU
     cluster) to the read tasks (actors that take every CPU starve the reads, and the run deadlocks); at most 1."""
@@ -172,19 +189,13 @@ def run_ray(collection, model_source, methods, out_dir, *, address=None, actors:
         store, todo, counts = pending(collection, shard, names, out_dir, rows_per_part)
         if todo:
             with connected(ray, None):   # a local cluster, unless Ray is up
-                if gpus_per_actor is None:
-                    gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
                 blocks = -(-len(todo) // batch_size)   # a read task per batch (Ray's default: a block per few items)
                 items = ray.data.from_items(todo, override_num_blocks=blocks).map_batches(
                     read_bytes, batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
                 rows = explain_dataset(items, source, names, params=bound, target=target, batch_size=batch_size,
-                                       actors=actors, gpus_per_actor=gpus_per_actor, resize=resize, overlays=overlays,
-                                       model_options=model_options)
-                try:
-                    for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
-                        write_batch(batch, store, counts, overlays)
-                finally:   # what is explained is kept, also when interrupted
-                    store.flush()
+                                       actors=actors, gpus_per_actor=actor_gpus(ray, gpus_per_actor), resize=resize,
+                                       overlays=overlays, model_options=model_options)
+                drain(rows, lambda batch: write_batch(batch, store, counts, overlays), store)
         store.finish()
     return counts
 

@@ -15,9 +15,10 @@ from ..errors import VitxError
 from ..images import read_image
 from ..loading import load_model
 from .collection import Item
-from .ray_engine import READ_CPUS, actor_cpus, check_reachable, connected, read_bytes, require_ray
-from .scores import SCORE_SCHEMA, SECONDS, ScoreStore, check_settings
-from .scoring import Plan, prepare_bench, score_chunk
+from .ray_engine import (READ_CPUS, actor_cpus, actor_gpus, check_reachable, connected, drain, read_bytes,
+                         require_ray)
+from .scores import SCORE_SCHEMA, SECONDS, ScoreStore
+from .scoring import Plan, bench_stores, prepare_bench, score_chunk
 from .shards import WHOLE
 from .store import Store
 
@@ -91,10 +92,7 @@ def bench_ray(model, collection, methods, out_dir, *, metrics=None, shard=WHOLE,
         source = model
     model, collection, plan, shard, _ = prepare_bench(model, collection, methods, metrics, shard, params, seed,
                                                       batch_size)
-    check_settings(out_dir, plan.settings(model, collection, command))
-    scores, errors = ScoreStore(out_dir, shard), Store(out_dir, shard)
-    done = scores.done()
-    counts = {"done": 0, "skipped": 0, "errors": 0}
+    scores, errors, done, counts = bench_stores(out_dir, shard, plan, model, collection, command)
     todo = []
     for item in collection.items(shard):
         wanted = [name for name in plan.methods if (item.key, name) not in done]
@@ -105,19 +103,13 @@ def bench_ray(model, collection, methods, out_dir, *, metrics=None, shard=WHOLE,
     if todo:
         source = source if isinstance(source, (str, os.PathLike)) else model
         with connected(ray, address):
-            if gpus_per_actor is None:
-                gpus_per_actor = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
             cpus = actor_cpus(ray.cluster_resources().get("CPU", 1), actors)
             read = dict(batch_format="pyarrow", num_cpus=READ_CPUS, batch_size=batch_size)
             rows = (ray.data.from_items(todo).map_batches(read_bytes, **read).map_batches(read_masks, **read)
                     .map_batches(Scorer, fn_constructor_args=(source, asdict(plan), max(1, int(cpus))),
                                  compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size,
-                                 batch_format="pyarrow", num_cpus=cpus, num_gpus=gpus_per_actor))
-            try:
-                for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
-                    _write(batch, scores, errors, counts)
-            finally:   # what is scored is kept, also when interrupted
-                scores.flush()
+                                 batch_format="pyarrow", num_cpus=cpus, num_gpus=actor_gpus(ray, gpus_per_actor)))
+            drain(rows, lambda batch: _write(batch, scores, errors, counts), scores)
     errors.finish()
     return counts
 

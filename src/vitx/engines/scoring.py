@@ -60,10 +60,7 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
     ``errors`` (images or pairs that failed, recorded with their reason)."""
     model, collection, plan, shard, count = prepare_bench(model, collection, methods, metrics, shard, params, seed,
                                                           batch_size)
-    check_settings(out_dir, plan.settings(model, collection, command))
-    scores, errors = ScoreStore(out_dir, shard), Store(out_dir, shard)
-    done = scores.done()
-    counts = {"done": 0, "skipped": 0, "errors": 0}
+    scores, errors, done, counts = bench_stores(out_dir, shard, plan, model, collection, command)
     items = collection.items(shard)
     with tqdm(total=count, desc="images", disable=not progress) as bar:
         while chunk := list(islice(items, batch_size)):
@@ -79,6 +76,14 @@ def bench_collection(model, collection, methods, out_dir, *, metrics=None, shard
     scores.flush()
     errors.finish()
     return counts
+
+
+def bench_stores(out_dir, shard, plan, model, collection, command: str):
+    """A shard's score store and error store, once the run's settings are checked against the earlier shards' (the
+    same methods, metrics, parameters and seed); the (image, method) pairs already scored; counts at zero."""
+    check_settings(out_dir, plan.settings(model, collection, command))
+    scores = ScoreStore(out_dir, shard)
+    return scores, Store(out_dir, shard), scores.done(), {"done": 0, "skipped": 0, "errors": 0}
 
 
 def prepare_bench(model, collection, methods, metrics, shard, params, seed: int, batch_size: int):
